@@ -1,0 +1,90 @@
+"""Errors and authentication: one error body shape for everything the API answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from orchestrator.errors import Forbidden, Unauthorized, VmorchError
+from orchestrator.tokens import TokenStore
+from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
+
+log = logging.getLogger("vmorch.api")
+
+TOKEN_INFO = "vmorch_token"
+TOKENS_KEY = web.AppKey("vmorch_tokens", TokenStore)
+ROUTE_ROLES = web.AppKey("vmorch_route_roles", dict)
+
+
+def error_response(status: int, code: str, message: str,
+                   details: list[ErrorDetail] | None = None) -> web.Response:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
+    resp = web.json_response(text=body.model_dump_json(), status=status)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="vmorch"'
+    return resp
+
+
+def validation_details(e: ValidationError, prefix: str = "body") -> list[ErrorDetail]:
+    out = []
+    for err in e.errors(include_url=False):
+        # drop the union tag pydantic inserts for a discriminated union
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and "." in p and p[0] != "_")]
+        out.append(ErrorDetail(loc=[prefix, *loc], msg=err["msg"]))
+    return out
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except VmorchError as e:
+        details = [ErrorDetail(loc=list(loc), msg=msg) for loc, msg in e.details]
+        return error_response(e.http_status, e.code, e.message, details)
+    except ValidationError as e:
+        return error_response(422, "validation_error", "the request is not valid",
+                              validation_details(e))
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_response(413, "payload_too_large",
+                              f"request body exceeds {e.max_size} bytes")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+        return error_response(e.status, code, e.reason)
+    except json.JSONDecodeError as e:
+        return error_response(400, "bad_json", f"request body is not valid JSON: {e.msg}",
+                              [ErrorDetail(loc=["body"], msg=str(e))])
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Bearer tokens with roles: viewer reads, operator submits and aborts, admin does all."""
+    resource = request.match_info.route.resource
+    method = "GET" if request.method == "HEAD" else request.method
+    roles: dict[tuple[str, str], Role | None] = request.app[ROUTE_ROLES]
+    needed = roles.get((method, resource.canonical)) if resource is not None else None
+    if needed is None:  # public route, or no route at all (the router answers 404/405)
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    info: TokenInfo | None = await request.app[TOKENS_KEY].lookup(token.strip())
+    if info is None:
+        raise Unauthorized("invalid or revoked token")
+    if not info.role.allows(needed):
+        raise Forbidden(f"role {info.role.value} may not do this (needs {needed.value})")
+    request[TOKEN_INFO] = info
+    return await handler(request)
+
+
+def caller(request: web.Request) -> TokenInfo:
+    info: TokenInfo = request[TOKEN_INFO]
+    return info

@@ -1,0 +1,101 @@
+"""The one exception tree. The API maps it to HTTP statuses; the engine to retry or fail."""
+
+from __future__ import annotations
+
+
+class VmorchError(Exception):
+    """Base of every vmorch error. `code` is stable and machine-readable."""
+
+    code = "error"
+    http_status = 500
+    retryable = False
+
+    def __init__(self, message: str, *, details: list[tuple[list[str | int], str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+# --- retryable: the same call may succeed later -------------------------------------------
+class Retryable(VmorchError):
+    code = "retryable"
+    retryable = True
+    http_status = 503
+
+
+class HypervisorUnavailable(Retryable):
+    """The hypervisor could not be reached or answered with a temporary error."""
+
+    code = "hypervisor_unavailable"
+
+
+class RetryLater(Retryable):
+    """A step asks to be run again after `delay_s` (deliberate control flow, not a failure)."""
+
+    code = "retry_later"
+
+    def __init__(self, message: str, delay_s: float):
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+# --- permanent ----------------------------------------------------------------------------
+class Permanent(VmorchError):
+    code = "failed"
+
+
+class HypervisorError(Permanent):
+    """libvirt refused the operation for a reason retrying will not fix."""
+
+    code = "hypervisor_error"
+
+
+class NoCapacity(Permanent):
+    code = "no_capacity"
+    http_status = 409
+
+
+class LeaseLost(Permanent):
+    """This worker no longer holds the job's lease: it must stop without recording anything."""
+
+    code = "lease_lost"
+
+
+class AbortRequested(Permanent):
+    code = "aborted"
+
+
+# --- request errors (API) -----------------------------------------------------------------
+class BadRequest(Permanent):
+    code = "bad_request"
+    http_status = 400
+
+
+class ValidationFailed(BadRequest):
+    code = "validation_error"
+    http_status = 422
+
+
+class Unauthorized(Permanent):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(Permanent):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(Permanent):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(Permanent):
+    code = "conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(BadRequest):
+    code = "payload_too_large"
+    http_status = 413

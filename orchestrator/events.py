@@ -1,0 +1,24 @@
+"""Building event envelopes and reading the event stream."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from orchestrator import keys
+from schemas.base import utcnow
+from schemas.events import Event
+
+
+def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any]) -> Event:
+    return Event(id=str(uuid.uuid4()), source=source, type=type_, subject=subject,
+                 time=utcnow(), data=data)
+
+
+async def read_events(redis: Redis, after: str = "-", count: int = 100) -> list[tuple[str, Event]]:
+    """Events on the stream after the entry id `after` (exclusive), oldest first."""
+    start = "-" if after == "-" else f"({after}"
+    entries = await redis.xrange(keys.EVENTS, min=start, max="+", count=count)
+    return [(eid, Event.model_validate_json(fields["e"])) for eid, fields in entries]

@@ -1,0 +1,126 @@
+"""Every Redis key vmorch uses, in one place. Prefix: `vmorch:`.
+
+Jobs (owner: job store; lifetime: until deleted by retention, not in this release)
+- job:{id}                hash   doc (Job JSON), state, version (CAS counter)
+- jobs:all                zset   job id -> created µs; newest-first listing
+- jobs:state:{state}      zset   job id -> created µs; one per job state
+- jobs:kind:{kind}        zset   job id -> created µs
+- jobs:vm:{vm_id}         zset   job id -> created µs; jobs that worked on a VM
+- jobs:queued:{queue}     zset   job id -> created µs; queued jobs per Celery queue
+- jobs:due                zset   job id -> ms when the router must (re)dispatch it unless leased;
+                                 covers lost messages, dead workers and retry timers
+- vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head runs
+- idem:{key}              string "<job id> <request sha256>"; TTL idempotency_ttl_s
+Leases (owner: engine runner)
+- lease:{job_id}          string fencing token of the worker running the job; PX lease_ms
+- fence:{job_id}          string counter; INCR gives each lease a new fencing token
+Events
+- events                  stream every event envelope (JSON in field `e`); MAXLEN ~ bounded
+Inventory (owner: inventory store; lifetime: until removed)
+- pool:{name} / server:{name} / template:{name}   string  JSON of the model
+- pools / servers / templates                      set     names
+- vm:{id}                 string JSON of Vm
+- vms                     zset   vm id -> created ms
+- vmname:{name}           string vm id (names are unique)
+Auth
+- token:{sha256}          string JSON of TokenInfo; the token itself is never stored
+- tokens                  hash   token id -> sha256 (for listing and revoking)
+Workers
+- workers                 zset   worker name -> last heartbeat ms
+- worker:{name}           string JSON {queues}; TTL 60 s
+"""
+
+from __future__ import annotations
+
+PREFIX = "vmorch:"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+JOBS_ALL = f"{PREFIX}jobs:all"
+JOBS_DUE = f"{PREFIX}jobs:due"
+
+
+def jobs_state(state: str) -> str:
+    return f"{PREFIX}jobs:state:{state}"
+
+
+def jobs_kind(kind: str) -> str:
+    return f"{PREFIX}jobs:kind:{kind}"
+
+
+def jobs_vm(vm_id: str) -> str:
+    return f"{PREFIX}jobs:vm:{vm_id}"
+
+
+def jobs_queued(queue: str) -> str:
+    return f"{PREFIX}jobs:queued:{queue}"
+
+
+def vm_queue(vm_id: str) -> str:
+    return f"{PREFIX}vmq:{vm_id}"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}idem:{key}"
+
+
+def lease(job_id: str) -> str:
+    return f"{PREFIX}lease:{job_id}"
+
+
+def fence(job_id: str) -> str:
+    return f"{PREFIX}fence:{job_id}"
+
+
+EVENTS = f"{PREFIX}events"
+
+
+def pool(name: str) -> str:
+    return f"{PREFIX}pool:{name}"
+
+
+def server(name: str) -> str:
+    return f"{PREFIX}server:{name}"
+
+
+def template(name: str) -> str:
+    return f"{PREFIX}template:{name}"
+
+
+POOLS = f"{PREFIX}pools"
+SERVERS = f"{PREFIX}servers"
+TEMPLATES = f"{PREFIX}templates"
+
+
+def vm(vm_id: str) -> str:
+    return f"{PREFIX}vm:{vm_id}"
+
+
+VMS = f"{PREFIX}vms"
+
+
+def vm_name(name: str) -> str:
+    return f"{PREFIX}vmname:{name}"
+
+
+def token(sha256: str) -> str:
+    return f"{PREFIX}token:{sha256}"
+
+
+TOKENS = f"{PREFIX}tokens"
+WORKERS = f"{PREFIX}workers"
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}worker:{name}"
+
+
+# Celery queue names: one per server pool, plus one for jobs tied to no pool.
+DEFAULT_QUEUE = "vmorch.default"
+
+
+def pool_queue(pool_name: str) -> str:
+    return f"vmorch.pool.{pool_name}"

@@ -1,0 +1,131 @@
+"""The lab: vmorch's local testbed. One libvirtd per simulated server, seeded with a pool layout.
+
+By default 2 server pools of 2 servers each. Every server of a pool gets the pool's network
+and its repository (a libvirt storage pool of the same name and path, as shared storage
+would look) holding the pool's templates. The fast kind serves libvirt's test driver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import libvirt
+from xml.etree import ElementTree as ET
+from pydantic import BaseModel, Field
+
+from orchestrator.libvirtd import LibvirtDaemon
+from schemas.inventory import (
+    Inventory,
+    Network,
+    Repository,
+    Server,
+    ServerPool,
+    Template,
+    TemplateDisk,
+)
+from workers.hypervisor import Hypervisor
+
+GIB = 1024**3
+
+
+class LabSpec(BaseModel):
+    pools: int = Field(default=2, ge=1, le=26)
+    servers_per_pool: int = Field(default=2, ge=1, le=16)
+
+
+def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
+    pools, templates = [], []
+    for letter in string.ascii_lowercase[: spec.pools]:
+        servers = [f"srv-{letter}{i}" for i in range(1, spec.servers_per_pool + 1)]
+        repo = Repository(name=f"repo-{letter}")
+        pools.append(ServerPool(name=f"pool-{letter}", repository=repo,
+                                networks=[Network(name=f"net-{letter}")], servers=servers))
+        templates.append(Template(
+            name=f"tmpl-{letter}", repository=repo.name, vcpus=1, memory_mib=512,
+            disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB)]))
+        templates.append(Template(
+            name=f"tmpl-{letter}-2disk", repository=repo.name, vcpus=2, memory_mib=1024,
+            disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB),
+                   TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=GIB // 2)]))
+    return pools, templates
+
+
+def _seed_server(conn: libvirt.virConnect, pool: ServerPool, repo_path: Path) -> None:
+    """Make a fresh test-driver server look like a member of `pool` (idempotent)."""
+    for dom in conn.listAllDomains():  # the test driver's preloaded demo domain
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    for net in pool.networks:
+        if net.name not in conn.listNetworks() + conn.listDefinedNetworks():
+            el = ET.Element("network")
+            ET.SubElement(el, "name").text = net.name
+            n = conn.networkDefineXML(ET.tostring(el, encoding="unicode"))
+            n.create()
+    name = pool.repository.name
+    if name not in conn.listStoragePools() + conn.listDefinedStoragePools():
+        el = ET.Element("pool", {"type": "dir"})
+        ET.SubElement(el, "name").text = name
+        ET.SubElement(ET.SubElement(el, "target"), "path").text = str(repo_path)
+        sp = conn.storagePoolDefineXML(ET.tostring(el, encoding="unicode"))
+        sp.create()
+
+
+class Lab:
+    """Starts, seeds and stops the lab's libvirtd servers."""
+
+    def __init__(self, spec: LabSpec | None = None, base_dir: Path | None = None):
+        self.spec = spec or LabSpec()
+        # libvirtd runs as nobody: its directories must be reachable by nobody, and its
+        # socket path short; so they live under /tmp rather than under the project.
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="vmorch-lab-"))
+        os.chmod(self.base_dir, 0o755)
+        self.daemons: dict[str, LibvirtDaemon] = {}
+        # The test driver frees its shared state when the last connection to it closes, so
+        # the lab keeps one connection open per server for as long as the server runs.
+        self.keepers: dict[str, libvirt.virConnect] = {}
+
+    def start(self) -> Inventory:
+        pools, templates = _layout(self.spec)
+        servers: list[Server] = []
+        try:
+            for pool in pools:
+                repo_path = self.base_dir / "repos" / pool.repository.name
+                for name in pool.servers:
+                    daemon = LibvirtDaemon(name, self.base_dir / name)
+                    self.daemons[name] = daemon
+                    info = daemon.start()
+                    conn = self.keepers[name] = libvirt.open(info.uri)
+                    _seed_server(conn, pool, repo_path)
+                    hv = Hypervisor(info.uri)
+                    for t in templates:
+                        if t.repository == pool.repository.name:
+                            for d in t.disks:
+                                hv.create_volume(t.repository, d.volume, d.capacity_bytes)
+                    node = hv.memory_mib()
+                    hv.close()
+                    servers.append(Server(name=name, pool=pool.name, uri=info.uri,
+                                          memory_mib=node, cpus=16))
+        except BaseException:
+            self.stop()
+            raise
+        return Inventory(pools=pools, servers=servers, templates=templates)
+
+    def stop(self) -> None:
+        for conn in self.keepers.values():
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+        self.keepers.clear()
+        for daemon in self.daemons.values():
+            daemon.stop()
+        self.daemons.clear()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -1,0 +1,36 @@
+"""One settings object, read from VMORCH_* environment variables by each entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VMORCH_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # Engine timing. A dead worker's step is re-run within about lease_ms + sweep_interval_s.
+    lease_ms: int = Field(default=10_000, ge=500)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    redispatch_after_s: float = Field(default=15.0, gt=0)
+    step_max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=0.5, ge=0)
+    retry_max_s: float = Field(default=30.0, ge=0)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    event_stream_maxlen: int = Field(default=100_000, ge=100)
+
+    # libvirt calls: transient errors are retried inside one call for at most this long.
+    libvirt_retry_s: float = Field(default=20.0, ge=0)
+    vm_poll_interval_s: float = Field(default=0.2, gt=0)
+    agent_poll_interval_s: float = Field(default=2.0, gt=0)
+
+    lab_dir: Path = Path(".vmorch")
+    worker_concurrency: int = Field(default=2, ge=1)
+    log_level: str = "INFO"

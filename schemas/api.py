@@ -1,0 +1,76 @@
+"""Shapes that only the HTTP API uses: error body, pages, queue status, tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from schemas.base import Frozen, Name
+
+T = TypeVar("T")
+
+
+class ErrorDetail(Frozen):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(Frozen):
+    code: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(Frozen):
+    error: ErrorBody
+
+
+class Page(BaseModel, Generic[T]):
+    model_config = {"frozen": True, "extra": "forbid"}
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        order = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
+        return order.index(self) >= order.index(needed)
+
+
+class TokenInfo(Frozen):
+    """A stored API token. The token itself is never stored, only its SHA-256."""
+
+    id: str
+    name: Name
+    role: Role
+    created_at: datetime
+
+
+class QueueDepth(Frozen):
+    queue: str
+    depth: int
+    oldest_job_age_s: float | None = None
+
+
+class WorkerSeen(Frozen):
+    name: str
+    last_seen_s_ago: float
+    queues: list[str] = Field(default_factory=list)
+
+
+class QueueStatus(Frozen):
+    queues: list[QueueDepth]
+    running: list[str]
+    waiting: list[str]
+    workers: list[WorkerSeen]
+
+
+class AbortRequest(Frozen):
+    reason: Annotated[str, Field(max_length=500)] = ""

@@ -1,0 +1,106 @@
+"""The fleet as vmorch sees it: server pools, servers, repositories, networks, templates, VMs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from schemas.base import Frozen, MemoryMiB, Name, VcpuCount
+
+
+class Server(Frozen):
+    """One hypervisor, reached by its libvirt URI (qemu+ssh://, qemu+tls://, test+unix://...)."""
+
+    name: Name
+    pool: Name
+    uri: Annotated[str, Field(min_length=1, max_length=1024)]
+    memory_mib: Annotated[int, Field(ge=0)] = 0
+    cpus: Annotated[int, Field(ge=0)] = 0
+
+
+class Repository(Frozen):
+    """Shared storage of a pool: a libvirt storage pool of this name exists on each server."""
+
+    name: Name
+    path: str = ""
+
+
+class Network(Frozen):
+    """A libvirt network of this name exists on every server of the pool."""
+
+    name: Name
+
+
+class TemplateDisk(Frozen):
+    volume: Name
+    capacity_bytes: Annotated[int, Field(ge=0)] = 0
+
+
+class Template(Frozen):
+    """A VM image and its default shape, stored in a pool's repository."""
+
+    name: Name
+    repository: Name
+    vcpus: VcpuCount = 1
+    memory_mib: MemoryMiB = 512
+    disks: list[TemplateDisk] = Field(default_factory=list)
+
+
+class ServerPool(Frozen):
+    """Servers that share a repository and networks; VMs move live only inside one pool."""
+
+    name: Name
+    repository: Repository
+    networks: list[Network] = Field(default_factory=list)
+    servers: list[Name] = Field(default_factory=list)
+
+
+class Inventory(Frozen):
+    """What an inventory file declares (the lab writes one; `vmorch inventory load` reads it)."""
+
+    pools: list[ServerPool] = Field(default_factory=list)
+    servers: list[Server] = Field(default_factory=list)
+    templates: list[Template] = Field(default_factory=list)
+
+
+class VmState(StrEnum):
+    """VM states as vmorch reports them, mapped from libvirt's domain states."""
+
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+    DELETED = "deleted"
+
+
+class VmDisk(Frozen):
+    volume: Name
+    path: str
+    target: str
+
+
+class VmNic(Frozen):
+    network: Name
+    mac: str
+
+
+class Vm(Frozen):
+    """A VM record. `state` is what was last observed on its hypervisor, at `observed_at`."""
+
+    id: str
+    name: Name
+    pool: Name
+    server: Name | None = None
+    state: VmState = VmState.PROVISIONING
+    vcpus: VcpuCount = 1
+    memory_mib: MemoryMiB = 512
+    disks: list[VmDisk] = Field(default_factory=list)
+    nics: list[VmNic] = Field(default_factory=list)
+    ha: bool = False
+    created_by_job: str | None = None
+    observed_at: datetime | None = None

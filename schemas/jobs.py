@@ -1,0 +1,108 @@
+"""Jobs and their step journal, as stored in Redis and returned by the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from schemas.base import Frozen
+from schemas.requests import JobRequest
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTED})
+
+# Which transitions the engine allows. Every transition is a compare-and-set on the stored state.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.ABORTED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.WAITING, JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTING}
+    ),
+    JobState.WAITING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.ABORTING}),
+    JobState.ABORTING: frozenset({JobState.ABORTED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.ABORTED: frozenset(),
+}
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    UNDOING = "undoing"
+    UNDONE = "undone"
+    SKIPPED = "skipped"
+
+
+class ErrorInfo(Frozen):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class StepRecord(Frozen):
+    """One step of a job's journal."""
+
+    name: str
+    description: str = ""
+    state: StepState = StepState.PENDING
+    attempts: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: ErrorInfo | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    retry_at: datetime | None = None
+
+
+class JobLinks(Frozen):
+    """What a job works on and what caused it."""
+
+    vm_id: str | None = None
+    vm_name: str | None = None
+    pool: str | None = None
+    parent_job: str | None = None
+    hook_id: str | None = None
+    event_id: str | None = None
+
+
+class Job(Frozen):
+    id: str
+    kind: str
+    request: JobRequest
+    state: JobState = JobState.QUEUED
+    steps: list[StepRecord] = Field(default_factory=list)
+    progress: float = 0.0
+    submitted_by: str
+    queue: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    links: JobLinks = Field(default_factory=JobLinks)
+    abort_requested: bool = False
+    undone_steps: list[str] = Field(default_factory=list)
+    waiting_for_job: str | None = Field(
+        default=None, description="the job ahead of this one on the same VM"
+    )
+    vm_queue_position: int | None = None
+    idempotency_key: str | None = None

@@ -1,0 +1,108 @@
+"""Job requests: what a client asks for, one model per job kind, discriminated on `kind`.
+
+Add a new job kind by adding a model here and a workflow in `tasks/`; the API, OpenAPI
+document and validation pick it up from `JobRequest`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from schemas.base import Frozen, MemoryMiB, Name, VcpuCount
+
+VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+"""A VM by id (UUID) or by name."""
+
+MacAddress = Annotated[str, Field(pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")]
+
+
+class VnicRequest(Frozen):
+    network: Name
+    mac: MacAddress | None = None
+
+
+class CreateFromTemplate(Frozen):
+    """Clone a template's disks in the pool's repository, define the VM on a server with room, start it."""
+
+    kind: Literal["vm.create_from_template"]
+    pool: Name
+    template: Name
+    name: Name
+    vcpus: VcpuCount | None = None
+    memory_mib: MemoryMiB | None = None
+    vnics: Annotated[list[VnicRequest], Field(max_length=8)] = Field(default_factory=list)
+    server: Name | None = Field(default=None, description="place on this server instead of choosing")
+    start: bool = True
+    ha: bool = False
+
+
+class _VmOp(Frozen):
+    vm: VmRef
+
+
+class StartVm(_VmOp):
+    kind: Literal["vm.start"]
+
+
+class StopVm(_VmOp):
+    """Graceful ACPI shutdown; forced off when the guest has not stopped after `timeout_s`."""
+
+    kind: Literal["vm.stop"]
+    timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+
+
+class KillVm(_VmOp):
+    kind: Literal["vm.kill"]
+
+
+class RestartVm(_VmOp):
+    kind: Literal["vm.restart"]
+    timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+
+
+class SuspendVm(_VmOp):
+    kind: Literal["vm.suspend"]
+
+
+class ResumeVm(_VmOp):
+    kind: Literal["vm.resume"]
+
+
+class DeleteVm(_VmOp):
+    """Undefine the VM; `delete_disks` also deletes its volumes. A running VM needs `force`."""
+
+    kind: Literal["vm.delete"]
+    delete_disks: bool = True
+    force: bool = False
+
+
+class Noop(Frozen):
+    """A workflow of no-op steps, for smoke tests and benchmarks of the engine itself."""
+
+    kind: Literal["noop"]
+    steps: Annotated[int, Field(ge=1, le=50)] = 5
+    step_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 0
+    fail_at: Annotated[int | None, Field(ge=1, le=50, description="step that fails for good")] = None
+    transient_failures: Annotated[int, Field(ge=0, le=10, description="transient errors per step")] = 0
+
+
+JobRequest = Annotated[
+    CreateFromTemplate
+    | StartVm
+    | StopVm
+    | KillVm
+    | RestartVm
+    | SuspendVm
+    | ResumeVm
+    | DeleteVm
+    | Noop,
+    Field(discriminator="kind"),
+]
+
+VM_OPERATIONS = frozenset(
+    {"vm.start", "vm.stop", "vm.kill", "vm.restart", "vm.suspend", "vm.resume", "vm.delete"}
+)
+
+job_request_adapter: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)

@@ -1,0 +1,1 @@
+"""Workflows and their steps, run by Celery workers through the engine runner."""

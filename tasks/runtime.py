@@ -1,0 +1,71 @@
+"""Everything a worker process needs to run steps, built once per process (after fork)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import libvirt
+import redis.asyncio as aredis
+from celery import Celery
+
+from orchestrator import keys
+from orchestrator.inventory import InventoryStore
+from orchestrator.jobstore import JobStore, now_ms
+from orchestrator.leases import Leases
+from orchestrator.loopthread import LoopThread
+from orchestrator.settings import Settings
+from workers.celery_app import ADVANCE_TASK
+from workers.hypervisor import Hypervisors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    celery: Celery
+    loop: LoopThread
+    redis: aredis.Redis
+    jobs: JobStore
+    leases: Leases
+    inventory: InventoryStore
+    hypervisors: Hypervisors
+    pid: int
+
+    @classmethod
+    def build(cls, settings: Settings, celery: Celery) -> Runtime:
+        # libvirt prints every error to stderr by default; we log the ones we act on.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        loop = LoopThread()
+
+        async def make() -> aredis.Redis:
+            return aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+        r = loop.run(make())
+        return cls(
+            settings=settings, celery=celery, loop=loop, redis=r,
+            jobs=JobStore(r, event_maxlen=settings.event_stream_maxlen,
+                          idem_ttl_s=settings.idempotency_ttl_s,
+                          redispatch_after_s=settings.redispatch_after_s),
+            leases=Leases(r, settings.lease_ms), inventory=InventoryStore(r),
+            hypervisors=Hypervisors(settings.libvirt_retry_s), pid=os.getpid(),
+        )
+
+    def dispatch(self, job_id: str, queue: str) -> None:
+        """Publish one `advance` message for the job on its queue."""
+        self.celery.send_task(ADVANCE_TASK, args=[job_id], queue=queue)
+
+    def due_in_ms(self, delay_ms: float) -> int:
+        return now_ms() + int(delay_ms)
+
+    def note_worker(self, name: str, queues: list[str]) -> None:
+        async def beat() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(keys.WORKERS, {name: int(time.time() * 1000)})
+            pipe.set(keys.worker(name), ",".join(queues), ex=60)
+            await pipe.execute()
+
+        self.loop.run(beat())

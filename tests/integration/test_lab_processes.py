@@ -1,0 +1,228 @@
+"""Integration tests for the lab's private processes: redis-server and libvirtd.
+
+These start real processes (no mocks) and always stop them in teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.libvirtd import LIBVIRTD, LibvirtDaemon
+from orchestrator.redis_server import RedisServer
+
+libvirt = pytest.importorskip("libvirt")
+
+DOMAIN_XML = (
+    "<domain type='test'><name>x</name><memory unit='MiB'>64</memory>"
+    "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+)
+
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server not installed"
+)
+needs_libvirtd = pytest.mark.skipif(
+    not os.access(LIBVIRTD, os.X_OK), reason="libvirtd not installed"
+)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_pid_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    deadline_s = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() >= deadline_s:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --------------------------------------------------------------------- redis
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_server_set_get_and_stop(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    url = server.start()
+    try:
+        assert server.port != 6379
+        assert url == f"redis://127.0.0.1:{server.port}/0" == server.url
+        pid = server.pid
+        assert pid_alive(pid)
+        client = redis.Redis.from_url(url)
+        try:
+            assert client.set("k", "v")
+            assert client.get("k") == b"v"
+            assert int(client.info("server")["process_id"]) == pid
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert wait_pid_gone(pid)
+    server.stop()  # idempotent
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_server_refuses_busy_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(RuntimeError, match="in use"):
+            RedisServer(tmp_path / "redis", port=port).start()
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_server_context_manager(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", appendonly=False) as server:
+        pid = server.pid
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.ping()
+        finally:
+            client.close()
+    assert wait_pid_gone(pid)
+
+
+# ------------------------------------------------------------------ libvirtd
+
+
+@pytest.fixture
+def lab_dir() -> Iterator[Path]:
+    """A lab directory nobody (uid 65534) can reach.
+
+    pytest's tmp_path lives under /tmp/pytest-of-root (mode 700), which the
+    unprivileged daemon could not traverse, so use a short world-searchable
+    directory (also keeps socket paths under the AF_UNIX length limit).
+    """
+    path = Path(tempfile.mkdtemp(prefix="vmorch-lab-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[LibvirtDaemon]]:
+    """Collects daemons started by a test and always stops them afterwards."""
+    started: list[LibvirtDaemon] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            daemon.stop()
+
+
+def host_uuid_of(qemu_uri: str) -> str:
+    conn = libvirt.open(qemu_uri)
+    try:
+        caps = ET.fromstring(conn.getCapabilities())
+    finally:
+        conn.close()
+    text = caps.findtext("host/uuid")
+    assert text is not None
+    return text
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 64, "a b", "a/b", "../x", "ü", "x\n", "a.b"])
+def test_libvirt_daemon_rejects_bad_names(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LibvirtDaemon(bad, tmp_path / "x")
+
+
+@needs_libvirtd
+@pytest.mark.timeout(120)
+def test_two_libvirt_daemons_are_isolated(
+    lab_dir: Path, daemons: list[LibvirtDaemon]
+) -> None:
+    a = LibvirtDaemon("hv-a", lab_dir / "hv-a")
+    b = LibvirtDaemon("hv_b", lab_dir / "hv-b")
+    daemons.extend([a, b])
+    info_a, info_b = a.start(), b.start()
+    assert a.running and b.running
+    assert info_a.socket_path.is_socket() and info_b.socket_path.is_socket()
+
+    # Distinct, configured host UUIDs (the test driver does not report one;
+    # the qemu session driver of the same daemon does).
+    assert info_a.host_uuid != info_b.host_uuid
+    assert host_uuid_of(info_a.qemu_uri) == info_a.host_uuid
+    assert host_uuid_of(info_b.qemu_uri) == info_b.host_uuid
+
+    a1, a2 = libvirt.open(info_a.uri), libvirt.open(info_a.uri)
+    b1 = libvirt.open(info_b.uri)
+    try:
+        # The test driver preloads a domain named "test" in every daemon.
+        assert a1.lookupByName("test") is not None
+        a1.defineXML(DOMAIN_XML)
+        assert "x" in a2.listDefinedDomains()
+        assert a2.lookupByName("x").name() == "x"
+        assert "x" not in b1.listDefinedDomains()
+        with pytest.raises(libvirt.libvirtError):
+            b1.lookupByName("x")
+    finally:
+        for conn in (a1, a2, b1):
+            conn.close()
+
+    a.stop()
+    b.stop()
+    assert not a.running and not b.running
+    assert wait_pid_gone(info_a.pid) and wait_pid_gone(info_b.pid)
+    assert not info_a.socket_path.exists()
+    with pytest.raises(RuntimeError):
+        _ = a.info
+    a.stop()  # idempotent
+
+    # Restart in the same directory: same identity, new process, fresh state.
+    info_a2 = a.start()
+    assert info_a2.pid != info_a.pid
+    assert info_a2.host_uuid == info_a.host_uuid
+    assert host_uuid_of(info_a2.qemu_uri) == info_a.host_uuid
+    conn = libvirt.open(info_a2.uri)
+    try:
+        assert "test" in [d.name() for d in conn.listAllDomains()]
+        assert "x" not in conn.listDefinedDomains()  # test driver state is in memory
+    finally:
+        conn.close()
+    a.stop()
+    assert wait_pid_gone(info_a2.pid)
+
+
+@needs_libvirtd
+@pytest.mark.timeout(120)
+def test_libvirt_daemon_kill_then_restart(
+    lab_dir: Path, daemons: list[LibvirtDaemon]
+) -> None:
+    d = LibvirtDaemon("hv-chaos", lab_dir / "hv-chaos")
+    daemons.append(d)
+    pid = d.start().pid
+    d.kill()
+    assert not d.running
+    assert wait_pid_gone(pid)
+    assert d.socket_path.exists()  # SIGKILL leaves the socket behind
+    info = d.start()  # stale socket must not confuse the readiness wait
+    conn = libvirt.open(info.uri)
+    try:
+        assert conn.lookupByName("test").name() == "test"
+    finally:
+        conn.close()
+    d.stop()
+    assert wait_pid_gone(info.pid)

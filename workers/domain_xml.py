@@ -1,0 +1,84 @@
+"""libvirt domain XML, built with ElementTree (never by string formatting)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+VMORCH_NS = "https://vmorch.dev/xmlns/vm/1"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    target: str  # vda, vdb, ...
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    network: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mib: int
+    domain_type: str = "test"  # test, qemu or kvm: from the connection
+    emulator: str | None = None
+    disks: list[DiskSpec] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    dom = ET.Element("domain", {"type": spec.domain_type})
+    _sub(dom, "name", spec.name)
+    _sub(dom, "uuid", spec.uuid)
+    if spec.metadata:
+        meta = _sub(dom, "metadata")
+        vm = ET.SubElement(meta, f"{{{VMORCH_NS}}}vm")
+        for k, v in sorted(spec.metadata.items()):
+            ET.SubElement(vm, f"{{{VMORCH_NS}}}{k}").text = v
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus))
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm")
+    devices = _sub(dom, "devices")
+    if spec.emulator:
+        _sub(devices, "emulator", spec.emulator)
+    for d in spec.disks:
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "source", file=d.path)
+        _sub(disk, "target", dev=d.target, bus="virtio")
+    for n in spec.nics:
+        nic = _sub(devices, "interface", type="network")
+        _sub(nic, "source", network=n.network)
+        _sub(nic, "mac", address=n.mac)
+        _sub(nic, "model", type="virtio")
+    if spec.domain_type != "test":
+        _sub(devices, "memballoon", model="none")
+    ET.register_namespace("vmorch", VMORCH_NS)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def volume_xml(name: str, capacity_bytes: int) -> str:
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
+    return ET.tostring(vol, encoding="unicode")
+
+
+def disk_target(index: int) -> str:
+    if index >= 26:
+        raise ValueError("at most 26 disks")
+    return "vd" + chr(ord("a") + index)
