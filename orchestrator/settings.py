@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     vm_poll_interval_s: float = Field(default=0.2, gt=0)
     agent_poll_interval_s: float = Field(default=2.0, gt=0)
 
+    # Fault injection for chaos drills and tests (off by default): sleep before every step,
+    # and fail for good the steps named "<job kind>:<step name>".
+    chaos_step_delay_ms: int = Field(default=0, ge=0)
+    chaos_fail_steps: list[str] = Field(default_factory=list)
+
     lab_dir: Path = Path(".vmorch")
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"

@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from orchestrator.errors import AbortRequested, LeaseLost, NotFound, Retryable, VmorchError
+from orchestrator.errors import (
+    AbortRequested,
+    LeaseLost,
+    NotFound,
+    Permanent,
+    Retryable,
+    VmorchError,
+)
 from schemas.base import utcnow
 from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState
 from tasks.engine import Outputs, Step, StepContext
@@ -167,7 +174,7 @@ class Runner:
             ctx = StepContext(job=job, runtime=self.rt, attempt=attempt, outputs=_outputs(job),
                               lease_lost=hb.lost, abort_seen=hb.abort)
             try:
-                ctx.check()
+                self._inject_faults(ctx, step)
                 out = step.run(ctx) or {}
             except LeaseLost:
                 raise
@@ -184,6 +191,15 @@ class Runner:
             step=step.name, due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000))
         self._log(job, step.name, "running", "done")
         self.rt.dispatch(job.id, job.queue)
+
+    def _inject_faults(self, ctx: StepContext, step: Step) -> None:
+        """Chaos drills: a configured delay before the step, or a configured failure."""
+        settings = self.rt.settings
+        if settings.chaos_step_delay_ms:
+            ctx.sleep(settings.chaos_step_delay_ms / 1000)
+        ctx.check()
+        if f"{ctx.job.kind}:{step.name}" in settings.chaos_fail_steps:
+            raise Permanent(f"injected failure at {step.name} (VMORCH_CHAOS_FAIL_STEPS)")
 
     def _retry_or_fail(self, job: Job, steps: list[Step], idx: int, e: Retryable,
                        attempt: int) -> None:

@@ -77,6 +77,14 @@ class Hypervisor:
         self.retry_s = retry_s
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        # Transient errors: exponential backoff with jitter, bounded by time.
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(HypervisorUnavailable),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
+            stop=stop_after_delay(retry_s),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
 
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
@@ -103,14 +111,7 @@ class Hypervisor:
                     self._drop()
                 raise mapped from e
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(HypervisorUnavailable),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
-            stop=stop_after_delay(self.retry_s),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
-        return retrying(attempt)
+        return self._retrying(attempt)
 
     def close(self) -> None:
         self._drop()

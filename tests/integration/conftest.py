@@ -1,0 +1,289 @@
+"""Integration fixtures on real parts: a private redis-server, the lab's libvirtd servers,
+the api and router as processes, and real Celery worker processes (started per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from orchestrator.inventory import InventoryStore
+from orchestrator.lab import Lab
+from orchestrator.redis_server import RedisServer
+from orchestrator.tokens import TokenStore
+from schemas.api import Role
+from schemas.inventory import Inventory
+
+TERMINAL = {"succeeded", "failed", "aborted"}
+ENGINE_ENV = {
+    "VMORCH_LEASE_MS": "3000",
+    "VMORCH_SWEEP_INTERVAL_S": "0.3",
+    "VMORCH_REDISPATCH_AFTER_S": "5",
+    "VMORCH_RETRY_BASE_S": "0.1",
+    "VMORCH_VM_POLL_INTERVAL_S": "0.05",
+    "VMORCH_AGENT_POLL_INTERVAL_S": "0.5",
+}
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 30, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A vmorch process (api, router, worker) in its own session, stopped by its PID."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115
+        self.p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env,
+                                  stdout=self._out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a Celery worker and its pool children)."""
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.p.wait()
+        self.kill(signal.SIGKILL)  # leftover pool children, if any
+        self._out.close()
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vmorch-it-"))
+    yield d
+
+
+@pytest.fixture(scope="session")
+def redis_url(workdir: Path) -> Iterator[str]:
+    server = RedisServer(workdir / "redis", appendonly=False)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[tuple[Lab, Inventory]]:
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    lab = Lab()
+    inv = lab.start()
+    yield lab, inv
+    lab.remove()
+
+
+@pytest.fixture(scope="session")
+def env(redis_url: str) -> dict[str, str]:
+    return {**os.environ, "VMORCH_REDIS_URL": redis_url, **ENGINE_ENV}
+
+
+@pytest.fixture(scope="session")
+def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
+    port = _free_port()
+    proc = Proc(["api"], {**env, "VMORCH_API_PORT": str(port)}, workdir / "api.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                return True
+        except OSError:
+            assert proc.p.poll() is None, proc.output()
+            return False
+
+    wait_until(up, 30, "api")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def router(env: dict[str, str], workdir: Path) -> Iterator[Proc]:
+    proc = Proc(["router"], env, workdir / "router.log")
+    yield proc
+    proc.stop()
+
+
+def _clean_lab(lab: Lab, inv: Inventory) -> None:
+    """Remove every domain and every non-template volume from the lab's servers."""
+    template_volumes = {d.volume for t in inv.templates for d in t.disks}
+    for conn in lab.keepers.values():
+        for dom in conn.listAllDomains():
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        for sp in conn.listAllStoragePools():
+            for vol in sp.listAllVolumes():
+                if vol.name() not in template_volumes:
+                    vol.delete(0)
+
+
+@pytest.fixture
+def fleet(redis_url: str, lab: tuple[Lab, Inventory], router: Proc) -> Iterator[Inventory]:
+    """A clean fleet: our private Redis flushed and reloaded, the lab's servers emptied."""
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()  # our own private server, started by this session
+    r.close()
+    _clean_lab(*lab)
+
+    async def load() -> None:
+        ar = aredis.Redis.from_url(redis_url, decode_responses=True)
+        await InventoryStore(ar).load(lab[1])
+        await ar.aclose()
+
+    asyncio.run(load())
+    yield lab[1]
+
+
+def make_token(redis_url: str, role: Role, name: str = "") -> str:
+    async def create() -> str:
+        ar = aredis.Redis.from_url(redis_url, decode_responses=True)
+        token, _ = await TokenStore(ar).create(name or role.value, role)
+        await ar.aclose()
+        return token
+
+    return asyncio.run(create())
+
+
+class Api:
+    """The API over HTTP, as a client sees it."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                token: str | None = None, headers: dict[str, str] | None = None
+                ) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw_body = e.read()
+            try:
+                return e.code, json.loads(raw_body)
+            except ValueError:
+                return e.code, raw_body.decode(errors="replace")
+
+    def submit(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        status, job = self.request("POST", "/v1/jobs", body, **kw)
+        assert status == 202, job
+        return dict(job)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        status, job = self.request("GET", f"/v1/jobs/{job_id}")
+        assert status == 200, job
+        return dict(job)
+
+    def wait(self, job_id: str, states: set[str] | None = None,
+             timeout_s: float = 60) -> dict[str, Any]:
+        want = states or TERMINAL
+
+        def reached() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["state"] in want else None
+
+        return dict(wait_until(reached, timeout_s, f"job {job_id} to reach {want}"))
+
+    def run(self, body: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
+        return self.wait(self.submit(body)["id"], timeout_s=timeout_s)
+
+
+@pytest.fixture
+def api(api_url: str, redis_url: str, fleet: Inventory) -> Api:
+    return Api(api_url, make_token(redis_url, Role.ADMIN))
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], workdir: Path, fleet: Inventory
+                 ) -> Iterator[Callable[..., Proc]]:
+    """Start a real Celery worker process (`vmorch worker`), with extra settings if asked."""
+    procs: list[Proc] = []
+
+    def start(concurrency: int = 2, **settings: str) -> Proc:
+        extra = {f"VMORCH_{k.upper()}": v for k, v in settings.items()}
+        log = workdir / f"worker-{len(procs)}-{time.time_ns()}.log"
+        proc = Proc(["worker", "-c", str(concurrency)], {**env, **extra}, log)
+        procs.append(proc)
+
+        def ready() -> bool:
+            assert proc.p.poll() is None, proc.output()
+            return " ready." in proc.output()
+
+        wait_until(ready, 30, "celery worker")
+        return proc
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., Proc]) -> Proc:
+    return start_worker()
+
+
+def hv(inv: Inventory, server: str) -> libvirt.virConnect:
+    uri = next(s.uri for s in inv.servers if s.name == server)
+    return libvirt.open(uri)
+
+
+def find_domains(inv: Inventory, name: str) -> list[tuple[str, libvirt.virDomain]]:
+    """Every (server, domain) named `name` across the lab."""
+    found = []
+    for s in inv.servers:
+        conn = libvirt.open(s.uri)
+        for d in conn.listAllDomains():
+            if d.name() == name:
+                found.append((s.name, d))
+    return found

@@ -1,0 +1,108 @@
+"""Provision from a template and drive every lifecycle job, checked through libvirt."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from schemas.inventory import Inventory
+from tests.integration.conftest import Api, Proc, find_domains, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def create(api: Api, name: str, **extra: object) -> dict[str, object]:
+    body = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a-2disk",
+            "name": name, **extra}
+    return api.run(body)
+
+
+def test_create_from_template_runs_the_vm_with_the_shape_asked_for(
+        api: Api, worker: Proc, fleet: Inventory) -> None:
+    # given the lab's pool-a and its two-disk template
+    # when a VM is created with 3 vCPUs, 1536 MiB and two NICs on the pool's network
+    job = create(api, "web1", vcpus=3, memory_mib=1536,
+                 vnics=[{"network": "net-a"}, {"network": "net-a", "mac": "52:54:00:aa:bb:cc"}])
+    # then the job succeeded through every step
+    assert job["state"] == "succeeded", job
+    assert [s["state"] for s in job["steps"]] == ["done"] * 5
+    assert job["submitted_by"] == "admin" and job["progress"] == 1.0
+    # and exactly one server of pool-a runs it, with that shape
+    found = find_domains(fleet, "web1")
+    assert len(found) == 1
+    server, dom = found[0]
+    assert server in {"srv-a1", "srv-a2"}
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert dom.UUIDString() == job["links"]["vm_id"]
+    root = ET.fromstring(dom.XMLDesc())
+    assert root.findtext("vcpu") == "3"
+    assert int(root.findtext("memory")) == 1536 * 1024  # KiB
+    disks = [d.attrib["file"] for d in root.findall("devices/disk/source")]
+    assert [p.rsplit("/", 1)[1] for p in disks] == ["web1-disk0", "web1-disk1"]
+    macs = [m.attrib["address"] for m in root.findall("devices/interface/mac")]
+    nets = [n.attrib["network"] for n in root.findall("devices/interface/source")]
+    assert nets == ["net-a", "net-a"] and macs[1] == "52:54:00:aa:bb:cc"
+    repo = dom.connect().storagePoolLookupByName("repo-a")
+    assert {"web1-disk0", "web1-disk1"} <= set(repo.listVolumes())
+    # and the API reports it, state read from the hypervisor
+    status, vm = api.request("GET", "/v1/vms/web1")
+    assert status == 200 and vm["state"] == "running" and vm["server"] == server
+
+
+def state_of(fleet: Inventory, name: str) -> int:
+    [(_, dom)] = find_domains(fleet, name)
+    return int(dom.state()[0])
+
+
+def test_every_lifecycle_job(api: Api, worker: Proc, fleet: Inventory) -> None:
+    assert create(api, "life1")["state"] == "succeeded"
+    expect = [
+        ({"kind": "vm.suspend"}, libvirt.VIR_DOMAIN_PAUSED),
+        ({"kind": "vm.resume"}, libvirt.VIR_DOMAIN_RUNNING),
+        ({"kind": "vm.stop", "timeout_s": 5}, libvirt.VIR_DOMAIN_SHUTOFF),
+        ({"kind": "vm.start"}, libvirt.VIR_DOMAIN_RUNNING),
+        ({"kind": "vm.restart"}, libvirt.VIR_DOMAIN_RUNNING),
+        ({"kind": "vm.kill"}, libvirt.VIR_DOMAIN_SHUTOFF),
+    ]
+    for body, state in expect:
+        job = api.run({**body, "vm": "life1"})
+        assert job["state"] == "succeeded", job
+        assert state_of(fleet, "life1") == state, body
+    # restart really stopped and started the domain
+    restart = api.request("GET", "/v1/jobs?kind=vm.restart")[1]["items"][0]
+    assert [s["name"] for s in restart["steps"]] == ["stop", "start"]
+
+
+def test_delete_with_and_without_disks(api: Api, worker: Proc, fleet: Inventory) -> None:
+    for name in ("del1", "del2"):
+        assert create(api, name, start=False)["state"] == "succeeded"
+    assert api.run({"kind": "vm.delete", "vm": "del1"})["state"] == "succeeded"
+    assert api.run({"kind": "vm.delete", "vm": "del2", "delete_disks": False})["state"] \
+        == "succeeded"
+    assert find_domains(fleet, "del1") == [] and find_domains(fleet, "del2") == []
+    vols: set[str] = set()
+    for s in fleet.servers:
+        if s.pool == "pool-a":
+            vols |= set(libvirt.open(s.uri).storagePoolLookupByName("repo-a").listVolumes())
+    assert not {"del1-disk0", "del1-disk1"} & vols
+    assert {"del2-disk0", "del2-disk1"} <= vols
+    assert api.request("GET", "/v1/vms/del1")[0] == 404
+
+
+def test_vm_state_follows_changes_made_outside_vmorch(
+        api: Api, worker: Proc, fleet: Inventory, env: dict[str, str], workdir: object) -> None:
+    import pathlib
+
+    from tests.integration.conftest import Proc as P
+
+    assert create(api, "ext1", vcpus=1)["state"] == "succeeded"
+    [(server, dom)] = find_domains(fleet, "ext1")
+    agent = P(["agent", "--server", server], env, pathlib.Path(str(workdir)) / "agent.log")
+    try:
+        dom.suspend()  # behind vmorch's back
+        wait_until(lambda: api.request("GET", "/v1/vms/ext1")[1]["state"] == "suspended", 10,
+                   "the agent to observe the pause")
+    finally:
+        agent.stop()

@@ -1,0 +1,67 @@
+"""Job store: compare-and-set transitions, idempotency, VM queues, listing."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import Conflict
+from schemas.jobs import TRANSITIONS, JobState
+from tests.unit.conftest import Engine
+
+
+def test_terminal_states_allow_no_transition() -> None:
+    for state in JobState:
+        assert (TRANSITIONS[state] == frozenset()) == state.terminal
+
+
+def test_an_illegal_transition_is_refused(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 1})
+    with pytest.raises(Conflict):
+        engine.run(engine.jobs.update(
+            job.id, lambda j: j.model_copy(update={"state": JobState.SUCCEEDED})))
+    assert engine.get(job.id).state == JobState.QUEUED
+
+
+def test_every_transition_emits_an_event(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 1})
+    engine.drain()
+    entries = engine.run(engine.redis.xrange("vmorch:events"))
+    import json
+
+    types = [json.loads(f["e"])["type"] for _, f in entries
+             if json.loads(f["e"])["subject"] == job.id]
+    assert types[0] == "job.queued"
+    assert "job.running" in types and types[-1] == "job.succeeded"
+
+
+def test_idempotency_key_returns_the_same_job_and_refuses_another_body(engine: Engine) -> None:
+    first = engine.submit({"kind": "noop", "steps": 2}, idem_key="k1")
+    again = engine.submit({"kind": "noop", "steps": 2}, idem_key="k1")
+    assert again.id == first.id
+    with pytest.raises(Conflict):
+        engine.submit({"kind": "noop", "steps": 3}, idem_key="k1")
+    assert len(engine.dispatcher.sent) == 1  # the replay dispatched nothing
+
+
+def test_a_concurrent_write_is_retried_not_lost(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 1})
+    before = engine.run(engine.jobs.get_versioned(job.id))
+    # another writer changes the record first
+    engine.run(engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.25})))
+    status, _ = engine.run(engine.jobs.commit(before, before.job.model_copy(
+        update={"progress": 0.75})))
+    assert status == "conflict"
+    assert engine.get(job.id).progress == 0.25
+
+
+def test_listing_is_newest_first_filtered_and_paged(engine: Engine) -> None:
+    ids = [engine.submit({"kind": "noop", "steps": 1}).id for _ in range(5)]
+    page1, cursor = engine.run(engine.jobs.list(limit=2))
+    assert [j.id for j in page1] == ids[::-1][:2]
+    page2, cursor2 = engine.run(engine.jobs.list(limit=2, cursor=cursor))
+    assert [j.id for j in page2] == ids[::-1][2:4]
+    engine.run(engine.submitter.abort(ids[0]))
+    aborted, _ = engine.run(engine.jobs.list(state="aborted"))
+    assert [j.id for j in aborted] == [ids[0]]
+    queued, _ = engine.run(engine.jobs.list(state="queued", kind="noop"))
+    assert len(queued) == 4

@@ -1,0 +1,131 @@
+"""The step runner: order, retries, compensation, abort, per-VM order, fencing."""
+
+from __future__ import annotations
+
+from orchestrator.errors import LeaseLost
+from schemas.jobs import JobState, StepState
+from tests.unit.conftest import Engine
+
+
+def states(job: object) -> list[str]:
+    return [s.state.value for s in job.steps]  # type: ignore[attr-defined]
+
+
+def test_noop_workflow_runs_every_step_in_order(engine: Engine) -> None:
+    # given a 4-step job
+    job = engine.submit({"kind": "noop", "steps": 4})
+    # when the engine runs it
+    engine.drain()
+    # then every step is done once and the job succeeded with full progress
+    done = engine.get(job.id)
+    assert done.state == JobState.SUCCEEDED
+    assert states(done) == ["done"] * 4
+    assert [s.attempts for s in done.steps] == [1, 1, 1, 1]
+    assert done.progress == 1.0
+    assert done.result == {f"step{i}": "ok" for i in range(1, 5)}
+    assert all(s.started_at and s.ended_at and s.started_at <= s.ended_at for s in done.steps)
+
+
+def test_transient_failures_are_retried_until_they_pass(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 2, "transient_failures": 2})
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.SUCCEEDED
+    assert [s.attempts for s in done.steps] == [3, 3]
+
+
+def test_transient_failures_past_the_attempt_limit_fail_and_compensate(engine: Engine) -> None:
+    # step_max_attempts is 3 in these settings; 5 transient errors exceed it
+    job = engine.submit({"kind": "noop", "steps": 2, "transient_failures": 5})
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.FAILED
+    assert states(done) == ["failed", "skipped"]
+    assert done.steps[0].attempts == 3
+    assert done.error is not None and done.error.code == "hypervisor_unavailable"
+
+
+def test_permanent_failure_undoes_done_steps_in_reverse(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 4, "fail_at": 3})
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.FAILED
+    assert states(done) == ["undone", "undone", "failed", "skipped"]
+    assert done.undone_steps == ["noop-1", "noop-2"]
+    assert "noop-3" in done.error.message
+
+
+def test_abort_of_a_queued_job_drops_it(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 2})
+    engine.run(engine.submitter.abort(job.id, "changed my mind"))
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.ABORTED
+    assert states(done) == []  # never started
+    assert "changed my mind" in done.error.message
+
+
+def test_abort_of_a_running_job_stops_at_the_step_boundary_and_undoes(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 3})
+    # run exactly one step, then ask for an abort
+    job_id, _ = engine.dispatcher.sent.pop(0)
+    from tasks.runner import advance
+
+    advance(engine.rt, job_id)
+    assert engine.get(job.id).state == JobState.RUNNING
+    aborting = engine.run(engine.submitter.abort(job.id))
+    assert aborting.state == JobState.ABORTING
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.ABORTED
+    assert states(done) == ["undone", "skipped", "skipped"]
+
+
+def test_abort_of_an_ended_job_is_a_conflict(engine: Engine) -> None:
+    import pytest
+
+    from orchestrator.errors import Conflict
+
+    job = engine.submit({"kind": "noop", "steps": 1})
+    engine.drain()
+    with pytest.raises(Conflict):
+        engine.run(engine.submitter.abort(job.id))
+
+
+def test_a_second_worker_cannot_take_a_held_job(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 1})
+    token = engine.run(engine.rt.leases.acquire(job.id))
+    assert token is not None
+    from tasks.runner import advance
+
+    assert advance(engine.rt, job.id) == "busy"
+    assert engine.get(job.id).state == JobState.QUEUED
+
+
+def test_a_worker_whose_lease_was_taken_over_records_nothing(engine: Engine) -> None:
+    # given a job whose lease was taken by worker A, then expired and taken by worker B
+    job = engine.submit({"kind": "noop", "steps": 1})
+    old = engine.run(engine.rt.leases.acquire(job.id))
+    engine.run(engine.redis.delete(f"vmorch:lease:{job.id}"))  # A's lease expires
+    new = engine.run(engine.rt.leases.acquire(job.id))
+    assert new is not None and old is not None and new > old
+    # when A tries to record a transition with its old fencing token
+    import pytest
+
+    with pytest.raises(LeaseLost):
+        engine.run(engine.jobs.update(
+            job.id, lambda j: j.model_copy(update={"progress": 0.5}), fence=old))
+    # then nothing changed, while B's token still writes
+    assert engine.get(job.id).progress == 0.0
+    engine.run(engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.5}),
+                                  fence=new))
+    assert engine.get(job.id).progress == 0.5
+
+
+def test_steps_of_a_failed_job_stay_failed_when_a_stale_message_arrives(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 2, "fail_at": 1})
+    engine.drain()
+    engine.dispatcher.sent.append((job.id, ""))  # at-least-once: a duplicate message
+    assert engine.drain() == ["advanced"]
+    assert engine.get(job.id).state == JobState.FAILED
+    assert engine.get(job.id).steps[1].state == StepState.SKIPPED

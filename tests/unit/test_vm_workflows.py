@@ -1,0 +1,118 @@
+"""VM workflows on the in-process libvirt test driver: per-VM order and compensation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import libvirt
+import pytest
+
+from schemas.inventory import (
+    Inventory,
+    Network,
+    Repository,
+    Server,
+    ServerPool,
+    Template,
+    TemplateDisk,
+)
+from schemas.jobs import JobState
+from tests.unit.conftest import Engine
+
+URI = "test:///default"
+
+
+@pytest.fixture
+def conn() -> Iterator[libvirt.virConnect]:
+    # The in-process test driver keeps its state while a connection is open.
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    c = libvirt.open(URI)
+    for d in c.listAllDomains():
+        if d.isActive():
+            d.destroy()
+        d.undefine()
+    if "repo-u" not in c.listStoragePools():
+        sp = c.storagePoolDefineXML(
+            "<pool type='dir'><name>repo-u</name><target><path>/repo-u</path></target></pool>")
+        sp.create()
+    sp = c.storagePoolLookupByName("repo-u")
+    for v in sp.listVolumes():
+        sp.storageVolLookupByName(v).delete(0)
+    sp.createXML("<volume><name>base.img</name><capacity>1048576</capacity></volume>", 0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def fleet(engine: Engine, conn: libvirt.virConnect) -> Engine:
+    inv = Inventory(
+        pools=[ServerPool(name="pool-u", repository=Repository(name="repo-u"),
+                          networks=[Network(name="default")], servers=["srv-u"])],
+        servers=[Server(name="srv-u", pool="pool-u", uri=URI)],
+        templates=[Template(name="t1", repository="repo-u",
+                            disks=[TemplateDisk(volume="base.img")]),
+                   Template(name="broken", repository="repo-u",
+                            disks=[TemplateDisk(volume="base.img"),
+                                   TemplateDisk(volume="missing.img")])],
+    )
+    engine.run(engine.inventory.load(inv))
+    return engine
+
+
+def create(engine: Engine, name: str, template: str = "t1") -> Any:
+    job = engine.submit({"kind": "vm.create_from_template", "pool": "pool-u",
+                         "template": template, "name": name,
+                         "vnics": [{"network": "default"}]})
+    engine.drain()
+    return engine.get(job.id)
+
+
+def test_create_defines_and_starts_the_domain(fleet: Engine, conn: libvirt.virConnect) -> None:
+    job = create(fleet, "vm1")
+    assert job.state == JobState.SUCCEEDED, job.error
+    dom = conn.lookupByName("vm1")
+    assert dom.isActive()
+    assert dom.UUIDString() == job.links.vm_id
+    assert "vm1-disk0" in conn.storagePoolLookupByName("repo-u").listVolumes()
+
+
+def test_jobs_on_one_vm_run_one_at_a_time_in_order(fleet: Engine) -> None:
+    vm_id = create(fleet, "vm2").links.vm_id
+    stop = fleet.submit({"kind": "vm.stop", "vm": "vm2"})
+    start = fleet.submit({"kind": "vm.start", "vm": "vm2"})
+    # only the head of the VM's queue was dispatched; the other waits for it
+    assert [j for j, _ in fleet.dispatcher.sent] == [stop.id]
+    assert fleet.run(fleet.jobs.vm_queue(vm_id)) == [stop.id, start.id]
+    fleet.drain()
+    a, b = fleet.get(stop.id), fleet.get(start.id)
+    assert a.state == b.state == JobState.SUCCEEDED
+    assert a.ended_at <= b.started_at
+    assert fleet.run(fleet.jobs.vm_queue(vm_id)) == []
+
+
+def test_a_failed_clone_leaves_no_volume_domain_or_record(fleet: Engine,
+                                                          conn: libvirt.virConnect) -> None:
+    job = create(fleet, "vm3", template="broken")
+    assert job.state == JobState.FAILED
+    assert [s.state.value for s in job.steps] == ["undone", "undone", "failed", "skipped",
+                                                  "skipped"]
+    assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
+    assert "vm3" not in [d.name() for d in conn.listAllDomains()]
+    assert fleet.run(fleet.inventory.find_vm("vm3")) is None
+    # and the name can be used again
+    assert create(fleet, "vm3").state == JobState.SUCCEEDED
+
+
+def test_delete_refuses_a_running_vm_without_force(fleet: Engine,
+                                                   conn: libvirt.virConnect) -> None:
+    create(fleet, "vm4")
+    refused = fleet.submit({"kind": "vm.delete", "vm": "vm4"})
+    fleet.drain()
+    assert fleet.get(refused.id).state == JobState.FAILED
+    assert conn.lookupByName("vm4").isActive()
+    forced = fleet.submit({"kind": "vm.delete", "vm": "vm4", "force": True})
+    fleet.drain()
+    assert fleet.get(forced.id).state == JobState.SUCCEEDED
+    assert "vm4" not in [d.name() for d in conn.listAllDomains()]
+    assert "vm4-disk0" not in conn.storagePoolLookupByName("repo-u").listVolumes()
