@@ -16,8 +16,9 @@ from orchestrator.settings import Settings
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
 
 
 def _run_until_signal(main: Any) -> int:
@@ -37,8 +38,13 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
 
     from orchestrator.api.app import make_app
 
-    web.run_app(make_app(settings), host=settings.api_host, port=settings.api_port,
-                access_log=None, print=None)
+    web.run_app(
+        make_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=None,
+        print=None,
+    )
     return 0
 
 
@@ -78,8 +84,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.lab import LabSpec
     from orchestrator.up import up
 
-    return up(settings, LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool),
-              args.port)
+    return up(
+        settings, LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool), args.port
+    )
 
 
 def cmd_down(settings: Settings, _: argparse.Namespace) -> int:
@@ -106,8 +113,9 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.api import Role
 
     if args.token_cmd == "create":
-        token, info = _redis_call(settings, lambda r: TokenStore(r).create(args.name,
-                                                                          Role(args.role)))
+        token, info = _redis_call(
+            settings, lambda r: TokenStore(r).create(args.name, Role(args.role))
+        )
         print(json.dumps({"token": token, **info.model_dump(mode="json")}, indent=2))
     elif args.token_cmd == "list":
         infos = _redis_call(settings, lambda r: TokenStore(r).list())
@@ -124,8 +132,9 @@ def cmd_inventory(settings: Settings, args: argparse.Namespace) -> int:
 
     inv = Inventory.model_validate_json(Path(args.file).read_text())
     _redis_call(settings, lambda r: InventoryStore(r).load(inv))
-    print(f"loaded {len(inv.pools)} pools, {len(inv.servers)} servers, "
-          f"{len(inv.templates)} templates")
+    print(
+        f"loaded {len(inv.pools)} pools, {len(inv.servers)} servers, {len(inv.templates)} templates"
+    )
     return 0
 
 
@@ -159,12 +168,15 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                 job = _watch(client, job["id"])
                 return 0 if job["state"] == "succeeded" else 1
         elif args.jobs_cmd == "list":
-            q = "&".join(f"{k}={v}" for k in ("state", "kind", "vm")
-                         if (v := getattr(args, k)) is not None)
+            q = "&".join(
+                f"{k}={v}" for k in ("state", "kind", "vm") if (v := getattr(args, k)) is not None
+            )
             page = client.call("GET", f"/v1/jobs?{q}")
             for j in page["items"]:
-                print(f"{j['id']}  {j['kind']:<24} {j['state']:<9} {j['progress'] * 100:5.1f}%  "
-                      f"{j['links'].get('vm_name') or ''}")
+                print(
+                    f"{j['id']}  {j['kind']:<24} {j['state']:<9} {j['progress'] * 100:5.1f}%  "
+                    f"{j['links'].get('vm_name') or ''}"
+                )
         elif args.jobs_cmd == "show":
             print(json.dumps(client.call("GET", f"/v1/jobs/{args.id}"), indent=2))
         elif args.jobs_cmd == "watch":
@@ -225,8 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     inv.set_defaults(fn=cmd_inventory)
 
     for name, fn in (("jobs", cmd_jobs), ("get", cmd_get)):
-        sp = sub.add_parser(name, help="submit, list, show, watch, abort jobs" if name == "jobs"
-                            else "GET a collection: vms, pools, servers, templates, queue")
+        sp = sub.add_parser(
+            name,
+            help="submit, list, show, watch, abort jobs"
+            if name == "jobs"
+            else "GET a collection: vms, pools, servers, templates, queue",
+        )
         sp.add_argument("--api", default=None)
         sp.add_argument("--token", default=None)
         sp.set_defaults(fn=fn)

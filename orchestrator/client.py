@@ -26,12 +26,17 @@ class Client:
         path = lab_dir / STATE_FILE
         if (api_url is None or token is None) and path.exists():
             state = json.loads(path.read_text())
-        self.api_url = (api_url or os.environ.get("VMORCH_API_URL") or state.get("api_url")
-                        or "http://127.0.0.1:8080").rstrip("/")
+        self.api_url = (
+            api_url
+            or os.environ.get("VMORCH_API_URL")
+            or state.get("api_url")
+            or "http://127.0.0.1:8080"
+        ).rstrip("/")
         self.token = token or os.environ.get("VMORCH_TOKEN") or state.get("admin_token") or ""
 
-    def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")

@@ -13,8 +13,9 @@ from schemas.events import Event
 
 
 def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any]) -> Event:
-    return Event(id=str(uuid.uuid4()), source=source, type=type_, subject=subject,
-                 time=utcnow(), data=data)
+    return Event(
+        id=str(uuid.uuid4()), source=source, type=type_, subject=subject, time=utcnow(), data=data
+    )
 
 
 async def read_events(redis: Redis, after: str = "-", count: int = 100) -> list[tuple[str, Event]]:

@@ -38,8 +38,12 @@ def _created_us(job: Job) -> int:
 def job_event(job: Job, old: JobState | None, source: str, step: str | None = None) -> str:
     """The event for a job change: `job.<state>` on a transition, `job.step` otherwise."""
     changed = old != job.state
-    data: dict[str, Any] = {"job_id": job.id, "kind": job.kind, "state": job.state.value,
-                            "progress": job.progress}
+    data: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "state": job.state.value,
+        "progress": job.progress,
+    }
     if changed and old is not None:
         data["from"] = old.value
     if job.links.vm_id:
@@ -65,8 +69,14 @@ class Versioned:
 
 
 class JobStore:
-    def __init__(self, redis: Redis, *, event_maxlen: int = 100_000, idem_ttl_s: int = 86400,
-                 redispatch_after_s: float = 15.0):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        event_maxlen: int = 100_000,
+        idem_ttl_s: int = 86400,
+        redispatch_after_s: float = 15.0,
+    ):
         self.redis = redis
         self.event_maxlen = event_maxlen
         self.idem_ttl_s = idem_ttl_s
@@ -75,26 +85,48 @@ class JobStore:
         self._commit = redis.register_script(lua.COMMIT_JOB)
         self._claim_due = redis.register_script(lua.CLAIM_DUE)
 
-    async def create(self, job: Job, *, idem_key: str | None = None, request_sha: str = "",
-                     reserve_vm: Vm | None = None) -> CreateResult:
+    async def create(
+        self,
+        job: Job,
+        *,
+        idem_key: str | None = None,
+        request_sha: str = "",
+        reserve_vm: Vm | None = None,
+    ) -> CreateResult:
         """Store a new queued job, append it to its VM's queue, and reserve a new VM's name."""
         vm_id = job.links.vm_id
         created = _created_us(job)
         event = job_event(job, None, "vmorch://api")
         res = await self._create(
-            keys=[keys.job(job.id), keys.idempotency(idem_key) if idem_key else lua.NONE_KEY,
-                  keys.JOBS_ALL, keys.jobs_state(JobState.QUEUED), keys.jobs_kind(job.kind),
-                  keys.jobs_vm(vm_id) if vm_id else lua.NONE_KEY,
-                  keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
-                  keys.jobs_queued(job.queue), keys.EVENTS, keys.JOBS_DUE,
-                  keys.vm(reserve_vm.id) if reserve_vm else lua.NONE_KEY,
-                  keys.vm_name(reserve_vm.name) if reserve_vm else lua.NONE_KEY, keys.VMS],
-            args=[job.id, job.model_dump_json(), created,
-                  f"{job.id} {request_sha}" if idem_key else "", self.idem_ttl_s,
-                  "1" if vm_id else "0", event, self.event_maxlen,
-                  now_ms() + self.redispatch_after_ms,
-                  reserve_vm.model_dump_json() if reserve_vm else "",
-                  reserve_vm.name if reserve_vm else "", reserve_vm.id if reserve_vm else ""],
+            keys=[
+                keys.job(job.id),
+                keys.idempotency(idem_key) if idem_key else lua.NONE_KEY,
+                keys.JOBS_ALL,
+                keys.jobs_state(JobState.QUEUED),
+                keys.jobs_kind(job.kind),
+                keys.jobs_vm(vm_id) if vm_id else lua.NONE_KEY,
+                keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
+                keys.jobs_queued(job.queue),
+                keys.EVENTS,
+                keys.JOBS_DUE,
+                keys.vm(reserve_vm.id) if reserve_vm else lua.NONE_KEY,
+                keys.vm_name(reserve_vm.name) if reserve_vm else lua.NONE_KEY,
+                keys.VMS,
+            ],
+            args=[
+                job.id,
+                job.model_dump_json(),
+                created,
+                f"{job.id} {request_sha}" if idem_key else "",
+                self.idem_ttl_s,
+                "1" if vm_id else "0",
+                event,
+                self.event_maxlen,
+                now_ms() + self.redispatch_after_ms,
+                reserve_vm.model_dump_json() if reserve_vm else "",
+                reserve_vm.name if reserve_vm else "",
+                reserve_vm.id if reserve_vm else "",
+            ],
         )
         status, job_id, pos = res
         return CreateResult(status, job_id, int(pos))
@@ -120,9 +152,16 @@ class JobStore:
         docs = await pipe.execute()
         return [Job.model_validate_json(d) for d in docs if d is not None]
 
-    async def commit(self, before: Versioned, after: Job, *, fence: int | None = None,
-                     source: str = "vmorch://engine", step: str | None = None,
-                     due_ms: int | Literal["-"] | None = None) -> tuple[str, str]:
+    async def commit(
+        self,
+        before: Versioned,
+        after: Job,
+        *,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[str, str]:
         """Write `after` if the record is still at `before.version` (and the lease matches).
 
         Returns (status, new VM-queue head). The head is set when a terminal job hands its VM
@@ -135,21 +174,42 @@ class JobStore:
         vm_id = after.links.vm_id
         emit = old.state != after.state or step is not None
         status, head = await self._commit(
-            keys=[keys.job(old.id), keys.lease(old.id), keys.EVENTS, keys.jobs_state(old.state),
-                  keys.jobs_state(after.state), keys.jobs_queued(old.queue),
-                  keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY, keys.JOBS_DUE],
-            args=[before.version, "" if fence is None else str(fence), after.model_dump_json(),
-                  after.state.value, job_event(after, old.state, source, step) if emit else "",
-                  self.event_maxlen, old.id, _created_us(old),
-                  "1" if after.state.terminal else "0",
-                  "" if due_ms is None else str(due_ms), now_ms()],
+            keys=[
+                keys.job(old.id),
+                keys.lease(old.id),
+                keys.EVENTS,
+                keys.jobs_state(old.state),
+                keys.jobs_state(after.state),
+                keys.jobs_queued(old.queue),
+                keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
+                keys.JOBS_DUE,
+            ],
+            args=[
+                before.version,
+                "" if fence is None else str(fence),
+                after.model_dump_json(),
+                after.state.value,
+                job_event(after, old.state, source, step) if emit else "",
+                self.event_maxlen,
+                old.id,
+                _created_us(old),
+                "1" if after.state.terminal else "0",
+                "" if due_ms is None else str(due_ms),
+                now_ms(),
+            ],
         )
         return status, head
 
-    async def update(self, job_id: str, mutate: Mutation | AsyncMutation, *,
-                     fence: int | None = None, source: str = "vmorch://engine",
-                     step: str | None = None,
-                     due_ms: int | Literal["-"] | None = None) -> tuple[Job, str]:
+    async def update(
+        self,
+        job_id: str,
+        mutate: Mutation | AsyncMutation,
+        *,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[Job, str]:
         """Read, apply `mutate`, compare-and-set; repeat on a concurrent write.
 
         `mutate` returns the new job, or None to write nothing. Raises LeaseLost if the
@@ -164,8 +224,9 @@ class JobStore:
                 after = await after
             if after is None:
                 return before.job, ""
-            status, head = await self.commit(before, after, fence=fence, source=source,
-                                             step=step, due_ms=due_ms)
+            status, head = await self.commit(
+                before, after, fence=fence, source=source, step=step, due_ms=due_ms
+            )
             if status == "ok":
                 return after, head
             if status == "fenced":
@@ -179,31 +240,52 @@ class JobStore:
     async def claim_due(self, limit: int = 100) -> list[str]:
         """Jobs whose dispatch timer has passed; their timers move forward by redispatch_after."""
         now = now_ms()
-        return list(await self._claim_due(keys=[keys.JOBS_DUE],
-                                          args=[now, now + self.redispatch_after_ms, limit]))
+        return list(
+            await self._claim_due(
+                keys=[keys.JOBS_DUE], args=[now, now + self.redispatch_after_ms, limit]
+            )
+        )
 
     async def set_due(self, job_id: str, due_ms: int) -> None:
         await self.redis.zadd(keys.JOBS_DUE, {job_id: due_ms})
 
-    async def list(self, *, state: str | None = None, kind: str | None = None,
-                   vm_id: str | None = None, limit: int = 50,
-                   cursor: str | None = None) -> tuple[list[Job], str | None]:
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        vm_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
         """Newest first. Scans the most selective index and filters the rest."""
-        index = (keys.jobs_vm(vm_id) if vm_id else keys.jobs_state(state) if state
-                 else keys.jobs_kind(kind) if kind else keys.JOBS_ALL)
+        index = (
+            keys.jobs_vm(vm_id)
+            if vm_id
+            else keys.jobs_state(state)
+            if state
+            else keys.jobs_kind(kind)
+            if kind
+            else keys.JOBS_ALL
+        )
         out: list[Job] = []
         max_score: str = "+inf" if cursor is None else f"({cursor}"
         while len(out) < limit:
-            batch = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=0,
-                                                      num=limit * 2, withscores=True)
+            batch = await self.redis.zrevrangebyscore(
+                index, max_score, "-inf", start=0, num=limit * 2, withscores=True
+            )
             if not batch:
                 return out, None
             jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}
             for jid, score in batch:
                 job = jobs.get(jid)
                 max_score = f"({int(score)}"
-                if job is None or (state and job.state != state) or (kind and job.kind != kind) \
-                        or (vm_id and job.links.vm_id != vm_id):
+                if (
+                    job is None
+                    or (state and job.state != state)
+                    or (kind and job.kind != kind)
+                    or (vm_id and job.links.vm_id != vm_id)
+                ):
                     continue
                 out.append(job)
                 if len(out) == limit:

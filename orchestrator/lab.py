@@ -7,14 +7,15 @@ would look) holding the pool's templates. The fast kind serves libvirt's test dr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import libvirt
-from xml.etree import ElementTree as ET
 from pydantic import BaseModel, Field
 
 from orchestrator.libvirtd import LibvirtDaemon
@@ -42,15 +43,35 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
     for letter in string.ascii_lowercase[: spec.pools]:
         servers = [f"srv-{letter}{i}" for i in range(1, spec.servers_per_pool + 1)]
         repo = Repository(name=f"repo-{letter}")
-        pools.append(ServerPool(name=f"pool-{letter}", repository=repo,
-                                networks=[Network(name=f"net-{letter}")], servers=servers))
-        templates.append(Template(
-            name=f"tmpl-{letter}", repository=repo.name, vcpus=1, memory_mib=512,
-            disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB)]))
-        templates.append(Template(
-            name=f"tmpl-{letter}-2disk", repository=repo.name, vcpus=2, memory_mib=1024,
-            disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB),
-                   TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=GIB // 2)]))
+        pools.append(
+            ServerPool(
+                name=f"pool-{letter}",
+                repository=repo,
+                networks=[Network(name=f"net-{letter}")],
+                servers=servers,
+            )
+        )
+        templates.append(
+            Template(
+                name=f"tmpl-{letter}",
+                repository=repo.name,
+                vcpus=1,
+                memory_mib=512,
+                disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB)],
+            )
+        )
+        templates.append(
+            Template(
+                name=f"tmpl-{letter}-2disk",
+                repository=repo.name,
+                vcpus=2,
+                memory_mib=1024,
+                disks=[
+                    TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB),
+                    TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=GIB // 2),
+                ],
+            )
+        )
     return pools, templates
 
 
@@ -108,8 +129,9 @@ class Lab:
                                 hv.create_volume(t.repository, d.volume, d.capacity_bytes)
                     node = hv.memory_mib()
                     hv.close()
-                    servers.append(Server(name=name, pool=pool.name, uri=info.uri,
-                                          memory_mib=node, cpus=16))
+                    servers.append(
+                        Server(name=name, pool=pool.name, uri=info.uri, memory_mib=node, cpus=16)
+                    )
         except BaseException:
             self.stop()
             raise
@@ -117,10 +139,8 @@ class Lab:
 
     def stop(self) -> None:
         for conn in self.keepers.values():
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
         self.keepers.clear()
         for daemon in self.daemons.values():
             daemon.stop()

@@ -23,8 +23,9 @@ class Leases:
 
     async def acquire(self, job_id: str) -> int | None:
         """A new fencing token, or None if another worker holds the job."""
-        token = await self._acquire(keys=[keys.lease(job_id), keys.fence(job_id)],
-                                    args=[self.lease_ms])
+        token = await self._acquire(
+            keys=[keys.lease(job_id), keys.fence(job_id)], args=[self.lease_ms]
+        )
         return None if token is None else int(token)
 
     async def renew(self, job_id: str, token: int) -> bool:

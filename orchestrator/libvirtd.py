@@ -112,9 +112,7 @@ class LibvirtDaemon:
         for sub in ("home", "config/libvirt", "cache", "run"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "run").chmod(0o700)
-        (d / "config/libvirt/libvirtd.conf").write_text(
-            f'host_uuid = "{self.host_uuid}"\n'
-        )
+        (d / "config/libvirt/libvirtd.conf").write_text(f'host_uuid = "{self.host_uuid}"\n')
         (d / "config/libvirt/qemu.conf").write_text('stdio_handler = "file"\n')
         self._remove_stale_sockets()
         self.log_path.touch()
@@ -165,14 +163,14 @@ class LibvirtDaemon:
         return self._info
 
     def _wait_for_socket(self, timeout_s: float) -> None:
-        assert self._proc is not None
+        if self._proc is None:
+            raise RuntimeError("not started")
         deadline_s = time.monotonic() + timeout_s
         while True:
             code = self._proc.poll()
             if code is not None:
                 raise RuntimeError(
-                    f"libvirtd {self.name!r} exited with code {code}:\n"
-                    f"{_log_tail(self.log_path)}"
+                    f"libvirtd {self.name!r} exited with code {code}:\n{_log_tail(self.log_path)}"
                 )
             if self.socket_path.is_socket():
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -55,9 +55,7 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 class RedisServer:
     """One private, non-daemonized ``redis-server`` bound to 127.0.0.1."""
 
-    def __init__(
-        self, data_dir: Path, port: int | None = None, appendonly: bool = True
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"invalid TCP port {port}")
         self._data_dir = Path(data_dir).resolve()
@@ -122,7 +120,8 @@ class RedisServer:
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Poll until *our* process answers PING, or raise RuntimeError."""
-        assert self._proc is not None
+        if self._proc is None:
+            raise RuntimeError("not started")
         deadline_s = time.monotonic() + timeout_s
         client = redis.Redis(
             host=_HOST, port=self._port, socket_timeout=1.0, socket_connect_timeout=1.0

@@ -7,6 +7,7 @@ Issue 3 adds the event stream (waits, hooks) to the same process. Several router
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import redis.asyncio as aredis
@@ -58,7 +59,5 @@ class Router:
                 await self.sweep()
             except aredis.RedisError:
                 log.warning("router sweep failed; retrying", exc_info=True)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_s)
-            except TimeoutError:
-                pass

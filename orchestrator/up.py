@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
@@ -85,8 +84,12 @@ class Stack:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = open(self.lab_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args], env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start(self) -> dict[str, Any]:
         (self.lab_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -99,8 +102,12 @@ class Stack:
         port = self.port or self.settings.api_port
         if not _port_free(host, port):
             port = _free_port(host)
-        env = {**os.environ, "VMORCH_REDIS_URL": redis_url, "VMORCH_API_HOST": host,
-               "VMORCH_API_PORT": str(port)}
+        env = {
+            **os.environ,
+            "VMORCH_REDIS_URL": redis_url,
+            "VMORCH_API_HOST": host,
+            "VMORCH_API_PORT": str(port),
+        }
         api_url = f"http://{host}:{port}"
         self._spawn("api", ["api"], env)
         self._spawn("router", ["router"], env)
@@ -109,11 +116,15 @@ class Stack:
             self._spawn(f"agent-{s.name}", ["agent", "--server", s.name], env)
         _wait_http(api_url, self.procs["api"], 30)
         state = {
-            "api_url": api_url, "admin_token": token, "redis_url": redis_url,
-            "lab_dir": str(self.lab_dir), "hypervisor_dir": str(self.lab.base_dir),
+            "api_url": api_url,
+            "admin_token": token,
+            "redis_url": redis_url,
+            "lab_dir": str(self.lab_dir),
+            "hypervisor_dir": str(self.lab.base_dir),
             "pid": os.getpid(),
             "servers": [{"name": s.name, "pool": s.pool, "uri": s.uri} for s in inv.servers],
-            "pools": [p.name for p in inv.pools], "templates": [t.name for t in inv.templates],
+            "pools": [p.name for p in inv.pools],
+            "templates": [t.name for t in inv.templates],
             "processes": {n: p.pid for n, p in self.procs.items()},
         }
         path = self.lab_dir / STATE_FILE
@@ -164,17 +175,22 @@ def up(settings: Settings, spec: LabSpec, port: int | None) -> int:
         old = json.loads(state_path.read_text())
         try:
             os.kill(int(old["pid"]), 0)
-            print(f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
-                  file=sys.stderr)
+            print(
+                f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
+                file=sys.stderr,
+            )
             return 1
         except (OSError, KeyError, ValueError):
             pass  # a stale file from a crashed run
     stack = Stack(settings, spec, port)
     try:
         state = stack.start()
-        print(f"vmorch is up\n  api:         {state['api_url']}\n"
-              f"  admin token: {state['admin_token']}\n  details:     {state_path}\n"
-              "Ctrl-C (or `vmorch down`) stops everything.", flush=True)
+        print(
+            f"vmorch is up\n  api:         {state['api_url']}\n"
+            f"  admin token: {state['admin_token']}\n  details:     {state_path}\n"
+            "Ctrl-C (or `vmorch down`) stops everything.",
+            flush=True,
+        )
         return stack.wait()
     finally:
         stack.stop()

@@ -24,7 +24,8 @@ class VnicRequest(Frozen):
 
 
 class CreateFromTemplate(Frozen):
-    """Clone a template's disks in the pool's repository, define the VM on a server with room, start it."""
+    """Clone a template's disks in the pool's repository, define the VM where there is room,
+    start it."""
 
     kind: Literal["vm.create_from_template"]
     pool: Name
@@ -33,7 +34,9 @@ class CreateFromTemplate(Frozen):
     vcpus: VcpuCount | None = None
     memory_mib: MemoryMiB | None = None
     vnics: Annotated[list[VnicRequest], Field(max_length=8)] = Field(default_factory=list)
-    server: Name | None = Field(default=None, description="place on this server instead of choosing")
+    server: Name | None = Field(
+        default=None, description="place on this server instead of choosing"
+    )
     start: bool = True
     ha: bool = False
 
@@ -84,8 +87,12 @@ class Noop(Frozen):
     kind: Literal["noop"]
     steps: Annotated[int, Field(ge=1, le=50)] = 5
     step_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 0
-    fail_at: Annotated[int | None, Field(ge=1, le=50, description="step that fails for good")] = None
-    transient_failures: Annotated[int, Field(ge=0, le=10, description="transient errors per step")] = 0
+    fail_at: Annotated[int | None, Field(ge=1, le=50, description="step that fails for good")] = (
+        None
+    )
+    transient_failures: Annotated[
+        int, Field(ge=0, le=10, description="transient errors per step")
+    ] = 0
 
 
 JobRequest = Annotated[

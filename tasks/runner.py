@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
+from typing import Literal
 
 from orchestrator.errors import (
     AbortRequested,
@@ -54,8 +56,11 @@ class Heartbeat:
                 if job.abort_requested:
                     self.abort.set()
                 # keep the router's dead-worker timer ahead of us while we hold the lease
-                self.rt.loop.run(self.rt.jobs.set_due(
-                    self.job_id, self.rt.due_in_ms(self.rt.settings.lease_ms * 2)))
+                self.rt.loop.run(
+                    self.rt.jobs.set_due(
+                        self.job_id, self.rt.due_in_ms(self.rt.settings.lease_ms * 2)
+                    )
+                )
             except Exception:  # a missed beat is not fatal; the lease has slack
                 log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
 
@@ -91,7 +96,7 @@ def _outputs(job: Job) -> Outputs:
 
 def _backoff_s(rt: Runtime, attempt: int) -> float:
     base = rt.settings.retry_base_s * (2 ** (attempt - 1))
-    return min(rt.settings.retry_max_s, base) * random.uniform(0.5, 1.0)
+    return float(min(rt.settings.retry_max_s, base) * random.uniform(0.5, 1.0))
 
 
 class Runner:
@@ -99,10 +104,16 @@ class Runner:
         self.rt, self.job_id, self.token = rt, job_id, token
         self.t0 = time.monotonic()
 
-    def _update(self, mutate: Callable[[Job], Job | None], *, step: str | None = None,
-                due_ms: int | str | None = None) -> tuple[Job, str]:
-        job, head = self.rt.loop.run(self.rt.jobs.update(
-            self.job_id, mutate, fence=self.token, step=step, due_ms=due_ms))  # type: ignore[arg-type]
+    def _update(
+        self,
+        mutate: Callable[[Job], Job | None],
+        *,
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[Job, str]:
+        job, head = self.rt.loop.run(
+            self.rt.jobs.update(self.job_id, mutate, fence=self.token, step=step, due_ms=due_ms)
+        )
         if head:
             self._dispatch_head(head)
         return job, head
@@ -115,8 +126,15 @@ class Runner:
             pass
 
     def _log(self, job: Job, step: str, frm: str, to: str) -> None:
-        log.info("job=%s kind=%s step=%s %s -> %s elapsed_s=%.3f", job.id, job.kind, step, frm,
-                 to, time.monotonic() - self.t0)
+        log.info(
+            "job=%s kind=%s step=%s %s -> %s elapsed_s=%.3f",
+            job.id,
+            job.kind,
+            step,
+            frm,
+            to,
+            time.monotonic() - self.t0,
+        )
 
     # -- entry -----------------------------------------------------------------------------
     def advance(self) -> None:
@@ -135,8 +153,14 @@ class Runner:
         if job.abort_requested or job.state == JobState.ABORTING or job.error is not None:
             self._compensate(job, steps)
             return
-        idx = next((i for i, s in enumerate(job.steps)
-                    if s.state in (StepState.PENDING, StepState.RUNNING)), None)
+        idx = next(
+            (
+                i
+                for i, s in enumerate(job.steps)
+                if s.state in (StepState.PENDING, StepState.RUNNING)
+            ),
+            None,
+        )
         if idx is None:
             self._succeed(job)
             return
@@ -154,8 +178,9 @@ class Runner:
             if j.state != JobState.QUEUED:
                 return None
             records = [StepRecord(name=s.name, description=s.description) for s in steps]
-            return j.model_copy(update={"state": JobState.RUNNING, "steps": records,
-                                        "started_at": utcnow()})
+            return j.model_copy(
+                update={"state": JobState.RUNNING, "steps": records, "started_at": utcnow()}
+            )
 
         job, _ = self._update(start)
         self._log(job, "-", "queued", job.state.value)
@@ -166,13 +191,28 @@ class Runner:
         step = steps[idx]
         attempt = job.steps[idx].attempts + 1
         lease_due = self.rt.due_in_ms(self.rt.settings.lease_ms * 2)
-        job, _ = self._update(lambda j: _with_step(
-            j, idx, state=StepState.RUNNING, attempts=attempt, started_at=utcnow(),
-            retry_at=None), step=step.name, due_ms=lease_due)
+        job, _ = self._update(
+            lambda j: _with_step(
+                j,
+                idx,
+                state=StepState.RUNNING,
+                attempts=attempt,
+                started_at=utcnow(),
+                retry_at=None,
+            ),
+            step=step.name,
+            due_ms=lease_due,
+        )
         self._log(job, step.name, "pending", f"running (attempt {attempt})")
         with Heartbeat(self.rt, self.job_id, self.token) as hb:
-            ctx = StepContext(job=job, runtime=self.rt, attempt=attempt, outputs=_outputs(job),
-                              lease_lost=hb.lost, abort_seen=hb.abort)
+            ctx = StepContext(
+                job=job,
+                runtime=self.rt,
+                attempt=attempt,
+                outputs=_outputs(job),
+                lease_lost=hb.lost,
+                abort_seen=hb.abort,
+            )
             try:
                 self._inject_faults(ctx, step)
                 out = step.run(ctx) or {}
@@ -186,9 +226,13 @@ class Runner:
                     log.exception("job=%s step=%s crashed", job.id, step.name)
                 self._fail_step(job, steps, idx, e)
                 return
-        job, _ = self._update(lambda j: _with_step(
-            j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None),
-            step=step.name, due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000))
+        job, _ = self._update(
+            lambda j: _with_step(
+                j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None
+            ),
+            step=step.name,
+            due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000),
+        )
         self._log(job, step.name, "running", "done")
         self.rt.dispatch(job.id, job.queue)
 
@@ -201,16 +245,21 @@ class Runner:
         if f"{ctx.job.kind}:{step.name}" in settings.chaos_fail_steps:
             raise Permanent(f"injected failure at {step.name} (VMORCH_CHAOS_FAIL_STEPS)")
 
-    def _retry_or_fail(self, job: Job, steps: list[Step], idx: int, e: Retryable,
-                       attempt: int) -> None:
+    def _retry_or_fail(
+        self, job: Job, steps: list[Step], idx: int, e: Retryable, attempt: int
+    ) -> None:
         if attempt >= self.rt.settings.step_max_attempts:
             self._fail_step(job, steps, idx, e)
             return
         delay_s = getattr(e, "delay_s", None) or _backoff_s(self.rt, attempt)
         retry_at = utcnow() + timedelta(seconds=delay_s)
-        job, _ = self._update(lambda j: _with_step(
-            j, idx, state=StepState.PENDING, error=_error(e), retry_at=retry_at),
-            step=steps[idx].name, due_ms=self.rt.due_in_ms(delay_s * 1000))
+        job, _ = self._update(
+            lambda j: _with_step(
+                j, idx, state=StepState.PENDING, error=_error(e), retry_at=retry_at
+            ),
+            step=steps[idx].name,
+            due_ms=self.rt.due_in_ms(delay_s * 1000),
+        )
         self._log(job, steps[idx].name, "running", f"retry in {delay_s:.2f}s ({e.message})")
 
     def _fail_step(self, job: Job, steps: list[Step], idx: int, e: BaseException) -> None:
@@ -220,8 +269,13 @@ class Runner:
             j = _with_step(j, idx, state=StepState.FAILED, ended_at=utcnow(), error=err)
             if isinstance(e, AbortRequested):
                 return j
-            return j.model_copy(update={"error": ErrorInfo(
-                code=err.code, message=f"step {steps[idx].name}: {err.message}")})
+            return j.model_copy(
+                update={
+                    "error": ErrorInfo(
+                        code=err.code, message=f"step {steps[idx].name}: {err.message}"
+                    )
+                }
+            )
 
         job, _ = self._update(fail, step=steps[idx].name)
         self._log(job, steps[idx].name, "running", f"failed ({err.message})")
@@ -233,21 +287,31 @@ class Runner:
         for idx in reversed(range(len(job.steps))):
             rec = job.steps[idx]
             if rec.state == StepState.PENDING:
-                job, _ = self._update(lambda j, i=idx: _with_step(j, i, state=StepState.SKIPPED))
+                job, _ = self._update(partial(_with_step, idx=idx, state=StepState.SKIPPED))
                 continue
             undo_failed = rec.state == StepState.FAILED and not rec.outputs.get("_undo_done")
-            if rec.state not in (StepState.DONE, StepState.UNDOING, StepState.RUNNING) \
-                    and not undo_failed:
+            if (
+                rec.state not in (StepState.DONE, StepState.UNDOING, StepState.RUNNING)
+                and not undo_failed
+            ):
                 continue
             job = self._undo(job, steps, idx, keep_failed=undo_failed)
-        ended = JobState.ABORTED if (job.abort_requested or job.state == JobState.ABORTING) \
+        ended = (
+            JobState.ABORTED
+            if (job.abort_requested or job.state == JobState.ABORTING)
             else JobState.FAILED
+        )
         undone = [s.name for s in job.steps if s.state == StepState.UNDONE]
 
         def end(j: Job) -> Job:
-            return j.model_copy(update={
-                "state": ended, "ended_at": utcnow(), "undone_steps": undone,
-                "error": j.error or ErrorInfo(code="aborted", message="aborted by request")})
+            return j.model_copy(
+                update={
+                    "state": ended,
+                    "ended_at": utcnow(),
+                    "undone_steps": undone,
+                    "error": j.error or ErrorInfo(code="aborted", message="aborted by request"),
+                }
+            )
 
         job, _ = self._update(end)
         self._log(job, "-", "compensating", ended.value)
@@ -255,10 +319,15 @@ class Runner:
     def _undo(self, job: Job, steps: list[Step], idx: int, *, keep_failed: bool) -> Job:
         step = steps[idx]
         if not keep_failed:
-            job, _ = self._update(lambda j: _with_step(j, idx, state=StepState.UNDOING),
-                                  step=step.name)
-        ctx = StepContext(job=job, runtime=self.rt, attempt=job.steps[idx].attempts,
-                          outputs={**_outputs(job), **job.steps[idx].outputs})
+            job, _ = self._update(
+                lambda j: _with_step(j, idx, state=StepState.UNDOING), step=step.name
+            )
+        ctx = StepContext(
+            job=job,
+            runtime=self.rt,
+            attempt=job.steps[idx].attempts,
+            outputs={**_outputs(job), **job.steps[idx].outputs},
+        )
         err: ErrorInfo | None = None
         if step.undo is not None:
             for attempt in range(1, self.rt.settings.step_max_attempts + 1):
@@ -276,12 +345,20 @@ class Runner:
             outs = {**job.steps[idx].outputs, "_undo_done": err is None}
             job, _ = self._update(lambda j: _with_step(j, idx, outputs=outs), step=step.name)
         elif err is None:
-            job, _ = self._update(lambda j: _with_step(j, idx, state=StepState.UNDONE,
-                                                       ended_at=utcnow()), step=step.name)
+            job, _ = self._update(
+                lambda j: _with_step(j, idx, state=StepState.UNDONE, ended_at=utcnow()),
+                step=step.name,
+            )
         else:
-            job, _ = self._update(lambda j: _with_step(
-                j, idx, state=StepState.FAILED, error=ErrorInfo(
-                    code=err.code, message=f"undo failed: {err.message}")), step=step.name)
+            job, _ = self._update(
+                lambda j: _with_step(
+                    j,
+                    idx,
+                    state=StepState.FAILED,
+                    error=ErrorInfo(code=err.code, message=f"undo failed: {err.message}"),
+                ),
+                step=step.name,
+            )
         self._log(job, step.name, "done", job.steps[idx].state.value)
         return job
 
@@ -289,8 +366,14 @@ class Runner:
         result = {k: v for k, v in _outputs(job).items() if not k.startswith("_")}
 
         def end(j: Job) -> Job:
-            return j.model_copy(update={"state": JobState.SUCCEEDED, "ended_at": utcnow(),
-                                        "progress": 1.0, "result": result})
+            return j.model_copy(
+                update={
+                    "state": JobState.SUCCEEDED,
+                    "ended_at": utcnow(),
+                    "progress": 1.0,
+                    "result": result,
+                }
+            )
 
         job, _ = self._update(end)
         self._log(job, "-", "running", "succeeded")

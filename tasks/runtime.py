@@ -46,12 +46,20 @@ class Runtime:
 
         r = loop.run(make())
         return cls(
-            settings=settings, celery=celery, loop=loop, redis=r,
-            jobs=JobStore(r, event_maxlen=settings.event_stream_maxlen,
-                          idem_ttl_s=settings.idempotency_ttl_s,
-                          redispatch_after_s=settings.redispatch_after_s),
-            leases=Leases(r, settings.lease_ms), inventory=InventoryStore(r),
-            hypervisors=Hypervisors(settings.libvirt_retry_s), pid=os.getpid(),
+            settings=settings,
+            celery=celery,
+            loop=loop,
+            redis=r,
+            jobs=JobStore(
+                r,
+                event_maxlen=settings.event_stream_maxlen,
+                idem_ttl_s=settings.idempotency_ttl_s,
+                redispatch_after_s=settings.redispatch_after_s,
+            ),
+            leases=Leases(r, settings.lease_ms),
+            inventory=InventoryStore(r),
+            hypervisors=Hypervisors(settings.libvirt_retry_s),
+            pid=os.getpid(),
         )
 
     def dispatch(self, job_id: str, queue: str) -> None:

@@ -1,8 +1,10 @@
-"""vm.create_from_template: clone the template's disks, define the VM where there is room, start it."""
+"""vm.create_from_template: clone template disks, define the VM where there is room, start it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from typing import cast
 
 from orchestrator.errors import NoCapacity, NotFound
 from schemas.inventory import Template, Vm, VmDisk, VmNic, VmState
@@ -13,9 +15,7 @@ from workers.domain_xml import DiskSpec, DomainSpec, NicSpec, disk_target, domai
 
 
 def _req(ctx: StepContext) -> CreateFromTemplate:
-    req = ctx.request
-    assert isinstance(req, CreateFromTemplate)  # the registry maps this kind here
-    return req
+    return cast(CreateFromTemplate, ctx.request)  # the registry maps this kind here
 
 
 def _template(ctx: StepContext) -> Template:
@@ -29,7 +29,7 @@ def _volume_name(vm_name: str, index: int) -> str:
 def mac_for(vm_id: str, index: int) -> str:
     """A stable MAC per VM and NIC, so defining the domain twice gives the same XML."""
     h = hashlib.sha256(f"{vm_id}/{index}".encode()).digest()
-    return "52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2])
+    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
 
 
 def reserve_run(ctx: StepContext) -> Outputs:
@@ -100,20 +100,38 @@ def define_run(ctx: StepContext) -> Outputs:
     server = ctx.outputs["server"]
     hv = ctx.hypervisor(server)
     disks = [VmDisk(**d) for d in ctx.outputs.get("disks", [])]
-    nics = [VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i))
-            for i, n in enumerate(req.vnics)]
+    nics = [
+        VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
+    ]
     spec = DomainSpec(
-        uuid=vm.id, name=req.name, vcpus=req.vcpus or tmpl.vcpus,
-        memory_mib=req.memory_mib or tmpl.memory_mib, domain_type=hv.domain_type(),
-        emulator=None, disks=[DiskSpec(d.path, d.target) for d in disks],
+        uuid=vm.id,
+        name=req.name,
+        vcpus=req.vcpus or tmpl.vcpus,
+        memory_mib=req.memory_mib or tmpl.memory_mib,
+        domain_type=hv.domain_type(),
+        emulator=None,
+        disks=[DiskSpec(d.path, d.target) for d in disks],
         nics=[NicSpec(n.network, n.mac) for n in nics],
         metadata={"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
     )
     hv.define(domain_xml(spec))
-    ctx.run(ctx.runtime.inventory.save_vm(Vm(
-        id=vm.id, name=vm.name, pool=req.pool, server=server, state=VmState.STOPPED,
-        vcpus=spec.vcpus, memory_mib=spec.memory_mib, disks=disks, nics=nics, ha=req.ha,
-        created_by_job=ctx.job.id)))
+    ctx.run(
+        ctx.runtime.inventory.save_vm(
+            Vm(
+                id=vm.id,
+                name=vm.name,
+                pool=req.pool,
+                server=server,
+                state=VmState.STOPPED,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                disks=disks,
+                nics=nics,
+                ha=req.ha,
+                created_by_job=ctx.job.id,
+            )
+        )
+    )
     observe(ctx, vm, hv)
     return {"server": server}
 
@@ -124,10 +142,8 @@ def define_undo(ctx: StepContext) -> None:
     server = ctx.outputs.get("server")
     if vm_id is None or server is None:
         return
-    try:
+    with contextlib.suppress(NotFound):
         ctx.hypervisor(server).undefine(vm_id)
-    except NotFound:
-        pass
 
 
 def steps(req: CreateFromTemplate) -> list[Step]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from orchestrator.errors import HypervisorError
 from schemas.inventory import VmState
@@ -12,8 +12,7 @@ from tasks.vm_steps import START, hv_of, observe, stop_run, vm_of
 
 
 def _stop(ctx: StepContext) -> Outputs:
-    req = ctx.request
-    assert isinstance(req, StopVm | RestartVm)
+    req = cast(StopVm | RestartVm, ctx.request)
     return stop_run(ctx, req.timeout_s)
 
 
@@ -46,8 +45,7 @@ def _resume(ctx: StepContext) -> Outputs:
 
 def _ensure_off(ctx: StepContext) -> Outputs:
     """Before delete: a running VM needs `force`, which powers it off; stopped stays stopped."""
-    req = ctx.request
-    assert isinstance(req, DeleteVm)
+    req = cast(DeleteVm, ctx.request)
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
     state = hv.domain_state(vm.id)
@@ -85,10 +83,11 @@ def _forget(ctx: StepContext) -> Outputs:
 STOP = Step("stop", _stop, None, "shut the VM down, forced off after the timeout")
 
 
-def _delete(req: Any) -> list[Step]:
-    assert isinstance(req, DeleteVm)
-    out = [Step("ensure_off", _ensure_off, None, "check the VM is off (force powers it off)"),
-           Step("undefine", _undefine, None, "undefine the domain")]
+def _delete(req: DeleteVm) -> list[Step]:
+    out = [
+        Step("ensure_off", _ensure_off, None, "check the VM is off (force powers it off)"),
+        Step("undefine", _undefine, None, "undefine the domain"),
+    ]
     if req.delete_disks:
         out.append(Step("delete_disks", _delete_disks, None, "delete the VM's volumes"))
     out.append(Step("forget", _forget, None, "remove the VM from the inventory"))

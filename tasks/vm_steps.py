@@ -30,8 +30,9 @@ def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
     return state
 
 
-def wait_for(ctx: StepContext, hv: Hypervisor, vm: Vm, wanted: set[VmState],
-             timeout_s: float) -> bool:
+def wait_for(
+    ctx: StepContext, hv: Hypervisor, vm: Vm, wanted: set[VmState], timeout_s: float
+) -> bool:
     """Poll the domain's state until it is one of `wanted`; False at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -7,6 +7,7 @@ events, reconnect and replay) replaces the poll loop in the next release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import libvirt
@@ -40,10 +41,8 @@ async def run_agent(settings: Settings, server: str, stop: asyncio.Event) -> Non
                     del last[uuid]
             except VmorchError as e:
                 log.warning("server=%s poll failed: %s", server, e.message)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.agent_poll_interval_s)
-            except TimeoutError:
-                pass
     finally:
         hv.close()
         await r.aclose()

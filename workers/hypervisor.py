@@ -8,6 +8,7 @@ target state ("volume exists", "domain stopped"), so a retried or repeated call 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -96,10 +97,8 @@ class Hypervisor:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
 
     def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
         def attempt() -> T:
@@ -129,7 +128,7 @@ class Hypervisor:
 
         def used(c: libvirt.virConnect) -> int:
             doms = c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            return sum(d.maxMemory() for d in doms) // 1024
+            return int(sum(d.maxMemory() for d in doms)) // 1024
 
         return self.memory_mib() - self._call("listAllDomains", used)
 
@@ -137,8 +136,10 @@ class Hypervisor:
         """uuid -> (name, state) of every domain on the server."""
 
         def states(c: libvirt.virConnect) -> dict[str, tuple[str, VmState]]:
-            return {d.UUIDString(): (d.name(), _STATES.get(d.state()[0], VmState.UNKNOWN))
-                    for d in c.listAllDomains()}
+            return {
+                d.UUIDString(): (d.name(), _STATES.get(d.state()[0], VmState.UNKNOWN))
+                for d in c.listAllDomains()
+            }
 
         return self._call("listAllDomains", states)
 
@@ -167,17 +168,17 @@ class Hypervisor:
         def undefine(c: libvirt.virConnect) -> None:
             dom = self._lookup(c, uuid)
             try:
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
                 dom.undefine()
 
-        try:
+        with contextlib.suppress(NotFound):
             self._call("undefine", undefine)
-        except NotFound:
-            pass
 
     def _act(self, uuid: str, what: str, fn: Callable[[libvirt.virDomain], object]) -> None:
         self._call(what, lambda c: fn(self._lookup(c, uuid)))
@@ -235,16 +236,16 @@ class Hypervisor:
 
     def delete_volume(self, pool: str, name: str) -> None:
         """Ensure volume `name` is gone from `pool`."""
-        try:
-            self._call("delete_volume",
-                       lambda c: c.storagePoolLookupByName(pool).storageVolLookupByName(name)
-                       .delete(0))
-        except NotFound:
-            pass
+        with contextlib.suppress(NotFound):
+            self._call(
+                "delete_volume",
+                lambda c: c.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0),
+            )
 
     def volumes(self, pool: str) -> list[str]:
-        return sorted(self._call(
-            "listVolumes", lambda c: c.storagePoolLookupByName(pool).listVolumes()))
+        return sorted(
+            self._call("listVolumes", lambda c: c.storagePoolLookupByName(pool).listVolumes())
+        )
 
     def create_volume(self, pool: str, name: str, capacity_bytes: int) -> str:
         """Ensure an empty volume exists (used to seed templates in the lab)."""

@@ -40,8 +40,12 @@ def _heartbeat(settings: Settings, name: str, queues: list[str], stop: threading
         stop.wait(5)
 
 
-def run_worker(settings: Settings, pools: list[str] | None = None,
-               concurrency: int | None = None, pool_impl: str = "prefork") -> None:
+def run_worker(
+    settings: Settings,
+    pools: list[str] | None = None,
+    concurrency: int | None = None,
+    pool_impl: str = "prefork",
+) -> None:
     app = make_celery(settings)
     register(app, settings)
     queues = _queues(settings, pools)
@@ -49,11 +53,23 @@ def run_worker(settings: Settings, pools: list[str] | None = None,
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(settings, name, queues, stop), daemon=True).start()
     try:
-        app.worker_main([
-            "worker", "-Q", ",".join(queues), "-n", name, "-P", pool_impl,
-            "-c", str(concurrency or settings.worker_concurrency),
-            "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
-        ])
+        app.worker_main(
+            [
+                "worker",
+                "-Q",
+                ",".join(queues),
+                "-n",
+                name,
+                "-P",
+                pool_impl,
+                "-c",
+                str(concurrency or settings.worker_concurrency),
+                "--loglevel",
+                settings.log_level,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
     finally:
         stop.set()

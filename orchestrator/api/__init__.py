@@ -1,1 +1,1 @@
-"""The aiohttp API: jobs, inventory, queue. `make_app` builds it; `orchestrator.cli api` serves it."""
+"""The aiohttp API: jobs, inventory, queue. `make_app` builds it; `vmorch api` serves it."""

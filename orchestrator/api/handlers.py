@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -37,9 +38,12 @@ def respond(model: BaseModel, status: int = 200, **headers: str) -> web.Response
     return web.json_response(text=model.model_dump_json(), status=status, headers=headers)
 
 
-def respond_list(items: list[Any], status: int = 200) -> web.Response:
-    ta: TypeAdapter[list[Any]] = TypeAdapter(list[type(items[0])] if items else list[Any])
-    return web.Response(body=ta.dump_json(items), status=status, content_type="application/json")
+_LIST_ADAPTER: TypeAdapter[list[BaseModel]] = TypeAdapter(list[BaseModel])
+
+
+def respond_list(items: Sequence[BaseModel], status: int = 200) -> web.Response:
+    body = _LIST_ADAPTER.dump_json(list(items), serialize_as_any=True)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -56,11 +60,14 @@ def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) 
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationFailed(f"{name} must be an integer",
-                               details=[(["query", name], "not an integer")]) from None
+        raise ValidationFailed(
+            f"{name} must be an integer", details=[(["query", name], "not an integer")]
+        ) from None
     if not lo <= value <= hi:
-        raise ValidationFailed(f"{name} must be between {lo} and {hi}",
-                               details=[(["query", name], f"must be between {lo} and {hi}")])
+        raise ValidationFailed(
+            f"{name} must be between {lo} and {hi}",
+            details=[(["query", name], f"must be between {lo} and {hi}")],
+        )
     return value
 
 
@@ -72,8 +79,9 @@ async def _with_position(jobs: JobStore, job: Job) -> Job:
     if job.id not in queue:
         return job
     pos = queue.index(job.id)
-    return job.model_copy(update={"vm_queue_position": pos,
-                                  "waiting_for_job": queue[pos - 1] if pos else None})
+    return job.model_copy(
+        update={"vm_queue_position": pos, "waiting_for_job": queue[pos - 1] if pos else None}
+    )
 
 
 # --- jobs ---------------------------------------------------------------------------------
@@ -82,14 +90,20 @@ async def submit_job(request: web.Request) -> web.Response:
     try:
         req = job_request_adapter.validate_python(body)
     except ValidationError as e:
-        raise ValidationFailed("the job request is not valid",
-                               details=[(d.loc, d.msg) for d in validation_details(e)]) from None
+        tag = body.get("kind") if isinstance(body, dict) else None
+        raise ValidationFailed(
+            "the job request is not valid",
+            details=[(d.loc, d.msg) for d in validation_details(e, tag=tag)],
+        ) from None
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= _IDEM_MAX and idem.isprintable()):
-        raise BadRequest("Idempotency-Key must be 1-200 printable characters",
-                         details=[(["header", "Idempotency-Key"], "bad value")])
+        raise BadRequest(
+            "Idempotency-Key must be 1-200 printable characters",
+            details=[(["header", "Idempotency-Key"], "bad value")],
+        )
     job, replayed = await request.app[SUBMITTER].submit(
-        req, submitted_by=caller(request).name, idem_key=idem)
+        req, submitted_by=caller(request).name, idem_key=idem
+    )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -100,8 +114,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     q = request.query
     state = q.get("state")
     if state is not None and state not in JobState.__members__.values():
-        raise ValidationFailed("unknown state", details=[(["query", "state"], "must be one of "
-                                                          + ", ".join(s.value for s in JobState))])
+        raise ValidationFailed(
+            "unknown state",
+            details=[
+                (["query", "state"], "must be one of " + ", ".join(s.value for s in JobState))
+            ],
+        )
     cursor = q.get("cursor")
     if cursor is not None and not cursor.isdigit():
         raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
@@ -110,8 +128,12 @@ async def list_jobs(request: web.Request) -> web.Response:
         vm = await request.app[INVENTORY].find_vm(q["vm"])
         vm_id = vm.id if vm else q["vm"]
     jobs, nxt = await request.app[JOBS].list(
-        state=state, kind=q.get("kind"), vm_id=vm_id, cursor=cursor,
-        limit=_query_int(request, "limit", 50, 1, 500))
+        state=state,
+        kind=q.get("kind"),
+        vm_id=vm_id,
+        cursor=cursor,
+        limit=_query_int(request, "limit", 50, 1, 500),
+    )
     return respond(Page[Job](items=jobs, next_cursor=nxt))
 
 
@@ -171,12 +193,16 @@ async def queue_status(request: web.Request) -> web.Response:
     workers = []
     for name, ms in seen:
         qs = await r.get(keys.worker(name))
-        workers.append(WorkerSeen(name=name, last_seen_s_ago=round(now_s - ms / 1000, 3),
-                                  queues=qs.split(",") if qs else []))
+        workers.append(
+            WorkerSeen(
+                name=name,
+                last_seen_s_ago=round(now_s - ms / 1000, 3),
+                queues=qs.split(",") if qs else [],
+            )
+        )
     return respond(QueueStatus(queues=depths, running=running, waiting=waiting, workers=workers))
 
 
 async def health(request: web.Request) -> web.Response:
     await request.app[JOBS].redis.ping()
     return web.json_response({"status": "ok"})
-

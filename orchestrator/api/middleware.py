@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -13,14 +14,17 @@ from orchestrator.tokens import TokenStore
 from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 
 log = logging.getLogger("vmorch.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TOKEN_INFO = "vmorch_token"
 TOKENS_KEY = web.AppKey("vmorch_tokens", TokenStore)
 ROUTE_ROLES = web.AppKey("vmorch_route_roles", dict)
+MAX_BODY = web.AppKey("vmorch_max_body_bytes", int)
 
 
-def error_response(status: int, code: str, message: str,
-                   details: list[ErrorDetail] | None = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, details: list[ErrorDetail] | None = None
+) -> web.Response:
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details or []))
     resp = web.json_response(text=body.model_dump_json(), status=status)
     if status == 401:
@@ -28,43 +32,58 @@ def error_response(status: int, code: str, message: str,
     return resp
 
 
-def validation_details(e: ValidationError, prefix: str = "body") -> list[ErrorDetail]:
+def validation_details(
+    e: ValidationError, prefix: str = "body", tag: object = None
+) -> list[ErrorDetail]:
+    """pydantic errors as (loc, msg); `tag` is a discriminated union's tag, which pydantic
+    puts first in each loc and which the client did not write as a field."""
     out = []
     for err in e.errors(include_url=False):
-        # drop the union tag pydantic inserts for a discriminated union
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and "." in p and p[0] != "_")]
+        loc = list(err["loc"])
+        if tag is not None and loc and loc[0] == tag:
+            loc = loc[1:]
         out.append(ErrorDetail(loc=[prefix, *loc], msg=err["msg"]))
     return out
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except VmorchError as e:
         details = [ErrorDetail(loc=list(loc), msg=msg) for loc, msg in e.details]
         return error_response(e.http_status, e.code, e.message, details)
     except ValidationError as e:
-        return error_response(422, "validation_error", "the request is not valid",
-                              validation_details(e))
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(413, "payload_too_large",
-                              f"request body exceeds {e.max_size} bytes")
+        return error_response(
+            422, "validation_error", "the request is not valid", validation_details(e)
+        )
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY]
+        return error_response(
+            413,
+            "payload_too_large",
+            f"request body exceeds the limit of {limit} bytes",
+            [ErrorDetail(loc=["body"], msg=f"at most {limit} bytes")],
+        )
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
         return error_response(e.status, code, e.reason)
     except json.JSONDecodeError as e:
-        return error_response(400, "bad_json", f"request body is not valid JSON: {e.msg}",
-                              [ErrorDetail(loc=["body"], msg=str(e))])
+        return error_response(
+            400,
+            "bad_json",
+            f"request body is not valid JSON: {e.msg}",
+            [ErrorDetail(loc=["body"], msg=str(e))],
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer tokens with roles: viewer reads, operator submits and aborts, admin does all."""
     resource = request.match_info.route.resource
     method = "GET" if request.method == "HEAD" else request.method

@@ -12,9 +12,15 @@ from orchestrator.api.routing import Route
 from schemas.api import ErrorResponse
 
 _REF = "#/components/schemas/{model}"
-_ERRORS = {"400": "bad request", "401": "no or wrong token", "403": "role may not",
-           "404": "not found", "409": "conflict", "413": "body too large",
-           "422": "validation error"}
+_ERRORS = {
+    "400": "bad request",
+    "401": "no or wrong token",
+    "403": "role may not",
+    "404": "not found",
+    "409": "conflict",
+    "413": "body too large",
+    "422": "validation error",
+}
 
 
 def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
@@ -30,26 +36,50 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__}
-        params = [{"name": q.name, "in": "query", "required": False,
-                   "description": q.description, "schema": q.schema} for q in r.query]
-        params += [{"name": h.name, "in": "header", "required": False,
-                    "description": h.description, "schema": h.schema} for h in r.headers]
-        params += [{"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-                   for seg in r.path.split("/") if seg.startswith("{")]
+        params = [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": False,
+                "description": q.description,
+                "schema": q.schema,
+            }
+            for q in r.query
+        ]
+        params += [
+            {
+                "name": h.name,
+                "in": "header",
+                "required": False,
+                "description": h.description,
+                "schema": h.schema,
+            }
+            for h in r.headers
+        ]
+        params += [
+            {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            for seg in r.path.split("/")
+            if seg.startswith("{")
+        ]
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": _schema(r.body, defs)}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(r.body, defs)}},
+            }
         responses: dict[str, Any] = {str(r.status): {"description": "success"}}
         if r.response is not None:
             responses[str(r.status)]["content"] = {
-                "application/json": {"schema": _schema(r.response, defs)}}
+                "application/json": {"schema": _schema(r.response, defs)}
+            }
         for code, text in _ERRORS.items():
             if code in ("401", "403") and r.role is None:
                 continue
-            responses[code] = {"description": text,
-                               "content": {"application/json": {"schema": err_ref}}}
+            responses[code] = {
+                "description": text,
+                "content": {"application/json": {"schema": err_ref}},
+            }
         op["responses"] = responses
         if r.role is not None:
             op["security"] = [{"bearer": []}]
@@ -57,9 +87,14 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "vmorch", "version": version,
-                 "description": "Event-driven VM orchestration on libvirt."},
+        "info": {
+            "title": "vmorch",
+            "version": version,
+            "description": "Event-driven VM orchestration on libvirt.",
+        },
         "paths": paths,
-        "components": {"schemas": defs, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }

@@ -32,4 +32,3 @@ class Route:
     status: int = 200
     query: tuple[Query, ...] = ()
     headers: tuple[Query, ...] = ()
-

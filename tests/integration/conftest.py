@@ -4,6 +4,7 @@ the api and router as processes, and real Celery worker processes (started per t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -66,19 +67,21 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115
-        self.p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env,
-                                  stdout=self._out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a Celery worker and its pool children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.p.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -194,9 +197,16 @@ class Api:
         self.url = url
         self.token = token
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                token: str | None = None, headers: dict[str, str] | None = None
-                ) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
         tok = self.token if token is None else token
@@ -225,8 +235,9 @@ class Api:
         assert status == 200, job
         return dict(job)
 
-    def wait(self, job_id: str, states: set[str] | None = None,
-             timeout_s: float = 60) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, states: set[str] | None = None, timeout_s: float = 60
+    ) -> dict[str, Any]:
         want = states or TERMINAL
 
         def reached() -> dict[str, Any] | None:
@@ -245,8 +256,9 @@ def api(api_url: str, redis_url: str, fleet: Inventory) -> Api:
 
 
 @pytest.fixture
-def start_worker(env: dict[str, str], workdir: Path, fleet: Inventory
-                 ) -> Iterator[Callable[..., Proc]]:
+def start_worker(
+    env: dict[str, str], workdir: Path, fleet: Inventory
+) -> Iterator[Callable[..., Proc]]:
     """Start a real Celery worker process (`vmorch worker`), with extra settings if asked."""
     procs: list[Proc] = []
 

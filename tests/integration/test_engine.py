@@ -44,7 +44,8 @@ def test_abort_of_a_running_job_undoes_its_done_steps(api: Api, worker: Proc) ->
 
 
 def test_two_jobs_on_one_vm_run_in_submission_order(
-        api: Api, start_worker: Callable[..., Proc]) -> None:
+    api: Api, start_worker: Callable[..., Proc]
+) -> None:
     start_worker(concurrency=2, chaos_step_delay_ms="400")
     assert api.run({**CREATE, "name": "ord1", "start": False})["state"] == "succeeded"
     first = api.submit({"kind": "vm.start", "vm": "ord1"})
@@ -53,7 +54,7 @@ def test_two_jobs_on_one_vm_run_in_submission_order(
     waiting = api.job(second["id"])
     assert waiting["state"] == "queued"
     assert waiting["waiting_for_job"] == first["id"] and waiting["vm_queue_position"] == 1
-    status, vm = api.request("GET", "/v1/vms/ord1")
+    _status, vm = api.request("GET", "/v1/vms/ord1")
     assert vm["operations"] == [first["id"], second["id"]]
     a, b = api.wait(first["id"]), api.wait(second["id"])
     assert a["state"] == b["state"] == "succeeded"
@@ -61,15 +62,15 @@ def test_two_jobs_on_one_vm_run_in_submission_order(
 
 
 def test_a_step_that_fails_for_good_leaves_no_orphan_volume_or_domain(
-        api: Api, start_worker: Callable[..., Proc], fleet: Inventory) -> None:
+    api: Api, start_worker: Callable[..., Proc], fleet: Inventory
+) -> None:
     # given a worker on which the create workflow's last step fails for good
     start_worker(chaos_fail_steps='["vm.create_from_template:start"]')
     # when a VM is created
     job = api.run({**CREATE, "name": "orphan1"})
     # then the job failed, its done steps were undone in reverse
     assert job["state"] == "failed"
-    assert [s["state"] for s in job["steps"]] == ["undone", "undone", "undone", "undone",
-                                                  "failed"]
+    assert [s["state"] for s in job["steps"]] == ["undone", "undone", "undone", "undone", "failed"]
     assert job["undone_steps"] == ["reserve", "place", "clone_disks", "define"]
     # and libvirt holds no domain or volume of it on any server
     assert find_domains(fleet, "orphan1") == []
@@ -81,7 +82,8 @@ def test_a_step_that_fails_for_good_leaves_no_orphan_volume_or_domain(
 
 
 def test_a_sigkilled_worker_loses_nothing_and_does_nothing_twice(
-        api: Api, start_worker: Callable[..., Proc], fleet: Inventory) -> None:
+    api: Api, start_worker: Callable[..., Proc], fleet: Inventory
+) -> None:
     # given a slow worker running a create job
     slow = start_worker(chaos_step_delay_ms="1500")
     job = api.submit({**CREATE, "name": "chaos1"})
@@ -123,15 +125,15 @@ def test_idempotency_key_over_http(api: Api, worker: Proc) -> None:
     assert api.request("GET", "/v1/jobs?kind=noop")[1]["items"].__len__() == 1
 
 
-def test_queue_status_shows_depth_and_workers(api: Api, start_worker: Callable[..., Proc]
-                                              ) -> None:
+def test_queue_status_shows_depth_and_workers(api: Api, start_worker: Callable[..., Proc]) -> None:
     jobs = [api.submit({"kind": "noop", "steps": 1}) for _ in range(3)]
     status, q = api.request("GET", "/v1/queue")
+    assert status == 200
     default = next(x for x in q["queues"] if x["queue"] == "vmorch.default")
     assert default["depth"] == 3 and default["oldest_job_age_s"] >= 0
     start_worker()
     for j in jobs:
         api.wait(j["id"])
-    status, q = api.request("GET", "/v1/queue")
+    _status, q = api.request("GET", "/v1/queue")
     assert next(x for x in q["queues"] if x["queue"] == "vmorch.default")["depth"] == 0
     assert any("vmorch.pool.pool-a" in w["queues"] for w in q["workers"])

@@ -151,9 +151,7 @@ def test_libvirt_daemon_rejects_bad_names(bad: str, tmp_path: Path) -> None:
 
 @needs_libvirtd
 @pytest.mark.timeout(120)
-def test_two_libvirt_daemons_are_isolated(
-    lab_dir: Path, daemons: list[LibvirtDaemon]
-) -> None:
+def test_two_libvirt_daemons_are_isolated(lab_dir: Path, daemons: list[LibvirtDaemon]) -> None:
     a = LibvirtDaemon("hv-a", lab_dir / "hv-a")
     b = LibvirtDaemon("hv_b", lab_dir / "hv-b")
     daemons.extend([a, b])
@@ -208,9 +206,7 @@ def test_two_libvirt_daemons_are_isolated(
 
 @needs_libvirtd
 @pytest.mark.timeout(120)
-def test_libvirt_daemon_kill_then_restart(
-    lab_dir: Path, daemons: list[LibvirtDaemon]
-) -> None:
+def test_libvirt_daemon_kill_then_restart(lab_dir: Path, daemons: list[LibvirtDaemon]) -> None:
     d = LibvirtDaemon("hv-chaos", lab_dir / "hv-chaos")
     daemons.append(d)
     pid = d.start().pid

@@ -14,17 +14,28 @@ pytestmark = pytest.mark.integration
 
 
 def create(api: Api, name: str, **extra: object) -> dict[str, object]:
-    body = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a-2disk",
-            "name": name, **extra}
+    body = {
+        "kind": "vm.create_from_template",
+        "pool": "pool-a",
+        "template": "tmpl-a-2disk",
+        "name": name,
+        **extra,
+    }
     return api.run(body)
 
 
 def test_create_from_template_runs_the_vm_with_the_shape_asked_for(
-        api: Api, worker: Proc, fleet: Inventory) -> None:
+    api: Api, worker: Proc, fleet: Inventory
+) -> None:
     # given the lab's pool-a and its two-disk template
     # when a VM is created with 3 vCPUs, 1536 MiB and two NICs on the pool's network
-    job = create(api, "web1", vcpus=3, memory_mib=1536,
-                 vnics=[{"network": "net-a"}, {"network": "net-a", "mac": "52:54:00:aa:bb:cc"}])
+    job = create(
+        api,
+        "web1",
+        vcpus=3,
+        memory_mib=1536,
+        vnics=[{"network": "net-a"}, {"network": "net-a", "mac": "52:54:00:aa:bb:cc"}],
+    )
     # then the job succeeded through every step
     assert job["state"] == "succeeded", job
     assert [s["state"] for s in job["steps"]] == ["done"] * 5
@@ -79,8 +90,9 @@ def test_delete_with_and_without_disks(api: Api, worker: Proc, fleet: Inventory)
     for name in ("del1", "del2"):
         assert create(api, name, start=False)["state"] == "succeeded"
     assert api.run({"kind": "vm.delete", "vm": "del1"})["state"] == "succeeded"
-    assert api.run({"kind": "vm.delete", "vm": "del2", "delete_disks": False})["state"] \
-        == "succeeded"
+    assert (
+        api.run({"kind": "vm.delete", "vm": "del2", "delete_disks": False})["state"] == "succeeded"
+    )
     assert find_domains(fleet, "del1") == [] and find_domains(fleet, "del2") == []
     vols: set[str] = set()
     for s in fleet.servers:
@@ -92,7 +104,8 @@ def test_delete_with_and_without_disks(api: Api, worker: Proc, fleet: Inventory)
 
 
 def test_vm_state_follows_changes_made_outside_vmorch(
-        api: Api, worker: Proc, fleet: Inventory, env: dict[str, str], workdir: object) -> None:
+    api: Api, worker: Proc, fleet: Inventory, env: dict[str, str], workdir: object
+) -> None:
     import pathlib
 
     from tests.integration.conftest import Proc as P
@@ -102,7 +115,10 @@ def test_vm_state_follows_changes_made_outside_vmorch(
     agent = P(["agent", "--server", server], env, pathlib.Path(str(workdir)) / "agent.log")
     try:
         dom.suspend()  # behind vmorch's back
-        wait_until(lambda: api.request("GET", "/v1/vms/ext1")[1]["state"] == "suspended", 10,
-                   "the agent to observe the pause")
+        wait_until(
+            lambda: api.request("GET", "/v1/vms/ext1")[1]["state"] == "suspended",
+            10,
+            "the agent to observe the pause",
+        )
     finally:
         agent.stop()

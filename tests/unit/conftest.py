@@ -52,10 +52,17 @@ class Engine:
         self.jobs = JobStore(self.redis, redispatch_after_s=settings.redispatch_after_s)
         self.inventory = InventoryStore(self.redis)
         self.dispatcher = RecordingDispatcher()
-        self.rt = LocalRuntime(settings=settings, celery=None, loop=self.loop,  # type: ignore[arg-type]
-                               redis=self.redis, jobs=self.jobs,
-                               leases=Leases(self.redis, settings.lease_ms),
-                               inventory=self.inventory, hypervisors=Hypervisors(1.0), pid=0)
+        self.rt = LocalRuntime(
+            settings=settings,
+            celery=None,
+            loop=self.loop,  # type: ignore[arg-type]
+            redis=self.redis,
+            jobs=self.jobs,
+            leases=Leases(self.redis, settings.lease_ms),
+            inventory=self.inventory,
+            hypervisors=Hypervisors(1.0),
+            pid=0,
+        )
         self.rt.sent = self.dispatcher.sent  # type: ignore[attr-defined]
         self.submitter = Submitter(self.jobs, self.inventory, self.dispatcher)
 
@@ -92,8 +99,14 @@ class Engine:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(redis_url="redis://unused", lease_ms=1000, retry_base_s=0, retry_max_s=0,
-                    redispatch_after_s=0.001, step_max_attempts=3)
+    return Settings(
+        redis_url="redis://unused",
+        lease_ms=1000,
+        retry_base_s=0,
+        retry_max_s=0,
+        redispatch_after_s=0.001,
+        step_max_attempts=3,
+    )
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ def test_terminal_states_allow_no_transition() -> None:
 def test_an_illegal_transition_is_refused(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 1})
     with pytest.raises(Conflict):
-        engine.run(engine.jobs.update(
-            job.id, lambda j: j.model_copy(update={"state": JobState.SUCCEEDED})))
+        engine.run(
+            engine.jobs.update(job.id, lambda j: j.model_copy(update={"state": JobState.SUCCEEDED}))
+        )
     assert engine.get(job.id).state == JobState.QUEUED
 
 
@@ -28,8 +29,9 @@ def test_every_transition_emits_an_event(engine: Engine) -> None:
     entries = engine.run(engine.redis.xrange("vmorch:events"))
     import json
 
-    types = [json.loads(f["e"])["type"] for _, f in entries
-             if json.loads(f["e"])["subject"] == job.id]
+    types = [
+        json.loads(f["e"])["type"] for _, f in entries if json.loads(f["e"])["subject"] == job.id
+    ]
     assert types[0] == "job.queued"
     assert "job.running" in types and types[-1] == "job.succeeded"
 
@@ -48,8 +50,9 @@ def test_a_concurrent_write_is_retried_not_lost(engine: Engine) -> None:
     before = engine.run(engine.jobs.get_versioned(job.id))
     # another writer changes the record first
     engine.run(engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.25})))
-    status, _ = engine.run(engine.jobs.commit(before, before.job.model_copy(
-        update={"progress": 0.75})))
+    status, _ = engine.run(
+        engine.jobs.commit(before, before.job.model_copy(update={"progress": 0.75}))
+    )
     assert status == "conflict"
     assert engine.get(job.id).progress == 0.25
 
@@ -58,7 +61,7 @@ def test_listing_is_newest_first_filtered_and_paged(engine: Engine) -> None:
     ids = [engine.submit({"kind": "noop", "steps": 1}).id for _ in range(5)]
     page1, cursor = engine.run(engine.jobs.list(limit=2))
     assert [j.id for j in page1] == ids[::-1][:2]
-    page2, cursor2 = engine.run(engine.jobs.list(limit=2, cursor=cursor))
+    page2, _cursor2 = engine.run(engine.jobs.list(limit=2, cursor=cursor))
     assert [j.id for j in page2] == ids[::-1][2:4]
     engine.run(engine.submitter.abort(ids[0]))
     aborted, _ = engine.run(engine.jobs.list(state="aborted"))

@@ -113,12 +113,14 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing(engine: Engine) -> 
     import pytest
 
     with pytest.raises(LeaseLost):
-        engine.run(engine.jobs.update(
-            job.id, lambda j: j.model_copy(update={"progress": 0.5}), fence=old))
+        engine.run(
+            engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.5}), fence=old)
+        )
     # then nothing changed, while B's token still writes
     assert engine.get(job.id).progress == 0.0
-    engine.run(engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.5}),
-                                  fence=new))
+    engine.run(
+        engine.jobs.update(job.id, lambda j: j.model_copy(update={"progress": 0.5}), fence=new)
+    )
     assert engine.get(job.id).progress == 0.5
 
 

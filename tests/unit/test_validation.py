@@ -13,16 +13,25 @@ from workers.domain_xml import DiskSpec, DomainSpec, NicSpec, domain_xml
 BASE = {"kind": "vm.create_from_template", "pool": "p", "template": "t", "name": "ok"}
 
 
-@pytest.mark.parametrize("name", ["", "../etc", "a/b", "x\ny", "-lead", "a" * 64, "sp ace",
-                                  "a..b", "nul\x00"])
+@pytest.mark.parametrize(
+    "name", ["", "../etc", "a/b", "x\ny", "-lead", "a" * 64, "sp ace", "a..b", "nul\x00"]
+)
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(ValidationError) as e:
         job_request_adapter.validate_python({**BASE, "name": name})
     assert e.value.errors()[0]["loc"][-1] == "name"
 
 
-@pytest.mark.parametrize("patch", [{"vcpus": 0}, {"memory_mib": 1}, {"vcpus": "two"},
-                                   {"unknown": 1}, {"vnics": [{"network": "n", "mac": "zz"}]}])
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"vcpus": 0},
+        {"memory_mib": 1},
+        {"vcpus": "two"},
+        {"unknown": 1},
+        {"vnics": [{"network": "n", "mac": "zz"}]},
+    ],
+)
 def test_bad_fields_are_refused(patch: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         job_request_adapter.validate_python({**BASE, **patch})
@@ -34,14 +43,24 @@ def test_unknown_kind_is_refused() -> None:
 
 
 def test_domain_xml_escapes_and_carries_the_shape() -> None:
-    spec = DomainSpec(uuid="6f1c0e0e-0000-4000-8000-000000000001", name="web<1>", vcpus=2,
-                      memory_mib=768, disks=[DiskSpec("/r/a'b.img", "vda")],
-                      nics=[NicSpec("net-a", "52:54:00:00:00:01")], metadata={"job": "j&1"})
+    spec = DomainSpec(
+        uuid="6f1c0e0e-0000-4000-8000-000000000001",
+        name="web<1>",
+        vcpus=2,
+        memory_mib=768,
+        disks=[DiskSpec("/r/a'b.img", "vda")],
+        nics=[NicSpec("net-a", "52:54:00:00:00:01")],
+        metadata={"job": "j&1"},
+    )
     root = ET.fromstring(domain_xml(spec))
     assert root.findtext("name") == "web<1>"
     assert root.findtext("vcpu") == "2"
     assert root.find("memory").attrib["unit"] == "MiB" and root.findtext("memory") == "768"
     assert root.find("devices/disk/source").attrib["file"] == "/r/a'b.img"
     assert root.find("devices/interface/mac").attrib["address"] == "52:54:00:00:00:01"
-    assert root.find("metadata/{https://vmorch.dev/xmlns/vm/1}vm/"
-                     "{https://vmorch.dev/xmlns/vm/1}job").text == "j&1"
+    assert (
+        root.find(
+            "metadata/{https://vmorch.dev/xmlns/vm/1}vm/{https://vmorch.dev/xmlns/vm/1}job"
+        ).text
+        == "j&1"
+    )

@@ -34,7 +34,8 @@ def conn() -> Iterator[libvirt.virConnect]:
         d.undefine()
     if "repo-u" not in c.listStoragePools():
         sp = c.storagePoolDefineXML(
-            "<pool type='dir'><name>repo-u</name><target><path>/repo-u</path></target></pool>")
+            "<pool type='dir'><name>repo-u</name><target><path>/repo-u</path></target></pool>"
+        )
         sp.create()
     sp = c.storagePoolLookupByName("repo-u")
     for v in sp.listVolumes():
@@ -47,23 +48,38 @@ def conn() -> Iterator[libvirt.virConnect]:
 @pytest.fixture
 def fleet(engine: Engine, conn: libvirt.virConnect) -> Engine:
     inv = Inventory(
-        pools=[ServerPool(name="pool-u", repository=Repository(name="repo-u"),
-                          networks=[Network(name="default")], servers=["srv-u"])],
+        pools=[
+            ServerPool(
+                name="pool-u",
+                repository=Repository(name="repo-u"),
+                networks=[Network(name="default")],
+                servers=["srv-u"],
+            )
+        ],
         servers=[Server(name="srv-u", pool="pool-u", uri=URI)],
-        templates=[Template(name="t1", repository="repo-u",
-                            disks=[TemplateDisk(volume="base.img")]),
-                   Template(name="broken", repository="repo-u",
-                            disks=[TemplateDisk(volume="base.img"),
-                                   TemplateDisk(volume="missing.img")])],
+        templates=[
+            Template(name="t1", repository="repo-u", disks=[TemplateDisk(volume="base.img")]),
+            Template(
+                name="broken",
+                repository="repo-u",
+                disks=[TemplateDisk(volume="base.img"), TemplateDisk(volume="missing.img")],
+            ),
+        ],
     )
     engine.run(engine.inventory.load(inv))
     return engine
 
 
 def create(engine: Engine, name: str, template: str = "t1") -> Any:
-    job = engine.submit({"kind": "vm.create_from_template", "pool": "pool-u",
-                         "template": template, "name": name,
-                         "vnics": [{"network": "default"}]})
+    job = engine.submit(
+        {
+            "kind": "vm.create_from_template",
+            "pool": "pool-u",
+            "template": template,
+            "name": name,
+            "vnics": [{"network": "default"}],
+        }
+    )
     engine.drain()
     return engine.get(job.id)
 
@@ -91,12 +107,18 @@ def test_jobs_on_one_vm_run_one_at_a_time_in_order(fleet: Engine) -> None:
     assert fleet.run(fleet.jobs.vm_queue(vm_id)) == []
 
 
-def test_a_failed_clone_leaves_no_volume_domain_or_record(fleet: Engine,
-                                                          conn: libvirt.virConnect) -> None:
+def test_a_failed_clone_leaves_no_volume_domain_or_record(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
     job = create(fleet, "vm3", template="broken")
     assert job.state == JobState.FAILED
-    assert [s.state.value for s in job.steps] == ["undone", "undone", "failed", "skipped",
-                                                  "skipped"]
+    assert [s.state.value for s in job.steps] == [
+        "undone",
+        "undone",
+        "failed",
+        "skipped",
+        "skipped",
+    ]
     assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
     assert "vm3" not in [d.name() for d in conn.listAllDomains()]
     assert fleet.run(fleet.inventory.find_vm("vm3")) is None
@@ -104,8 +126,7 @@ def test_a_failed_clone_leaves_no_volume_domain_or_record(fleet: Engine,
     assert create(fleet, "vm3").state == JobState.SUCCEEDED
 
 
-def test_delete_refuses_a_running_vm_without_force(fleet: Engine,
-                                                   conn: libvirt.virConnect) -> None:
+def test_delete_refuses_a_running_vm_without_force(fleet: Engine, conn: libvirt.virConnect) -> None:
     create(fleet, "vm4")
     refused = fleet.submit({"kind": "vm.delete", "vm": "vm4"})
     fleet.drain()

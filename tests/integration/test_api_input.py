@@ -1,0 +1,261 @@
+"""Bad input on every endpoint: a clear 4xx naming the field, one error shape, nothing lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from schemas.api import Role
+from tests.integration.conftest import Api, make_token
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = [
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/x"),
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/jobs/x/abort"),
+    ("GET", "/v1/vms"),
+    ("GET", "/v1/vms/x"),
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/servers"),
+    ("GET", "/v1/templates"),
+    ("GET", "/v1/queue"),
+]
+
+
+def assert_error(status: int, body: Any, want_status: int, code: str | None = None) -> None:
+    assert status == want_status, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    if code:
+        assert body["error"]["code"] == code, body
+
+
+def locs(body: Any) -> list[list[Any]]:
+    return [d["loc"] for d in body["error"]["details"]]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+@pytest.mark.parametrize("token", ["", "vmo_wrong", "Basic abc"])
+def test_no_or_wrong_token_is_401(api: Api, method: str, path: str, token: str) -> None:
+    headers = {"Authorization": token} if token.startswith("Basic") else None
+    status, body = api.request(
+        method, path, {"kind": "noop"}, token="" if headers else token, headers=headers
+    )
+    assert_error(status, body, 401, "unauthorized")
+
+
+def test_a_revoked_token_is_refused(api: Api, redis_url: str) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from orchestrator.tokens import TokenStore
+
+    async def create_and_revoke() -> str:
+        r = aredis.Redis.from_url(redis_url, decode_responses=True)
+        store = TokenStore(r)
+        token, info = await store.create("temp", Role.VIEWER)
+        await store.revoke(info.id)
+        await r.aclose()
+        return token
+
+    assert_error(*api.request("GET", "/v1/jobs", token=asyncio.run(create_and_revoke())), 401)
+
+
+def test_viewer_reads_but_may_not_submit_or_abort(api: Api, redis_url: str) -> None:
+    viewer = make_token(redis_url, Role.VIEWER)
+    assert api.request("GET", "/v1/jobs", token=viewer)[0] == 200
+    assert_error(*api.request("POST", "/v1/jobs", {"kind": "noop"}, token=viewer), 403, "forbidden")
+    job = api.submit({"kind": "noop"})
+    assert_error(*api.request("POST", f"/v1/jobs/{job['id']}/abort", token=viewer), 403)
+    assert api.job(job["id"])["state"] == "queued"  # nothing lost, nothing changed
+
+
+def test_operator_submits(api: Api, redis_url: str) -> None:
+    op = make_token(redis_url, Role.OPERATOR)
+    status, job = api.request("POST", "/v1/jobs", {"kind": "noop"}, token=op)
+    assert status == 202 and job["submitted_by"] == "operator"
+
+
+def test_openapi_and_health_need_no_token(api: Api) -> None:
+    status, spec = api.request("GET", "/openapi.json", token="")
+    assert status == 200 and spec["openapi"].startswith("3.1")
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/queue"} <= set(spec["paths"])
+    kinds = spec["components"]["schemas"]["CreateFromTemplate"]["properties"]
+    assert {"pool", "template", "name", "vcpus", "memory_mib", "vnics"} <= set(kinds)
+    assert api.request("GET", "/healthz", token="")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"", 400, "bad_request"),
+        (b"{not json", 400, "bad_json"),
+        (b"[1, 2]", 422, "validation_error"),
+        (b'"noop"', 422, "validation_error"),
+    ],
+)
+def test_unparseable_bodies(api: Api, raw: bytes, status: int, code: str) -> None:
+    assert_error(*api.request("POST", "/v1/jobs", raw=raw), status, code)
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({}, ["body"]),
+        ({"kind": "vm.explode"}, ["body"]),
+        ({"kind": "vm.start"}, ["body", "vm"]),
+        ({"kind": "vm.start", "vm": 7}, ["body", "vm"]),
+        ({"kind": "vm.start", "vm": "a/b"}, ["body", "vm"]),
+        ({"kind": "vm.stop", "vm": "x", "timeout_s": "soon"}, ["body", "timeout_s"]),
+        ({"kind": "vm.stop", "vm": "x", "timeout_s": -1}, ["body", "timeout_s"]),
+        ({"kind": "noop", "steps": 0}, ["body", "steps"]),
+        ({"kind": "noop", "colour": "red"}, ["body", "colour"]),
+        (
+            {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"},
+            ["body", "name"],
+        ),
+        (
+            {
+                "kind": "vm.create_from_template",
+                "pool": "pool-a",
+                "template": "tmpl-a",
+                "name": "x" * 200,
+            },
+            ["body", "name"],
+        ),
+        (
+            {
+                "kind": "vm.create_from_template",
+                "pool": "pool-a",
+                "template": "tmpl-a",
+                "name": "ok",
+                "vcpus": 0,
+            },
+            ["body", "vcpus"],
+        ),
+        (
+            {
+                "kind": "vm.create_from_template",
+                "pool": "pool-a",
+                "template": "tmpl-a",
+                "name": "ok",
+                "memory_mib": "lots",
+            },
+            ["body", "memory_mib"],
+        ),
+        (
+            {
+                "kind": "vm.create_from_template",
+                "pool": "pool-a",
+                "template": "tmpl-a",
+                "name": "ok",
+                "vnics": [{"network": "net-a", "mac": "nope"}],
+            },
+            ["body", "vnics", 0, "mac"],
+        ),
+    ],
+)
+def test_bad_job_requests_name_the_field(api: Api, body: dict[str, Any], loc: list[Any]) -> None:
+    status, err = api.request("POST", "/v1/jobs", body)
+    assert_error(status, err, 422, "validation_error")
+    assert loc in locs(err) or (loc == ["body"] and err["error"]["details"])
+    # nothing was queued
+    assert api.request("GET", "/v1/jobs")[1]["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "loc"),
+    [
+        ({"pool": "pool-zz"}, 404, ["body", "pool"]),
+        ({"template": "tmpl-zz"}, 404, ["body", "template"]),
+        ({"template": "tmpl-b"}, 422, ["body", "template"]),
+        ({"vnics": [{"network": "net-b"}]}, 422, ["body", "vnics", 0, "network"]),
+        ({"server": "srv-b1"}, 422, ["body", "server"]),
+    ],
+)
+def test_requests_that_do_not_fit_the_inventory(
+    api: Api, patch: dict[str, Any], status: int, loc: list[Any]
+) -> None:
+    body = {
+        "kind": "vm.create_from_template",
+        "pool": "pool-a",
+        "template": "tmpl-a",
+        "name": "fits",
+        **patch,
+    }
+    code, err = api.request("POST", "/v1/jobs", body)
+    assert_error(code, err, status)
+    assert loc in locs(err)
+
+
+def test_a_taken_vm_name_is_409(api: Api) -> None:
+    body = {
+        "kind": "vm.create_from_template",
+        "pool": "pool-a",
+        "template": "tmpl-a",
+        "name": "dup",
+    }
+    api.submit(body)
+    status, err = api.request("POST", "/v1/jobs", body)
+    assert_error(status, err, 409, "conflict")
+    assert ["body", "name"] in locs(err)
+
+
+def test_unknown_vm_is_404_naming_the_field(api: Api) -> None:
+    status, err = api.request("POST", "/v1/jobs", {"kind": "vm.start", "vm": "ghost"})
+    assert_error(status, err, 404, "not_found")
+    assert ["body", "vm"] in locs(err)
+
+
+def test_huge_body_is_413(api: Api) -> None:
+    raw = b'{"kind": "noop", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    assert_error(*api.request("POST", "/v1/jobs", raw=raw), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("state=sleeping", ["query", "state"]),
+        ("limit=0", ["query", "limit"]),
+        ("limit=many", ["query", "limit"]),
+        ("limit=100000", ["query", "limit"]),
+        ("cursor=abc", ["query", "cursor"]),
+    ],
+)
+def test_bad_list_queries(api: Api, query: str, loc: list[Any]) -> None:
+    status, err = api.request("GET", f"/v1/jobs?{query}")
+    assert_error(status, err, 422, "validation_error")
+    assert loc in locs(err)
+
+
+def test_unknown_ids_and_paths_are_404(api: Api) -> None:
+    assert_error(*api.request("GET", "/v1/jobs/nope"), 404, "not_found")
+    assert_error(*api.request("POST", "/v1/jobs/nope/abort"), 404, "not_found")
+    assert_error(*api.request("GET", "/v1/vms/nope"), 404, "not_found")
+    assert_error(*api.request("GET", "/v1/nothing-here"), 404, "not_found")
+
+
+def test_wrong_method_is_405(api: Api) -> None:
+    assert_error(*api.request("DELETE", "/v1/jobs"), 405, "method_not_allowed")
+
+
+def test_bad_idempotency_key_and_abort_body(api: Api) -> None:
+    status, err = api.request(
+        "POST", "/v1/jobs", {"kind": "noop"}, headers={"Idempotency-Key": "k" * 300}
+    )
+    assert_error(status, err, 400)
+    assert ["header", "Idempotency-Key"] in locs(err)
+    job = api.submit({"kind": "noop"})
+    status, err = api.request("POST", f"/v1/jobs/{job['id']}/abort", {"reason": 5})
+    assert_error(status, err, 422)
+    status, err = api.request("POST", f"/v1/jobs/{job['id']}/abort", {"why": "x"})
+    assert_error(status, err, 422)
+
+
+def test_aborting_an_ended_job_is_409(api: Api) -> None:
+    job = api.submit({"kind": "noop"})
+    assert api.request("POST", f"/v1/jobs/{job['id']}/abort")[0] == 202
+    assert_error(*api.request("POST", f"/v1/jobs/{job['id']}/abort"), 409, "conflict")
