@@ -137,3 +137,31 @@ def test_delete_refuses_a_running_vm_without_force(fleet: Engine, conn: libvirt.
     assert fleet.get(forced.id).state == JobState.SUCCEEDED
     assert "vm4" not in [d.name() for d in conn.listAllDomains()]
     assert "vm4-disk0" not in conn.storagePoolLookupByName("repo-u").listVolumes()
+
+
+def test_stop_forces_the_vm_off_when_the_guest_ignores_the_shutdown(
+    fleet: Engine, conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a running VM whose guest ignores ACPI shutdown requests
+    from workers.hypervisor import Hypervisor
+
+    create(fleet, "vm5")
+    asked: list[str] = []
+    monkeypatch.setattr(Hypervisor, "request_shutdown", lambda self, uuid: asked.append(uuid))
+    # when it is stopped with a short timeout
+    job = fleet.submit({"kind": "vm.stop", "vm": "vm5", "timeout_s": 0.3})
+    fleet.drain()
+    # then the guest was asked first, and powered off once the timeout passed
+    done = fleet.get(job.id)
+    assert done.state == JobState.SUCCEEDED
+    assert asked == [done.links.vm_id]
+    assert done.result == {"state": "stopped", "forced": True}
+    assert not conn.lookupByName("vm5").isActive()
+
+
+def test_stop_of_a_cooperative_guest_is_not_forced(fleet: Engine, conn: libvirt.virConnect) -> None:
+    create(fleet, "vm6")
+    job = fleet.submit({"kind": "vm.stop", "vm": "vm6", "timeout_s": 5})
+    fleet.drain()
+    assert fleet.get(job.id).result == {"state": "stopped", "forced": False}
+    assert not conn.lookupByName("vm6").isActive()
