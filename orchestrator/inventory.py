@@ -7,7 +7,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from orchestrator import keys
+from orchestrator import keys, lua
 from orchestrator.errors import NotFound
 from schemas.base import utcnow
 from schemas.inventory import Inventory, Server, ServerPool, Template, Vm, VmState
@@ -18,6 +18,7 @@ M = TypeVar("M", bound=BaseModel)
 class InventoryStore:
     def __init__(self, redis: Redis):
         self.redis = redis
+        self._set_state = redis.register_script(lua.SET_VM_STATE)
 
     async def load(self, inv: Inventory) -> None:
         """Declare pools, servers and templates (replacing ones of the same name)."""
@@ -65,15 +66,40 @@ class InventoryStore:
         return await self._one(keys.template(name), Template, "template", name)
 
     # --- VMs ---------------------------------------------------------------------------
+    # A VM's record (what was provisioned) and its observed state (what the hypervisor said
+    # last) live in separate keys, so an observer never writes back a stale copy of a record.
+    async def _with_state(self, docs: list[str | None], ids: list[str]) -> list[Vm]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(keys.vm_state(i))
+        observed = await pipe.execute()
+        out = []
+        for doc, obs in zip(docs, observed, strict=True):
+            if doc is None:
+                continue
+            vm = Vm.model_validate_json(doc)
+            if obs:
+                vm = vm.model_copy(
+                    update={
+                        "state": VmState(obs["state"]),
+                        "server": obs.get("server") or vm.server,
+                        "observed_at": obs["observed_at"],
+                    }
+                )
+            out.append(vm)
+        return out
+
     async def vm(self, ref: str) -> Vm:
         """A VM by id or by name."""
+        vm_id = ref
         doc = await self.redis.get(keys.vm(ref))
         if doc is None:
-            vm_id = await self.redis.get(keys.vm_name(ref))
+            vm_id = await self.redis.get(keys.vm_name(ref)) or ""
             doc = await self.redis.get(keys.vm(vm_id)) if vm_id else None
-        if doc is None:
+        found = await self._with_state([doc], [vm_id])
+        if not found:
             raise NotFound(f"vm {ref!r} not found")
-        return Vm.model_validate_json(doc)
+        return found[0]
 
     async def find_vm(self, ref: str) -> Vm | None:
         try:
@@ -82,11 +108,10 @@ class InventoryStore:
             return None
 
     async def vms(self, limit: int = 1000) -> list[Vm]:
-        ids = await self.redis.zrange(keys.VMS, 0, limit - 1)
+        ids = list(await self.redis.zrange(keys.VMS, 0, limit - 1))
         if not ids:
             return []
-        docs = await self.redis.mget([keys.vm(i) for i in ids])
-        return [Vm.model_validate_json(d) for d in docs if d is not None]
+        return await self._with_state(await self.redis.mget([keys.vm(i) for i in ids]), ids)
 
     async def save_vm(self, vm: Vm) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -96,15 +121,14 @@ class InventoryStore:
         await pipe.execute()
 
     async def set_vm_state(self, vm_id: str, state: VmState, server: str | None = None) -> None:
-        """Record what was observed on the hypervisor. Unknown VMs are ignored."""
-        doc = await self.redis.get(keys.vm(vm_id))
-        if doc is None:
-            return
-        vm = Vm.model_validate_json(doc)
-        update: dict[str, object] = {"state": state, "observed_at": utcnow()}
+        """Record what was observed on the hypervisor. VMs vmorch does not know are ignored."""
+        fields = {"state": state.value, "observed_at": utcnow().isoformat()}
         if server is not None:
-            update["server"] = server
-        await self.redis.set(keys.vm(vm_id), vm.model_copy(update=update).model_dump_json())
+            fields["server"] = server
+        await self._set_state(
+            keys=[keys.vm(vm_id), keys.vm_state(vm_id)],
+            args=[x for kv in fields.items() for x in kv],
+        )
 
     async def delete_vm(self, vm_id: str) -> None:
         doc = await self.redis.get(keys.vm(vm_id))
@@ -112,6 +136,6 @@ class InventoryStore:
         if doc is not None:
             vm = Vm.model_validate_json(doc)
             pipe.delete(keys.vm_name(vm.name))
-        pipe.delete(keys.vm(vm_id))
+        pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id))
         pipe.zrem(keys.VMS, vm_id)
         await pipe.execute()

@@ -22,6 +22,7 @@ from schemas.base import utcnow
 from schemas.inventory import Vm
 from schemas.jobs import TRANSITIONS, Job, JobState
 
+MAX_SCAN = 2000  # job records one listing call reads at most
 CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
 Mutation = Callable[[Job], Job | None]
 AsyncMutation = Callable[[Job], Awaitable[Job | None]]
@@ -258,7 +259,11 @@ class JobStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        """Newest first. Scans the most selective index and filters the rest."""
+        """Newest first. Scans the most selective index and filters the rest.
+
+        At most `MAX_SCAN` records are read per call: a sparse filter returns a short page
+        with a cursor to go on from, rather than walking the whole index in one request.
+        """
         index = (
             keys.jobs_vm(vm_id)
             if vm_id
@@ -270,10 +275,14 @@ class JobStore:
         )
         out: list[Job] = []
         max_score: str = "+inf" if cursor is None else f"({cursor}"
+        scanned = 0
         while len(out) < limit:
+            if scanned >= MAX_SCAN:
+                return out, max_score[1:]
             batch = await self.redis.zrevrangebyscore(
-                index, max_score, "-inf", start=0, num=limit * 2, withscores=True
+                index, max_score, "-inf", start=0, num=max(limit * 2, 100), withscores=True
             )
+            scanned += len(batch)
             if not batch:
                 return out, None
             jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}

@@ -19,7 +19,9 @@ Events
 Inventory (owner: inventory store; lifetime: until removed)
 - pool:{name} / server:{name} / template:{name}   string  JSON of the model
 - pools / servers / templates                      set     names
-- vm:{id}                 string JSON of Vm
+- vm:{id}                 string JSON of Vm, as provisioned (owner: workflows)
+- vmstate:{id}            hash   state, server, observed_at: last observed on the hypervisor
+                                 (owner: agent and workflows; read over the record)
 - vms                     zset   vm id -> created ms
 - vmname:{name}           string vm id (names are unique)
 Auth
@@ -97,6 +99,10 @@ TEMPLATES = f"{PREFIX}templates"
 
 def vm(vm_id: str) -> str:
     return f"{PREFIX}vm:{vm_id}"
+
+
+def vm_state(vm_id: str) -> str:
+    return f"{PREFIX}vmstate:{vm_id}"
 
 
 VMS = f"{PREFIX}vms"

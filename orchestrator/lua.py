@@ -65,9 +65,13 @@ local head = ''
 if ARGV[9] == '1' then
   redis.call('ZREM', KEYS[8], ARGV[7])
   if KEYS[7] ~= 'vmorch:none' then
+    -- hand the VM to the next job only if this job held it (was the head)
+    local was_head = redis.call('LINDEX', KEYS[7], 0) == ARGV[7]
     redis.call('LREM', KEYS[7], 0, ARGV[7])
-    head = redis.call('LINDEX', KEYS[7], 0) or ''
-    if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[11], head) end
+    if was_head then
+      head = redis.call('LINDEX', KEYS[7], 0) or ''
+      if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[11], head) end
+    end
   end
 elseif ARGV[10] == '-' then
   redis.call('ZREM', KEYS[8], ARGV[7])
@@ -106,4 +110,11 @@ CLAIM_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
+"""
+
+SET_VM_STATE = """
+-- KEYS: vm vmstate   ARGV: field value ...  (only for a VM that still has a record)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV))
+return 1
 """

@@ -14,6 +14,7 @@ import redis.asyncio as aredis
 
 from orchestrator import keys
 from orchestrator.dispatch import Dispatcher
+from orchestrator.errors import NotFound
 from orchestrator.jobstore import JobStore
 from orchestrator.leases import Leases
 from orchestrator.settings import Settings
@@ -37,7 +38,7 @@ class Router:
                 continue  # its worker's heartbeat keeps the timer ahead
             try:
                 job = await self.jobs.get(job_id)
-            except Exception:
+            except NotFound:
                 await self.jobs.redis.zrem(keys.JOBS_DUE, job_id)
                 continue
             if job.state.terminal:
@@ -57,7 +58,7 @@ class Router:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except aredis.RedisError:
+            except Exception:  # Redis or broker down, a record it cannot read: keep going
                 log.warning("router sweep failed; retrying", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_s)

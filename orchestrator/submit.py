@@ -59,6 +59,7 @@ class Submitter:
         *,
         submitted_by: str,
         idem_key: str | None = None,
+        idem_scope: str = "",
         links: JobLinks | None = None,
     ) -> tuple[Job, bool]:
         """Store and dispatch a job. Returns (job, replayed); replayed: a known Idempotency-Key."""
@@ -101,7 +102,9 @@ class Submitter:
             idempotency_key=idem_key,
         )
         sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-        res = await self.jobs.create(job, idem_key=idem_key, request_sha=sha, reserve_vm=reserve)
+        # keys are per caller: another token's key neither replays nor reveals its job
+        scoped = f"{idem_scope}:{idem_key}" if idem_key else None
+        res = await self.jobs.create(job, idem_key=scoped, request_sha=sha, reserve_vm=reserve)
         if res.status == "exists":
             return await self.jobs.get(res.job_id), True
         if res.status == "mismatch":

@@ -30,6 +30,10 @@ class Step:
     run: Callable[[StepContext], Outputs | None]
     undo: Callable[[StepContext], None] | None = None
     description: str = ""
+    # Undo a step that failed, too: right when a failure can leave part of its effect behind
+    # (a clone of disk 0 of 2); wrong when the target state may have held before the step
+    # (undoing a failed "ensure running" would power off a VM this job never started).
+    undo_on_failure: bool = True
 
 
 WorkflowBuilder = Callable[[Any], list[Step]]
@@ -57,6 +61,8 @@ class StepContext:
         return self.runtime.loop.run(coro)
 
     def hypervisor(self, server: str) -> Hypervisor:
+        """The server's adapter. Also a safe point: no hypervisor change after losing the lease."""
+        self.check()
         srv = self.run(self.runtime.inventory.server(server))
         return self.runtime.hypervisors.get(srv.uri)
 

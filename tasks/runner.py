@@ -1,14 +1,17 @@
 """The step runner: one `advance` call moves a job forward by one step.
 
-It takes the job's lease (fencing token), runs the next step while a heartbeat renews the
-lease, records the outcome with a fenced compare-and-set, and publishes the next `advance`.
-Transient failures are retried after an exponential backoff with jitter (the router's timer
-dispatches the job again); a permanent failure, or an abort, undoes the done steps in reverse.
-Every write carries the fencing token, so a worker that lost its lease records nothing.
+It takes the job's lease (fencing token) and keeps it renewed by a heartbeat for as long as
+it works on the job, runs the next step, records the outcome with a fenced compare-and-set,
+releases the lease and only then publishes the next `advance` (so the next worker does not
+find the lease still held). Transient failures are retried after an exponential backoff
+with jitter (the router's timer dispatches the job again); a permanent failure, or an
+abort, undoes the done steps in reverse. Every write carries the fencing token, so a worker
+that lost its lease records nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -17,6 +20,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Literal
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.errors import (
     AbortRequested,
@@ -34,9 +40,18 @@ from tasks.runtime import Runtime
 
 log = logging.getLogger("vmorch.runner")
 
+# Errors worth another attempt of the whole step: vmorch's retryable branch, and Redis
+# being briefly unreachable from the worker.
+RETRYABLE = (Retryable, RedisConnectionError, RedisTimeoutError)
+
 
 class Heartbeat:
-    """Renews the lease while a step runs; notices a lost lease and an abort request."""
+    """Renews the lease while the runner works; notices a lost lease and an abort request.
+
+    The lease counts as lost when a renewal is refused (another worker took it) or when no
+    renewal has succeeded for `lease_ms` (this worker cannot reach Redis, so by now the
+    router may have handed the job to another worker).
+    """
 
     def __init__(self, rt: Runtime, job_id: str, token: int):
         self.rt, self.job_id, self.token = rt, job_id, token
@@ -45,24 +60,27 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="vmorch-heartbeat")
 
+    def _beat(self) -> None:
+        rt = self.rt
+        if not rt.loop.run(rt.leases.renew(self.job_id, self.token), timeout_s=5):
+            self.lost.set()
+            return
+        # keep the router's dead-worker timer ahead of us while we hold the lease
+        rt.loop.run(rt.jobs.set_due(self.job_id, rt.due_in_ms(rt.settings.lease_ms * 2)))
+        if rt.loop.run(rt.jobs.get(self.job_id)).abort_requested:
+            self.abort.set()
+
     def _loop(self) -> None:
-        interval_s = self.rt.settings.lease_ms / 3000
-        while not self._stop.wait(interval_s):
+        lease_s = self.rt.settings.lease_ms / 1000
+        last_ok = time.monotonic()
+        while not self._stop.wait(lease_s / 3) and not self.lost.is_set():
             try:
-                if not self.rt.loop.run(self.rt.leases.renew(self.job_id, self.token)):
-                    self.lost.set()
-                    return
-                job = self.rt.loop.run(self.rt.jobs.get(self.job_id))
-                if job.abort_requested:
-                    self.abort.set()
-                # keep the router's dead-worker timer ahead of us while we hold the lease
-                self.rt.loop.run(
-                    self.rt.jobs.set_due(
-                        self.job_id, self.rt.due_in_ms(self.rt.settings.lease_ms * 2)
-                    )
-                )
-            except Exception:  # a missed beat is not fatal; the lease has slack
+                self._beat()
+                last_ok = time.monotonic()
+            except Exception:
                 log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
+                if time.monotonic() - last_ok >= lease_s:
+                    self.lost.set()
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -70,13 +88,16 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=10)
 
 
 def _error(e: BaseException) -> ErrorInfo:
     if isinstance(e, VmorchError):
         return ErrorInfo(code=e.code, message=e.message, retryable=e.retryable)
-    return ErrorInfo(code="internal", message=f"{type(e).__name__}: {e}")
+    if isinstance(e, RETRYABLE):
+        return ErrorInfo(code="redis_unavailable", message="Redis unreachable", retryable=True)
+    # details of unexpected errors go to the worker log, not to every viewer of the job
+    return ErrorInfo(code="internal", message=f"internal error ({type(e).__name__}); see logs")
 
 
 def _with_step(job: Job, idx: int, **update: object) -> Job:
@@ -100,9 +121,10 @@ def _backoff_s(rt: Runtime, attempt: int) -> float:
 
 
 class Runner:
-    def __init__(self, rt: Runtime, job_id: str, token: int):
-        self.rt, self.job_id, self.token = rt, job_id, token
+    def __init__(self, rt: Runtime, job_id: str, token: int, hb: Heartbeat):
+        self.rt, self.job_id, self.token, self.hb = rt, job_id, token, hb
         self.t0 = time.monotonic()
+        self.to_dispatch: list[str] = []  # published once the lease is released
 
     def _update(
         self,
@@ -110,20 +132,23 @@ class Runner:
         *,
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
-    ) -> tuple[Job, str]:
+    ) -> Job:
         job, head = self.rt.loop.run(
             self.rt.jobs.update(self.job_id, mutate, fence=self.token, step=step, due_ms=due_ms)
         )
         if head:
-            self._dispatch_head(head)
-        return job, head
+            self.to_dispatch.append(head)  # the next job on this VM
+        return job
 
-    def _dispatch_head(self, head: str) -> None:
-        try:
-            nxt = self.rt.loop.run(self.rt.jobs.get(head))
-            self.rt.dispatch(head, nxt.queue)
-        except NotFound:
-            pass
+    def _ctx(self, job: Job, attempt: int, outputs: Outputs) -> StepContext:
+        return StepContext(
+            job=job,
+            runtime=self.rt,
+            attempt=attempt,
+            outputs=outputs,
+            lease_lost=self.hb.lost,
+            abort_seen=self.hb.abort,
+        )
 
     def _log(self, job: Job, step: str, frm: str, to: str) -> None:
         log.info(
@@ -144,7 +169,7 @@ class Runner:
         try:
             steps = steps_for(job.request)
         except Exception as e:  # an unknown kind or a bad request cannot get better
-            self._finish_failed(job, _error(e))
+            self._finish_failed(_error(e))
             return
         if job.state == JobState.QUEUED:
             job = self._start(job, steps)
@@ -153,16 +178,16 @@ class Runner:
         if job.abort_requested or job.state == JobState.ABORTING or job.error is not None:
             self._compensate(job, steps)
             return
-        idx = next(
-            (
-                i
-                for i, s in enumerate(job.steps)
-                if s.state in (StepState.PENDING, StepState.RUNNING)
-            ),
-            None,
-        )
+        active = (StepState.PENDING, StepState.RUNNING)
+        idx = next((i for i, s in enumerate(job.steps) if s.state in active), None)
         if idx is None:
-            self._succeed(job)
+            self._succeed()
+            return
+        retry_at = job.steps[idx].retry_at
+        if retry_at is not None and retry_at > utcnow():
+            # an early (duplicate) message: keep the backoff, let the timer bring it back
+            ms = int(retry_at.timestamp() * 1000)
+            self.rt.loop.run(self.rt.jobs.set_due(self.job_id, ms))
             return
         self._run_step(job, steps, idx)
 
@@ -170,8 +195,8 @@ class Runner:
         if job.links.vm_id:
             queue = self.rt.loop.run(self.rt.jobs.vm_queue(job.links.vm_id))
             if queue and queue[0] != job.id:
-                # Not this job's turn on the VM: the job ahead dispatches it when it ends.
-                self.rt.loop.run(self.rt.jobs.update(self.job_id, lambda j: None, due_ms="-"))
+                # Not this job's turn on the VM: the job ahead dispatches it when it ends
+                # (and the router's timer checks again, should that message be lost).
                 return job
 
         def start(j: Job) -> Job | None:
@@ -182,7 +207,7 @@ class Runner:
                 update={"state": JobState.RUNNING, "steps": records, "started_at": utcnow()}
             )
 
-        job, _ = self._update(start)
+        job = self._update(start)
         self._log(job, "-", "queued", job.state.value)
         return job
 
@@ -190,8 +215,7 @@ class Runner:
     def _run_step(self, job: Job, steps: list[Step], idx: int) -> None:
         step = steps[idx]
         attempt = job.steps[idx].attempts + 1
-        lease_due = self.rt.due_in_ms(self.rt.settings.lease_ms * 2)
-        job, _ = self._update(
+        job = self._update(
             lambda j: _with_step(
                 j,
                 idx,
@@ -201,32 +225,25 @@ class Runner:
                 retry_at=None,
             ),
             step=step.name,
-            due_ms=lease_due,
+            due_ms=self.rt.due_in_ms(self.rt.settings.lease_ms * 2),
         )
         self._log(job, step.name, "pending", f"running (attempt {attempt})")
-        with Heartbeat(self.rt, self.job_id, self.token) as hb:
-            ctx = StepContext(
-                job=job,
-                runtime=self.rt,
-                attempt=attempt,
-                outputs=_outputs(job),
-                lease_lost=hb.lost,
-                abort_seen=hb.abort,
-            )
-            try:
-                self._inject_faults(ctx, step)
-                out = step.run(ctx) or {}
-            except LeaseLost:
-                raise
-            except Retryable as e:
-                self._retry_or_fail(job, steps, idx, e, attempt)
-                return
-            except Exception as e:  # permanent: undo what was done
-                if not isinstance(e, VmorchError):
-                    log.exception("job=%s step=%s crashed", job.id, step.name)
-                self._fail_step(job, steps, idx, e)
-                return
-        job, _ = self._update(
+        ctx = self._ctx(job, attempt, _outputs(job))
+        try:
+            self._inject_faults(ctx, step)
+            out = step.run(ctx) or {}
+            ctx.check()
+        except LeaseLost:
+            raise
+        except RETRYABLE as e:
+            self._retry_or_fail(job, steps, idx, e, attempt)
+            return
+        except Exception as e:  # permanent: undo what was done
+            if not isinstance(e, VmorchError):
+                log.exception("job=%s step=%s crashed", job.id, step.name)
+            self._fail_step(steps, idx, e)
+            return
+        job = self._update(
             lambda j: _with_step(
                 j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None
             ),
@@ -234,7 +251,7 @@ class Runner:
             due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000),
         )
         self._log(job, step.name, "running", "done")
-        self.rt.dispatch(job.id, job.queue)
+        self.to_dispatch.append(job.id)
 
     def _inject_faults(self, ctx: StepContext, step: Step) -> None:
         """Chaos drills: a configured delay before the step, or a configured failure."""
@@ -246,23 +263,27 @@ class Runner:
             raise Permanent(f"injected failure at {step.name} (VMORCH_CHAOS_FAIL_STEPS)")
 
     def _retry_or_fail(
-        self, job: Job, steps: list[Step], idx: int, e: Retryable, attempt: int
+        self, job: Job, steps: list[Step], idx: int, e: Exception, attempt: int
     ) -> None:
         if attempt >= self.rt.settings.step_max_attempts:
-            self._fail_step(job, steps, idx, e)
+            self._fail_step(steps, idx, e)
             return
         delay_s = getattr(e, "delay_s", None) or _backoff_s(self.rt, attempt)
-        retry_at = utcnow() + timedelta(seconds=delay_s)
-        job, _ = self._update(
+        err = _error(e)
+        job = self._update(
             lambda j: _with_step(
-                j, idx, state=StepState.PENDING, error=_error(e), retry_at=retry_at
+                j,
+                idx,
+                state=StepState.PENDING,
+                error=err,
+                retry_at=utcnow() + timedelta(seconds=delay_s),
             ),
             step=steps[idx].name,
             due_ms=self.rt.due_in_ms(delay_s * 1000),
         )
-        self._log(job, steps[idx].name, "running", f"retry in {delay_s:.2f}s ({e.message})")
+        self._log(job, steps[idx].name, "running", f"retry in {delay_s:.2f}s ({err.message})")
 
-    def _fail_step(self, job: Job, steps: list[Step], idx: int, e: BaseException) -> None:
+    def _fail_step(self, steps: list[Step], idx: int, e: BaseException) -> None:
         err = _error(e)
 
         def fail(j: Job) -> Job:
@@ -277,25 +298,39 @@ class Runner:
                 }
             )
 
-        job, _ = self._update(fail, step=steps[idx].name)
+        job = self._update(fail, step=steps[idx].name)
         self._log(job, steps[idx].name, "running", f"failed ({err.message})")
         self._compensate(job, steps)
 
     # -- endings ---------------------------------------------------------------------------
     def _compensate(self, job: Job, steps: list[Step]) -> None:
-        """Undo done steps in reverse (and the failed one, whose effect may be partial)."""
+        """Undo in reverse: done steps, a step left half-done by a retry or a dead worker,
+        and the failed step when its effect may be partial. Stops at an undo that fails:
+        what came before it stays in place (undoing it could strand what the failed undo
+        left behind, e.g. volumes of a domain that could not be undefined)."""
+        stuck: str | None = None
         for idx in reversed(range(len(job.steps))):
-            rec = job.steps[idx]
-            if rec.state == StepState.PENDING:
-                job, _ = self._update(partial(_with_step, idx=idx, state=StepState.SKIPPED))
+            rec, step = job.steps[idx], steps[idx]
+            half_done = rec.state in (StepState.RUNNING, StepState.UNDOING) or (
+                rec.state == StepState.PENDING and rec.attempts > 0
+            )
+            if rec.state == StepState.PENDING and not half_done:
+                job = self._update(partial(_with_step, idx=idx, state=StepState.SKIPPED))
                 continue
-            undo_failed = rec.state == StepState.FAILED and not rec.outputs.get("_undo_done")
-            if (
-                rec.state not in (StepState.DONE, StepState.UNDOING, StepState.RUNNING)
-                and not undo_failed
-            ):
+            failed_needs_undo = (
+                rec.state == StepState.FAILED
+                and step.undo_on_failure
+                and not rec.outputs.get("_undo_done")
+            )
+            if not (rec.state == StepState.DONE or half_done or failed_needs_undo):
                 continue
-            job = self._undo(job, steps, idx, keep_failed=undo_failed)
+            job, ok = self._undo(job, steps, idx, keep_failed=rec.state == StepState.FAILED)
+            if not ok:
+                stuck = step.name
+                break
+        self._end(job, stuck)
+
+    def _end(self, job: Job, stuck: str | None) -> None:
         ended = (
             JobState.ABORTED
             if (job.abort_requested or job.state == JobState.ABORTING)
@@ -304,30 +339,30 @@ class Runner:
         undone = [s.name for s in job.steps if s.state == StepState.UNDONE]
 
         def end(j: Job) -> Job:
+            err = j.error or ErrorInfo(code="aborted", message="aborted by request")
+            if stuck:
+                err = err.model_copy(
+                    update={
+                        "message": f"{err.message}; undo of {stuck} "
+                        "failed, the steps before it were left in place"
+                    }
+                )
             return j.model_copy(
-                update={
-                    "state": ended,
-                    "ended_at": utcnow(),
-                    "undone_steps": undone,
-                    "error": j.error or ErrorInfo(code="aborted", message="aborted by request"),
-                }
+                update={"state": ended, "ended_at": utcnow(), "undone_steps": undone, "error": err}
             )
 
-        job, _ = self._update(end)
+        job = self._update(end)
         self._log(job, "-", "compensating", ended.value)
 
-    def _undo(self, job: Job, steps: list[Step], idx: int, *, keep_failed: bool) -> Job:
+    def _undo(
+        self, job: Job, steps: list[Step], idx: int, *, keep_failed: bool
+    ) -> tuple[Job, bool]:
         step = steps[idx]
         if not keep_failed:
-            job, _ = self._update(
+            job = self._update(
                 lambda j: _with_step(j, idx, state=StepState.UNDOING), step=step.name
             )
-        ctx = StepContext(
-            job=job,
-            runtime=self.rt,
-            attempt=job.steps[idx].attempts,
-            outputs={**_outputs(job), **job.steps[idx].outputs},
-        )
+        ctx = self._ctx(job, job.steps[idx].attempts, {**_outputs(job), **job.steps[idx].outputs})
         err: ErrorInfo | None = None
         if step.undo is not None:
             for attempt in range(1, self.rt.settings.step_max_attempts + 1):
@@ -335,37 +370,34 @@ class Runner:
                     step.undo(ctx)
                     err = None
                     break
-                except Retryable as e:
+                except LeaseLost:
+                    raise
+                except RETRYABLE as e:
                     err = _error(e)
-                    time.sleep(_backoff_s(self.rt, attempt))
+                    ctx.sleep(_backoff_s(self.rt, attempt))
                 except Exception as e:
+                    log.exception("job=%s undo of %s failed", job.id, step.name)
                     err = _error(e)
                     break
         if keep_failed:
             outs = {**job.steps[idx].outputs, "_undo_done": err is None}
-            job, _ = self._update(lambda j: _with_step(j, idx, outputs=outs), step=step.name)
+            job = self._update(lambda j: _with_step(j, idx, outputs=outs), step=step.name)
         elif err is None:
-            job, _ = self._update(
+            job = self._update(
                 lambda j: _with_step(j, idx, state=StepState.UNDONE, ended_at=utcnow()),
                 step=step.name,
             )
         else:
-            job, _ = self._update(
-                lambda j: _with_step(
-                    j,
-                    idx,
-                    state=StepState.FAILED,
-                    error=ErrorInfo(code=err.code, message=f"undo failed: {err.message}"),
-                ),
-                step=step.name,
+            failed = ErrorInfo(code=err.code, message=f"undo failed: {err.message}")
+            job = self._update(
+                lambda j: _with_step(j, idx, state=StepState.FAILED, error=failed), step=step.name
             )
-        self._log(job, step.name, "done", job.steps[idx].state.value)
-        return job
+        self._log(job, step.name, "undo", job.steps[idx].state.value)
+        return job, err is None
 
-    def _succeed(self, job: Job) -> None:
-        result = {k: v for k, v in _outputs(job).items() if not k.startswith("_")}
-
+    def _succeed(self) -> None:
         def end(j: Job) -> Job:
+            result = {k: v for k, v in _outputs(j).items() if not k.startswith("_")}
             return j.model_copy(
                 update={
                     "state": JobState.SUCCEEDED,
@@ -375,14 +407,12 @@ class Runner:
                 }
             )
 
-        job, _ = self._update(end)
+        job = self._update(end)
         self._log(job, "-", "running", "succeeded")
 
-    def _finish_failed(self, job: Job, err: ErrorInfo) -> None:
+    def _finish_failed(self, err: ErrorInfo) -> None:
         def end(j: Job) -> Job:
             state = JobState.ABORTED if j.state == JobState.ABORTING else JobState.FAILED
-            if j.state == JobState.QUEUED:
-                state = JobState.FAILED
             return j.model_copy(update={"state": state, "ended_at": utcnow(), "error": err})
 
         self._update(end)
@@ -393,13 +423,20 @@ def advance(rt: Runtime, job_id: str) -> str:
     token = rt.loop.run(rt.leases.acquire(job_id))
     if token is None:
         return "busy"
+    outcome = "advanced"
+    runner: Runner | None = None
     try:
-        Runner(rt, job_id, token).advance()
-        return "advanced"
+        with Heartbeat(rt, job_id, token) as hb:
+            runner = Runner(rt, job_id, token, hb)
+            runner.advance()
     except LeaseLost:
         log.warning("job=%s lease lost: stopped without recording", job_id)
-        return "lease_lost"
+        return "lease_lost"  # the new lease holder carries on; publish nothing
     except NotFound:
-        return "missing"
+        outcome = "missing"
     finally:
         rt.loop.run(rt.leases.release(job_id, token))
+    for jid in runner.to_dispatch if runner else []:
+        with contextlib.suppress(NotFound):
+            rt.dispatch(jid, rt.loop.run(rt.jobs.get(jid)).queue)
+    return outcome

@@ -22,8 +22,11 @@ def _template(ctx: StepContext) -> Template:
     return ctx.run(ctx.runtime.inventory.template(_req(ctx).template))
 
 
-def _volume_name(vm_name: str, index: int) -> str:
-    return f"{vm_name}-disk{index}"
+def _volume_name(ctx: StepContext, index: int) -> str:
+    """Unique to this VM (name and the start of its UUID), so a disk kept from a deleted VM
+    of the same name is never picked up, nor deleted by this VM's undo."""
+    vm_id = ctx.job.links.vm_id or ""
+    return f"{_req(ctx).name}-{vm_id[:8]}-disk{index}"
 
 
 def mac_for(vm_id: str, index: int) -> str:
@@ -67,13 +70,18 @@ def place_run(ctx: StepContext) -> Outputs:
 
 
 def clone_run(ctx: StepContext) -> Outputs:
-    """Ensure each template disk has a clone named `<vm>-disk<i>` (an existing clone is kept)."""
-    req = _req(ctx)
+    """Ensure each template disk has a clone `<vm>-<id8>-disk<i>`.
+
+    A clone from an earlier attempt may be incomplete (its worker died mid-copy), so a
+    repeated attempt deletes it and clones again; the name is this VM's alone.
+    """
     tmpl = _template(ctx)
     hv = ctx.hypervisor(ctx.outputs["server"])
     disks = []
     for i, d in enumerate(tmpl.disks):
-        name = _volume_name(req.name, i)
+        name = _volume_name(ctx, i)
+        if ctx.attempt > 1:
+            hv.delete_volume(tmpl.repository, name)
         path = hv.clone_volume(tmpl.repository, d.volume, name)
         disks.append({"volume": name, "path": path, "target": disk_target(i)})
         ctx.check()
@@ -82,14 +90,13 @@ def clone_run(ctx: StepContext) -> Outputs:
 
 def clone_undo(ctx: StepContext) -> None:
     """Ensure the clones are gone. Names are derived, so this works after a partial clone."""
-    req = _req(ctx)
     tmpl = _template(ctx)
     server = ctx.outputs.get("server")
     if server is None:
         return
     hv = ctx.hypervisor(server)
     for i in range(len(tmpl.disks)):
-        hv.delete_volume(tmpl.repository, _volume_name(req.name, i))
+        hv.delete_volume(tmpl.repository, _volume_name(ctx, i))
 
 
 def define_run(ctx: StepContext) -> Outputs:

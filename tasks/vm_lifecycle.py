@@ -8,39 +8,13 @@ from orchestrator.errors import HypervisorError
 from schemas.inventory import VmState
 from schemas.requests import DeleteVm, RestartVm, StopVm
 from tasks.engine import Outputs, Step, StepContext, WorkflowBuilder
-from tasks.vm_steps import START, hv_of, observe, stop_run, vm_of
+from tasks.vm_steps import START, hv_of, stop_run, vm_action, vm_of
+from workers.hypervisor import Hypervisor
 
 
 def _stop(ctx: StepContext) -> Outputs:
     req = cast(StopVm | RestartVm, ctx.request)
     return stop_run(ctx, req.timeout_s)
-
-
-def _kill(ctx: StepContext) -> Outputs:
-    """Ensure the VM is powered off at once; a stopped VM stays stopped."""
-    vm = vm_of(ctx)
-    hv = hv_of(ctx, vm)
-    hv.destroy(vm.id)
-    observe(ctx, vm, hv)
-    return {"state": VmState.STOPPED.value}
-
-
-def _suspend(ctx: StepContext) -> Outputs:
-    """Ensure the VM is paused; a paused VM stays paused."""
-    vm = vm_of(ctx)
-    hv = hv_of(ctx, vm)
-    hv.suspend(vm.id)
-    observe(ctx, vm, hv)
-    return {"state": VmState.SUSPENDED.value}
-
-
-def _resume(ctx: StepContext) -> Outputs:
-    """Ensure a paused VM runs again; a running VM is left alone."""
-    vm = vm_of(ctx)
-    hv = hv_of(ctx, vm)
-    hv.resume(vm.id)
-    observe(ctx, vm, hv)
-    return {"state": VmState.RUNNING.value}
 
 
 def _ensure_off(ctx: StepContext) -> Outputs:
@@ -74,13 +48,19 @@ def _delete_disks(ctx: StepContext) -> Outputs:
 
 
 def _forget(ctx: StepContext) -> Outputs:
-    """Ensure the VM record is gone from the inventory."""
-    vm = vm_of(ctx)
-    ctx.run(ctx.runtime.inventory.delete_vm(vm.id))
+    """Ensure the VM record is gone from the inventory (already gone is fine)."""
+    if ctx.job.links.vm_id:
+        ctx.run(ctx.runtime.inventory.delete_vm(ctx.job.links.vm_id))
     return {"state": VmState.DELETED.value}
 
 
 STOP = Step("stop", _stop, None, "shut the VM down, forced off after the timeout")
+# Each converges: killing a stopped VM, pausing a paused one, resuming a running one is a no-op.
+KILL = Step(
+    "kill", vm_action(Hypervisor.destroy, VmState.STOPPED), None, "power the VM off at once"
+)
+SUSPEND = Step("suspend", vm_action(Hypervisor.suspend, VmState.SUSPENDED), None, "pause the VM")
+RESUME = Step("resume", vm_action(Hypervisor.resume, VmState.RUNNING), None, "resume the paused VM")
 
 
 def _delete(req: DeleteVm) -> list[Step]:
@@ -97,9 +77,9 @@ def _delete(req: DeleteVm) -> list[Step]:
 WORKFLOWS: dict[str, WorkflowBuilder] = {
     "vm.start": lambda req: [START],
     "vm.stop": lambda req: [STOP],
-    "vm.kill": lambda req: [Step("kill", _kill, None, "power the VM off at once")],
+    "vm.kill": lambda req: [KILL],
     "vm.restart": lambda req: [STOP, START],
-    "vm.suspend": lambda req: [Step("suspend", _suspend, None, "pause the VM")],
-    "vm.resume": lambda req: [Step("resume", _resume, None, "resume the paused VM")],
+    "vm.suspend": lambda req: [SUSPEND],
+    "vm.resume": lambda req: [RESUME],
     "vm.delete": _delete,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from orchestrator.errors import HypervisorError, NotFound
 from schemas.inventory import Vm, VmState
@@ -56,11 +57,28 @@ def start_run(ctx: StepContext) -> Outputs:
 
 
 def start_undo(ctx: StepContext) -> None:
-    """Ensure the VM is off again (power off: it was started by this job)."""
+    """Ensure the VM is off again (power off: this job started it; a failed start is not
+    undone, as the VM may have been running before)."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
     hv.destroy(vm.id)
     observe(ctx, vm, hv)
+
+
+def vm_action(
+    act: Callable[[Hypervisor, str], None], result: VmState
+) -> Callable[[StepContext], Outputs]:
+    """A step that converges the VM with one adapter call (destroy, suspend, resume...),
+    then records the state observed on the hypervisor."""
+
+    def run(ctx: StepContext) -> Outputs:
+        vm = vm_of(ctx)
+        hv = hv_of(ctx, vm)
+        act(hv, vm.id)
+        observe(ctx, vm, hv)
+        return {"state": result.value}
+
+    return run
 
 
 def stop_run(ctx: StepContext, timeout_s: float) -> Outputs:
@@ -80,4 +98,6 @@ def stop_run(ctx: StepContext, timeout_s: float) -> Outputs:
     return {"state": VmState.STOPPED.value, "forced": forced}
 
 
-START = Step("start", start_run, start_undo, "start the VM and wait until it runs")
+START = Step(
+    "start", start_run, start_undo, "start the VM and wait until it runs", undo_on_failure=False
+)

@@ -218,21 +218,36 @@ class Hypervisor:
             raise HypervisorError(f"cannot resume a domain that is {state}")
 
     # --- storage -----------------------------------------------------------------------
-    def clone_volume(self, pool: str, source: str, name: str) -> str:
-        """Ensure volume `name` exists in `pool`, cloned from `source`; returns its path."""
+    def _ensure_volume(
+        self, pool: str, name: str, make: Callable[[libvirt.virStoragePool], libvirt.virStorageVol]
+    ) -> str:
+        """The path of volume `name` in `pool`, made by `make` if it does not exist yet."""
 
-        def clone(c: libvirt.virConnect) -> str:
+        def ensure(c: libvirt.virConnect) -> str:
             sp = c.storagePoolLookupByName(pool)
             try:
                 return str(sp.storageVolLookupByName(name).path())
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise
-            src = sp.storageVolLookupByName(source)
-            capacity = src.info()[1]
-            return str(sp.createXMLFrom(volume_xml(name, capacity), src, 0).path())
+            return str(make(sp).path())
 
-        return self._call("clone_volume", clone)
+        return self._call("ensure_volume", ensure)
+
+    def clone_volume(self, pool: str, source: str, name: str) -> str:
+        """Ensure volume `name` exists in `pool`, cloned from `source`; returns its path."""
+
+        def clone(sp: libvirt.virStoragePool) -> libvirt.virStorageVol:
+            src = sp.storageVolLookupByName(source)
+            return sp.createXMLFrom(volume_xml(name, src.info()[1]), src, 0)
+
+        return self._ensure_volume(pool, name, clone)
+
+    def create_volume(self, pool: str, name: str, capacity_bytes: int) -> str:
+        """Ensure an empty volume exists (used to seed templates in the lab)."""
+        return self._ensure_volume(
+            pool, name, lambda sp: sp.createXML(volume_xml(name, capacity_bytes), 0)
+        )
 
     def delete_volume(self, pool: str, name: str) -> None:
         """Ensure volume `name` is gone from `pool`."""
@@ -246,20 +261,6 @@ class Hypervisor:
         return sorted(
             self._call("listVolumes", lambda c: c.storagePoolLookupByName(pool).listVolumes())
         )
-
-    def create_volume(self, pool: str, name: str, capacity_bytes: int) -> str:
-        """Ensure an empty volume exists (used to seed templates in the lab)."""
-
-        def create(c: libvirt.virConnect) -> str:
-            sp = c.storagePoolLookupByName(pool)
-            try:
-                return str(sp.storageVolLookupByName(name).path())
-            except libvirt.libvirtError as e:
-                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-            return str(sp.createXML(volume_xml(name, capacity_bytes), 0).path())
-
-        return self._call("create_volume", create)
 
 
 class Hypervisors:

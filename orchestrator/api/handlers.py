@@ -101,8 +101,9 @@ async def submit_job(request: web.Request) -> web.Response:
             "Idempotency-Key must be 1-200 printable characters",
             details=[(["header", "Idempotency-Key"], "bad value")],
         )
+    who = caller(request)
     job, replayed = await request.app[SUBMITTER].submit(
-        req, submitted_by=caller(request).name, idem_key=idem
+        req, submitted_by=who.name, idem_key=idem, idem_scope=who.id
     )
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:

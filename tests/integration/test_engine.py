@@ -110,7 +110,11 @@ def test_a_sigkilled_worker_loses_nothing_and_does_nothing_twice(
     for s in fleet.servers:
         if s.pool == "pool-a":
             vols += libvirt.open(s.uri).storagePoolLookupByName("repo-a").listVolumes()
-    assert sorted(v for v in vols if v.startswith("chaos1")) == ["chaos1-disk0", "chaos1-disk1"]
+    prefix = f"chaos1-{final['links']['vm_id'][:8]}"
+    assert sorted(v for v in vols if v.startswith("chaos1")) == [
+        f"{prefix}-disk0",
+        f"{prefix}-disk1",
+    ]
 
 
 def test_idempotency_key_over_http(api: Api, worker: Proc) -> None:

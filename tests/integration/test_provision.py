@@ -51,12 +51,13 @@ def test_create_from_template_runs_the_vm_with_the_shape_asked_for(
     assert root.findtext("vcpu") == "3"
     assert int(root.findtext("memory")) == 1536 * 1024  # KiB
     disks = [d.attrib["file"] for d in root.findall("devices/disk/source")]
-    assert [p.rsplit("/", 1)[1] for p in disks] == ["web1-disk0", "web1-disk1"]
+    prefix = f"web1-{job['links']['vm_id'][:8]}"
+    assert [p.rsplit("/", 1)[1] for p in disks] == [f"{prefix}-disk0", f"{prefix}-disk1"]
     macs = [m.attrib["address"] for m in root.findall("devices/interface/mac")]
     nets = [n.attrib["network"] for n in root.findall("devices/interface/source")]
     assert nets == ["net-a", "net-a"] and macs[1] == "52:54:00:aa:bb:cc"
     repo = dom.connect().storagePoolLookupByName("repo-a")
-    assert {"web1-disk0", "web1-disk1"} <= set(repo.listVolumes())
+    assert {f"{prefix}-disk0", f"{prefix}-disk1"} <= set(repo.listVolumes())
     # and the API reports it, state read from the hypervisor
     status, vm = api.request("GET", "/v1/vms/web1")
     assert status == 200 and vm["state"] == "running" and vm["server"] == server
@@ -87,8 +88,11 @@ def test_every_lifecycle_job(api: Api, worker: Proc, fleet: Inventory) -> None:
 
 
 def test_delete_with_and_without_disks(api: Api, worker: Proc, fleet: Inventory) -> None:
+    ids = {}
     for name in ("del1", "del2"):
-        assert create(api, name, start=False)["state"] == "succeeded"
+        job = create(api, name, start=False)
+        assert job["state"] == "succeeded"
+        ids[name] = job["links"]["vm_id"][:8]
     assert api.run({"kind": "vm.delete", "vm": "del1"})["state"] == "succeeded"
     assert (
         api.run({"kind": "vm.delete", "vm": "del2", "delete_disks": False})["state"] == "succeeded"
@@ -98,9 +102,17 @@ def test_delete_with_and_without_disks(api: Api, worker: Proc, fleet: Inventory)
     for s in fleet.servers:
         if s.pool == "pool-a":
             vols |= set(libvirt.open(s.uri).storagePoolLookupByName("repo-a").listVolumes())
-    assert not {"del1-disk0", "del1-disk1"} & vols
-    assert {"del2-disk0", "del2-disk1"} <= vols
+    assert not [v for v in vols if v.startswith("del1-")]
+    assert {f"del2-{ids['del2']}-disk0", f"del2-{ids['del2']}-disk1"} <= vols
     assert api.request("GET", "/v1/vms/del1")[0] == 404
+    # a new VM of a deleted one's name gets disks of its own; the kept ones stay untouched
+    again = create(api, "del2", start=False)
+    assert again["state"] == "succeeded"
+    [(_, dom)] = find_domains(fleet, "del2")
+    files = [d.attrib["file"] for d in ET.fromstring(dom.XMLDesc()).findall("devices/disk/source")]
+    assert all(again["links"]["vm_id"][:8] in f for f in files)
+    kept = libvirt.open(next(s.uri for s in fleet.servers if s.pool == "pool-a"))
+    assert f"del2-{ids['del2']}-disk0" in kept.storagePoolLookupByName("repo-a").listVolumes()
 
 
 def test_vm_state_follows_changes_made_outside_vmorch(

@@ -131,3 +131,56 @@ def test_steps_of_a_failed_job_stay_failed_when_a_stale_message_arrives(engine: 
     assert engine.drain() == ["advanced"]
     assert engine.get(job.id).state == JobState.FAILED
     assert engine.get(job.id).steps[1].state == StepState.SKIPPED
+
+
+def slow_retry_engine() -> Engine:
+    from orchestrator.settings import Settings
+
+    return Engine(
+        Settings(
+            redis_url="redis://unused",
+            lease_ms=1000,
+            retry_base_s=60,
+            retry_max_s=60,
+            step_max_attempts=3,
+        )
+    )
+
+
+def test_a_duplicate_message_does_not_cut_a_retry_backoff_short() -> None:
+    from tasks.runner import advance
+
+    engine = slow_retry_engine()
+    try:
+        job = engine.submit({"kind": "noop", "steps": 1, "transient_failures": 5})
+        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])  # attempt 1 fails transiently
+        assert engine.get(job.id).steps[0].retry_at is not None
+        for _ in range(3):  # duplicates arrive during the 30-60 s backoff
+            assert advance(engine.rt, job.id) == "advanced"
+        step = engine.get(job.id).steps[0]
+        assert step.attempts == 1 and step.state == StepState.PENDING
+        assert engine.get(job.id).state == JobState.RUNNING
+    finally:
+        engine.close()
+
+
+def test_abort_during_a_retry_backoff_undoes_the_half_done_step() -> None:
+    from tasks.runner import advance
+
+    engine = slow_retry_engine()
+    try:
+        job = engine.submit({"kind": "noop", "steps": 2, "transient_failures": 5})
+        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])
+        engine.run(engine.submitter.abort(job.id))
+        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])
+        done = engine.get(job.id)
+        assert done.state == JobState.ABORTED
+        assert states(done) == ["undone", "skipped"]
+    finally:
+        engine.close()
+
+
+def test_idempotency_keys_belong_to_their_caller(engine: Engine) -> None:
+    a = engine.submit({"kind": "noop"}, idem_key="same", idem_scope="token-a")
+    b = engine.submit({"kind": "noop", "steps": 2}, idem_key="same", idem_scope="token-b")
+    assert a.id != b.id

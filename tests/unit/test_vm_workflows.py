@@ -90,7 +90,8 @@ def test_create_defines_and_starts_the_domain(fleet: Engine, conn: libvirt.virCo
     dom = conn.lookupByName("vm1")
     assert dom.isActive()
     assert dom.UUIDString() == job.links.vm_id
-    assert "vm1-disk0" in conn.storagePoolLookupByName("repo-u").listVolumes()
+    vol = f"vm1-{job.links.vm_id[:8]}-disk0"
+    assert vol in conn.storagePoolLookupByName("repo-u").listVolumes()
 
 
 def test_jobs_on_one_vm_run_one_at_a_time_in_order(fleet: Engine) -> None:
@@ -136,7 +137,7 @@ def test_delete_refuses_a_running_vm_without_force(fleet: Engine, conn: libvirt.
     fleet.drain()
     assert fleet.get(forced.id).state == JobState.SUCCEEDED
     assert "vm4" not in [d.name() for d in conn.listAllDomains()]
-    assert "vm4-disk0" not in conn.storagePoolLookupByName("repo-u").listVolumes()
+    assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
 
 
 def test_stop_forces_the_vm_off_when_the_guest_ignores_the_shutdown(
@@ -165,3 +166,58 @@ def test_stop_of_a_cooperative_guest_is_not_forced(fleet: Engine, conn: libvirt.
     fleet.drain()
     assert fleet.get(job.id).result == {"state": "stopped", "forced": False}
     assert not conn.lookupByName("vm6").isActive()
+
+
+def test_abort_of_a_create_midway_removes_what_it_made(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    from tasks.runner import advance
+
+    # given a create job that has placed the VM, cloned its disk and defined the domain
+    job = fleet.submit(
+        {"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1", "name": "vm7"}
+    )
+    for _ in range(4):
+        job_id, _ = fleet.dispatcher.sent.pop(0)
+        advance(fleet.rt, job_id)
+    assert "vm7" in [d.name() for d in conn.listAllDomains()]
+    # when it is aborted before its last step
+    assert fleet.run(fleet.submitter.abort(job.id)).state == JobState.ABORTING
+    fleet.drain()
+    # then it ends aborted with its steps undone in reverse, and nothing is left behind
+    done = fleet.get(job.id)
+    assert done.state == JobState.ABORTED
+    assert [s.state.value for s in done.steps] == ["undone"] * 4 + ["skipped"]
+    assert "vm7" not in [d.name() for d in conn.listAllDomains()]
+    assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
+    assert fleet.run(fleet.inventory.find_vm("vm7")) is None
+
+
+def test_a_failed_start_does_not_power_off_a_vm_it_did_not_start(
+    fleet: Engine, conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(fleet, "vm8")
+    # the start step fails after finding the VM already running (e.g. Redis hiccup on report)
+    import tasks.vm_steps as vs
+    from orchestrator.errors import Permanent
+
+    def broken_observe(*_a: object) -> None:
+        raise Permanent("report failed")
+
+    monkeypatch.setattr(vs, "observe", broken_observe)
+    job = fleet.submit({"kind": "vm.start", "vm": "vm8"})
+    fleet.drain()
+    assert fleet.get(job.id).state == JobState.FAILED
+    assert conn.lookupByName("vm8").isActive()
+
+
+def test_aborting_a_queued_job_behind_others_does_not_redispatch_the_head(fleet: Engine) -> None:
+    create(fleet, "vm9")
+    first = fleet.submit({"kind": "vm.stop", "vm": "vm9"})
+    fleet.submit({"kind": "vm.start", "vm": "vm9"})
+    third = fleet.submit({"kind": "vm.suspend", "vm": "vm9"})
+    assert [j for j, _ in fleet.dispatcher.sent] == [first.id]
+    fleet.run(fleet.submitter.abort(third.id))
+    assert [j for j, _ in fleet.dispatcher.sent] == [first.id]  # no duplicate for the head
+    fleet.drain()
+    assert fleet.get(third.id).state == JobState.ABORTED
