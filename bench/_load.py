@@ -31,12 +31,22 @@ def session(clients: int) -> aiohttp.ClientSession:
     """One session, at most `clients` keep-alive connections (one per client)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=clients, limit_per_host=clients),
-        timeout=aiohttp.ClientTimeout(total=30))
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
 
 
-async def drive(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-                total: int, clients: int, max_s: float, *, collect_ids: bool = False,
-                expect: int = 202) -> LoadResult:
+async def drive(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    total: int,
+    clients: int,
+    max_s: float,
+    *,
+    collect_ids: bool = False,
+    expect: int = 202,
+) -> LoadResult:
     """POST `body` `total` times from `clients` concurrent loops; stop early after `max_s`."""
     res = LoadResult()
     remaining = total

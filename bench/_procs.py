@@ -1,4 +1,4 @@
-"""Process helpers for the benchmark: subprocesses in their own session, stopped by group.
+"""Benchmark setup: the run's settings, subprocesses in their own session, small statistics.
 
 Everything the benchmark starts is registered on an ExitStack, so it is stopped at the end
 even on an error or Ctrl-C. Only the process groups we created are ever signalled.
@@ -6,6 +6,9 @@ even on an error or Ctrl-C. Only the process groups we created are ever signalle
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import math
 import os
 import signal
@@ -15,11 +18,50 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+import redis.asyncio as aredis
+
+from orchestrator.redis_server import RedisServer
+from orchestrator.tokens import TokenStore
+from schemas.api import Role
+
 HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Row = tuple[str, float | None, float | None, str, bool]
+"""One table row: metric, vmorch value, baseline value (None: none), format, show the ratio."""
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    workdir: Path
+    requests: int  # measured HTTP requests per server and round
+    warmup: int  # HTTP warm-up requests per server
+    rounds: int  # HTTP rounds, baseline and vmorch alternating
+    workflows: int  # E2E workflows (and baseline chains)
+    seq_jobs: int  # sequential jobs for the first-step latency
+    http_max_s: float  # bound of one HTTP run
+    e2e_max_s: float  # bound of one E2E run
+    seq_max_s: float  # bound of the sequential run
+    clients: int = 50
+    steps: int = 5
+    concurrency: int = 2  # worker processes (prefork)
+    warm_jobs: int = 4  # E2E warm-up: each worker process builds its runtime on a first task
+
+    @property
+    def body(self) -> bytes:
+        return json.dumps({"kind": "noop", "steps": self.steps}).encode()
+
+
+def note(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -28,8 +70,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
-               interval_s: float = 0.02) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02
+) -> Any:
     """Poll `predicate` until it returns something truthy; RuntimeError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -48,9 +91,14 @@ class Proc:
         self.name = name
         self.log = logdir / f"{name}.log"
         self._out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL,
-                                  stdout=self._out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -83,10 +131,8 @@ class Proc:
         wait_until(up, timeout_s, f"{self.name} at {url}", 0.05)
 
     def _killpg(self, sig: int) -> None:
-        try:
-            os.killpg(self.p.pid, sig)  # our own session: pgid == our child's pid
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # our session: pgid == child's pid
+            os.killpg(self.p.pid, sig)
 
     def stop(self, timeout_s: float = 10) -> None:
         """SIGTERM the group, wait, then SIGKILL the group (leftover pool children too)."""
@@ -116,7 +162,7 @@ def group_cpu_s(pgid: int) -> float:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime(12)
             ticks += int(fields[11]) + int(fields[12])
     return ticks / _CLK_TCK
@@ -125,8 +171,18 @@ def group_cpu_s(pgid: int) -> float:
 def pid_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def redis_commands(url: str) -> int:
+    """Commands our redis-server has executed so far, including those run inside Lua scripts."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -136,3 +192,40 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+# --- starting things on an ExitStack ------------------------------------------------------
+def spawn(
+    stack: ExitStack, cfg: Config, name: str, argv: list[str], env: dict[str, str] | None = None
+) -> Proc:
+    proc = Proc(name, argv, env or dict(os.environ), cfg.workdir)
+    stack.callback(proc.stop)
+    return proc
+
+
+def start_redis(stack: ExitStack, cfg: Config, name: str) -> RedisServer:
+    """A private redis-server on a free port (never the machine's own Redis)."""
+    server = RedisServer(cfg.workdir / name, appendonly=False)
+    stack.callback(server.stop)
+    server.start()
+    return server
+
+
+def vmorch_env(redis_url: str, api_port: int | None = None) -> dict[str, str]:
+    env = {**os.environ, "VMORCH_REDIS_URL": redis_url}
+    if api_port is not None:
+        env["VMORCH_API_PORT"] = str(api_port)
+    return env
+
+
+def admin_headers(redis_url: str) -> dict[str, str]:
+    """Create an admin token in our Redis; the request headers that carry it."""
+
+    async def create() -> str:
+        r = aredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return (await TokenStore(r).create("bench", Role.ADMIN))[0]
+        finally:
+            await r.aclose()
+
+    return {"Authorization": f"Bearer {asyncio.run(create())}", "Content-Type": "application/json"}

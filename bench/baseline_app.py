@@ -48,8 +48,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--redis-url", required=True)
     args = ap.parse_args()
-    web.run_app(make_app(args.redis_url), host="127.0.0.1", port=args.port,
-                access_log=None, print=None)
+    web.run_app(
+        make_app(args.redis_url), host="127.0.0.1", port=args.port, access_log=None, print=None
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def make_app(redis_url: str) -> Celery:
 def send_chain(app: Celery, steps: int) -> None:
     """Publish one chain of `steps` no-op tasks; the last one counts the chain as done."""
     sig = app.signature
-    chain(*(sig(NOOP_TASK, args=(i == steps - 1,), immutable=True)
-            for i in range(steps))).apply_async()
+    chain(
+        *(sig(NOOP_TASK, args=(i == steps - 1,), immutable=True) for i in range(steps))
+    ).apply_async()
 
 
 def main() -> None:
@@ -66,11 +67,24 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    make_app(args.redis_url).worker_main([
-        "worker", "-Q", QUEUE, "-n", f"bench@{os.getpid()}", "-P", "prefork",
-        "-c", str(args.concurrency), "--loglevel", "INFO", "--without-gossip",
-        "--without-mingle", "--without-heartbeat",
-    ])
+    make_app(args.redis_url).worker_main(
+        [
+            "worker",
+            "-Q",
+            QUEUE,
+            "-n",
+            f"bench@{os.getpid()}",
+            "-P",
+            "prefork",
+            "-c",
+            str(args.concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
 
 
 if __name__ == "__main__":
