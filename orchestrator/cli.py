@@ -51,17 +51,17 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_router(settings: Settings, _: argparse.Namespace) -> int:
     import redis.asyncio as aredis
 
+    from orchestrator.broker import TaskMessages
     from orchestrator.dispatch import Dispatcher
     from orchestrator.router import Router
     from workers.celery_app import make_celery
 
     async def main(stop: asyncio.Event) -> None:
         r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        disp = Dispatcher(make_celery(settings))
+        disp = Dispatcher(r, TaskMessages(make_celery(settings)))
         try:
             await Router(settings, r, disp).run(stop)
         finally:
-            disp.close()
             await r.aclose()
 
     return _run_until_signal(main)

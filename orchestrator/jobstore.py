@@ -9,7 +9,7 @@ their fencing token: a worker whose lease has gone gets `fenced` and must stop.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +25,6 @@ from schemas.jobs import TRANSITIONS, Job, JobState
 MAX_SCAN = 2000  # job records one listing call reads at most
 CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
 Mutation = Callable[[Job], Job | None]
-AsyncMutation = Callable[[Job], Awaitable[Job | None]]
 
 
 def now_ms() -> int:
@@ -93,8 +92,10 @@ class JobStore:
         idem_key: str | None = None,
         request_sha: str = "",
         reserve_vm: Vm | None = None,
+        message: str = "",
     ) -> CreateResult:
-        """Store a new queued job, append it to its VM's queue, and reserve a new VM's name."""
+        """Store a new queued job, append it to its VM's queue, reserve a new VM's name, and
+        push `message` on the job's Celery queue if the job may start at once (all atomic)."""
         vm_id = job.links.vm_id
         created = _created_us(job)
         event = job_event(job, None, "vmorch://api")
@@ -113,6 +114,7 @@ class JobStore:
                 keys.vm(reserve_vm.id) if reserve_vm else lua.NONE_KEY,
                 keys.vm_name(reserve_vm.name) if reserve_vm else lua.NONE_KEY,
                 keys.VMS,
+                job.queue,
             ],
             args=[
                 job.id,
@@ -127,6 +129,7 @@ class JobStore:
                 reserve_vm.model_dump_json() if reserve_vm else "",
                 reserve_vm.name if reserve_vm else "",
                 reserve_vm.id if reserve_vm else "",
+                message,
             ],
         )
         status, job_id, pos = res
@@ -171,7 +174,6 @@ class JobStore:
         old = before.job
         if old.state != after.state and after.state not in TRANSITIONS[old.state]:
             raise Conflict(f"job {old.id}: {old.state} -> {after.state} is not allowed")
-        after = after.model_copy(update={"updated_at": utcnow()})
         vm_id = after.links.vm_id
         emit = old.state != after.state or step is not None
         status, head = await self._commit(
@@ -204,7 +206,7 @@ class JobStore:
     async def update(
         self,
         job_id: str,
-        mutate: Mutation | AsyncMutation,
+        mutate: Mutation,
         *,
         fence: int | None = None,
         source: str = "vmorch://engine",
@@ -216,24 +218,44 @@ class JobStore:
         `mutate` returns the new job, or None to write nothing. Raises LeaseLost if the
         fencing token no longer matches.
         """
+        v, head = await self.update_v(
+            job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms
+        )
+        return v.job, head
+
+    async def update_v(
+        self,
+        job_id: str,
+        mutate: Mutation,
+        *,
+        current: Versioned | None = None,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[Versioned, str]:
+        """`update`, starting from `current` (saves a read when the caller holds the last
+        version it wrote); returns the version written, to pass to the next call."""
+        before = current
         while True:
-            before = await self.get_versioned(job_id)
             if before is None:
-                raise NotFound(f"job {job_id} not found")
+                before = await self.get_versioned(job_id)
+                if before is None:
+                    raise NotFound(f"job {job_id} not found")
             after = mutate(before.job)
-            if not isinstance(after, Job) and after is not None:
-                after = await after
             if after is None:
-                return before.job, ""
+                return before, ""
+            after = after.model_copy(update={"updated_at": utcnow()})
             status, head = await self.commit(
                 before, after, fence=fence, source=source, step=step, due_ms=due_ms
             )
             if status == "ok":
-                return after, head
+                return Versioned(after, str(int(before.version) + 1)), head
             if status == "fenced":
                 raise LeaseLost(f"job {job_id}: lease lost, not recording")
             if status == "missing":
                 raise NotFound(f"job {job_id} not found")
+            before = None  # a concurrent write: read again
 
     async def vm_queue(self, vm_id: str) -> list[str]:
         return list(await self.redis.lrange(keys.vm_queue(vm_id), 0, -1))

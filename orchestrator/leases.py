@@ -20,6 +20,8 @@ class Leases:
         self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
         self._renew = redis.register_script(lua.RENEW_LEASE)
         self._release = redis.register_script(lua.RELEASE_LEASE)
+        self._acquire_read = redis.register_script(lua.ACQUIRE_AND_READ)
+        self._release_push = redis.register_script(lua.RELEASE_AND_PUSH)
 
     async def acquire(self, job_id: str) -> int | None:
         """A new fencing token, or None if another worker holds the job."""
@@ -27,6 +29,23 @@ class Leases:
             keys=[keys.lease(job_id), keys.fence(job_id)], args=[self.lease_ms]
         )
         return None if token is None else int(token)
+
+    async def acquire_and_read(self, job_id: str) -> tuple[int, str, str] | None:
+        """(token, job doc, version), or None if another worker holds the job."""
+        res = await self._acquire_read(
+            keys=[keys.lease(job_id), keys.fence(job_id), keys.job(job_id)], args=[self.lease_ms]
+        )
+        return None if res is None else (int(res[0]), res[1], res[2])
+
+    async def release_and_push(
+        self, job_id: str, token: int, messages: list[tuple[str, str]]
+    ) -> None:
+        """Release the lease, then LPUSH each (queue, message): the next worker to take one
+        of them finds the lease free."""
+        await self._release_push(
+            keys=[keys.lease(job_id), *(q for q, _ in messages)],
+            args=[token, *(m for _, m in messages)],
+        )
 
     async def renew(self, job_id: str, token: int) -> bool:
         return bool(await self._renew(keys=[keys.lease(job_id)], args=[token, self.lease_ms]))

@@ -10,8 +10,9 @@ from __future__ import annotations
 NONE_KEY = "vmorch:none"  # stands in for a key a call does not use
 
 CREATE_JOB = """
--- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms
+-- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
 -- ARGV: id doc created_us idem_value idem_ttl has_vm event maxlen due_ms vm_doc vm_name vm_id
+--       message (the Celery message, pushed when the job may start at once)
 if ARGV[4] ~= '' then
   local cur = redis.call('GET', KEYS[2])
   if cur then
@@ -40,7 +41,10 @@ if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
   pos = redis.call('RPUSH', KEYS[7], ARGV[1]) - 1
 end
-if pos == 0 then redis.call('ZADD', KEYS[10], ARGV[9], ARGV[1]) end
+if pos == 0 then
+  redis.call('ZADD', KEYS[10], ARGV[9], ARGV[1])
+  if ARGV[13] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[13]) end
+end
 redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[7])
 return {'created', ARGV[1], pos}
 """
@@ -87,6 +91,24 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
 return t
+"""
+
+ACQUIRE_AND_READ = """
+-- KEYS: lease fence job   ARGV: lease_ms
+-- Take the lease and read the job in one round trip: {token, doc, version} or false.
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
+local h = redis.call('HMGET', KEYS[3], 'doc', 'version')
+return {t, h[1] or '', h[2] or ''}
+"""
+
+RELEASE_AND_PUSH = """
+-- KEYS: lease, then the queues to push to   ARGV: token, then one message per queue
+-- Release the lease, then publish what the worker has to hand on, in one round trip.
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+for i = 2, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i]) end
+return 1
 """
 
 RENEW_LEASE = """

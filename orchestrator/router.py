@@ -18,7 +18,8 @@ from orchestrator.errors import NotFound
 from orchestrator.jobstore import JobStore
 from orchestrator.leases import Leases
 from orchestrator.settings import Settings
-from schemas.jobs import JobState
+from schemas.base import utcnow
+from schemas.jobs import Job, JobState, StepState
 
 log = logging.getLogger("vmorch.router")
 
@@ -48,10 +49,26 @@ class Router:
                 queue = await self.jobs.vm_queue(job.links.vm_id)
                 if queue and queue[0] != job_id:
                     continue  # parked behind another job on its VM
+            if await self._probably_in_line(job):
+                continue
             log.info("job=%s redispatch state=%s queue=%s", job_id, job.state.value, job.queue)
             await self.dispatcher.dispatch(job_id, job.queue)
             sent += 1
         return sent
+
+    async def _probably_in_line(self, job: Job) -> bool:
+        """True when the job's message is most likely still waiting in its Celery queue.
+
+        A job between steps (no step running) whose queue holds messages is left alone, for a
+        while: in a backlog longer than `redispatch_after_s`, publishing it again would only
+        add duplicates. A job whose step was running has lost its worker: always re-dispatch.
+        """
+        if any(s.state == StepState.RUNNING for s in job.steps):
+            return False
+        waited_s = (utcnow() - job.updated_at).total_seconds()
+        if waited_s > self.settings.redispatch_max_wait_s:
+            return False
+        return bool(await self.jobs.redis.llen(job.queue))
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("router started, sweep every %.2fs", self.settings.sweep_interval_s)

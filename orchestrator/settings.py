@@ -20,7 +20,13 @@ class Settings(BaseSettings):
     lease_ms: int = Field(default=10_000, ge=500)
     sweep_interval_s: float = Field(default=1.0, gt=0)
     redispatch_after_s: float = Field(default=15.0, gt=0)
+    # ...but while a job's queue holds messages, its own may be among them: wait this long
+    # before publishing a duplicate (a job whose worker died mid-step is not kept waiting).
+    redispatch_max_wait_s: float = Field(default=300.0, gt=0)
     step_max_attempts: int = Field(default=5, ge=1)
+    # A worker runs further steps of the same job in one message while they end within this
+    # time (0: one step per message). Quick steps then cost no extra publish and no queueing.
+    step_slice_ms: int = Field(default=200, ge=0)
     retry_base_s: float = Field(default=0.5, ge=0)
     retry_max_s: float = Field(default=30.0, ge=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

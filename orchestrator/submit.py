@@ -104,7 +104,13 @@ class Submitter:
         sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
         # keys are per caller: another token's key neither replays nor reveals its job
         scoped = f"{idem_scope}:{idem_key}" if idem_key else None
-        res = await self.jobs.create(job, idem_key=scoped, request_sha=sha, reserve_vm=reserve)
+        res = await self.jobs.create(
+            job,
+            idem_key=scoped,
+            request_sha=sha,
+            reserve_vm=reserve,
+            message=self.dispatcher.message(job.id, job.queue),
+        )
         if res.status == "exists":
             return await self.jobs.get(res.job_id), True
         if res.status == "mismatch":
@@ -114,8 +120,6 @@ class Submitter:
                 f"a VM named {reserve.name if reserve else ''!r} already exists",
                 details=[(["body", "name"], "name is taken")],
             )
-        if res.position == 0:
-            await self.dispatcher.dispatch(job.id, job.queue)
         return job, False
 
     async def abort(self, job_id: str, reason: str = "") -> Job:

@@ -32,6 +32,7 @@ from orchestrator.errors import (
     Retryable,
     VmorchError,
 )
+from orchestrator.jobstore import Versioned
 from schemas.base import utcnow
 from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState
 from tasks.engine import Outputs, Step, StepContext
@@ -115,6 +116,18 @@ def _outputs(job: Job) -> Outputs:
     return merged
 
 
+def _succeeded(j: Job) -> Job:
+    result = {k: v for k, v in _outputs(j).items() if not k.startswith("_")}
+    return j.model_copy(
+        update={
+            "state": JobState.SUCCEEDED,
+            "ended_at": utcnow(),
+            "progress": 1.0,
+            "result": result,
+        }
+    )
+
+
 def _backoff_s(rt: Runtime, attempt: int) -> float:
     base = rt.settings.retry_base_s * (2 ** (attempt - 1))
     return float(min(rt.settings.retry_max_s, base) * random.uniform(0.5, 1.0))
@@ -125,6 +138,7 @@ class Runner:
         self.rt, self.job_id, self.token, self.hb = rt, job_id, token, hb
         self.t0 = time.monotonic()
         self.to_dispatch: list[str] = []  # published once the lease is released
+        self.cur: Versioned | None = None  # the last version read or written
 
     def _update(
         self,
@@ -133,12 +147,14 @@ class Runner:
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
     ) -> Job:
-        job, head = self.rt.loop.run(
-            self.rt.jobs.update(self.job_id, mutate, fence=self.token, step=step, due_ms=due_ms)
+        self.cur, head = self.rt.loop.run(
+            self.rt.jobs.update_v(
+                self.job_id, mutate, current=self.cur, fence=self.token, step=step, due_ms=due_ms
+            )
         )
         if head:
             self.to_dispatch.append(head)  # the next job on this VM
-        return job
+        return self.cur.job
 
     def _ctx(self, job: Job, attempt: int, outputs: Outputs) -> StepContext:
         return StepContext(
@@ -163,33 +179,47 @@ class Runner:
 
     # -- entry -----------------------------------------------------------------------------
     def advance(self) -> None:
-        job = self.rt.loop.run(self.rt.jobs.get(self.job_id))
+        """Run steps of the job while they end quickly: further steps run under the same
+        lease until `step_slice_ms` has passed, then the rest goes back on the queue."""
+        deadline = self.t0 + self.rt.settings.step_slice_ms / 1000
+        while self._advance_once():
+            if time.monotonic() >= deadline or self.hb.abort.is_set():
+                self.to_dispatch.append(self.job_id)
+                return
+
+    def _advance_once(self) -> bool:
+        """One step (or the start, or the ending). True when the job may go on at once."""
+        if self.cur is None:
+            self.cur = self.rt.loop.run(self.rt.jobs.get_versioned(self.job_id))
+            if self.cur is None:
+                raise NotFound(f"job {self.job_id} not found")
+        job = self.cur.job
         if job.state.terminal:
-            return
+            return False
         try:
             steps = steps_for(job.request)
         except Exception as e:  # an unknown kind or a bad request cannot get better
             self._finish_failed(_error(e))
-            return
+            return False
         if job.state == JobState.QUEUED:
             job = self._start(job, steps)
             if job.state == JobState.QUEUED or job.state.terminal:
-                return
+                return False
         if job.abort_requested or job.state == JobState.ABORTING or job.error is not None:
             self._compensate(job, steps)
-            return
+            return False
         active = (StepState.PENDING, StepState.RUNNING)
         idx = next((i for i, s in enumerate(job.steps) if s.state in active), None)
         if idx is None:
-            self._succeed()
-            return
+            self._update(_succeeded)
+            return False
         retry_at = job.steps[idx].retry_at
         if retry_at is not None and retry_at > utcnow():
             # an early (duplicate) message: keep the backoff, let the timer bring it back
             ms = int(retry_at.timestamp() * 1000)
             self.rt.loop.run(self.rt.jobs.set_due(self.job_id, ms))
-            return
-        self._run_step(job, steps, idx)
+            return False
+        return self._run_step(job, steps, idx)
 
     def _start(self, job: Job, steps: list[Step]) -> Job:
         if job.links.vm_id:
@@ -212,7 +242,7 @@ class Runner:
         return job
 
     # -- one step --------------------------------------------------------------------------
-    def _run_step(self, job: Job, steps: list[Step], idx: int) -> None:
+    def _run_step(self, job: Job, steps: list[Step], idx: int) -> bool:
         step = steps[idx]
         attempt = job.steps[idx].attempts + 1
         job = self._update(
@@ -237,21 +267,29 @@ class Runner:
             raise
         except RETRYABLE as e:
             self._retry_or_fail(job, steps, idx, e, attempt)
-            return
+            return False
         except Exception as e:  # permanent: undo what was done
             if not isinstance(e, VmorchError):
                 log.exception("job=%s step=%s crashed", job.id, step.name)
             self._fail_step(steps, idx, e)
-            return
+            return False
+
+        def done(j: Job) -> Job:
+            j = _with_step(j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None)
+            last = all(s.state == StepState.DONE for s in j.steps)
+            # the last step's record also ends the job: one write, no extra message
+            return _succeeded(j) if last and j.state == JobState.RUNNING else j
+
         job = self._update(
-            lambda j: _with_step(
-                j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None
-            ),
+            done,
             step=step.name,
             due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000),
         )
         self._log(job, step.name, "running", "done")
-        self.to_dispatch.append(job.id)
+        if job.state == JobState.SUCCEEDED:
+            self._log(job, "-", "running", "succeeded")
+            return False
+        return True
 
     def _inject_faults(self, ctx: StepContext, step: Step) -> None:
         """Chaos drills: a configured delay before the step, or a configured failure."""
@@ -395,21 +433,6 @@ class Runner:
         self._log(job, step.name, "undo", job.steps[idx].state.value)
         return job, err is None
 
-    def _succeed(self) -> None:
-        def end(j: Job) -> Job:
-            result = {k: v for k, v in _outputs(j).items() if not k.startswith("_")}
-            return j.model_copy(
-                update={
-                    "state": JobState.SUCCEEDED,
-                    "ended_at": utcnow(),
-                    "progress": 1.0,
-                    "result": result,
-                }
-            )
-
-        job = self._update(end)
-        self._log(job, "-", "running", "succeeded")
-
     def _finish_failed(self, err: ErrorInfo) -> None:
         def end(j: Job) -> Job:
             state = JobState.ABORTED if j.state == JobState.ABORTING else JobState.FAILED
@@ -419,24 +442,38 @@ class Runner:
 
 
 def advance(rt: Runtime, job_id: str) -> str:
-    """Move `job_id` forward by one step, if no other worker holds it. Returns what happened."""
-    token = rt.loop.run(rt.leases.acquire(job_id))
-    if token is None:
+    """Move `job_id` forward, if no other worker holds it. Returns what happened."""
+    taken = rt.loop.run(rt.leases.acquire_and_read(job_id))
+    if taken is None:
         return "busy"
+    token, doc, version = taken
+    if not doc:
+        rt.loop.run(rt.leases.release(job_id, token))
+        return "missing"
     outcome = "advanced"
     runner: Runner | None = None
     try:
         with Heartbeat(rt, job_id, token) as hb:
             runner = Runner(rt, job_id, token, hb)
+            runner.cur = Versioned(Job.model_validate_json(doc), version)
             runner.advance()
     except LeaseLost:
         log.warning("job=%s lease lost: stopped without recording", job_id)
+        rt.loop.run(rt.leases.release(job_id, token))
         return "lease_lost"  # the new lease holder carries on; publish nothing
     except NotFound:
-        outcome = "missing"
-    finally:
         rt.loop.run(rt.leases.release(job_id, token))
-    for jid in runner.to_dispatch if runner else []:
-        with contextlib.suppress(NotFound):
-            rt.dispatch(jid, rt.loop.run(rt.jobs.get(jid)).queue)
+        return "missing"
+    except BaseException:
+        rt.loop.run(rt.leases.release(job_id, token))
+        raise
+    messages = []
+    for jid in runner.to_dispatch:
+        queue = runner.cur.job.queue if runner.cur and jid == job_id else None
+        if queue is None:
+            with contextlib.suppress(NotFound):
+                queue = rt.loop.run(rt.jobs.get(jid)).queue
+        if queue is not None:
+            messages.append((queue, rt.messages.advance(jid, queue)))
+    rt.loop.run(rt.leases.release_and_push(job_id, token, messages))
     return outcome

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import libvirt
 import redis.asyncio as aredis
 from celery import Celery
 
-from orchestrator import keys
+from orchestrator.broker import TaskMessages
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore, now_ms
 from orchestrator.leases import Leases
 from orchestrator.loopthread import LoopThread
 from orchestrator.settings import Settings
-from workers.celery_app import ADVANCE_TASK
 from workers.hypervisor import Hypervisors
 
 log = logging.getLogger(__name__)
@@ -33,6 +31,7 @@ class Runtime:
     leases: Leases
     inventory: InventoryStore
     hypervisors: Hypervisors
+    messages: TaskMessages
     pid: int
 
     @classmethod
@@ -59,21 +58,9 @@ class Runtime:
             leases=Leases(r, settings.lease_ms),
             inventory=InventoryStore(r),
             hypervisors=Hypervisors(settings.libvirt_retry_s),
+            messages=TaskMessages(celery),
             pid=os.getpid(),
         )
 
-    def dispatch(self, job_id: str, queue: str) -> None:
-        """Publish one `advance` message for the job on its queue."""
-        self.celery.send_task(ADVANCE_TASK, args=[job_id], queue=queue)
-
     def due_in_ms(self, delay_ms: float) -> int:
         return now_ms() + int(delay_ms)
-
-    def note_worker(self, name: str, queues: list[str]) -> None:
-        async def beat() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zadd(keys.WORKERS, {name: int(time.time() * 1000)})
-            pipe.set(keys.worker(name), ",".join(queues), ex=60)
-            await pipe.execute()
-
-        self.loop.run(beat())

@@ -17,6 +17,7 @@ from orchestrator.api.middleware import (
 )
 from orchestrator.api.openapi import build_openapi
 from orchestrator.api.routing import Query, Route
+from orchestrator.broker import TaskMessages
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore
@@ -127,7 +128,7 @@ def make_app(
 
     async def lifecycle(app: web.Application) -> Any:
         r = redis or aredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        disp = dispatcher or Dispatcher(make_celery(settings))
+        disp = dispatcher or Dispatcher(r, TaskMessages(make_celery(settings)))
         jobs = JobStore(
             r,
             event_maxlen=settings.event_stream_maxlen,
@@ -140,8 +141,6 @@ def make_app(
         app[TOKENS_KEY] = TokenStore(r)
         app[h.SUBMITTER] = Submitter(jobs, inv, disp)
         yield
-        if dispatcher is None:
-            disp.close()
         if redis is None:
             await r.aclose()
 

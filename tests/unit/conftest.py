@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 
+from orchestrator.broker import TaskMessages
 from orchestrator.dispatch import Dispatcher
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore
@@ -18,29 +21,47 @@ from orchestrator.settings import Settings
 from orchestrator.submit import Submitter
 from tasks.runner import advance
 from tasks.runtime import Runtime
+from workers.celery_app import make_celery
 from workers.hypervisor import Hypervisors
 
 
-class RecordingDispatcher(Dispatcher):
-    """Collects dispatched job ids instead of publishing to a broker."""
+class Broker:
+    """The Celery queues as the worker would see them, read straight from (fake) Redis."""
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
+    def __init__(self, loop: LoopThread, redis: Any, dispatcher: Dispatcher) -> None:
+        self.loop, self.redis, self.dispatcher = loop, redis, dispatcher
 
-    def send(self, job_id: str, queue: str) -> None:
-        self.sent.append((job_id, queue))
+    def _queues(self) -> list[str]:
+        return sorted(self.loop.run(self.redis.keys("vmorch.*")))
 
-    async def dispatch(self, job_id: str, queue: str) -> None:
-        self.send(job_id, queue)
+    @staticmethod
+    def job_of(payload: str) -> str:
+        envelope = json.loads(payload)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        assert envelope["headers"]["task"] == "vmorch.advance"
+        return str(args[0])
 
+    def pending(self) -> list[str]:
+        """Job ids of the messages waiting, oldest first."""
+        out: list[str] = []
+        for q in self._queues():
+            out += [self.job_of(m) for m in reversed(self.loop.run(self.redis.lrange(q, 0, -1)))]
+        return out
 
-class LocalRuntime(Runtime):
-    def dispatch(self, job_id: str, queue: str) -> None:
-        self.sent.append((job_id, queue))  # type: ignore[attr-defined]
+    def pop(self) -> str:
+        for q in self._queues():
+            payload = self.loop.run(self.redis.rpop(q))
+            if payload is not None:
+                return self.job_of(payload)
+        raise AssertionError("no message waiting")
+
+    def push(self, job_id: str, queue: str = "vmorch.default") -> None:
+        self.loop.run(self.dispatcher.dispatch(job_id, queue))
 
 
 class Engine:
-    """An engine driven by hand: submit jobs, then `drain()` runs every dispatched step."""
+    """An engine driven by hand: submit jobs, then `drain()` runs every published message,
+    as a worker would, and the router's due timers once no message is left."""
 
     def __init__(self, settings: Settings) -> None:
         self.loop = LoopThread()
@@ -51,19 +72,22 @@ class Engine:
         self.redis = self.loop.run(make())
         self.jobs = JobStore(self.redis, redispatch_after_s=settings.redispatch_after_s)
         self.inventory = InventoryStore(self.redis)
-        self.dispatcher = RecordingDispatcher()
-        self.rt = LocalRuntime(
+        celery = make_celery(settings)
+        messages = TaskMessages(celery)
+        self.dispatcher = Dispatcher(self.redis, messages)
+        self.broker = Broker(self.loop, self.redis, self.dispatcher)
+        self.rt = Runtime(
             settings=settings,
-            celery=None,
-            loop=self.loop,  # type: ignore[arg-type]
+            celery=celery,
+            loop=self.loop,
             redis=self.redis,
             jobs=self.jobs,
             leases=Leases(self.redis, settings.lease_ms),
             inventory=self.inventory,
             hypervisors=Hypervisors(1.0),
+            messages=messages,
             pid=0,
         )
-        self.rt.sent = self.dispatcher.sent  # type: ignore[attr-defined]
         self.submitter = Submitter(self.jobs, self.inventory, self.dispatcher)
 
     def run(self, coro: Any) -> Any:
@@ -80,14 +104,14 @@ class Engine:
         """Run dispatched messages (and due timers) until nothing is left; returns outcomes."""
         outcomes = []
         for _ in range(max_steps):
-            if not self.dispatcher.sent:
+            if not self.broker.pending():
                 due = self.run(self.jobs.claim_due())
                 due = [j for j in due if not self.run(self.jobs.get(j)).state.terminal]
                 if not due:
                     return outcomes
-                self.dispatcher.sent.extend((j, "") for j in due)
-            job_id, _ = self.dispatcher.sent.pop(0)
-            outcomes.append(advance(self.rt, job_id))
+                for j in due:
+                    self.broker.push(j)
+            outcomes.append(advance(self.rt, self.broker.pop()))
         raise AssertionError("engine did not settle")
 
     def get(self, job_id: str) -> Any:
@@ -106,6 +130,7 @@ def settings() -> Settings:
         retry_max_s=0,
         redispatch_after_s=0.001,
         step_max_attempts=3,
+        step_slice_ms=0,  # one step per message, so tests can stop between steps
     )
 
 

@@ -42,7 +42,7 @@ def test_idempotency_key_returns_the_same_job_and_refuses_another_body(engine: E
     assert again.id == first.id
     with pytest.raises(Conflict):
         engine.submit({"kind": "noop", "steps": 3}, idem_key="k1")
-    assert len(engine.dispatcher.sent) == 1  # the replay dispatched nothing
+    assert len(engine.broker.pending()) == 1  # the replay dispatched nothing
 
 
 def test_a_concurrent_write_is_retried_not_lost(engine: Engine) -> None:

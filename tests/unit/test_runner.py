@@ -68,7 +68,7 @@ def test_abort_of_a_queued_job_drops_it(engine: Engine) -> None:
 def test_abort_of_a_running_job_stops_at_the_step_boundary_and_undoes(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 3})
     # run exactly one step, then ask for an abort
-    job_id, _ = engine.dispatcher.sent.pop(0)
+    job_id = engine.broker.pop()
     from tasks.runner import advance
 
     advance(engine.rt, job_id)
@@ -127,7 +127,7 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing(engine: Engine) -> 
 def test_steps_of_a_failed_job_stay_failed_when_a_stale_message_arrives(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 2, "fail_at": 1})
     engine.drain()
-    engine.dispatcher.sent.append((job.id, ""))  # at-least-once: a duplicate message
+    engine.broker.push(job.id)  # at-least-once: a duplicate message
     assert engine.drain() == ["advanced"]
     assert engine.get(job.id).state == JobState.FAILED
     assert engine.get(job.id).steps[1].state == StepState.SKIPPED
@@ -153,7 +153,7 @@ def test_a_duplicate_message_does_not_cut_a_retry_backoff_short() -> None:
     engine = slow_retry_engine()
     try:
         job = engine.submit({"kind": "noop", "steps": 1, "transient_failures": 5})
-        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])  # attempt 1 fails transiently
+        advance(engine.rt, engine.broker.pop())  # attempt 1 fails transiently
         assert engine.get(job.id).steps[0].retry_at is not None
         for _ in range(3):  # duplicates arrive during the 30-60 s backoff
             assert advance(engine.rt, job.id) == "advanced"
@@ -170,9 +170,9 @@ def test_abort_during_a_retry_backoff_undoes_the_half_done_step() -> None:
     engine = slow_retry_engine()
     try:
         job = engine.submit({"kind": "noop", "steps": 2, "transient_failures": 5})
-        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])
+        advance(engine.rt, engine.broker.pop())
         engine.run(engine.submitter.abort(job.id))
-        advance(engine.rt, engine.dispatcher.sent.pop(0)[0])
+        advance(engine.rt, engine.broker.pop())
         done = engine.get(job.id)
         assert done.state == JobState.ABORTED
         assert states(done) == ["undone", "skipped"]
@@ -184,3 +184,34 @@ def test_idempotency_keys_belong_to_their_caller(engine: Engine) -> None:
     a = engine.submit({"kind": "noop"}, idem_key="same", idem_scope="token-a")
     b = engine.submit({"kind": "noop", "steps": 2}, idem_key="same", idem_scope="token-b")
     assert a.id != b.id
+
+
+def test_quick_steps_run_in_one_message_within_the_slice() -> None:
+    from orchestrator.settings import Settings
+    from tasks.runner import advance
+
+    engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=5000))
+    try:
+        job = engine.submit({"kind": "noop", "steps": 5})
+        assert advance(engine.rt, engine.broker.pop()) == "advanced"
+        # one message ran all five steps and ended the job; nothing was published after it
+        assert engine.get(job.id).state == JobState.SUCCEEDED
+        assert engine.broker.pending() == []
+    finally:
+        engine.close()
+
+
+def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
+    from orchestrator.settings import Settings
+    from tasks.runner import advance
+
+    engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=50))
+    try:
+        job = engine.submit({"kind": "noop", "steps": 3, "step_delay_ms": 60})
+        advance(engine.rt, engine.broker.pop())
+        assert states(engine.get(job.id)) == ["done", "pending", "pending"]
+        assert engine.broker.pending() == [job.id]
+        engine.drain()
+        assert engine.get(job.id).state == JobState.SUCCEEDED
+    finally:
+        engine.close()

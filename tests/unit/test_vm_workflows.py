@@ -99,7 +99,7 @@ def test_jobs_on_one_vm_run_one_at_a_time_in_order(fleet: Engine) -> None:
     stop = fleet.submit({"kind": "vm.stop", "vm": "vm2"})
     start = fleet.submit({"kind": "vm.start", "vm": "vm2"})
     # only the head of the VM's queue was dispatched; the other waits for it
-    assert [j for j, _ in fleet.dispatcher.sent] == [stop.id]
+    assert fleet.broker.pending() == [stop.id]
     assert fleet.run(fleet.jobs.vm_queue(vm_id)) == [stop.id, start.id]
     fleet.drain()
     a, b = fleet.get(stop.id), fleet.get(start.id)
@@ -178,7 +178,7 @@ def test_abort_of_a_create_midway_removes_what_it_made(
         {"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1", "name": "vm7"}
     )
     for _ in range(4):
-        job_id, _ = fleet.dispatcher.sent.pop(0)
+        job_id = fleet.broker.pop()
         advance(fleet.rt, job_id)
     assert "vm7" in [d.name() for d in conn.listAllDomains()]
     # when it is aborted before its last step
@@ -216,8 +216,8 @@ def test_aborting_a_queued_job_behind_others_does_not_redispatch_the_head(fleet:
     first = fleet.submit({"kind": "vm.stop", "vm": "vm9"})
     fleet.submit({"kind": "vm.start", "vm": "vm9"})
     third = fleet.submit({"kind": "vm.suspend", "vm": "vm9"})
-    assert [j for j, _ in fleet.dispatcher.sent] == [first.id]
+    assert fleet.broker.pending() == [first.id]
     fleet.run(fleet.submitter.abort(third.id))
-    assert [j for j, _ in fleet.dispatcher.sent] == [first.id]  # no duplicate for the head
+    assert fleet.broker.pending() == [first.id]  # no duplicate for the head
     fleet.drain()
     assert fleet.get(third.id).state == JobState.ABORTED
