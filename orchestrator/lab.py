@@ -111,6 +111,8 @@ class Lab:
         self.keepers: dict[str, libvirt.virConnect] = {}
 
     def start(self) -> Inventory:
+        # libvirt prints every error to stderr; seeding expects "not found" while it checks
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         pools, templates = _layout(self.spec)
         servers: list[Server] = []
         try:
