@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from orchestrator.process import spawn, terminate, wait_ready
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 NOBODY_ID = 65534
@@ -29,7 +29,6 @@ _CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "vmorch:lab:libvirtd-host")
 _SUN_PATH_MAX_BYTES = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-_LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,6 @@ class DaemonInfo:
     qemu_uri: str  # qemu session driver of the same daemon
     host_uuid: str
     pid: int
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"<no log at {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _check_traversable_by_nobody(directory: Path) -> None:
@@ -142,17 +133,8 @@ class LibvirtDaemon:
             _chown_tree(self.directory, NOBODY_ID, NOBODY_ID)
             argv = [setpriv, f"--reuid={NOBODY_ID}", f"--regid={NOBODY_ID}",
                     "--clear-groups", LIBVIRTD]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            # setpriv execs libvirtd, so Popen's PID is the daemon's PID.
-            self._proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # setpriv execs libvirtd, so the child's PID is the daemon's PID.
+        self._proc = spawn(argv, self.log_path, env=env, cwd=self.directory)
         try:
             self._wait_for_socket(timeout_s)
         except BaseException:
@@ -165,37 +147,23 @@ class LibvirtDaemon:
     def _wait_for_socket(self, timeout_s: float) -> None:
         if self._proc is None:
             raise RuntimeError("not started")
-        deadline_s = time.monotonic() + timeout_s
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"libvirtd {self.name!r} exited with code {code}:\n{_log_tail(self.log_path)}"
-                )
-            if self.socket_path.is_socket():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    try:
-                        probe.connect(str(self.socket_path))
-                        return
-                    except OSError:
-                        pass
-            if time.monotonic() >= deadline_s:
-                raise RuntimeError(
-                    f"libvirtd {self.name!r}: no socket at {self.socket_path} after "
-                    f"{timeout_s} s:\n{_log_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+
+        def accepts() -> bool:
+            if not self.socket_path.is_socket():
+                return False
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.socket_path))
+                    return True
+                except OSError:
+                    return False
+
+        wait_ready(self._proc, f"libvirtd {self.name!r}", accepts, timeout_s, self.log_path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the daemon by PID, wait ``timeout_s``, then SIGKILL. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s)
         self._remove_stale_sockets()
 
     def kill(self) -> None:

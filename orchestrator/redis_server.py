@@ -11,18 +11,17 @@ talks to, signals or reuses any Redis it did not start itself:
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import redis
 
+from orchestrator.process import spawn, terminate, wait_ready
+
 _HOST = "127.0.0.1"
-_LOG_TAIL_LINES = 30
 
 
 def _free_port() -> int:
@@ -41,15 +40,6 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """Last ``lines`` lines of a log file, for error messages."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"<no log at {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class RedisServer:
@@ -100,17 +90,8 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        # Early errors (bad arguments) go to stderr: append them to the log too.
-        with open(self.log_path, "ab") as log:
-            # Own session: a Ctrl-C on the parent's terminal must not kill the
-            # server before the parent shuts it down in order.
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # Early errors (bad arguments) go to stderr: the log gets them too.
+        self._proc = spawn(argv, self.log_path)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -120,53 +101,36 @@ class RedisServer:
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Poll until *our* process answers PING, or raise RuntimeError."""
-        if self._proc is None:
+        proc = self._proc
+        if proc is None:
             raise RuntimeError("not started")
-        deadline_s = time.monotonic() + timeout_s
         client = redis.Redis(
             host=_HOST, port=self._port, socket_timeout=1.0, socket_connect_timeout=1.0
         )
+
+        def answers() -> bool:
+            try:
+                if not client.ping():
+                    return False
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                return False  # not listening yet, or still loading the AOF
+            server_pid = int(client.info("server")["process_id"])
+            if server_pid != proc.pid:
+                raise RuntimeError(
+                    f"port {self._port} is answered by a foreign Redis "
+                    f"(pid {server_pid}), not ours ({proc.pid})"
+                )
+            return True
+
         try:
-            while True:
-                code = self._proc.poll()
-                if code is not None:
-                    raise RuntimeError(
-                        f"redis-server exited with code {code}:\n{_log_tail(self.log_path)}"
-                    )
-                try:
-                    if client.ping():
-                        server_pid = int(client.info("server")["process_id"])
-                        if server_pid != self._proc.pid:
-                            raise RuntimeError(
-                                f"port {self._port} is answered by a foreign Redis "
-                                f"(pid {server_pid}), not ours ({self._proc.pid})"
-                            )
-                        return
-                except redis.exceptions.ConnectionError:
-                    pass
-                except redis.exceptions.BusyLoadingError:
-                    pass  # still loading the AOF: not ready yet
-                if time.monotonic() >= deadline_s:
-                    raise RuntimeError(
-                        f"redis-server did not answer within {timeout_s} s:\n"
-                        f"{_log_tail(self.log_path)}"
-                    )
-                time.sleep(0.05)
+            wait_ready(proc, "redis-server", answers, timeout_s, self.log_path)
         finally:
             client.close()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM our process, wait up to ``timeout_s``, then SIGKILL. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s)
 
     def __enter__(self) -> Self:
         self.start()

@@ -1,0 +1,70 @@
+"""Child processes the lab owns (redis-server, libvirtd): started in their own session with
+a log, waited for until ready, and stopped by their PID."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+LOG_TAIL_LINES = 30
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"<no log at {path}: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(
+    argv: list[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with its output appended to `log_path`, in its own session: a Ctrl-C on
+    the parent's terminal must not kill it before the parent stops it in order."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    what: str,
+    ready: Callable[[], bool],
+    timeout_s: float,
+    log_path: Path,
+) -> None:
+    """Poll `ready()` until it is true; raise with the log's tail if the process exits first
+    or `timeout_s` passes."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise RuntimeError(f"{what} exited with code {code}:\n{log_tail(log_path)}")
+        if ready():
+            return
+        if time.monotonic() >= deadline_s:
+            raise RuntimeError(f"{what} was not ready after {timeout_s} s:\n{log_tail(log_path)}")
+        time.sleep(0.05)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM by PID, wait up to `timeout_s`, then SIGKILL. A no-op for a process gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
