@@ -23,3 +23,17 @@ async def read_events(redis: Redis, after: str = "-", count: int = 100) -> list[
     start = "-" if after == "-" else f"({after}"
     entries = await redis.xrange(keys.EVENTS, min=start, max="+", count=count)
     return [(eid, Event.model_validate_json(fields["e"])) for eid, fields in entries]
+
+
+class EventLog:
+    """Appends events to the stream, bounded to about `maxlen` entries."""
+
+    def __init__(self, redis: Redis, maxlen: int):
+        self.redis = redis
+        self.maxlen = maxlen
+
+    async def publish(self, event: Event) -> str:
+        entry_id: str = await self.redis.xadd(
+            keys.EVENTS, {"e": event.model_dump_json()}, maxlen=self.maxlen, approximate=True
+        )
+        return entry_id

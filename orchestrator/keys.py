@@ -27,6 +27,13 @@ Inventory (owner: inventory store; lifetime: until removed)
 Auth
 - token:{sha256}          string JSON of TokenInfo; the token itself is never stored
 - tokens                  hash   token id -> sha256 (for listing and revoking)
+Waits and attribution (owner: engine runner and router)
+- wait:{job_id}           string JSON of WaitInfo while the job waits (the matched event too)
+- waits:{subject}         set    job ids waiting for an event about this subject
+- expect:{vm_id}          hash   job id -> JSON event-type globs the job's action will cause;
+                                 TTL 1 day, entries of long-ended jobs removed by the router
+Agents
+- agent:{server}:last     hash   domain uuid -> state last published (owner: that server's agent)
 Workers
 - workers                 zset   worker name -> last heartbeat ms
 - worker:{name}           string JSON {queues}; TTL 60 s
@@ -117,6 +124,24 @@ def token(sha256: str) -> str:
 
 
 TOKENS = f"{PREFIX}tokens"
+
+
+def wait(job_id: str) -> str:
+    return f"{PREFIX}wait:{job_id}"
+
+
+def waits_on(subject: str) -> str:
+    return f"{PREFIX}waits:{subject}"
+
+
+def expectations(vm_id: str) -> str:
+    return f"{PREFIX}expect:{vm_id}"
+
+
+def agent_last(server_name: str) -> str:
+    return f"{PREFIX}agent:{server_name}:last"
+
+
 WORKERS = f"{PREFIX}workers"
 
 

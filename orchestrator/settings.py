@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # A worker runs further steps of the same job in one message while they end within this
     # time (0: one step per message). Quick steps then cost no extra publish and no queueing.
     step_slice_ms: int = Field(default=200, ge=0)
+    # A waiting step also checks its target state this often (an event may be missed).
+    wait_recheck_s: float = Field(default=5.0, gt=0)
     retry_base_s: float = Field(default=0.5, ge=0)
     retry_max_s: float = Field(default=30.0, ge=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -34,7 +34,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset(
         {JobState.WAITING, JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTING}
     ),
-    JobState.WAITING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.ABORTING}),
+    JobState.WAITING: frozenset(
+        {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.ABORTING}
+    ),
     JobState.ABORTING: frozenset({JobState.ABORTED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
@@ -45,6 +47,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 class StepState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     DONE = "done"
     FAILED = "failed"
     UNDOING = "undoing"
@@ -70,6 +73,19 @@ class StepRecord(Frozen):
     error: ErrorInfo | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
     retry_at: datetime | None = None
+
+
+class WaitInfo(Frozen):
+    """What a waiting step waits for: an event of `types` about `subject`, until `deadline`."""
+
+    step: int
+    types: list[str]
+    subject: str
+    since: str = Field(description="stream position before the step acted")
+    deadline: datetime
+    on_timeout: Literal["fail", "escalate"] = "fail"
+    matched: dict[str, Any] | None = None
+    matched_stream_id: str | None = None
 
 
 class JobLinks(Frozen):
@@ -105,4 +121,5 @@ class Job(Frozen):
         default=None, description="the job ahead of this one on the same VM"
     )
     vm_queue_position: int | None = None
+    wait: WaitInfo | None = Field(default=None, description="what a waiting job waits for")
     idempotency_key: str | None = None

@@ -93,6 +93,16 @@ class Noop(Frozen):
     transient_failures: Annotated[
         int, Field(ge=0, le=10, description="transient errors per step")
     ] = 0
+    wait_for: Annotated[
+        str | None,
+        Field(
+            max_length=200,
+            description="the last step waits for an event of this type whose "
+            "subject is the job's id (after its step_delay_ms)",
+        ),
+    ] = None
+    wait_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    on_timeout: Literal["fail", "escalate"] = "fail"
 
 
 JobRequest = Annotated[

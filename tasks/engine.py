@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from orchestrator.errors import AbortRequested, LeaseLost
 from schemas.jobs import Job
@@ -25,11 +25,30 @@ Outputs = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Wait:
+    """What a step returns to wait for an event without holding a worker: an event of
+    `types` about `subject`, newer than the stream position `since` (taken before the step
+    acted), within `timeout_s`. At the deadline the step fails, or, with
+    on_timeout="escalate", the step's `escalate` runs (a forced stop after a graceful one)."""
+
+    types: list[str]
+    subject: str
+    since: str
+    timeout_s: float
+    on_timeout: Literal["fail", "escalate"] = "fail"
+    outputs: Outputs = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
-    run: Callable[[StepContext], Outputs | None]
+    run: Callable[[StepContext], Outputs | Wait | None]
     undo: Callable[[StepContext], None] | None = None
     description: str = ""
+    # For a step that waits: `settled` checks the actual state (None: not yet), so a wait
+    # whose event was missed still ends; `escalate` runs at the deadline if asked to.
+    settled: Callable[[StepContext], Outputs | None] | None = None
+    escalate: Callable[[StepContext], Outputs] | None = None
     # Undo a step that failed, too: right when a failure can leave part of its effect behind
     # (a clone of disk 0 of 2); wrong when the target state may have held before the step
     # (undoing a failed "ensure running" would power off a VM this job never started).
@@ -59,6 +78,15 @@ class StepContext:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a store coroutine (inventory, jobs) on the runtime's loop thread."""
         return self.runtime.loop.run(coro)
+
+    def stream_position(self) -> str:
+        """Where the event stream stands now: take it before acting, pass it to Wait."""
+        return self.run(self.runtime.waits.position())
+
+    def expect(self, vm_id: str, types: list[str]) -> None:
+        """Record that this job's next action causes events of `types` on the VM, so the
+        router attributes them to this job (they then fire no hooks for unexpected changes)."""
+        self.run(self.runtime.expectations.expect(vm_id, self.job.id, types))
 
     def hypervisor(self, server: str) -> Hypervisor:
         """The server's adapter. Also a safe point: no hypervisor change after losing the lease."""

@@ -34,8 +34,8 @@ from orchestrator.errors import (
 )
 from orchestrator.jobstore import Versioned
 from schemas.base import utcnow
-from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState
-from tasks.engine import Outputs, Step, StepContext
+from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState, WaitInfo
+from tasks.engine import Outputs, Step, StepContext, Wait
 from tasks.registry import steps_for
 from tasks.runtime import Runtime
 
@@ -208,6 +208,9 @@ class Runner:
         if job.abort_requested or job.state == JobState.ABORTING or job.error is not None:
             self._compensate(job, steps)
             return False
+        if job.state == JobState.WAITING:
+            waiting = next(i for i, s in enumerate(job.steps) if s.state == StepState.WAITING)
+            return self._check_wait(job, steps, waiting)
         active = (StepState.PENDING, StepState.RUNNING)
         idx = next((i for i, s in enumerate(job.steps) if s.state in active), None)
         if idx is None:
@@ -274,22 +277,106 @@ class Runner:
             self._fail_step(steps, idx, e)
             return False
 
+        if isinstance(out, Wait):
+            return self._begin_wait(job, steps, idx, out)
+        return self._complete(steps, idx, out)
+
+    def _complete(self, steps: list[Step], idx: int, out: Outputs) -> bool:
+        """Record the step done (a waiting job runs again); the last step ends the job."""
+
         def done(j: Job) -> Job:
             j = _with_step(j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None)
+            if j.state == JobState.WAITING:
+                j = j.model_copy(update={"state": JobState.RUNNING, "wait": None})
             last = all(s.state == StepState.DONE for s in j.steps)
             # the last step's record also ends the job: one write, no extra message
             return _succeeded(j) if last and j.state == JobState.RUNNING else j
 
         job = self._update(
             done,
-            step=step.name,
+            step=steps[idx].name,
             due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000),
         )
-        self._log(job, step.name, "running", "done")
+        self._log(job, steps[idx].name, "running", "done")
         if job.state == JobState.SUCCEEDED:
             self._log(job, "-", "running", "succeeded")
             return False
         return True
+
+    # -- waits -----------------------------------------------------------------------------
+    def _begin_wait(self, job: Job, steps: list[Step], idx: int, w: Wait) -> bool:
+        info = WaitInfo(
+            step=idx,
+            types=w.types,
+            subject=w.subject,
+            since=w.since,
+            deadline=utcnow() + timedelta(seconds=w.timeout_s),
+            on_timeout=w.on_timeout,
+        )
+
+        def wait(j: Job) -> Job:
+            j = _with_step(j, idx, state=StepState.WAITING, outputs=w.outputs)
+            state = JobState.WAITING if j.state == JobState.RUNNING else j.state
+            return j.model_copy(update={"state": state, "wait": info})
+
+        job = self._update(wait, step=steps[idx].name, due_ms=self._recheck_ms(info))
+        self._log(job, steps[idx].name, "running", f"waiting for {w.types} on {w.subject}")
+        # registering also finds an event that came between the action and now
+        self.rt.loop.run(self.rt.waits.register(job.id, info))
+        return self._check_wait(job, steps, idx)
+
+    def _recheck_ms(self, info: WaitInfo) -> int:
+        """When to look again without an event: the deadline, or sooner to check the state."""
+        deadline_ms = int(info.deadline.timestamp() * 1000)
+        return min(deadline_ms, self.rt.due_in_ms(self.rt.settings.wait_recheck_s * 1000))
+
+    def _check_wait(self, job: Job, steps: list[Step], idx: int) -> bool:
+        """Finish the waiting step if its event came or its target state holds; at the
+        deadline fail it or escalate; otherwise leave it waiting (no worker held)."""
+        step, rec = steps[idx], job.steps[idx]
+        info = self.rt.loop.run(self.rt.waits.get(job.id)) or job.wait
+        ctx = self._ctx(job, rec.attempts, {**_outputs(job), **rec.outputs})
+        out: Outputs | None = None
+        if info is not None and info.matched is not None:
+            out = {
+                **rec.outputs,
+                "event": {"id": info.matched.get("id"), "type": info.matched.get("type")},
+            }
+        elif step.settled is not None:
+            try:
+                out = step.settled(ctx)
+            except LeaseLost:
+                raise
+            except RETRYABLE:
+                out = None  # look again at the next check
+            except Exception as e:
+                if info is not None:
+                    self._end_wait(job, info)
+                self._fail_step(steps, idx, e)
+                return False
+        if out is None:
+            if info is not None and utcnow() < info.deadline:
+                self.rt.loop.run(self.rt.jobs.set_due(job.id, self._recheck_ms(info)))
+                return False
+            if info is not None and info.on_timeout == "escalate" and step.escalate:
+                try:
+                    out = {**rec.outputs, **step.escalate(ctx), "escalated": True}
+                except Exception as e:
+                    self._end_wait(job, info)
+                    self._fail_step(steps, idx, e)
+                    return False
+            else:
+                if info is not None:
+                    self._end_wait(job, info)
+                types = info.types if info else "?"
+                self._fail_step(steps, idx, Permanent(f"no {types} event before the deadline"))
+                return False
+        if info is not None:
+            self._end_wait(job, info)
+        return self._complete(steps, idx, out)
+
+    def _end_wait(self, job: Job, info: WaitInfo) -> None:
+        self.rt.loop.run(self.rt.waits.clear(job.id, info.subject))
 
     def _inject_faults(self, ctx: StepContext, step: Step) -> None:
         """Chaos drills: a configured delay before the step, or a configured failure."""
@@ -346,10 +433,12 @@ class Runner:
         and the failed step when its effect may be partial. Stops at an undo that fails:
         what came before it stays in place (undoing it could strand what the failed undo
         left behind, e.g. volumes of a domain that could not be undefined)."""
+        if job.wait is not None:
+            self._end_wait(job, job.wait)
         stuck: str | None = None
         for idx in reversed(range(len(job.steps))):
             rec, step = job.steps[idx], steps[idx]
-            half_done = rec.state in (StepState.RUNNING, StepState.UNDOING) or (
+            half_done = rec.state in (StepState.RUNNING, StepState.WAITING, StepState.UNDOING) or (
                 rec.state == StepState.PENDING and rec.attempts > 0
             )
             if rec.state == StepState.PENDING and not half_done:

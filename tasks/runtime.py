@@ -11,11 +11,13 @@ import redis.asyncio as aredis
 from celery import Celery
 
 from orchestrator.broker import TaskMessages
+from orchestrator.expectations import Expectations
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore, now_ms
 from orchestrator.leases import Leases
 from orchestrator.loopthread import LoopThread
 from orchestrator.settings import Settings
+from orchestrator.waits import Waits
 from workers.hypervisor import Hypervisors
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ class Runtime:
     inventory: InventoryStore
     hypervisors: Hypervisors
     messages: TaskMessages
+    waits: Waits
+    expectations: Expectations
     pid: int
 
     @classmethod
@@ -59,6 +63,8 @@ class Runtime:
             inventory=InventoryStore(r),
             hypervisors=Hypervisors(settings.libvirt_retry_s),
             messages=TaskMessages(celery),
+            waits=Waits(r),
+            expectations=Expectations(r),
             pid=os.getpid(),
         )
 

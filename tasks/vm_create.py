@@ -121,6 +121,7 @@ def define_run(ctx: StepContext) -> Outputs:
         nics=[NicSpec(n.network, n.mac) for n in nics],
         metadata={"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
     )
+    ctx.expect(vm.id, ["vm.lifecycle.defined"])
     hv.define(domain_xml(spec))
     ctx.run(
         ctx.runtime.inventory.save_vm(
@@ -149,6 +150,7 @@ def define_undo(ctx: StepContext) -> None:
     server = ctx.outputs.get("server")
     if vm_id is None or server is None:
         return
+    ctx.expect(vm_id, ["vm.lifecycle.undefined", "vm.lifecycle.stopped"])
     with contextlib.suppress(NotFound):
         ctx.hypervisor(server).undefine(vm_id)
 

@@ -8,13 +8,8 @@ from orchestrator.errors import HypervisorError
 from schemas.inventory import VmState
 from schemas.requests import DeleteVm, RestartVm, StopVm
 from tasks.engine import Outputs, Step, StepContext, WorkflowBuilder
-from tasks.vm_steps import START, hv_of, stop_run, vm_action, vm_of
+from tasks.vm_steps import START, STOPPED, hv_of, stop_step, vm_action, vm_of
 from workers.hypervisor import Hypervisor
-
-
-def _stop(ctx: StepContext) -> Outputs:
-    req = cast(StopVm | RestartVm, ctx.request)
-    return stop_run(ctx, req.timeout_s)
 
 
 def _ensure_off(ctx: StepContext) -> Outputs:
@@ -26,6 +21,7 @@ def _ensure_off(ctx: StepContext) -> Outputs:
     if state not in (None, VmState.STOPPED, VmState.CRASHED):
         if not req.force:
             raise HypervisorError(f"vm {vm.name} is {state}: stop it first or pass force=true")
+        ctx.expect(vm.id, STOPPED)
         hv.destroy(vm.id)
     return {}
 
@@ -33,7 +29,9 @@ def _ensure_off(ctx: StepContext) -> Outputs:
 def _undefine(ctx: StepContext) -> Outputs:
     """Ensure the domain is undefined (already gone is fine)."""
     vm = vm_of(ctx)
-    hv_of(ctx, vm).undefine(vm.id)
+    hv = hv_of(ctx, vm)
+    ctx.expect(vm.id, ["vm.lifecycle.undefined", *STOPPED])
+    hv.undefine(vm.id)
     return {}
 
 
@@ -54,13 +52,26 @@ def _forget(ctx: StepContext) -> Outputs:
     return {"state": VmState.DELETED.value}
 
 
-STOP = Step("stop", _stop, None, "shut the VM down, forced off after the timeout")
+STOP = stop_step(lambda ctx: cast(StopVm | RestartVm, ctx.request).timeout_s)
 # Each converges: killing a stopped VM, pausing a paused one, resuming a running one is a no-op.
 KILL = Step(
-    "kill", vm_action(Hypervisor.destroy, VmState.STOPPED), None, "power the VM off at once"
+    "kill",
+    vm_action(Hypervisor.destroy, VmState.STOPPED, STOPPED),
+    None,
+    "power the VM off at once",
 )
-SUSPEND = Step("suspend", vm_action(Hypervisor.suspend, VmState.SUSPENDED), None, "pause the VM")
-RESUME = Step("resume", vm_action(Hypervisor.resume, VmState.RUNNING), None, "resume the paused VM")
+SUSPEND = Step(
+    "suspend",
+    vm_action(Hypervisor.suspend, VmState.SUSPENDED, ["vm.lifecycle.suspended"]),
+    None,
+    "pause the VM",
+)
+RESUME = Step(
+    "resume",
+    vm_action(Hypervisor.resume, VmState.RUNNING, ["vm.lifecycle.resumed"]),
+    None,
+    "resume the paused VM",
+)
 
 
 def _delete(req: DeleteVm) -> list[Step]:

@@ -1,14 +1,22 @@
-"""Steps shared by VM workflows: each converges on a target state of one VM."""
+"""Steps shared by VM workflows: each converges on a target state of one VM.
+
+Before acting, a step records the events its action will cause (`ctx.expect`), so that the
+router attributes them to this job and they fire no hooks meant for unexpected changes.
+Steps that must see the VM reach a state return a `Wait` rather than polling.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from orchestrator.errors import HypervisorError, NotFound
 from schemas.inventory import Vm, VmState
-from tasks.engine import Outputs, Step, StepContext
+from tasks.engine import Outputs, Step, StepContext, Wait
 from workers.hypervisor import Hypervisor
+
+STARTED = ["vm.lifecycle.started", "vm.lifecycle.resumed"]
+STOPPED = ["vm.lifecycle.stopped", "vm.lifecycle.shutdown"]
+START_TIMEOUT_S = 120.0
 
 
 def vm_of(ctx: StepContext) -> Vm:
@@ -31,29 +39,25 @@ def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
     return state
 
 
-def wait_for(
-    ctx: StepContext, hv: Hypervisor, vm: Vm, wanted: set[VmState], timeout_s: float
-) -> bool:
-    """Poll the domain's state until it is one of `wanted`; False at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = hv.domain_state(vm.id)
-        if state in wanted:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        ctx.sleep(ctx.runtime.settings.vm_poll_interval_s)
+def _settled_in(wanted: VmState, out: Outputs) -> Callable[[StepContext], Outputs | None]:
+    def settled(ctx: StepContext) -> Outputs | None:
+        """The target state holds (the event may have been missed): the wait is over."""
+        vm = vm_of(ctx)
+        hv = hv_of(ctx, vm)
+        return dict(out) if observe(ctx, vm, hv) == wanted else None
+
+    return settled
 
 
-def start_run(ctx: StepContext) -> Outputs:
-    """Ensure the VM runs: starting a running VM does nothing."""
+def start_run(ctx: StepContext) -> Outputs | Wait:
+    """Ensure the VM runs, then wait for it to be running: starting a running VM does
+    nothing, so running this twice is harmless."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
+    ctx.expect(vm.id, STARTED)
+    since = ctx.stream_position()
     hv.start(vm.id)
-    if not wait_for(ctx, hv, vm, {VmState.RUNNING}, 60):
-        raise HypervisorError(f"vm {vm.name} did not start")
-    observe(ctx, vm, hv)
-    return {"state": VmState.RUNNING.value}
+    return Wait(types=STARTED, subject=vm.id, since=since, timeout_s=START_TIMEOUT_S)
 
 
 def start_undo(ctx: StepContext) -> None:
@@ -61,12 +65,13 @@ def start_undo(ctx: StepContext) -> None:
     undone, as the VM may have been running before)."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
+    ctx.expect(vm.id, STOPPED)
     hv.destroy(vm.id)
     observe(ctx, vm, hv)
 
 
 def vm_action(
-    act: Callable[[Hypervisor, str], None], result: VmState
+    act: Callable[[Hypervisor, str], None], result: VmState, expects: list[str]
 ) -> Callable[[StepContext], Outputs]:
     """A step that converges the VM with one adapter call (destroy, suspend, resume...),
     then records the state observed on the hypervisor."""
@@ -74,6 +79,7 @@ def vm_action(
     def run(ctx: StepContext) -> Outputs:
         vm = vm_of(ctx)
         hv = hv_of(ctx, vm)
+        ctx.expect(vm.id, expects)
         act(hv, vm.id)
         observe(ctx, vm, hv)
         return {"state": result.value}
@@ -81,23 +87,51 @@ def vm_action(
     return run
 
 
-def stop_run(ctx: StepContext, timeout_s: float) -> Outputs:
-    """Ensure the VM is stopped: ACPI shutdown, then power off after `timeout_s`.
-
-    Asking a stopped VM to stop does nothing, so running this twice is harmless.
-    """
+def stop_run(ctx: StepContext, timeout_s: float) -> Outputs | Wait:
+    """Ensure the VM is stopped: ask the guest (ACPI), wait for it to stop; at the deadline
+    the step escalates to a forced power-off. A stopped VM stays as it is."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
-    forced = False
-    if hv.domain_state(vm.id) != VmState.STOPPED:
-        hv.request_shutdown(vm.id)
-        if not wait_for(ctx, hv, vm, {VmState.STOPPED}, timeout_s):
-            hv.destroy(vm.id)
-            forced = True
+    if hv.domain_state(vm.id) == VmState.STOPPED:
+        observe(ctx, vm, hv)
+        return {"state": VmState.STOPPED.value, "forced": False}
+    ctx.expect(vm.id, STOPPED)
+    since = ctx.stream_position()
+    hv.request_shutdown(vm.id)
+    return Wait(
+        types=["vm.lifecycle.stopped"],
+        subject=vm.id,
+        since=since,
+        timeout_s=timeout_s,
+        on_timeout="escalate",
+    )
+
+
+def stop_escalate(ctx: StepContext) -> Outputs:
+    """The guest did not stop in time: power it off."""
+    vm = vm_of(ctx)
+    hv = hv_of(ctx, vm)
+    hv.destroy(vm.id)
     observe(ctx, vm, hv)
-    return {"state": VmState.STOPPED.value, "forced": forced}
+    return {"state": VmState.STOPPED.value, "forced": True}
 
 
 START = Step(
-    "start", start_run, start_undo, "start the VM and wait until it runs", undo_on_failure=False
+    "start",
+    start_run,
+    start_undo,
+    "start the VM and wait until it runs",
+    undo_on_failure=False,
+    settled=_settled_in(VmState.RUNNING, {"state": VmState.RUNNING.value}),
 )
+
+
+def stop_step(timeout_of: Callable[[StepContext], float]) -> Step:
+    return Step(
+        "stop",
+        lambda ctx: stop_run(ctx, timeout_of(ctx)),
+        None,
+        "shut the VM down, forced off after the timeout",
+        settled=_settled_in(VmState.STOPPED, {"state": VmState.STOPPED.value, "forced": False}),
+        escalate=stop_escalate,
+    )

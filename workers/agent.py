@@ -1,48 +1,219 @@
-"""The per-server agent: keeps each VM's observed state in the inventory.
+"""The per-server agent: libvirt domain events in, CloudEvents on the Redis stream out.
 
-This first version polls the server's domains; the event-driven agent (libvirt domain
-events, reconnect and replay) replaces the poll loop in the next release.
+It keeps one libvirt connection (with keepalive) to its server and registers for domain
+events. When the connection drops it emits `server.down`, reconnects with backoff, compares
+every domain's state with the last state it published and emits what it missed (marked
+`observed_after_reconnect`), then `server.up`. The last published states are kept in Redis,
+so a restarted agent also catches up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import random
+from dataclasses import dataclass
+from typing import Any
 
 import libvirt
 import redis.asyncio as aredis
 
-from orchestrator.errors import VmorchError
+from orchestrator import keys
+from orchestrator.events import EventLog, make_event
 from orchestrator.inventory import InventoryStore
 from orchestrator.settings import Settings
-from schemas.inventory import VmState
-from workers.hypervisor import Hypervisor
+from schemas.inventory import Server, VmState
+from workers.domain_events import change_type, ensure_event_loop, lifecycle
+from workers.hypervisor import _STATES
 
 log = logging.getLogger("vmorch.agent")
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    type: str
+    uuid: str
+    name: str
+    detail: str
+    state: VmState | None
+    extra: dict[str, Any]
+
+
+class ServerWatch:
+    def __init__(self, settings: Settings, server: Server, redis: aredis.Redis):
+        self.settings = settings
+        self.server = server
+        self.redis = redis
+        self.events = EventLog(redis, settings.event_stream_maxlen)
+        self.inventory = InventoryStore(redis)
+        self.queue: asyncio.Queue[DomainEvent | None] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.last_key = keys.agent_last(server.name)
+
+    # --- callbacks, on libvirt's event thread -------------------------------------------
+    def _post(self, ev: DomainEvent) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
+
+    def _on_lifecycle(
+        self, _c: Any, dom: libvirt.virDomain, event: int, detail: int, _o: Any
+    ) -> None:
+        type_, name, state = lifecycle(event, detail)
+        self._post(DomainEvent(type_, dom.UUIDString(), dom.name(), name, state, {}))
+
+    def _on_simple(self, type_: str) -> Any:
+        def cb(_c: Any, dom: libvirt.virDomain, *args: Any) -> None:
+            extra = {"args": [a for a in args[:-1] if isinstance(a, str | int | float)]}
+            self._post(DomainEvent(type_, dom.UUIDString(), dom.name(), "", None, extra))
+
+        return cb
+
+    def _on_close(self, _c: Any, reason: int, _o: Any) -> None:
+        log.warning("server=%s connection closed (reason %s)", self.server.name, reason)
+        self.loop.call_soon_threadsafe(self.closed.set)
+
+    # --- connection ----------------------------------------------------------------------
+    def _connect(self) -> libvirt.virConnect:
+        conn = libvirt.open(self.server.uri)
+        conn.setKeepAlive(2, 3)  # a silent daemon is declared dead after about 6 s
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        )
+        for ev_id, type_ in (
+            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, "vm.reboot"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, "vm.agent.lifecycle"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "vm.device.added"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "vm.device.removed"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "vm.job.completed"),
+        ):
+            try:
+                conn.domainEventRegisterAny(None, ev_id, self._on_simple(type_), None)
+            except libvirt.libvirtError:
+                log.info("server=%s does not support %s events", self.server.name, type_)
+        return conn
+
+    @staticmethod
+    def _states(conn: libvirt.virConnect) -> dict[str, tuple[str, VmState]]:
+        return {
+            d.UUIDString(): (d.name(), _STATES.get(d.state()[0], VmState.UNKNOWN))
+            for d in conn.listAllDomains()
+        }
+
+    # --- publishing ----------------------------------------------------------------------
+    async def _publish(self, ev: DomainEvent, reconnect: bool = False) -> None:
+        data: dict[str, Any] = {
+            "vm_id": ev.uuid,
+            "vm_name": ev.name,
+            "server": self.server.name,
+            "pool": self.server.pool,
+            "detail": ev.detail,
+            **ev.extra,
+        }
+        if ev.state is not None:
+            data["state"] = ev.state.value
+        if reconnect:
+            data["observed_after_reconnect"] = True
+        await self.events.publish(
+            make_event(ev.type, f"libvirt://{self.server.name}", ev.uuid, data)
+        )
+        if ev.state is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            if ev.state == VmState.DELETED:
+                pipe.hdel(self.last_key, ev.uuid)
+            else:
+                pipe.hset(self.last_key, ev.uuid, ev.state.value)
+            await pipe.execute()
+            await self.inventory.set_vm_state(ev.uuid, ev.state, server=self.server.name)
+
+    async def _server_event(self, type_: str) -> None:
+        await self.events.publish(
+            make_event(
+                type_,
+                f"libvirt://{self.server.name}",
+                self.server.name,
+                {"server": self.server.name, "pool": self.server.pool},
+            )
+        )
+
+    async def _reconcile(self, conn: libvirt.virConnect, reconnect: bool) -> None:
+        """Emit every change between the last published states and what the server has."""
+        now = await asyncio.to_thread(self._states, conn)
+        last = {k: VmState(v) for k, v in (await self.redis.hgetall(self.last_key)).items()}
+        for uuid in sorted(set(now) | set(last)):
+            before = last.get(uuid)
+            name, after = now.get(uuid, ("", VmState.DELETED))
+            if before == after:
+                continue
+            await self._publish(
+                DomainEvent(change_type(before, after), uuid, name, "observed", after, {}),
+                reconnect=reconnect,
+            )
+
+    async def _drain(self) -> None:
+        while (ev := await self.queue.get()) is not None:
+            try:
+                await self._publish(ev)
+            except aredis.RedisError:
+                log.exception("server=%s could not publish %s", self.server.name, ev.type)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ensure_event_loop()
+        drain = asyncio.create_task(self._drain())
+        backoff_s, was_up, down_sent = 0.2, False, False
+        try:
+            while not stop.is_set():
+                try:
+                    conn = await asyncio.to_thread(self._connect)
+                except libvirt.libvirtError as e:
+                    if not down_sent:
+                        await self._server_event("server.down")
+                        down_sent = True
+                    log.warning(
+                        "server=%s unreachable: %s", self.server.name, e.get_error_message()
+                    )
+                    await _wait(stop, backoff_s * random.uniform(0.5, 1.0))
+                    backoff_s = min(backoff_s * 2, 10.0)
+                    continue
+                backoff_s = 0.2
+                self.closed.clear()
+                await self._reconcile(conn, reconnect=was_up)
+                await self._server_event("server.up")
+                was_up, down_sent = True, False
+                await _first(stop.wait(), self.closed.wait())
+                if not stop.is_set():
+                    await self._server_event("server.down")
+                    down_sent = True
+                with _quiet():
+                    conn.close()
+        finally:
+            self.queue.put_nowait(None)
+            await drain
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with _quiet(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+
+
+def _quiet(*errors: type[BaseException]) -> Any:
+    import contextlib
+
+    return contextlib.suppress(*(errors or (libvirt.libvirtError,)))
 
 
 async def run_agent(settings: Settings, server: str, stop: asyncio.Event) -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    inv = InventoryStore(r)
-    srv = await inv.server(server)
-    hv = Hypervisor(srv.uri, retry_s=settings.libvirt_retry_s)
-    last: dict[str, VmState] = {}
     try:
-        while not stop.is_set():
-            try:
-                states = await asyncio.to_thread(hv.domain_states)
-                for uuid, (_name, state) in states.items():
-                    if last.get(uuid) != state:
-                        await inv.set_vm_state(uuid, state, server=server)
-                        last[uuid] = state
-                for uuid in set(last) - set(states):
-                    del last[uuid]
-            except VmorchError as e:
-                log.warning("server=%s poll failed: %s", server, e.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.agent_poll_interval_s)
+        srv = await InventoryStore(r).server(server)
+        await ServerWatch(settings, srv, r).run(stop)
     finally:
-        hv.close()
         await r.aclose()

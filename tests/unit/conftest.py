@@ -13,12 +13,14 @@ import pytest
 
 from orchestrator.broker import TaskMessages
 from orchestrator.dispatch import Dispatcher
+from orchestrator.expectations import Expectations
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore
 from orchestrator.leases import Leases
 from orchestrator.loopthread import LoopThread
 from orchestrator.settings import Settings
 from orchestrator.submit import Submitter
+from orchestrator.waits import Waits
 from tasks.runner import advance
 from tasks.runtime import Runtime
 from workers.celery_app import make_celery
@@ -86,6 +88,8 @@ class Engine:
             inventory=self.inventory,
             hypervisors=Hypervisors(1.0),
             messages=messages,
+            waits=Waits(self.redis),
+            expectations=Expectations(self.redis),
             pid=0,
         )
         self.submitter = Submitter(self.jobs, self.inventory, self.dispatcher)
@@ -100,19 +104,36 @@ class Engine:
         job, _ = self.run(self.submitter.submit(req, submitted_by="test", **kw))
         return job
 
-    def drain(self, max_steps: int = 500) -> list[str]:
-        """Run dispatched messages (and due timers) until nothing is left; returns outcomes."""
+    def drain(self, max_steps: int = 500, horizon_s: float = 5.0) -> list[str]:
+        """Run published messages until none is left, then act as the router's timer: jobs
+        due now, or within `horizon_s` (a wait's deadline), are dispatched again."""
         outcomes = []
         for _ in range(max_steps):
             if not self.broker.pending():
-                due = self.run(self.jobs.claim_due())
-                due = [j for j in due if not self.run(self.jobs.get(j)).state.terminal]
+                due = self._next_due(horizon_s)
                 if not due:
                     return outcomes
                 for j in due:
                     self.broker.push(j)
             outcomes.append(advance(self.rt, self.broker.pop()))
         raise AssertionError("engine did not settle")
+
+    def _next_due(self, horizon_s: float) -> list[str]:
+        import time
+
+        live = [
+            (j, score)
+            for j, score in self.run(self.redis.zrange("vmorch:jobs:due", 0, -1, withscores=True))
+            if not self.run(self.jobs.get(j)).state.terminal
+        ]
+        soon = [(j, s) for j, s in live if s <= (time.time() + horizon_s) * 1000]
+        if not soon:
+            return []
+        wait_s = min(s for _, s in soon) / 1000 - time.time()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        due = self.run(self.jobs.claim_due())
+        return [j for j in due if not self.run(self.jobs.get(j)).state.terminal]
 
     def get(self, job_id: str) -> Any:
         return self.run(self.jobs.get(job_id))

@@ -215,3 +215,109 @@ def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
         assert engine.get(job.id).state == JobState.SUCCEEDED
     finally:
         engine.close()
+
+
+def _post(engine: Engine, type_: str, subject: str) -> None:
+    from orchestrator.events import EventLog, make_event
+
+    engine.run(EventLog(engine.redis, 1000).publish(make_event(type_, "test://", subject, {})))
+
+
+def test_a_waiting_job_holds_no_worker_and_resumes_on_its_event(engine: Engine) -> None:
+    from tasks.runner import advance
+
+    job = engine.submit({"kind": "noop", "steps": 2, "wait_for": "test.ping"})
+    advance(engine.rt, engine.broker.pop())  # step 1
+    advance(engine.rt, engine.broker.pop())  # step 2 starts waiting; the worker returns
+    waiting = engine.get(job.id)
+    assert waiting.state == JobState.WAITING and waiting.wait is not None
+    assert waiting.wait.types == ["test.ping"] and waiting.wait.subject == job.id
+    assert not engine.run(engine.rt.leases.held(job.id))
+    # an event about another subject changes nothing; the matching one resumes the job
+    _post(engine, "test.ping", "someone-else")
+    sid = engine.run(engine.redis.xrevrange("vmorch:events", count=1))[0][0]
+    from schemas.events import Event
+
+    last = Event.model_validate_json(
+        engine.run(engine.redis.xrevrange("vmorch:events", count=1))[0][1]["e"]
+    )
+    assert engine.run(engine.rt.waits.on_event(sid, last)) == []
+    _post(engine, "test.ping", job.id)
+    sid, fields = engine.run(engine.redis.xrevrange("vmorch:events", count=1))[0]
+    assert engine.run(engine.rt.waits.on_event(sid, Event.model_validate_json(fields["e"]))) == [
+        job.id
+    ]
+    engine.broker.push(job.id)
+    engine.drain()
+    done = engine.get(job.id)
+    assert done.state == JobState.SUCCEEDED and done.wait is None
+    assert done.steps[1].outputs["event"]["type"] == "test.ping"
+
+
+def test_an_event_before_the_wait_is_registered_still_counts(engine: Engine) -> None:
+    from tasks import noop
+
+    # given a step that takes the stream position, then acts (here: its delay) and only
+    # then registers its wait, and an event that arrives during the action
+    job = engine.submit({"kind": "noop", "steps": 1, "step_delay_ms": 1, "wait_for": "test.go"})
+    real_sleep = StepContextSleep.patch(lambda: _post(engine, "test.go", job.id))
+    try:
+        engine.drain()
+    finally:
+        real_sleep.restore()
+    # then the registration found it on the stream and the job went on at once
+    done = engine.get(job.id)
+    assert done.state == JobState.SUCCEEDED, done.error
+    assert done.steps[0].outputs["event"]["type"] == "test.go"
+    assert noop  # the workflow under test
+
+
+def test_a_wait_that_times_out_fails_or_escalates_as_declared(engine: Engine) -> None:
+    failing = engine.submit(
+        {"kind": "noop", "steps": 1, "wait_for": "never", "wait_timeout_s": 0.2}
+    )
+    escalating = engine.submit(
+        {
+            "kind": "noop",
+            "steps": 1,
+            "wait_for": "never",
+            "wait_timeout_s": 0.2,
+            "on_timeout": "escalate",
+        }
+    )
+    engine.drain()
+    failed, escalated = engine.get(failing.id), engine.get(escalating.id)
+    assert failed.state == JobState.FAILED and "never" in failed.error.message
+    assert escalated.state == JobState.SUCCEEDED
+    assert escalated.result["escalated"] is True
+
+
+def test_abort_of_a_waiting_job(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 1, "wait_for": "never"})
+    engine.drain(horizon_s=0)
+    assert engine.get(job.id).state == JobState.WAITING
+    engine.run(engine.submitter.abort(job.id))
+    engine.drain(horizon_s=0)
+    done = engine.get(job.id)
+    assert done.state == JobState.ABORTED and states(done) == ["undone"]
+    assert engine.run(engine.rt.waits.get(job.id)) is None
+
+
+class StepContextSleep:
+    """Runs a callback in place of the step's sleep: 'something happens during the action'."""
+
+    def __init__(self, original: object) -> None:
+        self.original = original
+
+    @classmethod
+    def patch(cls, during: object) -> StepContextSleep:
+        from tasks.engine import StepContext
+
+        saved = cls(StepContext.sleep)
+        StepContext.sleep = lambda self, seconds: during()  # type: ignore[assignment,method-assign,misc]
+        return saved
+
+    def restore(self) -> None:
+        from tasks.engine import StepContext
+
+        StepContext.sleep = self.original  # type: ignore[method-assign]

@@ -156,7 +156,7 @@ def test_stop_forces_the_vm_off_when_the_guest_ignores_the_shutdown(
     done = fleet.get(job.id)
     assert done.state == JobState.SUCCEEDED
     assert asked == [done.links.vm_id]
-    assert done.result == {"state": "stopped", "forced": True}
+    assert done.result == {"state": "stopped", "forced": True, "escalated": True}
     assert not conn.lookupByName("vm5").isActive()
 
 

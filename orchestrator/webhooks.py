@@ -1,0 +1,265 @@
+"""Deliver a hook's event to a webhook: signed, allow-listed, and treating the target as untrusted.
+
+Receivers check `X-Vmorch-Signature` with `verify` and de-duplicate on `X-Vmorch-Delivery`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from yarl import URL
+
+from orchestrator.errors import Forbidden
+
+log = logging.getLogger("vmorch.webhooks")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_RESPONSE_BYTES = 64 * 1024
+USER_AGENT = "vmorch-webhook/1"
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: bytes,
+    timestamp: int,
+    body: bytes,
+    header: str,
+    tolerance_s: float = 300,
+    now: float | None = None,
+) -> bool:
+    """Check an `X-Vmorch-Signature` header (`sha256=<hex>`); stale timestamps are refused."""
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    scheme, _, digest = header.partition("=")
+    expected = sign(secret, timestamp, body)
+    return scheme == "sha256" and hmac.compare_digest(digest.encode(), expected.encode())
+
+
+class WebhookRefused(Forbidden):
+    code = "webhook_refused"
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    return mapped or addr
+
+
+class WebhookAllowList:
+    """Operator-allowed targets: `host`, `host:port`, `[v6]:port`, or a CIDR. Empty: deny all.
+
+    `check` is static (no I/O). Addresses a name resolves to are checked by `check_addresses`,
+    which the sender calls from its resolver, i.e. on the very addresses it connects to."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.hosts: list[tuple[str | IPAddress, int | None]] = []
+        for raw in entries:
+            entry = raw.strip()
+            if "/" in entry:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            addr = _ip(entry)  # a bare IPv6 literal cannot carry a port
+            if addr is not None:
+                self.hosts.append((addr, None))
+                continue
+            parsed = URL(f"http://{entry}")  # ValueError on a bad port
+            if not parsed.raw_host or parsed.user is not None or parsed.raw_path not in ("", "/"):
+                raise ValueError(f"bad webhook allow-list entry: {raw!r}")
+            host = _ip(parsed.raw_host) or parsed.raw_host.lower()
+            self.hosts.append((host, parsed.explicit_port))
+
+    def check(self, url: str) -> None:
+        try:
+            parsed = URL(url)
+        except ValueError as exc:
+            raise WebhookRefused("webhook URL is not a valid URL") from exc
+        if parsed.scheme not in ("http", "https"):
+            raise WebhookRefused(f"webhook URL scheme {parsed.scheme!r} is not http or https")
+        if parsed.user is not None or parsed.password is not None:
+            raise WebhookRefused("webhook URL must not carry credentials")
+        if not parsed.raw_host or parsed.port is None:
+            raise WebhookRefused("webhook URL has no host")
+        addr = _ip(parsed.raw_host)
+        host: str | IPAddress = addr or parsed.raw_host.lower()
+        if addr is not None and any(addr in net for net in self.networks):
+            return
+        if any(h == host and p in (None, parsed.port) for h, p in self.hosts):
+            return
+        raise WebhookRefused(
+            f"webhook target {parsed.raw_host}:{parsed.port} is not allowed "
+            "(not in the operator's webhook allow-list)"
+        )
+
+    def check_addresses(self, host: str, addresses: Iterable[str]) -> None:
+        for text in addresses:
+            addr = _ip(text)
+            if addr is None or addr.is_link_local or addr.is_multicast or addr.is_unspecified:
+                raise WebhookRefused(f"webhook host {host} resolves to a forbidden address {text}")
+
+
+class _CheckingResolver(AbstractResolver):
+    def __init__(self, allow_list: WebhookAllowList, inner: AbstractResolver) -> None:
+        self.allow_list, self.inner = allow_list, inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        self.allow_list.check_addresses(host, (r["host"] for r in results))
+        return results
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    outcome: Literal["delivered", "failed", "refused"]
+    attempts: int
+    status: int | None
+    detail: str
+    elapsed_s: float
+
+
+class _Transient(Exception):
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class WebhookSender:
+    """POSTs events; owns its aiohttp session (created on first use; call `close`)."""
+
+    def __init__(
+        self,
+        allow_list: WebhookAllowList,
+        *,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self.allow_list = allow_list
+        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+        self._inner_resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver: AbstractResolver | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._resolver = _CheckingResolver(
+                self.allow_list, self._inner_resolver or DefaultResolver()
+            )
+            connector = aiohttp.TCPConnector(resolver=self._resolver, limit=100)
+            # No proxies from the environment, no decompression of untrusted bodies.
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, auto_decompress=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+        self._session = self._resolver = None
+
+    async def _post(
+        self, url: str, secret: bytes, body: bytes, delivery_id: str, timeout_s: float
+    ) -> int:
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/cloudevents+json",
+            "User-Agent": USER_AGENT,
+            "X-Vmorch-Timestamp": str(timestamp),
+            "X-Vmorch-Delivery": delivery_id,
+            "X-Vmorch-Signature": "sha256=" + sign(secret, timestamp, body),
+        }
+        try:
+            async with self._get_session().post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                await resp.content.read(MAX_RESPONSE_BYTES)  # capped; content is ignored
+                status = resp.status
+        except TimeoutError as exc:
+            raise _Transient(None, f"timed out after {timeout_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise _Transient(None, f"connection error ({type(exc).__name__})") from exc
+        if status >= 500 or status == 429:
+            raise _Transient(status, f"HTTP {status}")
+        return status
+
+    async def deliver(
+        self,
+        url: str,
+        secret: bytes,
+        event_json: bytes,
+        delivery_id: str,
+        timeout_s: float,
+        retries: int,
+    ) -> DeliveryResult:
+        started, attempts = time.monotonic(), 0
+
+        def done(
+            outcome: Literal["delivered", "failed", "refused"], status: int | None, detail: str
+        ) -> DeliveryResult:
+            result = DeliveryResult(
+                outcome, attempts, status, detail, round(time.monotonic() - started, 3)
+            )
+            log.info(
+                "webhook delivery %s to %s: %s after %d attempt(s) (%s)",
+                delivery_id,
+                URL(url).host if outcome != "refused" else "-",
+                outcome,
+                attempts,
+                detail,
+            )
+            return result
+
+        try:
+            self.allow_list.check(url)
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(max(retries, 0) + 1),
+                reraise=True,
+                wait=wait_random_exponential(self.backoff_base_s, self.backoff_max_s),
+                retry=retry_if_exception_type(_Transient),
+            ):
+                with attempt:
+                    attempts += 1
+                    status = await self._post(url, secret, event_json, delivery_id, timeout_s)
+        except WebhookRefused as exc:
+            return done("refused", None, exc.message)
+        except _Transient as exc:
+            return done("failed", exc.status, exc.detail)
+        if 200 <= status < 300:
+            return done("delivered", status, f"HTTP {status}")
+        if 300 <= status < 400:
+            return done("failed", status, f"HTTP {status}: redirects are not followed")
+        return done("failed", status, f"HTTP {status}")

@@ -1,0 +1,95 @@
+"""Hooks: a rule that matches events and takes an action, and the record of each firing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, HttpUrl
+
+from schemas.base import Frozen, Name
+
+
+class HookMatch(Frozen):
+    """All given criteria must hold. Globs use fnmatch syntax (`vm.lifecycle.*`, `web-*`)."""
+
+    types: Annotated[
+        list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=20)
+    ]
+    vm_name: Annotated[str, Field(max_length=200)] | None = None
+    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]] = (
+        Field(default_factory=dict, max_length=20)
+    )
+    server: Name | None = None
+    pool: Name | None = None
+    data: dict[Annotated[str, Field(max_length=63)], str | int | float | bool | None] = Field(
+        default_factory=dict, max_length=20, description="event data fields that must be equal"
+    )
+    unexpected_only: bool = Field(
+        default=True, description="skip events a vmorch job caused (attributed events)"
+    )
+
+
+class SubmitJobAction(Frozen):
+    """Submit a job. String values of `request` may hold placeholders filled from the event:
+    {vm_id} {vm_name} {server} {pool} {event_id} {event_type} {subject}."""
+
+    kind: Literal["submit_job"]
+    request: dict[str, Any]
+
+
+class WebhookAction(Frozen):
+    """POST the event (CloudEvents JSON) to `url`, signed with HMAC-SHA256 of the body."""
+
+    kind: Literal["webhook"]
+    url: HttpUrl
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
+class GuestMessageAction(Frozen):
+    """Send a key/value message to the VM's guest (comes with guest messaging; refused now)."""
+
+    kind: Literal["guest_message"]
+    key: Annotated[str, Field(max_length=200)]
+    value: Annotated[str, Field(max_length=4096)]
+
+
+HookAction = Annotated[
+    SubmitJobAction | WebhookAction | GuestMessageAction, Field(discriminator="kind")
+]
+
+
+class HookSpec(Frozen):
+    """What a client sends to create or replace a hook."""
+
+    name: Name
+    match: HookMatch
+    action: HookAction
+    window_s: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=60.0, description="fire at most once per subject within this window"
+    )
+    enabled: bool = True
+
+
+class Hook(HookSpec):
+    """A stored hook. The webhook secret is stored apart and never returned."""
+
+    id: str
+    created_at: datetime
+    builtin: bool = False
+    suppressed: int = Field(default=0, description="firings skipped by flood control")
+
+
+class HookRun(Frozen):
+    """One firing of a hook, with the event that caused it and what came of it."""
+
+    hook_id: str
+    event_id: str
+    event_type: str
+    subject: str | None
+    at: datetime
+    action: str
+    outcome: Literal["submitted", "delivered", "failed", "refused", "suppressed", "skipped"]
+    detail: str = ""
+    job_id: str | None = None
