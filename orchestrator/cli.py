@@ -53,6 +53,7 @@ def cmd_router(settings: Settings, _: argparse.Namespace) -> int:
 
     from orchestrator.broker import TaskMessages
     from orchestrator.dispatch import Dispatcher
+    from orchestrator.event_router import EventRouter
     from orchestrator.router import Router
     from workers.celery_app import make_celery
 
@@ -60,7 +61,10 @@ def cmd_router(settings: Settings, _: argparse.Namespace) -> int:
         r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
         disp = Dispatcher(r, TaskMessages(make_celery(settings)))
         try:
-            await Router(settings, r, disp).run(stop)
+            # the timer sweep and the event consumer, side by side in one process
+            await asyncio.gather(
+                Router(settings, r, disp).run(stop), EventRouter(settings, r, disp).run(stop)
+            )
         finally:
             await r.aclose()
 

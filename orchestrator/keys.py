@@ -32,6 +32,16 @@ Waits and attribution (owner: engine runner and router)
 - waits:{subject}         set    job ids waiting for an event about this subject
 - expect:{vm_id}          hash   job id -> JSON event-type globs the job's action will cause;
                                  TTL 1 day, entries of long-ended jobs removed by the router
+Hooks (owner: API for definitions, router for firings)
+- hooks                   set    hook ids
+- hook:{id}               string JSON of Hook;  hooksecret:{id} string its webhook secret
+- hookruns:{id}           list   JSON HookRun, newest first, trimmed to 1000
+- hooksuppressed:{id}     string count of firings skipped by flood control
+- hookfired:{id}:{event}  string set once per (hook, event); TTL 7 days (at-least-once)
+- hookflood:{id}:{subj}   string present while the hook's window for a subject is open
+HA and alerts (owner: router and the HA workflow)
+- harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window
+- alerts                  hash   alert id -> JSON (an error an operator must acknowledge)
 Agents
 - agent:{server}:last     hash   domain uuid -> state last published (owner: that server's agent)
 Workers
@@ -136,6 +146,41 @@ def waits_on(subject: str) -> str:
 
 def expectations(vm_id: str) -> str:
     return f"{PREFIX}expect:{vm_id}"
+
+
+HOOKS = f"{PREFIX}hooks"
+
+
+def hook(hook_id: str) -> str:
+    return f"{PREFIX}hook:{hook_id}"
+
+
+def hook_secret(hook_id: str) -> str:
+    return f"{PREFIX}hooksecret:{hook_id}"
+
+
+def hook_runs(hook_id: str) -> str:
+    return f"{PREFIX}hookruns:{hook_id}"
+
+
+def hook_suppressed(hook_id: str) -> str:
+    return f"{PREFIX}hooksuppressed:{hook_id}"
+
+
+def hook_fired(hook_id: str, event_id: str) -> str:
+    return f"{PREFIX}hookfired:{hook_id}:{event_id}"
+
+
+def hook_flood(hook_id: str, subject: str) -> str:
+    return f"{PREFIX}hookflood:{hook_id}:{subject}"
+
+
+ROUTERS_GROUP = "routers"  # the consumer group of routers on the event stream
+ALERTS = f"{PREFIX}alerts"
+
+
+def ha_restarts(vm_id: str) -> str:
+    return f"{PREFIX}harestarts:{vm_id}"
 
 
 def agent_last(server_name: str) -> str:

@@ -109,35 +109,51 @@ class Lab:
         # The test driver frees its shared state when the last connection to it closes, so
         # the lab keeps one connection open per server for as long as the server runs.
         self.keepers: dict[str, libvirt.virConnect] = {}
+        self._layout: tuple[dict[str, ServerPool], list[Template]] = ({}, [])
 
     def start(self) -> Inventory:
         # libvirt prints every error to stderr; seeding expects "not found" while it checks
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         pools, templates = _layout(self.spec)
+        self._layout = {p.name: p for p in pools}, templates
         servers: list[Server] = []
         try:
             for pool in pools:
-                repo_path = self.base_dir / "repos" / pool.repository.name
                 for name in pool.servers:
-                    daemon = LibvirtDaemon(name, self.base_dir / name)
-                    self.daemons[name] = daemon
-                    info = daemon.start()
-                    conn = self.keepers[name] = libvirt.open(info.uri)
-                    _seed_server(conn, pool, repo_path)
-                    hv = Hypervisor(info.uri)
-                    for t in templates:
-                        if t.repository == pool.repository.name:
-                            for d in t.disks:
-                                hv.create_volume(t.repository, d.volume, d.capacity_bytes)
-                    node = hv.memory_mib()
-                    hv.close()
-                    servers.append(
-                        Server(name=name, pool=pool.name, uri=info.uri, memory_mib=node, cpus=16)
-                    )
+                    self.daemons[name] = LibvirtDaemon(name, self.base_dir / name)
+                    servers.append(self._start_server(pool, name))
         except BaseException:
             self.stop()
             raise
         return Inventory(pools=pools, servers=servers, templates=templates)
+
+    def _start_server(self, pool: ServerPool, name: str) -> Server:
+        """Start one server's daemon and seed it as a member of `pool`."""
+        info = self.daemons[name].start()
+        conn = self.keepers[name] = libvirt.open(info.uri)
+        _seed_server(conn, pool, self.base_dir / "repos" / pool.repository.name)
+        hv = Hypervisor(info.uri)
+        for t in self._layout[1]:
+            if t.repository == pool.repository.name:
+                for d in t.disks:
+                    hv.create_volume(t.repository, d.volume, d.capacity_bytes)
+        node = hv.memory_mib()
+        hv.close()
+        return Server(name=name, pool=pool.name, uri=info.uri, memory_mib=node, cpus=16)
+
+    def kill_server(self, name: str) -> None:
+        """SIGKILL a server's daemon (a crashed hypervisor, for chaos tests)."""
+        conn = self.keepers.pop(name, None)
+        self.daemons[name].kill()
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def restart_server(self, name: str) -> None:
+        """Start a killed server again, seeded as before. The test driver keeps no state
+        across a restart: its domains are gone, as on a host that lost its disks."""
+        pool = next(p for p in self._layout[0].values() if name in p.servers)
+        self._start_server(pool, name)
 
     def stop(self) -> None:
         for conn in self.keepers.values():

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     chaos_step_delay_ms: int = Field(default=0, ge=0)
     chaos_fail_steps: list[str] = Field(default_factory=list)
 
+    # Routers: a dead router's unacknowledged events are claimed after this long.
+    claim_idle_ms: int = Field(default=5000, ge=100)
+    # Webhooks go only to these targets: host, host:port or CIDR (empty: none at all).
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
+    ha_max_restarts: int = Field(default=3, ge=1)
+    ha_window_s: float = Field(default=3600.0, gt=0)
+
     lab_dir: Path = Path(".vmorch")
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"

@@ -78,6 +78,7 @@ class Submitter:
                 vcpus=req.vcpus or tmpl.vcpus,
                 memory_mib=req.memory_mib or tmpl.memory_mib,
                 ha=req.ha,
+                labels=req.labels,
                 created_by_job=job_id,
             )
             link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}

@@ -102,5 +102,6 @@ class Vm(Frozen):
     disks: list[VmDisk] = Field(default_factory=list)
     nics: list[VmNic] = Field(default_factory=list)
     ha: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
     created_by_job: str | None = None
     observed_at: datetime | None = None

@@ -39,6 +39,10 @@ class CreateFromTemplate(Frozen):
     )
     start: bool = True
     ha: bool = False
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
+        Field(max_length=20),
+    ] = Field(default_factory=dict)
 
 
 class _VmOp(Frozen):
@@ -81,6 +85,14 @@ class DeleteVm(_VmOp):
     force: bool = False
 
 
+class HaRestart(_VmOp):
+    """Restart an HA VM that stopped unexpectedly: on its server, or, when that server is
+    down, on another server of its pool (cold). Submitted by the built-in HA hook."""
+
+    kind: Literal["vm.ha_restart"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
 class Noop(Frozen):
     """A workflow of no-op steps, for smoke tests and benchmarks of the engine itself."""
 
@@ -114,12 +126,14 @@ JobRequest = Annotated[
     | SuspendVm
     | ResumeVm
     | DeleteVm
+    | HaRestart
     | Noop,
     Field(discriminator="kind"),
 ]
 
 VM_OPERATIONS = frozenset(
-    {"vm.start", "vm.stop", "vm.kill", "vm.restart", "vm.suspend", "vm.resume", "vm.delete"}
+    {"vm.start", "vm.stop", "vm.kill", "vm.restart", "vm.suspend", "vm.resume", "vm.delete",
+     "vm.ha_restart"}
 )
 
 job_request_adapter: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import BadRequest
-from tasks import noop, vm_create, vm_lifecycle
+from tasks import noop, vm_create, vm_ha, vm_lifecycle
 from tasks.engine import Step, WorkflowBuilder
 
 WORKFLOWS: dict[str, WorkflowBuilder] = {
     "noop": noop.steps,
     "vm.create_from_template": vm_create.steps,
+    "vm.ha_restart": vm_ha.steps,
     **vm_lifecycle.WORKFLOWS,
 }
 

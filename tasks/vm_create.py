@@ -10,8 +10,8 @@ from orchestrator.errors import NoCapacity, NotFound
 from schemas.inventory import Template, Vm, VmDisk, VmNic, VmState
 from schemas.requests import CreateFromTemplate
 from tasks.engine import Outputs, Step, StepContext
-from tasks.vm_steps import START, observe, vm_of
-from workers.domain_xml import DiskSpec, DomainSpec, NicSpec, disk_target, domain_xml
+from tasks.vm_steps import START, domain_spec_of, observe, vm_of
+from workers.domain_xml import disk_target, domain_xml
 
 
 def _req(ctx: StepContext) -> CreateFromTemplate:
@@ -110,36 +110,31 @@ def define_run(ctx: StepContext) -> Outputs:
     nics = [
         VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
     ]
-    spec = DomainSpec(
-        uuid=vm.id,
-        name=req.name,
+    record = Vm(
+        id=vm.id,
+        name=vm.name,
+        pool=req.pool,
+        server=server,
+        state=VmState.STOPPED,
         vcpus=req.vcpus or tmpl.vcpus,
         memory_mib=req.memory_mib or tmpl.memory_mib,
-        domain_type=hv.domain_type(),
-        emulator=None,
-        disks=[DiskSpec(d.path, d.target) for d in disks],
-        nics=[NicSpec(n.network, n.mac) for n in nics],
-        metadata={"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
+        disks=disks,
+        nics=nics,
+        ha=req.ha,
+        labels=req.labels,
+        created_by_job=ctx.job.id,
     )
     ctx.expect(vm.id, ["vm.lifecycle.defined"])
-    hv.define(domain_xml(spec))
-    ctx.run(
-        ctx.runtime.inventory.save_vm(
-            Vm(
-                id=vm.id,
-                name=vm.name,
-                pool=req.pool,
-                server=server,
-                state=VmState.STOPPED,
-                vcpus=spec.vcpus,
-                memory_mib=spec.memory_mib,
-                disks=disks,
-                nics=nics,
-                ha=req.ha,
-                created_by_job=ctx.job.id,
+    hv.define(
+        domain_xml(
+            domain_spec_of(
+                record,
+                hv.domain_type(),
+                {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
             )
         )
     )
+    ctx.run(ctx.runtime.inventory.save_vm(record))
     observe(ctx, vm, hv)
     return {"server": server}
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from orchestrator.errors import HypervisorError, NotFound
 from schemas.inventory import Vm, VmState
 from tasks.engine import Outputs, Step, StepContext, Wait
+from workers.domain_xml import DiskSpec, DomainSpec, NicSpec
 from workers.hypervisor import Hypervisor
 
 STARTED = ["vm.lifecycle.started", "vm.lifecycle.resumed"]
@@ -37,6 +38,20 @@ def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
     state = hv.domain_state(vm.id)
     ctx.run(ctx.runtime.inventory.set_vm_state(vm.id, state or VmState.DELETED))
     return state
+
+
+def domain_spec_of(vm: Vm, domain_type: str, metadata: dict[str, str]) -> DomainSpec:
+    """The domain a VM record describes (the same record gives the same XML)."""
+    return DomainSpec(
+        uuid=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        domain_type=domain_type,
+        disks=[DiskSpec(d.path, d.target) for d in vm.disks],
+        nics=[NicSpec(n.network, n.mac) for n in vm.nics],
+        metadata=metadata,
+    )
 
 
 def _settled_in(wanted: VmState, out: Outputs) -> Callable[[StepContext], Outputs | None]:

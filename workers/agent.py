@@ -20,7 +20,9 @@ import redis.asyncio as aredis
 
 from orchestrator import keys
 from orchestrator.events import EventLog, make_event
+from orchestrator.expectations import Expectations
 from orchestrator.inventory import InventoryStore
+from orchestrator.jobstore import JobStore
 from orchestrator.settings import Settings
 from schemas.inventory import Server, VmState
 from workers.domain_events import change_type, ensure_event_loop, lifecycle
@@ -46,6 +48,8 @@ class ServerWatch:
         self.redis = redis
         self.events = EventLog(redis, settings.event_stream_maxlen)
         self.inventory = InventoryStore(redis)
+        self.jobs = JobStore(redis)
+        self.expectations = Expectations(redis)
         self.queue: asyncio.Queue[DomainEvent | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -114,9 +118,13 @@ class ServerWatch:
             data["state"] = ev.state.value
         if reconnect:
             data["observed_after_reconnect"] = True
-        await self.events.publish(
-            make_event(ev.type, f"libvirt://{self.server.name}", ev.uuid, data)
-        )
+        event = make_event(ev.type, f"libvirt://{self.server.name}", ev.uuid, data)
+        # the job whose recorded expectation explains this event, if any: decided now,
+        # while that job is still running, and carried by the event
+        caused_by = await self.expectations.attribute(event, self.jobs)
+        if caused_by:
+            event = event.model_copy(update={"data": {**data, "caused_by_job": caused_by}})
+        await self.events.publish(event)
         if ev.state is not None:
             pipe = self.redis.pipeline(transaction=False)
             if ev.state == VmState.DELETED:

@@ -7,7 +7,9 @@ from typing import Any
 import redis.asyncio as aredis
 from aiohttp import web
 
+from orchestrator.alerts import AlertStore
 from orchestrator.api import handlers as h
+from orchestrator.api.hooks_api import ALERTS, HOOKS, hook_routes
 from orchestrator.api.middleware import (
     MAX_BODY,
     ROUTE_ROLES,
@@ -19,6 +21,7 @@ from orchestrator.api.openapi import build_openapi
 from orchestrator.api.routing import Query, Route
 from orchestrator.broker import TaskMessages
 from orchestrator.dispatch import Dispatcher
+from orchestrator.hooks import HookStore
 from orchestrator.inventory import InventoryStore
 from orchestrator.jobstore import JobStore
 from orchestrator.settings import Settings
@@ -114,7 +117,7 @@ def make_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[errors_middleware, auth_middleware]
     )
-    table = routes()
+    table = routes() + hook_routes()
     spec = build_openapi(table, VERSION)
     app[ROUTE_ROLES] = {(r.method, r.path): r.role for r in table}
     app[MAX_BODY] = settings.max_body_bytes
@@ -140,6 +143,8 @@ def make_app(
         app[h.INVENTORY] = inv
         app[TOKENS_KEY] = TokenStore(r)
         app[h.SUBMITTER] = Submitter(jobs, inv, disp)
+        app[HOOKS] = HookStore(r)
+        app[ALERTS] = AlertStore(r, settings.event_stream_maxlen)
         yield
         if redis is None:
             await r.aclose()

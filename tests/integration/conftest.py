@@ -23,6 +23,9 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from orchestrator import keys
+from orchestrator.event_router import HA_HOOK_ID, HA_SPEC
+from orchestrator.hooks import HookStore
 from orchestrator.inventory import InventoryStore
 from orchestrator.lab import Lab
 from orchestrator.redis_server import RedisServer
@@ -38,6 +41,8 @@ ENGINE_ENV = {
     "VMORCH_RETRY_BASE_S": "0.1",
     "VMORCH_VM_POLL_INTERVAL_S": "0.05",
     "VMORCH_AGENT_POLL_INTERVAL_S": "0.5",
+    "VMORCH_CLAIM_IDLE_MS": "1000",
+    "VMORCH_WEBHOOK_ALLOWED_HOSTS": '["127.0.0.1"]',
 }
 
 
@@ -143,6 +148,41 @@ def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def agents(
+    env: dict[str, str], workdir: Path, lab: tuple[Lab, Inventory], redis_url: str
+) -> Iterator[dict[str, Proc]]:
+    """One agent process per lab server, for the whole session."""
+
+    async def load() -> None:
+        ar = aredis.Redis.from_url(redis_url, decode_responses=True)
+        await InventoryStore(ar).load(lab[1])
+        await ar.aclose()
+
+    asyncio.run(load())
+    procs = {
+        s.name: Proc(["agent", "--server", s.name], env, workdir / f"agent-{s.name}.log")
+        for s in lab[1].servers
+    }
+    for name, p in procs.items():
+        wait_until(
+            lambda p=p: "server.up" in _events_of(redis_url) or p.p.poll() is not None,
+            30,
+            f"agent {name}",
+        )
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+def _events_of(redis_url: str) -> str:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return " ".join(f["e"] for _, f in r.xrange(keys.EVENTS))
+    finally:
+        r.close()
+
+
+@pytest.fixture(scope="session")
 def router(env: dict[str, str], workdir: Path) -> Iterator[Proc]:
     proc = Proc(["router"], env, workdir / "router.log")
     yield proc
@@ -166,14 +206,21 @@ def _clean_lab(lab: Lab, inv: Inventory) -> None:
 @pytest.fixture
 def fleet(redis_url: str, lab: tuple[Lab, Inventory], router: Proc) -> Iterator[Inventory]:
     """A clean fleet: our private Redis flushed and reloaded, the lab's servers emptied."""
+    _clean_lab(*lab)
     r = redis.Redis.from_url(redis_url)
     r.flushall()  # our own private server, started by this session
     r.close()
-    _clean_lab(*lab)
 
     async def load() -> None:
         ar = aredis.Redis.from_url(redis_url, decode_responses=True)
         await InventoryStore(ar).load(lab[1])
+        # the routers' group, from the start of the new stream, and the built-in HA hook
+        try:
+            await ar.xgroup_create(keys.EVENTS, keys.ROUTERS_GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as e:  # the router made it again first
+            if "BUSYGROUP" not in str(e):
+                raise
+        await HookStore(ar).create(HA_SPEC, hook_id=HA_HOOK_ID, builtin=True)
         await ar.aclose()
 
     asyncio.run(load())

@@ -1,0 +1,144 @@
+"""Hooks and alerts over HTTP: admin writes hooks, viewers read them and their runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.alerts import AlertStore
+from orchestrator.api.handlers import _json_body, _query_int, respond, respond_list
+from orchestrator.api.middleware import caller, validation_details
+from orchestrator.api.routing import Route
+from orchestrator.errors import Conflict, ValidationFailed
+from orchestrator.hooks import HookStore
+from schemas.alerts import Alert
+from schemas.api import Role
+from schemas.hooks import Hook, HookRun, HookSpec
+
+HOOKS = web.AppKey("vmorch_hooks", HookStore)
+ALERTS = web.AppKey("vmorch_alerts", AlertStore)
+
+
+class HookCreated(BaseModel):
+    """A new hook; `secret` (webhook hooks only) is shown this once: keep it to verify
+    the `X-Vmorch-Signature` header of deliveries."""
+
+    hook: Hook
+    secret: str | None = None
+
+
+def _spec(body: Any, base: dict[str, Any] | None = None) -> HookSpec:
+    if not isinstance(body, dict):
+        raise ValidationFailed("a JSON object is required", details=[(["body"], "not an object")])
+    try:
+        return HookSpec.model_validate({**(base or {}), **body})
+    except ValidationError as e:
+        raise ValidationFailed(
+            "the hook is not valid", details=[(d.loc, d.msg) for d in validation_details(e)]
+        ) from None
+
+
+async def create_hook(request: web.Request) -> web.Response:
+    hook, secret = await request.app[HOOKS].create(_spec(await _json_body(request)))
+    return respond(HookCreated(hook=hook, secret=secret), 201, Location=f"/v1/hooks/{hook.id}")
+
+
+async def list_hooks(request: web.Request) -> web.Response:
+    return respond_list(await request.app[HOOKS].all())
+
+
+async def get_hook(request: web.Request) -> web.Response:
+    return respond(await request.app[HOOKS].get(request.match_info["hook_id"]))
+
+
+async def patch_hook(request: web.Request) -> web.Response:
+    store = request.app[HOOKS]
+    hook_id = request.match_info["hook_id"]
+    old = await store.get(hook_id)
+    body = await _json_body(request)
+    if old.builtin and isinstance(body, dict) and set(body) - {"enabled", "window_s"}:
+        raise Conflict("a built-in hook can only be enabled, disabled or given a window")
+    base = old.model_dump(include=set(HookSpec.model_fields))
+    return respond(await store.replace(hook_id, _spec(body, base)))
+
+
+async def delete_hook(request: web.Request) -> web.Response:
+    store = request.app[HOOKS]
+    hook_id = request.match_info["hook_id"]
+    if (await store.get(hook_id)).builtin:
+        raise Conflict("a built-in hook cannot be deleted; disable it instead")
+    await store.delete(hook_id)
+    return web.Response(status=204)
+
+
+async def hook_runs(request: web.Request) -> web.Response:
+    runs = await request.app[HOOKS].runs(
+        request.match_info["hook_id"], _query_int(request, "limit", 100, 1, 1000)
+    )
+    return respond_list(runs)
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    everything = request.query.get("all", "") in ("1", "true")
+    return respond_list(await request.app[ALERTS].all(include_acknowledged=everything))
+
+
+async def ack_alert(request: web.Request) -> web.Response:
+    alert = await request.app[ALERTS].acknowledge(
+        request.match_info["alert_id"], caller(request).name
+    )
+    return respond(alert)
+
+
+def hook_routes() -> list[Route]:
+    viewer, operator, admin = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+    return [
+        Route(
+            "POST",
+            "/v1/hooks",
+            create_hook,
+            "Create a hook",
+            admin,
+            body=HookSpec,
+            response=HookCreated,
+            status=201,
+        ),
+        Route("GET", "/v1/hooks", list_hooks, "List hooks", viewer, response=list[Hook]),
+        Route("GET", "/v1/hooks/{hook_id}", get_hook, "A hook", viewer, response=Hook),
+        Route(
+            "PATCH",
+            "/v1/hooks/{hook_id}",
+            patch_hook,
+            "Change a hook (fields given)",
+            admin,
+            response=Hook,
+        ),
+        Route("DELETE", "/v1/hooks/{hook_id}", delete_hook, "Delete a hook", admin, status=204),
+        Route(
+            "GET",
+            "/v1/hooks/{hook_id}/runs",
+            hook_runs,
+            "A hook's firings, newest first: event, action, outcome",
+            viewer,
+            response=list[HookRun],
+        ),
+        Route(
+            "GET",
+            "/v1/alerts",
+            list_alerts,
+            "Alerts not yet acknowledged (all=1: every alert)",
+            viewer,
+            response=list[Alert],
+        ),
+        Route(
+            "POST",
+            "/v1/alerts/{alert_id}/ack",
+            ack_alert,
+            "Acknowledge an alert",
+            operator,
+            response=Alert,
+            status=200,
+        ),
+    ]

@@ -1,0 +1,267 @@
+"""The event-driven core on real parts: agents, routers, hooks, HA, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import libvirt
+import pytest
+import redis
+from aiohttp import web
+
+from orchestrator import keys
+from orchestrator.lab import Lab
+from orchestrator.webhooks import verify
+from schemas.inventory import Inventory
+from tests.integration.conftest import Api, Proc, find_domains, wait_until
+
+pytestmark = pytest.mark.integration
+
+CREATE = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"}
+
+
+def events(
+    redis_url: str, type_: str | None = None, subject: str | None = None
+) -> list[dict[str, Any]]:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        out = [json.loads(f["e"]) for _, f in r.xrange(keys.EVENTS)]
+    finally:
+        r.close()
+    return [
+        e
+        for e in out
+        if (type_ is None or e["type"] == type_) and (subject is None or e["subject"] == subject)
+    ]
+
+
+def runs(api: Api, hook_id: str) -> list[dict[str, Any]]:
+    status, body = api.request("GET", f"/v1/hooks/{hook_id}/runs")
+    assert status == 200, body
+    return list(body)
+
+
+def test_a_vm_destroyed_outside_vmorch_is_restarted_by_ha(
+    api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
+) -> None:
+    # given an HA VM that runs
+    job = api.run({**CREATE, "name": "ha1", "ha": True})
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    [(server, dom)] = find_domains(fleet, "ha1")
+    # when it is destroyed behind vmorch's back
+    dom.destroy()
+    # then the agent reports it, unattributed, and the HA hook submits a restart job
+    stopped = wait_until(
+        lambda: events(redis_url, "vm.lifecycle.stopped", vm_id), 10, "the stopped event"
+    )
+    assert stopped[-1]["data"]["detail"] == "destroyed"
+    assert "caused_by_job" not in stopped[-1]["data"]
+    fired = wait_until(
+        lambda: [r for r in runs(api, "builtin-ha") if r["outcome"] == "submitted"],
+        10,
+        "the HA hook to fire",
+    )
+    restart = api.wait(fired[0]["job_id"])
+    assert restart["kind"] == "vm.ha_restart" and restart["state"] == "succeeded", restart
+    assert restart["links"]["hook_id"] == "builtin-ha"
+    assert restart["links"]["event_id"] == stopped[-1]["id"]
+    # and the VM runs again, on its server
+    [(again, dom)] = find_domains(fleet, "ha1")
+    assert again == server and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+def test_a_restart_job_on_an_ha_vm_fires_no_ha(
+    api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
+) -> None:
+    job = api.run({**CREATE, "name": "ha2", "ha": True})
+    vm_id = job["links"]["vm_id"]
+    restart = api.run({"kind": "vm.restart", "vm": "ha2", "timeout_s": 5})
+    assert restart["state"] == "succeeded"
+    # its own STOPPED carries its id, and the HA hook records why it did nothing
+    stopped = wait_until(lambda: events(redis_url, "vm.lifecycle.stopped", vm_id), 10)
+    assert stopped[-1]["data"]["caused_by_job"] == restart["id"]
+    skipped = wait_until(
+        lambda: [r for r in runs(api, "builtin-ha") if r["subject"] == vm_id],
+        10,
+        "the HA hook's record",
+    )
+    assert {r["outcome"] for r in skipped} == {"skipped"}
+    assert restart["id"] in skipped[0]["detail"]
+    assert api.request("GET", "/v1/jobs?kind=vm.ha_restart")[1]["items"] == []
+
+
+def test_a_guest_shutdown_is_not_a_failure(
+    api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
+) -> None:
+    job = api.run({**CREATE, "name": "ha3", "ha": True})
+    [(_, dom)] = find_domains(fleet, "ha3")
+    dom.shutdown()  # as if the user powered off from inside the guest
+    wait_until(lambda: events(redis_url, "vm.lifecycle.stopped", job["links"]["vm_id"]), 10)
+    # the router has handled it once the stream's entries are all acknowledged
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_until(lambda: r.xpending(keys.EVENTS, keys.ROUTERS_GROUP)["pending"] == 0, 10)
+    r.close()
+    ha_runs = runs(api, "builtin-ha")
+    assert [x["outcome"] for x in ha_runs] == ["skipped"]
+    assert "shutdown" in ha_runs[0]["detail"]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1, in a thread of this test process."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        async def hook(request: web.Request) -> web.Response:
+            self.got.append((dict(request.headers), await request.read()))
+            return web.Response(status=204)
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/hook", hook)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield Receiver()
+
+
+def test_a_webhook_is_signed_and_a_disallowed_target_refused(
+    api: Api, receiver: Receiver, redis_url: str, fleet: Inventory
+) -> None:
+    # given a hook posting test.* events to an allowed local receiver, and one to a host the
+    # operator did not allow
+    status, created = api.request(
+        "POST",
+        "/v1/hooks",
+        {
+            "name": "to-receiver",
+            "match": {"types": ["test.*"]},
+            "action": {
+                "kind": "webhook",
+                "url": f"http://127.0.0.1:{receiver.port}/hook",
+                "retries": 1,
+            },
+        },
+    )
+    assert status == 201, created
+    secret = created["secret"]
+    assert secret and "secret" not in api.request("GET", f"/v1/hooks/{created['hook']['id']}")[1]
+    status, refused = api.request(
+        "POST",
+        "/v1/hooks",
+        {
+            "name": "elsewhere",
+            "match": {"types": ["test.*"]},
+            "action": {"kind": "webhook", "url": "http://hooks.example.invalid/x"},
+        },
+    )
+    assert status == 201
+    # when an event matches
+    from orchestrator.events import make_event
+
+    event = make_event("test.hello", "vmorch://test", "subject-1", {"x": 1})
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+    r.close()
+    # then the receiver gets it once, signed with the hook's secret
+    wait_until(lambda: receiver.got, 10, "the delivery")
+    headers, body = receiver.got[0]
+    assert json.loads(body)["id"] == event.id
+    assert verify(
+        secret.encode(), int(headers["X-Vmorch-Timestamp"]), body, headers["X-Vmorch-Signature"]
+    )
+    assert not verify(
+        b"another secret", int(headers["X-Vmorch-Timestamp"]), body, headers["X-Vmorch-Signature"]
+    )
+    delivered = wait_until(lambda: runs(api, created["hook"]["id"]), 10)
+    assert delivered[0]["outcome"] == "delivered" and delivered[0]["event_id"] == event.id
+    # and the disallowed target was refused, and recorded
+    refusal = wait_until(lambda: runs(api, refused["hook"]["id"]), 10)
+    assert refusal[0]["outcome"] == "refused"
+
+
+def test_flood_control_counts_suppressed_firings(
+    api: Api, redis_url: str, fleet: Inventory
+) -> None:
+    status, created = api.request(
+        "POST",
+        "/v1/hooks",
+        {
+            "name": "noisy",
+            "match": {"types": ["test.flood"]},
+            "window_s": 60,
+            "action": {"kind": "submit_job", "request": {"kind": "noop", "steps": 1}},
+        },
+    )
+    assert status == 201
+    hook_id = created["hook"]["id"]
+    from orchestrator.events import make_event
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    for _ in range(3):
+        r.xadd(keys.EVENTS, {"e": make_event("test.flood", "t://", "s1", {}).model_dump_json()})
+    r.close()
+    got = wait_until(lambda: len(runs(api, hook_id)) == 3 and runs(api, hook_id), 10)
+    assert sorted(x["outcome"] for x in got) == ["submitted", "suppressed", "suppressed"]
+    assert api.request("GET", f"/v1/hooks/{hook_id}")[1]["suppressed"] == 2
+    job_id = next(x["job_id"] for x in got if x["outcome"] == "submitted")
+    assert api.job(job_id)["links"]["hook_id"] == hook_id
+
+
+def test_a_missed_transition_is_emitted_after_the_server_comes_back(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    redis_url: str,
+    lab: tuple[Lab, Inventory],
+    fleet: Inventory,
+) -> None:
+    # given a VM running on srv-b1
+    job = api.run(
+        {
+            "kind": "vm.create_from_template",
+            "pool": "pool-b",
+            "template": "tmpl-b",
+            "name": "rc1",
+            "server": "srv-b1",
+        }
+    )
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    # when the server's libvirtd is killed, and restarted (the test driver comes back empty:
+    # the domain is gone, a transition the agent could not see as it happened)
+    lab[0].kill_server("srv-b1")
+    wait_until(
+        lambda: [e for e in events(redis_url, "server.down") if e["subject"] == "srv-b1"],
+        15,
+        "server.down",
+    )
+    lab[0].restart_server("srv-b1")
+    # then, after reconnecting, the agent emits what it missed, then server.up
+    missed = wait_until(
+        lambda: events(redis_url, "vm.lifecycle.undefined", vm_id), 20, "the missed transition"
+    )
+    assert missed[-1]["data"]["observed_after_reconnect"] is True
+    ups = [e for e in events(redis_url, "server.up") if e["subject"] == "srv-b1"]
+    assert ups and ups[-1]["time"] >= missed[-1]["time"]
