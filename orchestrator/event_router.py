@@ -73,10 +73,11 @@ class EventRouter:
         self.submitter = Submitter(self.jobs, self.inventory, dispatcher)
         self.sender = WebhookSender(WebhookAllowList(settings.webhook_allowed_hosts))
         self.consumer = f"{socket.gethostname()}-{id(self):x}"
+        self.group = settings.router_group
 
     async def setup(self) -> None:
         try:
-            await self.redis.xgroup_create(keys.EVENTS, keys.ROUTERS_GROUP, id="$", mkstream=True)
+            await self.redis.xgroup_create(keys.EVENTS, self.group, id="$", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
@@ -103,7 +104,7 @@ class EventRouter:
         """Claim a dead router's stale entries, read new ones, handle and ack each."""
         _, claimed, _ = await self.redis.xautoclaim(
             keys.EVENTS,
-            keys.ROUTERS_GROUP,
+            self.group,
             self.consumer,
             min_idle_time=self.settings.claim_idle_ms,
             start_id="0-0",
@@ -112,16 +113,18 @@ class EventRouter:
         entries = list(claimed)
         if not entries:
             read = await self.redis.xreadgroup(
-                keys.ROUTERS_GROUP, self.consumer, {keys.EVENTS: ">"}, count=100, block=block_ms
+                self.group, self.consumer, {keys.EVENTS: ">"}, count=100, block=block_ms
             )
             entries = [e for _, batch in read for e in batch]
         for sid, fields in entries:
-            if fields:  # an entry trimmed away by MAXLEN comes back empty
-                await self.handle(sid, Event.model_validate_json(fields["e"]))
-            await self.redis.xack(keys.EVENTS, keys.ROUTERS_GROUP, sid)
+            # an entry trimmed away by MAXLEN comes back empty: nothing to do but ack it
+            if fields and not await self.handle(sid, Event.model_validate_json(fields["e"])):
+                continue  # a firing is in another router's hands: look again later
+            await self.redis.xack(keys.EVENTS, self.group, sid)
         return len(entries)
 
-    async def handle(self, sid: str, event: Event) -> None:
+    async def handle(self, sid: str, event: Event) -> bool:
+        """Act on one event. False when a hook firing is still in another router's hands."""
         for job_id in await self.waits.on_event(sid, event):
             job = await self.jobs.get(job_id)
             await self.dispatcher.dispatch(job_id, job.queue)
@@ -133,11 +136,13 @@ class EventRouter:
             if event.subject and event.type.startswith("vm.")
             else None
         )
+        complete = True
         for hook in await self.hooks.all():
             if not hook.enabled:
                 continue
             for subject, target in await self._targets(hook, event, vm):
-                await self._fire(hook, event, subject, target, caused_by)
+                complete &= await self._fire(hook, event, subject, target, caused_by)
+        return complete
 
     async def _targets(
         self, hook: Hook, event: Event, vm: Vm | None
@@ -160,9 +165,17 @@ class EventRouter:
 
     async def _fire(
         self, hook: Hook, event: Event, subject: str, vm: Vm | None, caused_by: str | None
+    ) -> bool:
+        claim = await self.hooks.claim_firing(hook, event, subject, self.settings.hook_lease_ms)
+        if claim != "claimed":
+            return claim == "done"  # done already, or still in another router's hands
+        await self._decide(hook, event, subject, vm, caused_by)
+        await self.hooks.finish_firing(hook, event, subject)
+        return True
+
+    async def _decide(
+        self, hook: Hook, event: Event, subject: str, vm: Vm | None, caused_by: str | None
     ) -> None:
-        if not await self.hooks.first_firing(hook, event, subject):
-            return  # already handled (this event was read again after a router died)
 
         def run(outcome: Any, detail: str = "", job_id: str | None = None) -> HookRun:
             return HookRun(
@@ -182,8 +195,9 @@ class EventRouter:
             return
         detail = event.data.get("detail")
         if hook.id == HA_HOOK_ID and detail in _NOT_A_FAILURE:
-            await self.hooks.record(run("skipped", f"stopped by the guest or by design "
-                                                   f"({detail}), not a failure"))
+            await self.hooks.record(
+                run("skipped", f"stopped by the guest or by design ({detail}), not a failure")
+            )
             return
         if await self.hooks.within_window(hook, subject):
             await self.hooks.record(

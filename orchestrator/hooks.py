@@ -100,13 +100,19 @@ class HookStore:
         value: str | None = await self.redis.get(keys.hook_secret(hook_id))
         return value
 
-    async def first_firing(self, hook: Hook, event: Event, subject: str) -> bool:
-        """Claim this (hook, event, subject): False when another router already did (at
-        least once delivery: a re-read event must not fire the hook again)."""
-        ok = await self.redis.set(
-            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "1", nx=True, ex=7 * 86400
+    async def claim_firing(self, hook: Hook, event: Event, subject: str, lease_ms: int) -> str:
+        """Claim this (hook, event, subject) for `lease_ms`: "claimed" (act now), "done"
+        (acted on already) or "busy" (another router is acting; if it died, the lease
+        lapses and the firing is claimed again: at least once)."""
+        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        if await self.redis.set(key, "busy", nx=True, px=lease_ms):
+            return "claimed"
+        return "done" if await self.redis.get(key) == "done" else "busy"
+
+    async def finish_firing(self, hook: Hook, event: Event, subject: str) -> None:
+        await self.redis.set(
+            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=7 * 86400
         )
-        return bool(ok)
 
     async def within_window(self, hook: Hook, subject: str) -> bool:
         """Flood control: True (and counted) when the hook fired for `subject` recently."""

@@ -37,7 +37,8 @@ Hooks (owner: API for definitions, router for firings)
 - hook:{id}               string JSON of Hook;  hooksecret:{id} string its webhook secret
 - hookruns:{id}           list   JSON HookRun, newest first, trimmed to 1000
 - hooksuppressed:{id}     string count of firings skipped by flood control
-- hookfired:{id}:{event}  string set once per (hook, event); TTL 7 days (at-least-once)
+- hookfired:{id}:{ev}:{s} string "busy" while a router acts (PX hook_lease_ms), then "done"
+                                 (TTL 7 days): each (hook, event, subject) acts once
 - hookflood:{id}:{subj}   string present while the hook's window for a subject is open
 HA and alerts (owner: router and the HA workflow)
 - harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window
@@ -175,7 +176,7 @@ def hook_flood(hook_id: str, subject: str) -> str:
     return f"{PREFIX}hookflood:{hook_id}:{subject}"
 
 
-ROUTERS_GROUP = "routers"  # the consumer group of routers on the event stream
+ROUTERS_GROUP = "routers"  # the default consumer group of routers (setting router_group)
 ALERTS = f"{PREFIX}alerts"
 
 

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
 
     # Routers: a dead router's unacknowledged events are claimed after this long.
     claim_idle_ms: int = Field(default=5000, ge=100)
+    router_group: str = "routers"
+    # A hook firing in progress is one router's for this long; a router that died in the
+    # middle loses it, and another router fires again (hook actions are idempotent).
+    hook_lease_ms: int = Field(default=30_000, ge=100)
     # Webhooks go only to these targets: host, host:port or CIDR (empty: none at all).
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
