@@ -132,8 +132,16 @@ JobRequest = Annotated[
 ]
 
 VM_OPERATIONS = frozenset(
-    {"vm.start", "vm.stop", "vm.kill", "vm.restart", "vm.suspend", "vm.resume", "vm.delete",
-     "vm.ha_restart"}
+    {
+        "vm.start",
+        "vm.stop",
+        "vm.kill",
+        "vm.restart",
+        "vm.suspend",
+        "vm.resume",
+        "vm.delete",
+        "vm.ha_restart",
+    }
 )
 
 job_request_adapter: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)

@@ -19,6 +19,7 @@ from orchestrator.api.middleware import (
 )
 from orchestrator.api.openapi import build_openapi
 from orchestrator.api.routing import Query, Route
+from orchestrator.api.streams import setup_streams, stream_routes
 from orchestrator.broker import TaskMessages
 from orchestrator.dispatch import Dispatcher
 from orchestrator.hooks import HookStore
@@ -117,7 +118,7 @@ def make_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[errors_middleware, auth_middleware]
     )
-    table = routes() + hook_routes()
+    table = routes() + hook_routes() + stream_routes()
     spec = build_openapi(table, VERSION)
     app[ROUTE_ROLES] = {(r.method, r.path): r.role for r in table}
     app[MAX_BODY] = settings.max_body_bytes
@@ -150,4 +151,5 @@ def make_app(
             await r.aclose()
 
     app.cleanup_ctx.append(lifecycle)
+    setup_streams(app)  # open SSE streams end at shutdown instead of holding it up
     return app

@@ -16,7 +16,7 @@ from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 log = logging.getLogger("vmorch.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-TOKEN_INFO = "vmorch_token"
+TOKEN_INFO = web.RequestKey("vmorch_token", TokenInfo)
 TOKENS_KEY = web.AppKey("vmorch_tokens", TokenStore)
 ROUTE_ROLES = web.AppKey("vmorch_route_roles", dict)
 MAX_BODY = web.AppKey("vmorch_max_body_bytes", int)

@@ -1,11 +1,9 @@
 """The event stream over HTTP: a filtered listing, Server-Sent Events, and one job followed live.
 
-Blocking reads (XREAD BLOCK) run on a dedicated Redis connection per SSE stream: a pool of one,
-cloned from the app's client settings with a socket timeout longer than the block, and closed
-when the stream ends. The shared client is not used for them because redis-py's pool holds at
-most 100 connections (every blocked stream would hold one, and other requests would fail once
-they are taken) and times reads out after 5 s by default. A stream ends when the client goes
-(checked every POLL_S while blocked) or when the app shuts down (`setup_streams`).
+Each SSE stream blocks in XREAD on its own Redis connection (a pool of one cloned from the app's
+client, closed when the stream ends), not on the shared client: redis-py's pool holds at most 100
+connections, which blocked streams would take from every other request, and times reads out
+after 5 s. A stream ends when its client goes (looked at every POLL_S) or the app shuts down.
 """
 
 from __future__ import annotations
@@ -45,7 +43,11 @@ STOPPING = web.AppKey("vmorch_streams_stopping", asyncio.Event)
 Entry = tuple[str, dict[str, str]]
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _U64 = 2**64 - 1
-_POOL_OWNED = {"maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler"}
+_POOL_OWNED = {  # redis-py 8 puts objects bound to the shared pool among the kwargs
+    "maint_notifications_pool_handler",
+    "oss_cluster_maint_notifications_handler",
+    "orig_socket_timeout",
+}
 _TERMINAL = {f"job.{s.value}" for s in JobState if s.terminal}
 
 
@@ -61,51 +63,39 @@ class EventPage(Frozen):
 
 
 def setup_streams(app: web.Application) -> None:
-    """Make open streams end cleanly on shutdown instead of at aiohttp's shutdown timeout."""
-    stop = asyncio.Event()
+    """Call before startup: open streams then end at once on shutdown, not after aiohttp's
+    shutdown timeout (60 s in run_app) has run out and cancelled them."""
+    app[STOPPING] = stop = asyncio.Event()
 
     async def stopping(_: web.Application) -> None:
         stop.set()
 
-    app[STOPPING] = stop
     app.on_shutdown.append(stopping)
 
 
-# --- input --------------------------------------------------------------------------------
-def _stream_id(raw: str, loc: list[str | int]) -> tuple[int, int]:
+def _start(request: web.Request, header: bool = True) -> str | None:
+    """The entry id to read after (Last-Event-ID, else ?after=), normalized, or None."""
+    raw, loc = request.query.get("after"), ["query", "after"]
+    if header and request.headers.get("Last-Event-ID"):
+        raw, loc = request.headers["Last-Event-ID"], ["header", "Last-Event-ID"]
+    if not raw:
+        return None
     m = _ID.match(raw)
     if m is None or max(int(m[1]), int(m[2] or 0)) > _U64:
         raise ValidationFailed(
-            f"{loc[-1]} is not a stream entry id",
-            details=[(loc, "must be <ms>-<seq> as in stream_id (a bare <ms> means <ms>-0)")],
+            f"{loc[1]} is not a stream entry id",
+            details=[(list(loc), "must be <ms>-<seq> as in stream_id (<ms> means <ms>-0)")],
         )
-    return int(m[1]), int(m[2] or 0)
-
-
-def _start(request: web.Request) -> str | None:
-    """The entry id to read after: Last-Event-ID, else ?after=, else None."""
-    header, after = request.headers.get("Last-Event-ID"), request.query.get("after")
-    if header:
-        ms, seq = _stream_id(header, ["header", "Last-Event-ID"])
-    elif after:
-        ms, seq = _stream_id(after, ["query", "after"])
-    else:
-        return None
-    return f"{ms}-{seq}"
+    return f"{int(m[1])}-{int(m[2] or 0)}"
 
 
 def _matcher(request: web.Request) -> Callable[[Event], bool]:
-    q = request.query
-    glob, subject, source = q.get("type") or None, q.get("subject") or None, q.get("source") or None
-
-    def match(ev: Event) -> bool:
-        return (
-            (glob is None or fnmatch.fnmatchcase(ev.type, glob))
-            and (subject is None or ev.subject == subject)
-            and (source is None or ev.source == source)
-        )
-
-    return match
+    glob, subject, source = (request.query.get(k) or None for k in ("type", "subject", "source"))
+    return lambda ev: (
+        (glob is None or fnmatch.fnmatchcase(ev.type, glob))
+        and subject in (None, ev.subject)
+        and source in (None, ev.source)
+    )
 
 
 def _decode(eid: str, fields: dict[str, str]) -> StreamEvent | None:
@@ -116,18 +106,13 @@ def _decode(eid: str, fields: dict[str, str]) -> StreamEvent | None:
         return None
 
 
-# --- listing ------------------------------------------------------------------------------
 async def list_events(request: web.Request) -> web.Response:
     match = _matcher(request)
     limit = _query_int(request, "limit", 100, 1, 1000)
-    after = request.query.get("after")
-    if after:
-        ms, seq = _stream_id(after, ["query", "after"])
-        if (ms, seq) == (_U64, _U64):  # the largest id: Redis refuses an interval after it
-            return respond(EventPage(items=[]))
-        start = f"({ms}-{seq}"
-    else:
-        start = "-"
+    after = _start(request, header=False)
+    if after == f"{_U64}-{_U64}":  # the largest id: Redis refuses an interval after it
+        return respond(EventPage(items=[]))
+    start = f"({after}" if after else "-"
     redis = request.app[JOBS].redis
     items: list[StreamEvent] = []
     scanned, last = 0, ""
@@ -147,20 +132,11 @@ async def list_events(request: web.Request) -> web.Response:
     return respond(EventPage(items=items, next_after=last))
 
 
-# --- Server-Sent Events -------------------------------------------------------------------
 def _sse(eid: str | None, type_: str, data: str) -> bytes:
     lines = [f"id: {eid}"] if eid else []
     lines.append("event: " + " ".join(type_.splitlines()))
     lines += [f"data: {line}" for line in data.splitlines() or [""]]
     return ("\n".join(lines) + "\n\n").encode()
-
-
-async def _open(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    resp.content_type = "text/event-stream"
-    await resp.prepare(request)
-    await resp.write(b": connected\n\n")  # sends the headers now, not with the first event
-    return resp
 
 
 async def _last_id(redis: aredis.Redis) -> str:
@@ -170,11 +146,7 @@ async def _last_id(redis: aredis.Redis) -> str:
 
 def _dedicated(shared: aredis.Redis) -> aredis.Redis:
     pool = shared.connection_pool
-    kw = {
-        k: v
-        for k, v in pool.connection_kwargs.items()
-        if k not in _POOL_OWNED and not k.startswith("orig_")
-    }
+    kw = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
     kw.update(socket_timeout=BLOCK_MS / 1000 + 10, decode_responses=True)
     own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **kw)
     return aredis.Redis.from_pool(own)
@@ -190,12 +162,8 @@ async def _gone(request: web.Request, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), POLL_S)
 
 
-def _entries(reply: Any) -> list[Entry]:
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # RESP3
-        return list(next(iter(reply.values()))[0])
-    return list(reply[0][1])
+def _entries(reply: Any) -> list[Entry]:  # XREAD's reply for one stream, RESP2 or RESP3
+    return list(next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1])
 
 
 async def _tail(request: web.Request, after: str) -> AsyncGenerator[list[Entry]]:
@@ -211,7 +179,7 @@ async def _tail(request: web.Request, after: str) -> AsyncGenerator[list[Entry]]
             await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not read.done():
                 return
-            batch = _entries(read.result())
+            batch = _entries(read.result()) if read.result() else []
             if batch:
                 after = batch[-1][0]
             yield batch
@@ -226,29 +194,35 @@ async def _tail(request: web.Request, after: str) -> AsyncGenerator[list[Entry]]
 
 async def _follow(
     request: web.Request,
-    resp: web.StreamResponse,
     after: str,
     match: Callable[[Event], bool],
     until: Callable[[Event], bool] = lambda _: False,
-) -> None:
-    """Write matching events after `after` until `until(event)`, the client goes or the app
-    stops."""
-    written = time.monotonic()
+    first: bytes = b": connected\n\n",
+    follow: bool = True,
+) -> web.StreamResponse:
+    """Answer with SSE: `first`, then the matching events after `after` until `until(event)`,
+    the client goes or the app stops."""
+    resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    resp.content_type = "text/event-stream"
+    await resp.prepare(request)
     try:
-        async with contextlib.aclosing(_tail(request, after)) as batches:
-            async for batch in batches:
-                for eid, fields in batch:
-                    ev = _decode(eid, fields)
-                    if ev is None or not match(ev):
-                        continue
-                    await resp.write(_sse(eid, ev.type, fields["e"]))
-                    written = time.monotonic()
-                    if until(ev):
-                        await resp.write_eof()
-                        return
-                if not batch or time.monotonic() - written >= KEEPALIVE_S:
-                    await resp.write(b": keep-alive\n\n")
-                    written = time.monotonic()
+        await resp.write(first)  # sends the headers now, not with the first event
+        written = time.monotonic()
+        if follow:
+            async with contextlib.aclosing(_tail(request, after)) as batches:
+                async for batch in batches:
+                    for eid, fields in batch:
+                        ev = _decode(eid, fields)
+                        if ev is None or not match(ev):
+                            continue
+                        await resp.write(_sse(eid, ev.type, fields["e"]))
+                        written = time.monotonic()
+                        if until(ev):
+                            await resp.write_eof()
+                            return resp
+                    if not batch or time.monotonic() - written >= KEEPALIVE_S:
+                        await resp.write(b": keep-alive\n\n")
+                        written = time.monotonic()
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away while we wrote
@@ -256,69 +230,45 @@ async def _follow(
         log.exception("event stream read failed; ending the stream (clients resume)")
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
+    return resp
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     match = _matcher(request)
     after = _start(request) or await _last_id(request.app[JOBS].redis)
-    resp = await _open(request)
-    await _follow(request, resp, after, match)
-    return resp
+    return await _follow(request, after, match)
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
+    """Duplicates: events after `after` that the snapshot already shows are sent as well."""
     store, job_id = request.app[JOBS], request.match_info["job_id"]
     after = await _last_id(store.redis)  # before the snapshot: no transition falls in between
     job = await store.get(job_id)  # NotFound: 404
-    resp = await _open(request)
-    try:
-        await resp.write(_sse(None, "job.snapshot", job.model_dump_json()))
-        if job.state.terminal:
-            await resp.write_eof()
-            return resp
-    except ConnectionResetError:
-        return resp
-
-    def until(ev: Event) -> bool:
-        return ev.type in _TERMINAL
-
-    await _follow(request, resp, after, lambda ev: ev.subject == job_id, until)
-    return resp
+    return await _follow(
+        request,
+        after,
+        lambda ev: ev.subject == job_id,
+        lambda ev: ev.type in _TERMINAL,
+        first=_sse(None, "job.snapshot", job.model_dump_json()),
+        follow=not job.state.terminal,
+    )
 
 
 def stream_routes() -> list[Route]:
-    viewer = Role.VIEWER
-    filters = (
+    """This module's routes (role viewer), for the app's route table."""
+    q = (
         Query("type", "event type, an fnmatch glob (vm.lifecycle.*)"),
         Query("subject", "exact subject (a job or VM id)"),
         Query("source", "exact source (libvirt://server-1)"),
+        Query("after", "stream_id to start after (exclusive); SSE: new events only without it"),
     )
-    after = Query("after", "stream_id to start after (exclusive)")
+    limit = Query("limit", "page size (1-1000)", {"type": "integer"})
+    resume = (Query("Last-Event-ID", "resume after this stream_id (wins over after)"),)
+    sse = "Follow events as text/event-stream (SSE id: stream_id, event: type)"
+    job = "Follow one job as text/event-stream: job.snapshot, then its events until it ends"
+    lst, v = "Events oldest first, filtered, paged by next_after", Role.VIEWER
     return [
-        Route(
-            "GET",
-            "/v1/events",
-            list_events,
-            "Events oldest first, filtered; paged by next_after",
-            viewer,
-            response=EventPage,
-            query=(*filters, after, Query("limit", "page size (1-1000)", {"type": "integer"})),
-        ),
-        Route(
-            "GET",
-            "/v1/events/stream",
-            stream_events,
-            "Follow events as text/event-stream (SSE id: stream_id; new events only unless "
-            "Last-Event-ID or after is given)",
-            viewer,
-            query=(*filters, after),
-            headers=(Query("Last-Event-ID", "resume after this stream_id"),),
-        ),
-        Route(
-            "GET",
-            "/v1/jobs/{job_id}/stream",
-            stream_job,
-            "Follow one job as text/event-stream: job.snapshot, then its events until it ends",
-            viewer,
-        ),
+        Route("GET", "/v1/events", list_events, lst, v, response=EventPage, query=(*q, limit)),
+        Route("GET", "/v1/events/stream", stream_events, sse, v, query=q, headers=resume),
+        Route("GET", "/v1/jobs/{job_id}/stream", stream_job, job, v),
     ]

@@ -265,3 +265,42 @@ def test_a_missed_transition_is_emitted_after_the_server_comes_back(
     assert missed[-1]["data"]["observed_after_reconnect"] is True
     ups = [e for e in events(redis_url, "server.up") if e["subject"] == "srv-b1"]
     assert ups and ups[-1]["time"] >= missed[-1]["time"]
+
+
+def test_ha_vms_of_a_server_that_went_down_are_relocated(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    redis_url: str,
+    lab: tuple[Lab, Inventory],
+    fleet: Inventory,
+) -> None:
+    # given an HA VM and a plain VM running on srv-a1
+    ha = api.run({**CREATE, "name": "mover", "ha": True, "server": "srv-a1"})
+    plain = api.run({**CREATE, "name": "stayer", "server": "srv-a1"})
+    assert ha["state"] == plain["state"] == "succeeded"
+    try:
+        # when srv-a1's hypervisor dies
+        lab[0].kill_server("srv-a1")
+        # then the HA VM is defined and started on the pool's other server, the plain one not
+        fired = wait_until(
+            lambda: [r for r in runs(api, "builtin-ha") if r["outcome"] == "submitted"],
+            20,
+            "HA on server.down",
+        )
+        assert [r["subject"] for r in fired] == [ha["links"]["vm_id"]]
+        assert fired[0]["event_type"] == "server.down"
+        moved = api.wait(fired[0]["job_id"], timeout_s=60)
+        assert moved["state"] == "succeeded", moved
+        place = next(s for s in moved["steps"] if s["name"] == "ha_place")
+        assert place["outputs"]["relocated"] is True and place["outputs"]["server"] == "srv-a2"
+        [(server, dom)] = [
+            x
+            for x in find_domains(
+                Inventory(servers=[s for s in fleet.servers if s.name != "srv-a1"]), "mover"
+            )
+        ]
+        assert server == "srv-a2" and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert api.request("GET", "/v1/vms/mover")[1]["server"] == "srv-a2"
+    finally:
+        lab[0].restart_server("srv-a1")

@@ -221,3 +221,25 @@ def test_aborting_a_queued_job_behind_others_does_not_redispatch_the_head(fleet:
     assert fleet.broker.pending() == [first.id]  # no duplicate for the head
     fleet.drain()
     assert fleet.get(third.id).state == JobState.ABORTED
+
+
+def test_ha_restarts_past_the_budget_leave_the_vm_stopped_with_an_alert(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    from orchestrator.alerts import AlertStore
+
+    created = create(fleet, "vm10")
+    vm_id = created.links.vm_id
+    outcomes = []
+    for _ in range(4):  # the budget is 3 restarts per window by default
+        conn.lookupByName("vm10").destroy()
+        job = fleet.submit({"kind": "vm.ha_restart", "vm": "vm10", "reason": "test"})
+        fleet.drain()
+        outcomes.append(fleet.get(job.id).state)
+    assert outcomes == [JobState.SUCCEEDED] * 3 + [JobState.FAILED]
+    assert not conn.lookupByName("vm10").isActive()  # left stopped
+    alerts = fleet.run(AlertStore(fleet.redis).all())
+    assert [a.type for a in alerts] == ["vm.ha.exhausted"] and alerts[0].subject == vm_id
+    acked = fleet.run(AlertStore(fleet.redis).acknowledge(alerts[0].id, "ops"))
+    assert acked.acknowledged_by == "ops"
+    assert fleet.run(AlertStore(fleet.redis).all()) == []
