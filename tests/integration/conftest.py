@@ -346,3 +346,45 @@ def find_domains(inv: Inventory, name: str) -> list[tuple[str, libvirt.virDomain
             if d.name() == name:
                 found.append((s.name, d))
     return found
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1, served from a thread of the test process; it
+    answers each POST to /hook after `delay_s` and keeps (headers, body) of each."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        import threading
+
+        from aiohttp import web
+
+        self.delay_s = delay_s
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+        ready = threading.Event()
+
+        async def hook(request: web.Request) -> web.Response:
+            self.got.append((dict(request.headers), await request.read()))
+            await asyncio.sleep(self.delay_s)
+            return web.Response(status=204)
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_post("/hook", hook)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(start())
+            loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+
+    @property
+    def deliveries(self) -> list[str]:
+        return [h["X-Vmorch-Delivery"] for h, _ in self.got]

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import libvirt
 import pytest
 import redis
-from aiohttp import web
 
 from orchestrator import keys
 from orchestrator.lab import Lab
 from orchestrator.webhooks import verify
 from schemas.inventory import Inventory
-from tests.integration.conftest import Api, Proc, find_domains, wait_until
+from tests.integration.conftest import Api, Proc, WebhookReceiver, find_domains, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,43 +108,13 @@ def test_a_guest_shutdown_is_not_a_failure(
     assert "shutdown" in ha_runs[0]["detail"]
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1, in a thread of this test process."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._run, daemon=True).start()
-        self._ready.wait(10)
-
-    def _run(self) -> None:
-        async def hook(request: web.Request) -> web.Response:
-            self.got.append((dict(request.headers), await request.read()))
-            return web.Response(status=204)
-
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_post("/hook", hook)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._ready.set()
-
-        self._loop.run_until_complete(start())
-        self._loop.run_forever()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    yield Receiver()
+def receiver() -> Iterator[WebhookReceiver]:
+    yield WebhookReceiver()
 
 
 def test_a_webhook_is_signed_and_a_disallowed_target_refused(
-    api: Api, receiver: Receiver, redis_url: str, fleet: Inventory
+    api: Api, receiver: WebhookReceiver, redis_url: str, fleet: Inventory
 ) -> None:
     # given a hook posting test.* events to an allowed local receiver, and one to a host the
     # operator did not allow

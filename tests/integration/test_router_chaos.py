@@ -8,56 +8,21 @@ import asyncio
 import os
 import signal
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aredis
-from aiohttp import web
 
 from orchestrator import keys
 from orchestrator.events import make_event
 from orchestrator.hooks import HookStore
 from orchestrator.redis_server import RedisServer
 from schemas.hooks import HookSpec
-from tests.integration.conftest import Proc, wait_until
+from tests.integration.conftest import Proc, WebhookReceiver, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class SlowReceiver:
-    """Answers each webhook after `delay_s`, long enough to kill a router mid-delivery."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.deliveries: list[str] = []
-        self.port = 0
-        ready = threading.Event()
-
-        def serve() -> None:
-            async def hook(request: web.Request) -> web.Response:
-                self.deliveries.append(request.headers["X-Vmorch-Delivery"])
-                await asyncio.sleep(self.delay_s)
-                return web.Response(status=204)
-
-            async def start() -> None:
-                app = web.Application()
-                app.router.add_post("/hook", hook)
-                runner = web.AppRunner(app)
-                await runner.setup()
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-                ready.set()
-
-            loop = asyncio.new_event_loop()
-            loop.run_until_complete(start())
-            loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        ready.wait(10)
 
 
 @pytest.fixture
@@ -69,7 +34,7 @@ def private_redis() -> Iterator[str]:
 
 
 def test_a_router_killed_mid_event_loses_nothing(private_redis: str) -> None:
-    receiver = SlowReceiver(delay_s=2.0)
+    receiver = WebhookReceiver(delay_s=2.0)
     env = {
         **os.environ,
         "VMORCH_REDIS_URL": private_redis,
