@@ -5,8 +5,8 @@
 It registers libvirt's default event loop (on a thread, as the agent does) and a lifecycle
 callback on one connection to the daemon, and only counts suspended/resumed events with the
 time of the first and the last. It prints "ready" once registered, and one JSON line
-{"count", "first", "last"} when it got `--expect` events, when none came for `--idle-s`
-after the first, or after `--max-s`.
+{"count", "first", "last", "cpu_s"} (cpu_s: this process's CPU since "ready") when it got
+`--expect` events, when none came for `--idle-s` after the first, or after `--max-s`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
         None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, counter.on_lifecycle, None
     )
     print("ready", flush=True)
+    cpu0 = time.process_time()
     deadline = time.monotonic() + args.max_s
     while time.monotonic() < deadline:
         time.sleep(0.05)
@@ -71,7 +72,14 @@ def main() -> None:
                 break
     with counter.lock:
         print(
-            json.dumps({"count": counter.count, "first": counter.first, "last": counter.last}),
+            json.dumps(
+                {
+                    "count": counter.count,
+                    "first": counter.first,
+                    "last": counter.last,
+                    "cpu_s": time.process_time() - cpu0,
+                }
+            ),
             flush=True,
         )
     conn.close()

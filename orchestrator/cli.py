@@ -251,8 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--token", default=None)
         sp.set_defaults(fn=fn)
         if name == "get":
-            sp.add_argument("what", choices=["vms", "pools", "servers", "templates", "queue",
-                                             "hooks", "alerts", "events"])
+            sp.add_argument(
+                "what",
+                choices=[
+                    "vms",
+                    "pools",
+                    "servers",
+                    "templates",
+                    "queue",
+                    "hooks",
+                    "alerts",
+                    "events",
+                ],
+            )
             continue
         jsub = sp.add_subparsers(dest="jobs_cmd", required=True)
         js = jsub.add_parser("submit")

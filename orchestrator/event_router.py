@@ -10,8 +10,10 @@ subject) fires once, so a re-read event does not act twice.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import socket
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -74,6 +76,7 @@ class EventRouter:
         self.sender = WebhookSender(WebhookAllowList(settings.webhook_allowed_hosts))
         self.consumer = f"{socket.gethostname()}-{id(self):x}"
         self.group = settings.router_group
+        self._next_claim = 0.0
 
     async def setup(self) -> None:
         try:
@@ -101,16 +104,21 @@ class EventRouter:
         await self.sender.close()
 
     async def step(self, block_ms: int = 1000) -> int:
-        """Claim a dead router's stale entries, read new ones, handle and ack each."""
-        _, claimed, _ = await self.redis.xautoclaim(
-            keys.EVENTS,
-            self.group,
-            self.consumer,
-            min_idle_time=self.settings.claim_idle_ms,
-            start_id="0-0",
-            count=100,
-        )
-        entries = list(claimed)
+        """Claim a dead router's stale entries (every claim_idle_ms/2), read new ones,
+        handle and ack each."""
+        entries: list[Any] = []
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.settings.claim_idle_ms / 2000
+            _, claimed, _ = await self.redis.xautoclaim(
+                keys.EVENTS,
+                self.group,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id="0-0",
+                count=100,
+            )
+            entries = list(claimed)
         if not entries:
             read = await self.redis.xreadgroup(
                 self.group, self.consumer, {keys.EVENTS: ">"}, count=100, block=block_ms
@@ -128,8 +136,19 @@ class EventRouter:
         for job_id in await self.waits.on_event(sid, event):
             job = await self.jobs.get(job_id)
             await self.dispatcher.dispatch(job_id, job.queue)
+        hooks = [
+            h
+            for h in await self.hooks.all()
+            if h.enabled and any(fnmatch.fnmatchcase(event.type, t) for t in h.match.types)
+        ]
+        if not hooks:
+            return True  # most events (job.* echoes among them) concern no hook
         caused_by = event.data.get("caused_by_job")
-        if caused_by is None and event.type.startswith("vm."):
+        if (
+            caused_by is None
+            and event.type.startswith("vm.")
+            and not event.source.startswith("libvirt://")
+        ):  # the agent has attributed already
             caused_by = await self.expectations.attribute(event, self.jobs)
         vm = (
             await self.inventory.find_vm(event.subject)
@@ -137,9 +156,7 @@ class EventRouter:
             else None
         )
         complete = True
-        for hook in await self.hooks.all():
-            if not hook.enabled:
-                continue
+        for hook in hooks:
             for subject, target in await self._targets(hook, event, vm):
                 complete &= await self._fire(hook, event, subject, target, caused_by)
         return complete
