@@ -82,7 +82,6 @@ class InventoryStore:
                 vm = vm.model_copy(
                     update={
                         "state": VmState(obs["state"]),
-                        "server": obs.get("server") or vm.server,
                         "observed_at": obs["observed_at"],
                     }
                 )
@@ -121,13 +120,12 @@ class InventoryStore:
         await pipe.execute()
 
     async def set_vm_state(self, vm_id: str, state: VmState, server: str | None = None) -> None:
-        """Record what was observed on the hypervisor. VMs vmorch does not know are ignored."""
+        """Record what was observed on the hypervisor. VMs vmorch does not know are ignored,
+        and a server's report (`server` given) only counts for a VM placed on that server."""
         fields = {"state": state.value, "observed_at": utcnow().isoformat()}
-        if server is not None:
-            fields["server"] = server
         await self._set_state(
             keys=[keys.vm(vm_id), keys.vm_state(vm_id)],
-            args=[x for kv in fields.items() for x in kv],
+            args=[server or "", *(x for kv in fields.items() for x in kv)],
         )
 
     async def delete_vm(self, vm_id: str) -> None:

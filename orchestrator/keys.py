@@ -20,8 +20,9 @@ Inventory (owner: inventory store; lifetime: until removed)
 - pool:{name} / server:{name} / template:{name}   string  JSON of the model
 - pools / servers / templates                      set     names
 - vm:{id}                 string JSON of Vm, as provisioned (owner: workflows)
-- vmstate:{id}            hash   state, server, observed_at: last observed on the hypervisor
-                                 (owner: agent and workflows; read over the record)
+- vmstate:{id}            hash   state, observed_at: last observed on the hypervisor (owner:
+                                 agent and workflows; read over the record, which alone says
+                                 where the VM is placed)
 - vms                     zset   vm id -> created ms
 - vmname:{name}           string vm id (names are unique)
 Auth

@@ -135,8 +135,15 @@ return ids
 """
 
 SET_VM_STATE = """
--- KEYS: vm vmstate   ARGV: field value ...  (only for a VM that still has a record)
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV))
+-- KEYS: vm vmstate   ARGV: reporting server ('' for a workflow), then field value ...
+-- Only for a VM that still has a record, and, from a server's agent, only for a VM placed
+-- on that server: the old server of a relocated VM must not report it gone.
+local doc = redis.call('GET', KEYS[1])
+if not doc then return 0 end
+if ARGV[1] ~= '' then
+  local placed = cjson.decode(doc)['server']
+  if placed ~= nil and placed ~= cjson.null and placed ~= ARGV[1] then return 0 end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 return 1
 """

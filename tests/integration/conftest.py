@@ -163,12 +163,13 @@ def agents(
         s.name: Proc(["agent", "--server", s.name], env, workdir / f"agent-{s.name}.log")
         for s in lab[1].servers
     }
-    for name, p in procs.items():
-        wait_until(
-            lambda p=p: "server.up" in _events_of(redis_url) or p.p.poll() is not None,
-            30,
-            f"agent {name}",
-        )
+
+    def up(name: str) -> bool:
+        assert procs[name].p.poll() is None, procs[name].output()
+        return f'"type":"server.up","subject":"{name}"' in _events_of(redis_url)
+
+    for name in procs:
+        wait_until(lambda name=name: up(name), 30, f"agent {name} to connect")
     yield procs
     for p in procs.values():
         p.stop()
@@ -206,9 +207,12 @@ def _clean_lab(lab: Lab, inv: Inventory) -> None:
 @pytest.fixture
 def fleet(redis_url: str, lab: tuple[Lab, Inventory], router: Proc) -> Iterator[Inventory]:
     """A clean fleet: our private Redis flushed and reloaded, the lab's servers emptied."""
-    _clean_lab(*lab)
+    # Forget the last test's fleet before emptying the servers, so that destroying its HA
+    # VMs does not set HA to work (the VMs are unknown by then); empty Redis again after.
     r = redis.Redis.from_url(redis_url)
     r.flushall()  # our own private server, started by this session
+    _clean_lab(*lab)
+    r.flushall()
     r.close()
 
     async def load() -> None:

@@ -104,7 +104,10 @@ def test_a_guest_shutdown_is_not_a_failure(
     wait_until(lambda: r.xpending(keys.EVENTS, keys.ROUTERS_GROUP)["pending"] == 0, 10)
     r.close()
     ha_runs = runs(api, "builtin-ha")
-    assert [x["outcome"] for x in ha_runs] == ["skipped"]
+    assert [x["outcome"] for x in ha_runs] == ["skipped"], (
+        ha_runs,
+        events(redis_url, subject=job["links"]["vm_id"]),
+    )
     assert "shutdown" in ha_runs[0]["detail"]
 
 
