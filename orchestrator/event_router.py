@@ -42,7 +42,7 @@ from schemas.hooks import (
     SubmitJobAction,
     WebhookAction,
 )
-from schemas.inventory import Vm
+from schemas.inventory import Vm, VmState
 from schemas.jobs import JobLinks
 from schemas.requests import job_request_adapter
 
@@ -133,9 +133,19 @@ class EventRouter:
 
     async def handle(self, sid: str, event: Event) -> bool:
         """Act on one event. False when a hook firing is still in another router's hands."""
+        vm = None
+        if event.subject and event.type.startswith("vm."):
+            vm = await self.inventory.find_vm(event.subject)
+            reporter = event.data.get("server")
+            if vm is not None and vm.server and reporter and reporter != vm.server:
+                # from a server the VM has left (its old server, back after a relocation):
+                # it says nothing about the VM, neither to waits nor to hooks
+                return True
         for job_id in await self.waits.on_event(sid, event):
             job = await self.jobs.get(job_id)
             await self.dispatcher.dispatch(job_id, job.queue)
+        if event.type.startswith("job.") and event.data.get("hook_id"):
+            return True  # a job a hook started fires no hooks: no hook can loop on itself
         hooks = [
             h
             for h in await self.hooks.all()
@@ -150,11 +160,6 @@ class EventRouter:
             and not event.source.startswith("libvirt://")
         ):  # the agent has attributed already
             caused_by = await self.expectations.attribute(event, self.jobs)
-        vm = (
-            await self.inventory.find_vm(event.subject)
-            if event.subject and event.type.startswith("vm.")
-            else None
-        )
         complete = True
         for hook in hooks:
             for subject, target in await self._targets(hook, event, vm):
@@ -174,7 +179,7 @@ class EventRouter:
             return [
                 (v.id, v)
                 for v in await self.inventory.vms()
-                if v.ha and v.server == server and v.state.value == "running"
+                if v.ha and v.server == server and v.desired_state == VmState.RUNNING
             ]
         if vm is None or not vm.ha or not matches(hook.match, event, vm):
             return []
@@ -211,12 +216,18 @@ class EventRouter:
             await self.hooks.record(run("skipped", f"caused by job {caused_by}", caused_by))
             return
         detail = event.data.get("detail")
+        if hook.id == HA_HOOK_ID and vm is not None and vm.desired_state != VmState.RUNNING:
+            # a VM a job stopped, even if the stop is only seen late (after a reconnect)
+            await self.hooks.record(
+                run("skipped", f"the VM is not meant to run (desired {vm.desired_state})")
+            )
+            return
         if hook.id == HA_HOOK_ID and detail in _NOT_A_FAILURE:
             await self.hooks.record(
                 run("skipped", f"stopped by the guest or by design ({detail}), not a failure")
             )
             return
-        if await self.hooks.within_window(hook, subject):
+        if await self.hooks.within_window(hook, subject, f"{event.id}:{subject}"):
             await self.hooks.record(
                 run("suppressed", f"fired for {subject} within {hook.window_s:g}s")
             )
@@ -228,9 +239,11 @@ class EventRouter:
     ) -> HookRun:
         action = hook.action
         if isinstance(action, SubmitJobAction):
+            # VM names and ids come from vmorch's inventory, never from the event (a domain
+            # vmorch does not manage may be named like one it does)
             values = {
-                "vm_id": vm.id if vm else str(event.data.get("vm_id", "")),
-                "vm_name": vm.name if vm else str(event.data.get("vm_name", "")),
+                "vm_id": vm.id if vm else "",
+                "vm_name": vm.name if vm else "",
                 "server": str(event.data.get("server", "")),
                 "pool": vm.pool if vm else str(event.data.get("pool", "")),
                 "event_id": event.id,

@@ -32,8 +32,12 @@ class Expectations:
     async def expect(self, vm_id: str, job_id: str, types: list[str]) -> None:
         """Record that `job_id` is about to cause events of `types` on the VM."""
         key = keys.expectations(vm_id)
+        # merged with what the job expected before (a restart expects the stop's events too,
+        # which may arrive after it has declared the start's)
+        before = await self.redis.hget(key, job_id)
+        merged = sorted(set(json.loads(before) if before else []) | set(types))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, job_id, json.dumps(types))
+        pipe.hset(key, job_id, json.dumps(merged))
         pipe.expire(key, TTL_S)
         await pipe.execute()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import secrets
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from schemas.hooks import Hook, HookMatch, HookRun, HookSpec, WebhookAction
 from schemas.inventory import Vm
 
 RUNS_KEPT = 1000  # firings kept per hook
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 def matches(match: HookMatch, event: Event, vm: Vm | None) -> bool:
@@ -73,15 +75,19 @@ class HookStore:
         ids = sorted(await self.redis.smembers(keys.HOOKS))
         return [await self.get(i) for i in ids]
 
-    async def replace(self, hook_id: str, spec: HookSpec) -> Hook:
+    async def replace(self, hook_id: str, spec: HookSpec) -> tuple[Hook, str | None]:
+        """Replace a hook's definition; returns a new webhook secret if it needed one."""
         old = await self.get(hook_id)
         hook = Hook(**spec.model_dump(), id=hook_id, created_at=old.created_at, builtin=old.builtin)
+        secret = None
+        if isinstance(spec.action, WebhookAction) and not await self.secret(hook_id):
+            secret = secrets.token_urlsafe(32)
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.hook(hook_id), hook.model_dump_json())
-        if isinstance(spec.action, WebhookAction) and not await self.secret(hook_id):
-            pipe.set(keys.hook_secret(hook_id), secrets.token_urlsafe(32))
+        if secret:
+            pipe.set(keys.hook_secret(hook_id), secret)
         await pipe.execute()
-        return hook
+        return hook, secret
 
     async def delete(self, hook_id: str) -> None:
         await self.get(hook_id)
@@ -114,14 +120,14 @@ class HookStore:
             keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=7 * 86400
         )
 
-    async def within_window(self, hook: Hook, subject: str) -> bool:
-        """Flood control: True (and counted) when the hook fired for `subject` recently."""
+    async def within_window(self, hook: Hook, subject: str, firing: str) -> bool:
+        """Flood control: True (and counted) when the hook fired for `subject` recently for
+        another firing than `firing` (a firing retried after a router died is not a flood)."""
         if hook.window_s <= 0:
             return False
-        fresh = await self.redis.set(
-            keys.hook_flood(hook.id, subject), "1", nx=True, px=int(hook.window_s * 1000)
-        )
-        if fresh:
+        key = keys.hook_flood(hook.id, subject)
+        fresh = await self.redis.set(key, firing, nx=True, px=int(hook.window_s * 1000))
+        if fresh or await self.redis.get(key) == firing:
             return False
         await self.redis.incr(keys.hook_suppressed(hook.id))
         return True
@@ -145,10 +151,8 @@ def fill(template: Any, values: dict[str, str]) -> Any:
     access (`str.format_map` would let a hook read object attributes).
     """
     if isinstance(template, str):
-        out = template
-        for k, v in values.items():
-            out = out.replace("{" + k + "}", v)
-        return out
+        # one pass: a value that itself looks like a placeholder stays as it is
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
     if isinstance(template, list):
         return [fill(x, values) for x in template]
     if isinstance(template, dict):

@@ -72,12 +72,15 @@ class InventoryStore:
         pipe = self.redis.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(keys.vm_state(i))
-        observed = await pipe.execute()
+            pipe.get(keys.vm_desired(i))
+        replies = await pipe.execute()
         out = []
-        for doc, obs in zip(docs, observed, strict=True):
+        for doc, obs, desired in zip(docs, replies[::2], replies[1::2], strict=True):
             if doc is None:
                 continue
             vm = Vm.model_validate_json(doc)
+            if desired:
+                vm = vm.model_copy(update={"desired_state": VmState(desired)})
             if obs:
                 vm = vm.model_copy(
                     update={
@@ -128,12 +131,16 @@ class InventoryStore:
             args=[server or "", *(x for kv in fields.items() for x in kv)],
         )
 
+    async def set_desired(self, vm_id: str, state: VmState) -> None:
+        """Record what a job asked the VM to be (running or stopped)."""
+        await self.redis.set(keys.vm_desired(vm_id), state.value)
+
     async def delete_vm(self, vm_id: str) -> None:
         doc = await self.redis.get(keys.vm(vm_id))
         pipe = self.redis.pipeline(transaction=True)
         if doc is not None:
             vm = Vm.model_validate_json(doc)
             pipe.delete(keys.vm_name(vm.name))
-        pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id))
+        pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
         pipe.zrem(keys.VMS, vm_id)
         await pipe.execute()

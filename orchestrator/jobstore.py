@@ -48,6 +48,8 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["from"] = old.value
     if job.links.vm_id:
         data["vm_id"] = job.links.vm_id
+    if job.links.hook_id:
+        data["hook_id"] = job.links.hook_id
     if step is not None:
         data["step"] = step
         data["steps"] = [{"name": s.name, "state": s.state.value} for s in job.steps]

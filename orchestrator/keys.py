@@ -44,7 +44,10 @@ Hooks (owner: API for definitions, router for firings)
 HA and alerts (owner: router and the HA workflow)
 - harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window
 - alerts                  hash   alert id -> JSON (an error an operator must acknowledge)
+- vmdesired:{vm_id}       string "running" or "stopped": what the last start/stop job asked for;
+                                 HA restarts only VMs meant to run (owner: workflows)
 Agents
+- serverdown:{server}     string ms since when the agent has found its server unreachable
 - agent:{server}:last     hash   domain uuid -> state last published (owner: that server's agent)
 Workers
 - workers                 zset   worker name -> last heartbeat ms
@@ -183,6 +186,14 @@ ALERTS = f"{PREFIX}alerts"
 
 def ha_restarts(vm_id: str) -> str:
     return f"{PREFIX}harestarts:{vm_id}"
+
+
+def server_down(server_name: str) -> str:
+    return f"{PREFIX}serverdown:{server_name}"
+
+
+def vm_desired(vm_id: str) -> str:
+    return f"{PREFIX}vmdesired:{vm_id}"
 
 
 def agent_last(server_name: str) -> str:

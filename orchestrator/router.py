@@ -61,9 +61,10 @@ class Router:
 
         A job between steps (no step running) whose queue holds messages is left alone, for a
         while: in a backlog longer than `redispatch_after_s`, publishing it again would only
-        add duplicates. A job whose step was running has lost its worker: always re-dispatch.
+        add duplicates. A job whose step was running has lost its worker, and a waiting job has
+        no message in any queue (its timer is its deadline): always dispatch those.
         """
-        if any(s.state == StepState.RUNNING for s in job.steps):
+        if job.state == JobState.WAITING or any(s.state == StepState.RUNNING for s in job.steps):
             return False
         waited_s = (utcnow() - job.updated_at).total_seconds()
         if waited_s > self.settings.redispatch_max_wait_s:

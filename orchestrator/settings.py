@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)
     ha_window_s: float = Field(default=3600.0, gt=0)
+    # ...and move a VM to another server only once its own has been unreachable this long.
+    ha_relocate_after_s: float = Field(default=60.0, ge=0)
 
     lab_dir: Path = Path(".vmorch")
     worker_concurrency: int = Field(default=2, ge=1)

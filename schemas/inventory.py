@@ -103,5 +103,8 @@ class Vm(Frozen):
     nics: list[VmNic] = Field(default_factory=list)
     ha: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    desired_state: VmState | None = Field(
+        default=None, description="what the last start or stop job asked for"
+    )
     created_by_job: str | None = None
     observed_at: datetime | None = None

@@ -12,7 +12,7 @@ import time
 
 from orchestrator import keys
 from orchestrator.alerts import AlertStore
-from orchestrator.errors import HypervisorUnavailable, NoCapacity, Permanent
+from orchestrator.errors import HypervisorUnavailable, NoCapacity, Permanent, RetryLater
 from tasks.engine import Outputs, Step, StepContext
 from tasks.vm_steps import START, domain_spec_of, observe, vm_of
 from workers.domain_xml import domain_xml
@@ -53,6 +53,21 @@ def _budget(ctx: StepContext) -> Outputs:
     return {"ha_attempt": n}
 
 
+def _down_long_enough(ctx: StepContext, server: str) -> None:
+    """Relocate only from a server its agent has found unreachable for ha_relocate_after_s:
+    a short blip (a libvirtd restart, a network hiccup) leaves the guests running, and
+    starting a second copy of a running VM on shared disks would corrupt them. Until then
+    the step is tried again (the server may answer by then)."""
+    grace_s = ctx.runtime.settings.ha_relocate_after_s
+    since = ctx.run(ctx.runtime.redis.get(keys.server_down(server)))
+    down_s = (time.time() * 1000 - int(since)) / 1000 if since else 0.0
+    if down_s < grace_s:
+        raise RetryLater(
+            f"server {server} unreachable for {down_s:.0f} s; relocating after {grace_s:g} s",
+            delay_s=grace_s - down_s + 0.5,
+        )
+
+
 def _place(ctx: StepContext) -> Outputs:
     """Keep the VM on its server if that server answers; otherwise define it on the pool's
     server with the most free memory. Defining the same domain again changes nothing."""
@@ -65,7 +80,7 @@ def _place(ctx: StepContext) -> Outputs:
             probe.domain_state(vm.id)
             return {"server": home, "relocated": False}
         except HypervisorUnavailable:
-            pass
+            _down_long_enough(ctx, home)
         finally:
             probe.close()
     pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))

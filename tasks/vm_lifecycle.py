@@ -21,6 +21,7 @@ def _ensure_off(ctx: StepContext) -> Outputs:
     if state not in (None, VmState.STOPPED, VmState.CRASHED):
         if not req.force:
             raise HypervisorError(f"vm {vm.name} is {state}: stop it first or pass force=true")
+        ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED))
         ctx.expect(vm.id, STOPPED)
         hv.destroy(vm.id)
     return {}
@@ -56,7 +57,7 @@ STOP = stop_step(lambda ctx: cast(StopVm | RestartVm, ctx.request).timeout_s)
 # Each converges: killing a stopped VM, pausing a paused one, resuming a running one is a no-op.
 KILL = Step(
     "kill",
-    vm_action(Hypervisor.destroy, VmState.STOPPED, STOPPED),
+    vm_action(Hypervisor.destroy, VmState.STOPPED, STOPPED, VmState.STOPPED),
     None,
     "power the VM off at once",
 )

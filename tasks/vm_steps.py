@@ -69,6 +69,7 @@ def start_run(ctx: StepContext) -> Outputs | Wait:
     nothing, so running this twice is harmless."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.RUNNING))
     ctx.expect(vm.id, STARTED)
     since = ctx.stream_position()
     hv.start(vm.id)
@@ -86,14 +87,20 @@ def start_undo(ctx: StepContext) -> None:
 
 
 def vm_action(
-    act: Callable[[Hypervisor, str], None], result: VmState, expects: list[str]
+    act: Callable[[Hypervisor, str], None],
+    result: VmState,
+    expects: list[str],
+    desired: VmState | None = None,
 ) -> Callable[[StepContext], Outputs]:
     """A step that converges the VM with one adapter call (destroy, suspend, resume...),
-    then records the state observed on the hypervisor."""
+    then records the state observed on the hypervisor (and `desired`, when it changes what
+    the VM is meant to be)."""
 
     def run(ctx: StepContext) -> Outputs:
         vm = vm_of(ctx)
         hv = hv_of(ctx, vm)
+        if desired is not None:
+            ctx.run(ctx.runtime.inventory.set_desired(vm.id, desired))
         ctx.expect(vm.id, expects)
         act(hv, vm.id)
         observe(ctx, vm, hv)
@@ -107,6 +114,7 @@ def stop_run(ctx: StepContext, timeout_s: float) -> Outputs | Wait:
     the step escalates to a forced power-off. A stopped VM stays as it is."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED))
     if hv.domain_state(vm.id) == VmState.STOPPED:
         observe(ctx, vm, hv)
         return {"state": VmState.STOPPED.value, "forced": False}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ class ServerWatch:
         self.expectations = Expectations(redis)
         self.queue: asyncio.Queue[DomainEvent | None] = asyncio.Queue()
         self.closed = asyncio.Event()
+        self.publish_lock = asyncio.Lock()
         self.loop = asyncio.get_running_loop()
         self.last_key = keys.agent_last(server.name)
 
@@ -135,6 +137,11 @@ class ServerWatch:
             await self.inventory.set_vm_state(ev.uuid, ev.state, server=self.server.name)
 
     async def _server_event(self, type_: str) -> None:
+        key = keys.server_down(self.server.name)
+        if type_ == "server.down":  # since when: HA relocates only after a grace period
+            await self.redis.set(key, int(time.time() * 1000), nx=True)
+        else:
+            await self.redis.delete(key)
         await self.events.publish(
             make_event(
                 type_,
@@ -145,25 +152,40 @@ class ServerWatch:
         )
 
     async def _reconcile(self, conn: libvirt.virConnect, reconnect: bool) -> None:
-        """Emit every change between the last published states and what the server has."""
-        now = await asyncio.to_thread(self._states, conn)
-        last = {k: VmState(v) for k, v in (await self.redis.hgetall(self.last_key)).items()}
-        for uuid in sorted(set(now) | set(last)):
-            before = last.get(uuid)
-            name, after = now.get(uuid, ("", VmState.DELETED))
-            if before == after:
-                continue
-            await self._publish(
-                DomainEvent(change_type(before, after), uuid, name, "observed", after, {}),
-                reconnect=reconnect,
-            )
+        """Emit every change between the last published states and what the server has.
+
+        Live events wait meanwhile (the publish lock): one read between the state snapshot
+        and the comparison would otherwise make a fresh state look like a missed change."""
+        async with self.publish_lock:
+            now = await asyncio.to_thread(self._states, conn)
+            last = {k: VmState(v) for k, v in (await self.redis.hgetall(self.last_key)).items()}
+            for uuid in sorted(set(now) | set(last)):
+                before = last.get(uuid)
+                name, after = now.get(uuid, ("", VmState.DELETED))
+                if before != after:
+                    await self._publish(
+                        DomainEvent(change_type(before, after), uuid, name, "observed", after, {}),
+                        reconnect=reconnect,
+                    )
 
     async def _drain(self) -> None:
+        """Publish live events in order; while Redis is away, keep trying the same event."""
         while (ev := await self.queue.get()) is not None:
-            try:
-                await self._publish(ev)
-            except aredis.RedisError:
-                log.exception("server=%s could not publish %s", self.server.name, ev.type)
+            delay_s = 0.1
+            while True:
+                try:
+                    async with self.publish_lock:
+                        await self._publish(ev)
+                    break
+                except aredis.RedisError:
+                    log.warning(
+                        "server=%s cannot publish %s; retrying in %.1fs",
+                        self.server.name,
+                        ev.type,
+                        delay_s,
+                    )
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 5.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         ensure_event_loop()
@@ -171,29 +193,31 @@ class ServerWatch:
         backoff_s, was_up, down_sent = 0.2, False, False
         try:
             while not stop.is_set():
+                conn: libvirt.virConnect | None = None
                 try:
                     conn = await asyncio.to_thread(self._connect)
-                except libvirt.libvirtError as e:
-                    if not down_sent:
+                    backoff_s = 0.2
+                    self.closed.clear()
+                    await self._reconcile(conn, reconnect=was_up)
+                    await self._server_event("server.up")
+                    was_up, down_sent = True, False
+                    await _first(stop.wait(), self.closed.wait())
+                    if not stop.is_set():
                         await self._server_event("server.down")
                         down_sent = True
-                    log.warning(
-                        "server=%s unreachable: %s", self.server.name, e.get_error_message()
-                    )
+                except (libvirt.libvirtError, aredis.RedisError) as e:
+                    # the server or Redis went away mid-way: start over (reconnect, compare)
+                    log.warning("server=%s: %s; reconnecting", self.server.name, e)
+                    if not down_sent and isinstance(e, libvirt.libvirtError):
+                        with _quiet(aredis.RedisError):
+                            await self._server_event("server.down")
+                            down_sent = True
                     await _wait(stop, backoff_s * random.uniform(0.5, 1.0))
                     backoff_s = min(backoff_s * 2, 10.0)
-                    continue
-                backoff_s = 0.2
-                self.closed.clear()
-                await self._reconcile(conn, reconnect=was_up)
-                await self._server_event("server.up")
-                was_up, down_sent = True, False
-                await _first(stop.wait(), self.closed.wait())
-                if not stop.is_set():
-                    await self._server_event("server.down")
-                    down_sent = True
-                with _quiet():
-                    conn.close()
+                finally:
+                    if conn is not None:
+                        with _quiet():
+                            conn.close()
         finally:
             self.queue.put_nowait(None)
             await drain

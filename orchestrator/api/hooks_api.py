@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, HttpUrl, ValidationError
 
 from orchestrator.alerts import AlertStore
 from orchestrator.api.handlers import _json_body, _query_int, respond, respond_list
@@ -15,7 +15,7 @@ from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.hooks import HookStore
 from schemas.alerts import Alert
 from schemas.api import Role
-from schemas.hooks import Hook, HookRun, HookSpec
+from schemas.hooks import Hook, HookRun, HookSpec, WebhookAction
 
 HOOKS = web.AppKey("vmorch_hooks", HookStore)
 ALERTS = web.AppKey("vmorch_alerts", AlertStore)
@@ -45,12 +45,21 @@ async def create_hook(request: web.Request) -> web.Response:
     return respond(HookCreated(hook=hook, secret=secret), 201, Location=f"/v1/hooks/{hook.id}")
 
 
+def _shown(request: web.Request, hook: Hook) -> Hook:
+    """Webhook URLs often carry a credential (chat webhooks): only admins see them whole."""
+    if not isinstance(hook.action, WebhookAction) or caller(request).role == Role.ADMIN:
+        return hook
+    url = hook.action.url
+    hidden = hook.action.model_copy(update={"url": HttpUrl(f"{url.scheme}://{url.host}/(hidden)")})
+    return hook.model_copy(update={"action": hidden})
+
+
 async def list_hooks(request: web.Request) -> web.Response:
-    return respond_list(await request.app[HOOKS].all())
+    return respond_list([_shown(request, h) for h in await request.app[HOOKS].all()])
 
 
 async def get_hook(request: web.Request) -> web.Response:
-    return respond(await request.app[HOOKS].get(request.match_info["hook_id"]))
+    return respond(_shown(request, await request.app[HOOKS].get(request.match_info["hook_id"])))
 
 
 async def patch_hook(request: web.Request) -> web.Response:
@@ -61,7 +70,8 @@ async def patch_hook(request: web.Request) -> web.Response:
     if old.builtin and isinstance(body, dict) and set(body) - {"enabled", "window_s"}:
         raise Conflict("a built-in hook can only be enabled, disabled or given a window")
     base = old.model_dump(include=set(HookSpec.model_fields))
-    return respond(await store.replace(hook_id, _spec(body, base)))
+    hook, secret = await store.replace(hook_id, _spec(body, base))
+    return respond(HookCreated(hook=hook, secret=secret))
 
 
 async def delete_hook(request: web.Request) -> web.Response:
@@ -111,9 +121,9 @@ def hook_routes() -> list[Route]:
             "PATCH",
             "/v1/hooks/{hook_id}",
             patch_hook,
-            "Change a hook (fields given)",
+            "Change a hook (fields given); a new webhook secret is shown once",
             admin,
-            response=Hook,
+            response=HookCreated,
         ),
         Route("DELETE", "/v1/hooks/{hook_id}", delete_hook, "Delete a hook", admin, status=204),
         Route(

@@ -1,0 +1,119 @@
+"""The router's handling of events: HA targeting, stale servers, loops, flood retries."""
+
+from __future__ import annotations
+
+from orchestrator.event_router import HA_HOOK_ID, HA_SPEC, EventRouter
+from orchestrator.events import make_event
+from orchestrator.hooks import HookStore
+from orchestrator.settings import Settings
+from schemas.hooks import HookSpec
+from schemas.inventory import Vm, VmState
+from tests.unit.conftest import Engine
+
+
+def router(engine: Engine) -> EventRouter:
+    r = EventRouter(Settings(redis_url="redis://unused"), engine.redis, engine.dispatcher)
+    engine.run(HookStore(engine.redis).create(HA_SPEC, hook_id=HA_HOOK_ID, builtin=True))
+    return r
+
+
+def ha_vm(engine: Engine, desired: VmState) -> Vm:
+    vm = Vm(
+        id="11111111-2222-3333-4444-555555555555",
+        name="db",
+        pool="p",
+        server="s1",
+        ha=True,
+        state=VmState.RUNNING,
+    )
+    engine.run(engine.inventory.save_vm(vm))
+    engine.run(engine.inventory.set_desired(vm.id, desired))
+    return vm
+
+
+def destroyed(vm: Vm, server: str = "s1") -> object:
+    return make_event(
+        "vm.lifecycle.stopped",
+        f"libvirt://{server}",
+        vm.id,
+        {"vm_id": vm.id, "server": server, "detail": "destroyed"},
+    )
+
+
+def ha_runs(engine: Engine) -> list[str]:
+    return [r.outcome for r in engine.run(HookStore(engine.redis).runs(HA_HOOK_ID))]
+
+
+def test_ha_restarts_a_vm_meant_to_run(engine: Engine) -> None:
+    r = router(engine)
+    vm = ha_vm(engine, VmState.RUNNING)
+    engine.run(r.handle("1-0", destroyed(vm)))  # type: ignore[arg-type]
+    assert ha_runs(engine) == ["submitted"]
+
+
+def test_ha_leaves_a_vm_a_job_stopped_even_when_seen_late(engine: Engine) -> None:
+    # e.g. the stop is only observed after the agent reconnects, too late to be attributed
+    r = router(engine)
+    vm = ha_vm(engine, VmState.STOPPED)
+    engine.run(r.handle("1-0", destroyed(vm)))  # type: ignore[arg-type]
+    assert ha_runs(engine) == ["skipped"]
+
+
+def test_events_from_a_server_the_vm_left_are_ignored(engine: Engine) -> None:
+    r = router(engine)
+    vm = ha_vm(engine, VmState.RUNNING)  # placed on s1
+    engine.run(r.handle("1-0", destroyed(vm, server="s0")))  # type: ignore[arg-type]
+    assert ha_runs(engine) == []
+
+
+def test_jobs_started_by_a_hook_fire_no_hooks(engine: Engine) -> None:
+    r = router(engine)
+    store = HookStore(engine.redis)
+    hook, _ = engine.run(
+        store.create(
+            HookSpec.model_validate(
+                {
+                    "name": "loop",
+                    "match": {"types": ["job.*"]},
+                    "window_s": 0,
+                    "action": {"kind": "submit_job", "request": {"kind": "noop"}},
+                }
+            )
+        )
+    )
+    job_event = make_event("job.queued", "vmorch://api", "j1", {"job_id": "j1", "hook_id": hook.id})
+    engine.run(r.handle("1-0", job_event))
+    assert engine.run(store.runs(hook.id)) == []
+    plain = make_event("job.queued", "vmorch://api", "j2", {"job_id": "j2"})
+    engine.run(r.handle("2-0", plain))
+    assert [x.outcome for x in engine.run(store.runs(hook.id))] == ["submitted"]
+
+
+def test_a_retried_firing_is_not_taken_for_a_flood(engine: Engine) -> None:
+    store = HookStore(engine.redis)
+    hook, _ = engine.run(
+        store.create(
+            HookSpec.model_validate(
+                {
+                    "name": "w",
+                    "match": {"types": ["t.*"]},
+                    "window_s": 60,
+                    "action": {"kind": "submit_job", "request": {"kind": "noop"}},
+                }
+            )
+        )
+    )
+    # a router set the window for this firing, then died before acting
+    assert engine.run(store.within_window(hook, "s", "e1:s")) is False
+    # the router that fires it again is not suppressed; another event within the window is
+    assert engine.run(store.within_window(hook, "s", "e1:s")) is False
+    assert engine.run(store.within_window(hook, "s", "e2:s")) is True
+
+
+def test_placeholders_are_filled_once_from_the_given_values() -> None:
+    from orchestrator.hooks import fill
+
+    out = fill(
+        {"vm": "{vm_id}", "n": ["{vm_name}-x"], "k": 3}, {"vm_id": "{vm_name}", "vm_name": "db"}
+    )
+    assert out == {"vm": "{vm_name}", "n": ["db-x"], "k": 3}
