@@ -229,3 +229,14 @@ def admin_headers(redis_url: str) -> dict[str, str]:
             await r.aclose()
 
     return {"Authorization": f"Bearer {asyncio.run(create())}", "Content-Type": "application/json"}
+
+
+def render_table(cells: list[tuple[str, str, str, str]]) -> str:
+    """Aligned columns (metric, vmorch, baseline, note) with a rule under the header row."""
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = [
+        f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:>{widths[2]}}  {c[3]}".rstrip()
+        for c in cells
+    ]
+    lines.insert(1, "-" * max(len(ln) for ln in lines))
+    return "\n".join(lines)

@@ -37,6 +37,7 @@ from _procs import (
     percentile,
     pid_cpu_s,
     redis_commands,
+    render_table,
     spawn,
     start_redis,
     vmorch_env,
@@ -238,13 +239,7 @@ def table(rows: list[Row]) -> str:
                 ratio,
             )
         )
-    widths = [max(len(c[i]) for c in cells) for i in range(4)]
-    lines = [
-        f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:>{widths[2]}}  {c[3]}".rstrip()
-        for c in cells
-    ]
-    lines.insert(1, "-" * max(len(ln) for ln in lines))
-    return "\n".join(lines)
+    return render_table(cells)
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ from typing import Any
 import libvirt
 import redis
 import redis.asyncio as aredis
-from _procs import BENCH_DIR, Proc, note, percentile, pid_cpu_s, wait_until
+from _procs import BENCH_DIR, Proc, note, percentile, pid_cpu_s, render_table, wait_until
 
 from orchestrator import keys
 from orchestrator.hooks import HookStore
@@ -708,13 +708,7 @@ def header(cfg: Config) -> str:
 
 def table(rows: list[Row]) -> str:
     cells = [("metric", "vmorch", "baseline", "note"), *rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(4)]
-    lines = [
-        f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:>{widths[2]}}  {c[3]}".rstrip()
-        for c in cells
-    ]
-    lines.insert(1, "-" * max(len(ln) for ln in lines))
-    return "\n".join(lines)
+    return render_table(cells)
 
 
 def main() -> int:

@@ -77,6 +77,8 @@ class EventRouter:
         self.consumer = f"{socket.gethostname()}-{id(self):x}"
         self.group = settings.router_group
         self._next_claim = 0.0
+        self._hooks_version = ""
+        self._hooks_cache: list[Hook] = []
 
     async def setup(self) -> None:
         try:
@@ -124,14 +126,23 @@ class EventRouter:
                 self.group, self.consumer, {keys.EVENTS: ">"}, count=100, block=block_ms
             )
             entries = [e for _, batch in read for e in batch]
-        for sid, fields in entries:
-            # an entry trimmed away by MAXLEN comes back empty: nothing to do but ack it
-            if fields and not await self.handle(sid, Event.model_validate_json(fields["e"])):
-                continue  # a firing is in another router's hands: look again later
-            await self.redis.xack(keys.EVENTS, self.group, sid)
+        # one look at the hooks and one pipelined look at the waits for the whole batch,
+        # one XACK at the end: most entries (job.* echoes) then cost nothing more
+        events = [(sid, Event.model_validate_json(f["e"])) for sid, f in entries if f]
+        hooks = await self._hooks()
+        waiting = await self.waits.subjects_waited_on([e.subject for _, e in events])
+        done = [sid for sid, f in entries if not f]  # trimmed by MAXLEN: only to ack
+        for sid, event in events:
+            if await self.handle(sid, event, hooks=hooks, check_waits=event.subject in waiting):
+                done.append(sid)
+            # else: a firing is in another router's hands; the entry stays pending
+        if done:
+            await self.redis.xack(keys.EVENTS, self.group, *done)
         return len(entries)
 
-    async def handle(self, sid: str, event: Event) -> bool:
+    async def handle(
+        self, sid: str, event: Event, *, hooks: list[Hook] | None = None, check_waits: bool = True
+    ) -> bool:
         """Act on one event. False when a hook firing is still in another router's hands."""
         vm = None
         if event.subject and event.type.startswith("vm."):
@@ -141,14 +152,14 @@ class EventRouter:
                 # from a server the VM has left (its old server, back after a relocation):
                 # it says nothing about the VM, neither to waits nor to hooks
                 return True
-        for job_id in await self.waits.on_event(sid, event):
+        for job_id in await self.waits.on_event(sid, event) if check_waits else []:
             job = await self.jobs.get(job_id)
             await self.dispatcher.dispatch(job_id, job.queue)
         if event.type.startswith("job.") and event.data.get("hook_id"):
             return True  # a job a hook started fires no hooks: no hook can loop on itself
         hooks = [
             h
-            for h in await self.hooks.all()
+            for h in (hooks if hooks is not None else await self._hooks())
             if h.enabled and any(fnmatch.fnmatchcase(event.type, t) for t in h.match.types)
         ]
         if not hooks:
@@ -165,6 +176,14 @@ class EventRouter:
             for subject, target in await self._targets(hook, event, vm):
                 complete &= await self._fire(hook, event, subject, target, caused_by)
         return complete
+
+    async def _hooks(self) -> list[Hook]:
+        """The hooks, read again only when one changed (one GET per event, not 1 + 2 a hook)."""
+        version = await self.hooks.version()
+        if version != self._hooks_version:
+            self._hooks_cache = await self.hooks.all()
+            self._hooks_version = version
+        return self._hooks_cache
 
     async def _targets(
         self, hook: Hook, event: Event, vm: Vm | None

@@ -58,6 +58,7 @@ class HookStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.hook(hook.id), hook.model_dump_json())
         pipe.sadd(keys.HOOKS, hook.id)
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
         if secret:
             pipe.set(keys.hook_secret(hook.id), secret)
         await pipe.execute()
@@ -84,6 +85,7 @@ class HookStore:
             secret = secrets.token_urlsafe(32)
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.hook(hook_id), hook.model_dump_json())
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
         if secret:
             pipe.set(keys.hook_secret(hook_id), secret)
         await pipe.execute()
@@ -100,7 +102,12 @@ class HookStore:
         ):
             pipe.delete(k)
         pipe.srem(keys.HOOKS, hook_id)
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
         await pipe.execute()
+
+    async def version(self) -> str:
+        """Changes whenever a hook is created, changed or deleted."""
+        return str(await self.redis.get(keys.HOOKS_VERSION) or "0")
 
     async def secret(self, hook_id: str) -> str | None:
         value: str | None = await self.redis.get(keys.hook_secret(hook_id))

@@ -34,7 +34,7 @@ Waits and attribution (owner: engine runner and router)
 - expect:{vm_id}          hash   job id -> JSON event-type globs the job's action will cause;
                                  TTL 1 day, entries of long-ended jobs removed by the router
 Hooks (owner: API for definitions, router for firings)
-- hooks                   set    hook ids
+- hooks                   set    hook ids;  hooks:version  string  new token at every change
 - hook:{id}               string JSON of Hook;  hooksecret:{id} string its webhook secret
 - hookruns:{id}           list   JSON HookRun, newest first, trimmed to 1000
 - hooksuppressed:{id}     string count of firings skipped by flood control
@@ -154,6 +154,7 @@ def expectations(vm_id: str) -> str:
 
 
 HOOKS = f"{PREFIX}hooks"
+HOOKS_VERSION = f"{PREFIX}hooks:version"  # a new random token at every hook write
 
 
 def hook(hook_id: str) -> str:

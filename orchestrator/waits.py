@@ -81,6 +81,16 @@ class Waits:
         pipe.srem(keys.waits_on(subject), job_id)
         await pipe.execute()
 
+    async def subjects_waited_on(self, subjects: list[str | None]) -> set[str]:
+        """Which of `subjects` some job waits on (one round trip for a batch of events)."""
+        wanted = sorted({s for s in subjects if s})
+        if not wanted:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for s in wanted:
+            pipe.exists(keys.waits_on(s))
+        return {s for s, n in zip(wanted, await pipe.execute(), strict=True) if n}
+
     async def on_event(self, stream_id: str, event: Event) -> list[str]:
         """Mark the waits `event` satisfies; returns the ids of the jobs to resume."""
         if not event.subject:
