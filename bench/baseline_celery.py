@@ -16,29 +16,18 @@ import os
 import redis
 from celery import Celery, chain
 
+from orchestrator.settings import Settings
+from workers.celery_app import make_celery
+
 QUEUE = "bench.default"
 DONE_KEY = "bench:chains:done"
 NOOP_TASK = "bench.noop"
 
 
 def make_app(redis_url: str) -> Celery:
-    app = Celery("bench", broker=redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        result_backend=None,
-        task_acks_late=False,
-        worker_prefetch_multiplier=1,
-        task_default_queue=QUEUE,
-        broker_connection_retry_on_startup=True,
-        broker_pool_limit=16,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-        enable_utc=True,
-    )
+    # vmorch's own Celery settings, so the baseline cannot drift from what it is compared to
+    app = make_celery(Settings(redis_url=redis_url))
+    app.conf.task_default_queue = QUEUE
     clients: dict[int, redis.Redis] = {}
 
     @app.task(name=NOOP_TASK, ignore_result=True)  # type: ignore[untyped-decorator]

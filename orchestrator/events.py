@@ -18,13 +18,6 @@ def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any
     )
 
 
-async def read_events(redis: Redis, after: str = "-", count: int = 100) -> list[tuple[str, Event]]:
-    """Events on the stream after the entry id `after` (exclusive), oldest first."""
-    start = "-" if after == "-" else f"({after}"
-    entries = await redis.xrange(keys.EVENTS, min=start, max="+", count=count)
-    return [(eid, Event.model_validate_json(fields["e"])) for eid, fields in entries]
-
-
 class EventLog:
     """Appends events to the stream, bounded to about `maxlen` entries."""
 

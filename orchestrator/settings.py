@@ -36,8 +36,6 @@ class Settings(BaseSettings):
 
     # libvirt calls: transient errors are retried inside one call for at most this long.
     libvirt_retry_s: float = Field(default=20.0, ge=0)
-    vm_poll_interval_s: float = Field(default=0.2, gt=0)
-    agent_poll_interval_s: float = Field(default=2.0, gt=0)
 
     # Fault injection for chaos drills and tests (off by default): sleep before every step,
     # and fail for good the steps named "<job kind>:<step name>".

@@ -9,8 +9,6 @@ action and the registration still counts: registering scans the stream from that
 from __future__ import annotations
 
 import fnmatch
-import json
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -128,13 +126,3 @@ redis.call('SET', KEYS[1], cjson.encode(w))
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
-
-
-def event_summary(event: dict[str, Any] | None) -> dict[str, Any]:
-    if not event:
-        return {}
-    return {"event_id": event.get("id"), "event_type": event.get("type")}
-
-
-def dumps(x: Any) -> str:
-    return json.dumps(x)

@@ -257,11 +257,6 @@ class Hypervisor:
                 lambda c: c.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0),
             )
 
-    def volumes(self, pool: str) -> list[str]:
-        return sorted(
-            self._call("listVolumes", lambda c: c.storagePoolLookupByName(pool).listVolumes())
-        )
-
 
 class Hypervisors:
     """This process's connections, one per server URI."""
