@@ -32,8 +32,8 @@ from _procs import (
     vmorch_env,
 )
 
-from orchestrator import keys
 from orchestrator.settings import Settings
+from orchestrator.store import keys
 
 
 @dataclass

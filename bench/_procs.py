@@ -26,8 +26,8 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from orchestrator.redis_server import RedisServer
-from orchestrator.tokens import TokenStore
+from orchestrator.lab.redis_server import RedisServer
+from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
 
 HOST = "127.0.0.1"

@@ -43,7 +43,7 @@ from _procs import (
     vmorch_env,
 )
 
-from orchestrator.redis_server import RedisServer
+from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
 
 

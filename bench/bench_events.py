@@ -36,12 +36,12 @@ import redis
 import redis.asyncio as aredis
 from _procs import BENCH_DIR, Proc, note, percentile, pid_cpu_s, render_table, wait_until
 
-from orchestrator import keys
-from orchestrator.hooks import HookStore
-from orchestrator.inventory import InventoryStore
-from orchestrator.lab import Lab, LabSpec
-from orchestrator.redis_server import RedisServer
+from orchestrator.lab.lab import Lab, LabSpec
+from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
+from orchestrator.store import keys
+from orchestrator.store.hooks import HookStore
+from orchestrator.store.inventory import InventoryStore
 from schemas.hooks import HookMatch, HookSpec, SubmitJobAction
 from schemas.inventory import Inventory
 

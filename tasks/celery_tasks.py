@@ -7,7 +7,7 @@ import os
 from celery import Celery
 
 from orchestrator.settings import Settings
-from tasks.runner import advance
+from tasks.runner.advance import advance
 from tasks.runtime import Runtime
 from workers.celery_app import ADVANCE_TASK
 

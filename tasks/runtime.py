@@ -10,15 +10,15 @@ import libvirt
 import redis.asyncio as aredis
 from celery import Celery
 
-from orchestrator.broker import TaskMessages
-from orchestrator.expectations import Expectations
-from orchestrator.inventory import InventoryStore
-from orchestrator.jobstore import JobStore, now_ms
-from orchestrator.leases import Leases
+from orchestrator.jobs.messages import TaskMessages
 from orchestrator.loopthread import LoopThread
 from orchestrator.settings import Settings
-from orchestrator.waits import Waits
-from workers.hypervisor import Hypervisors
+from orchestrator.store.expectations import Expectations
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore, now_ms
+from orchestrator.store.leases import Leases
+from orchestrator.store.waits import Waits
+from workers.hypervisor.adapter import Hypervisors
 
 log = logging.getLogger(__name__)
 

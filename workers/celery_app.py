@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestrator import keys
 from orchestrator.settings import Settings
+from orchestrator.store import keys
 
 ADVANCE_TASK = "vmorch.advance"
 

@@ -9,8 +9,8 @@ import time
 
 import redis
 
-from orchestrator import keys
 from orchestrator.settings import Settings
+from orchestrator.store import keys
 from tasks.celery_tasks import register
 from workers.celery_app import make_celery
 

@@ -7,7 +7,6 @@ from typing import Any
 import redis.asyncio as aredis
 from aiohttp import web
 
-from orchestrator.alerts import AlertStore
 from orchestrator.api import handlers as h
 from orchestrator.api.hooks_api import ALERTS, HOOKS, hook_routes
 from orchestrator.api.middleware import (
@@ -20,14 +19,15 @@ from orchestrator.api.middleware import (
 from orchestrator.api.openapi import build_openapi
 from orchestrator.api.routing import Query, Route
 from orchestrator.api.streams import setup_streams, stream_routes
-from orchestrator.broker import TaskMessages
-from orchestrator.dispatch import Dispatcher
-from orchestrator.hooks import HookStore
-from orchestrator.inventory import InventoryStore
-from orchestrator.jobstore import JobStore
+from orchestrator.jobs.dispatch import Dispatcher
+from orchestrator.jobs.messages import TaskMessages
+from orchestrator.jobs.submit import Submitter
 from orchestrator.settings import Settings
-from orchestrator.submit import Submitter
-from orchestrator.tokens import TokenStore
+from orchestrator.store.alerts import AlertStore
+from orchestrator.store.hooks import HookStore
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore
+from orchestrator.store.tokens import TokenStore
 from schemas.api import AbortRequest, Page, QueueStatus, Role
 from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job

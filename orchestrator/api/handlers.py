@@ -10,12 +10,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from orchestrator import keys
 from orchestrator.api.middleware import caller, validation_details
 from orchestrator.errors import BadRequest, ValidationFailed
-from orchestrator.inventory import InventoryStore
-from orchestrator.jobstore import JobStore
-from orchestrator.submit import Submitter
+from orchestrator.jobs.submit import Submitter
+from orchestrator.store import keys
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore
 from schemas.api import AbortRequest, Page, QueueDepth, QueueStatus, WorkerSeen
 from schemas.inventory import Vm
 from schemas.jobs import Job, JobState

@@ -7,12 +7,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, HttpUrl, ValidationError
 
-from orchestrator.alerts import AlertStore
 from orchestrator.api.handlers import _json_body, _query_int, respond, respond_list
 from orchestrator.api.middleware import caller, validation_details
 from orchestrator.api.routing import Route
 from orchestrator.errors import Conflict, ValidationFailed
-from orchestrator.hooks import HookStore
+from orchestrator.store.alerts import AlertStore
+from orchestrator.store.hooks import HookStore
 from schemas.alerts import Alert
 from schemas.api import Role
 from schemas.hooks import Hook, HookRun, HookSpec, WebhookAction

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from orchestrator.errors import Forbidden, Unauthorized, VmorchError
-from orchestrator.tokens import TokenStore
+from orchestrator.store.tokens import TokenStore
 from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 
 log = logging.getLogger("vmorch.api")

@@ -23,10 +23,10 @@ from aiohttp import web
 from pydantic import Field
 from redis.exceptions import RedisError
 
-from orchestrator import keys
 from orchestrator.api.handlers import JOBS, _query_int, respond
 from orchestrator.api.routing import Query, Route
 from orchestrator.errors import ValidationFailed
+from orchestrator.store import keys
 from schemas.api import Role
 from schemas.base import Frozen
 from schemas.events import Event

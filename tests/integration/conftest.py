@@ -23,13 +23,13 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from orchestrator import keys
-from orchestrator.event_router import HA_HOOK_ID, HA_SPEC
-from orchestrator.hooks import HookStore
-from orchestrator.inventory import InventoryStore
-from orchestrator.lab import Lab
-from orchestrator.redis_server import RedisServer
-from orchestrator.tokens import TokenStore
+from orchestrator.lab.lab import Lab
+from orchestrator.lab.redis_server import RedisServer
+from orchestrator.router.consumer import HA_HOOK_ID, HA_SPEC
+from orchestrator.store import keys
+from orchestrator.store.hooks import HookStore
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
 from schemas.inventory import Inventory
 

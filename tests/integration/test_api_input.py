@@ -51,7 +51,7 @@ def test_a_revoked_token_is_refused(api: Api, redis_url: str) -> None:
 
     import redis.asyncio as aredis
 
-    from orchestrator.tokens import TokenStore
+    from orchestrator.store.tokens import TokenStore
 
     async def create_and_revoke() -> str:
         r = aredis.Redis.from_url(redis_url, decode_responses=True)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.broker import TaskMessages
+from orchestrator.jobs.messages import TaskMessages
 from orchestrator.settings import Settings
 from workers.celery_app import ADVANCE_TASK, make_celery
 

@@ -10,9 +10,9 @@ import libvirt
 import pytest
 import redis
 
-from orchestrator import keys
-from orchestrator.lab import Lab
-from orchestrator.webhooks import verify
+from orchestrator.lab.lab import Lab
+from orchestrator.router.actions.webhook import verify
+from orchestrator.store import keys
 from schemas.inventory import Inventory
 from tests.integration.conftest import Api, Proc, WebhookReceiver, find_domains, wait_until
 
@@ -148,7 +148,7 @@ def test_a_webhook_is_signed_and_a_disallowed_target_refused(
     )
     assert status == 201
     # when an event matches
-    from orchestrator.events import make_event
+    from orchestrator.store.events import make_event
 
     event = make_event("test.hello", "vmorch://test", "subject-1", {"x": 1})
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -186,7 +186,7 @@ def test_flood_control_counts_suppressed_firings(
     )
     assert status == 201
     hook_id = created["hook"]["id"]
-    from orchestrator.events import make_event
+    from orchestrator.store.events import make_event
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     for _ in range(3):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.libvirtd import LIBVIRTD, LibvirtDaemon
-from orchestrator.redis_server import RedisServer
+from orchestrator.lab.libvirtd import LIBVIRTD, LibvirtDaemon
+from orchestrator.lab.redis_server import RedisServer
 
 libvirt = pytest.importorskip("libvirt")
 

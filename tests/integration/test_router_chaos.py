@@ -15,10 +15,10 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from orchestrator import keys
-from orchestrator.events import make_event
-from orchestrator.hooks import HookStore
-from orchestrator.redis_server import RedisServer
+from orchestrator.lab.redis_server import RedisServer
+from orchestrator.store import keys
+from orchestrator.store.events import make_event
+from orchestrator.store.hooks import HookStore
 from schemas.hooks import HookSpec
 from tests.integration.conftest import Proc, WebhookReceiver, wait_until
 

@@ -17,11 +17,11 @@ import pytest
 import redis.asyncio as aredis
 from aiohttp.test_utils import TestServer
 
-from orchestrator import keys
 from orchestrator.api import streams
 from orchestrator.api.app import make_app
-from orchestrator.events import make_event
 from orchestrator.settings import Settings
+from orchestrator.store import keys
+from orchestrator.store.events import make_event
 from tests.integration.conftest import Api, Proc
 
 pytestmark = pytest.mark.integration

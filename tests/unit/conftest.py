@@ -11,20 +11,20 @@ from typing import Any
 import fakeredis
 import pytest
 
-from orchestrator.broker import TaskMessages
-from orchestrator.dispatch import Dispatcher
-from orchestrator.expectations import Expectations
-from orchestrator.inventory import InventoryStore
-from orchestrator.jobstore import JobStore
-from orchestrator.leases import Leases
+from orchestrator.jobs.dispatch import Dispatcher
+from orchestrator.jobs.messages import TaskMessages
+from orchestrator.jobs.submit import Submitter
 from orchestrator.loopthread import LoopThread
 from orchestrator.settings import Settings
-from orchestrator.submit import Submitter
-from orchestrator.waits import Waits
-from tasks.runner import advance
+from orchestrator.store.expectations import Expectations
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore
+from orchestrator.store.leases import Leases
+from orchestrator.store.waits import Waits
+from tasks.runner.advance import advance
 from tasks.runtime import Runtime
 from workers.celery_app import make_celery
-from workers.hypervisor import Hypervisors
+from workers.hypervisor.adapter import Hypervisors
 
 
 class Broker:

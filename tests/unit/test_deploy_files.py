@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.cli import build_parser
+from orchestrator.cli.main import build_parser
 from schemas.inventory import Inventory
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from orchestrator.event_router import HA_HOOK_ID, HA_SPEC, EventRouter
-from orchestrator.events import make_event
-from orchestrator.hooks import HookStore
+from orchestrator.router.consumer import HA_HOOK_ID, HA_SPEC, EventRouter
 from orchestrator.settings import Settings
+from orchestrator.store.events import make_event
+from orchestrator.store.hooks import HookStore
 from schemas.hooks import HookSpec
 from schemas.inventory import Vm, VmState
 from tests.unit.conftest import Engine
@@ -111,7 +111,7 @@ def test_a_retried_firing_is_not_taken_for_a_flood(engine: Engine) -> None:
 
 
 def test_placeholders_are_filled_once_from_the_given_values() -> None:
-    from orchestrator.hooks import fill
+    from orchestrator.store.hooks import fill
 
     out = fill(
         {"vm": "{vm_id}", "n": ["{vm_name}-x"], "k": 3}, {"vm_id": "{vm_name}", "vm_name": "db"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.router import Router
+from orchestrator.router.timers import Router
 from orchestrator.settings import Settings
 from tests.unit.conftest import Engine
 

@@ -69,7 +69,7 @@ def test_abort_of_a_running_job_stops_at_the_step_boundary_and_undoes(engine: En
     job = engine.submit({"kind": "noop", "steps": 3})
     # run exactly one step, then ask for an abort
     job_id = engine.broker.pop()
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     advance(engine.rt, job_id)
     assert engine.get(job.id).state == JobState.RUNNING
@@ -96,7 +96,7 @@ def test_a_second_worker_cannot_take_a_held_job(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 1})
     token = engine.run(engine.rt.leases.acquire(job.id))
     assert token is not None
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     assert advance(engine.rt, job.id) == "busy"
     assert engine.get(job.id).state == JobState.QUEUED
@@ -148,7 +148,7 @@ def slow_retry_engine() -> Engine:
 
 
 def test_a_duplicate_message_does_not_cut_a_retry_backoff_short() -> None:
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     engine = slow_retry_engine()
     try:
@@ -165,7 +165,7 @@ def test_a_duplicate_message_does_not_cut_a_retry_backoff_short() -> None:
 
 
 def test_abort_during_a_retry_backoff_undoes_the_half_done_step() -> None:
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     engine = slow_retry_engine()
     try:
@@ -188,7 +188,7 @@ def test_idempotency_keys_belong_to_their_caller(engine: Engine) -> None:
 
 def test_quick_steps_run_in_one_message_within_the_slice() -> None:
     from orchestrator.settings import Settings
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=5000))
     try:
@@ -203,7 +203,7 @@ def test_quick_steps_run_in_one_message_within_the_slice() -> None:
 
 def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
     from orchestrator.settings import Settings
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=50))
     try:
@@ -218,13 +218,13 @@ def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
 
 
 def _post(engine: Engine, type_: str, subject: str) -> None:
-    from orchestrator.events import EventLog, make_event
+    from orchestrator.store.events import EventLog, make_event
 
     engine.run(EventLog(engine.redis, 1000).publish(make_event(type_, "test://", subject, {})))
 
 
 def test_a_waiting_job_holds_no_worker_and_resumes_on_its_event(engine: Engine) -> None:
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     job = engine.submit({"kind": "noop", "steps": 2, "wait_for": "test.ping"})
     advance(engine.rt, engine.broker.pop())  # step 1
@@ -255,7 +255,7 @@ def test_a_waiting_job_holds_no_worker_and_resumes_on_its_event(engine: Engine) 
 
 
 def test_an_event_before_the_wait_is_registered_still_counts(engine: Engine) -> None:
-    from tasks import noop
+    from tasks.workflows import noop
 
     # given a step that takes the stream position, then acts (here: its delay) and only
     # then registers its wait, and an event that arrives during the action
@@ -311,13 +311,13 @@ class StepContextSleep:
 
     @classmethod
     def patch(cls, during: object) -> StepContextSleep:
-        from tasks.engine import StepContext
+        from tasks.step import StepContext
 
         saved = cls(StepContext.sleep)
         StepContext.sleep = lambda self, seconds: during()  # type: ignore[assignment,method-assign,misc]
         return saved
 
     def restore(self) -> None:
-        from tasks.engine import StepContext
+        from tasks.step import StepContext
 
         StepContext.sleep = self.original  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.requests import job_request_adapter
-from workers.domain_xml import DiskSpec, DomainSpec, NicSpec, domain_xml
+from workers.hypervisor.xml import DiskSpec, DomainSpec, NicSpec, domain_xml
 
 BASE = {"kind": "vm.create_from_template", "pool": "p", "template": "t", "name": "ok"}
 

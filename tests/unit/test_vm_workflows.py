@@ -144,7 +144,7 @@ def test_stop_forces_the_vm_off_when_the_guest_ignores_the_shutdown(
     fleet: Engine, conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a running VM whose guest ignores ACPI shutdown requests
-    from workers.hypervisor import Hypervisor
+    from workers.hypervisor.adapter import Hypervisor
 
     create(fleet, "vm5")
     asked: list[str] = []
@@ -171,7 +171,7 @@ def test_stop_of_a_cooperative_guest_is_not_forced(fleet: Engine, conn: libvirt.
 def test_abort_of_a_create_midway_removes_what_it_made(
     fleet: Engine, conn: libvirt.virConnect
 ) -> None:
-    from tasks.runner import advance
+    from tasks.runner.advance import advance
 
     # given a create job that has placed the VM, cloned its disk and defined the domain
     job = fleet.submit(
@@ -198,7 +198,7 @@ def test_a_failed_start_does_not_power_off_a_vm_it_did_not_start(
 ) -> None:
     create(fleet, "vm8")
     # the start step fails after finding the VM already running (e.g. Redis hiccup on report)
-    import tasks.vm_steps as vs
+    import tasks.steps.vm as vs
     from orchestrator.errors import Permanent
 
     def broken_observe(*_a: object) -> None:
@@ -226,7 +226,7 @@ def test_aborting_a_queued_job_behind_others_does_not_redispatch_the_head(fleet:
 def test_ha_restarts_past_the_budget_leave_the_vm_stopped_with_an_alert(
     fleet: Engine, conn: libvirt.virConnect
 ) -> None:
-    from orchestrator.alerts import AlertStore
+    from orchestrator.store.alerts import AlertStore
 
     created = create(fleet, "vm10")
     vm_id = created.links.vm_id

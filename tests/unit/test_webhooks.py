@@ -13,7 +13,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
 from orchestrator.errors import Forbidden
-from orchestrator.webhooks import WebhookAllowList, WebhookSender, sign, verify
+from orchestrator.router.actions.webhook import WebhookAllowList, WebhookSender, sign, verify
 
 SECRET = b"s3cret-key"
 BODY = b'{"specversion":"1.0","id":"e1","source":"vmorch://api","type":"vm.x","time":"t"}'

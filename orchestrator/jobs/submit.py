@@ -1,0 +1,164 @@
+"""Submitting and aborting jobs: validation against the inventory, VM queues, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.jobs.dispatch import Dispatcher
+from orchestrator.store import keys
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore
+from schemas.base import utcnow
+from schemas.inventory import Vm, VmState
+from schemas.jobs import ErrorInfo, Job, JobLinks, JobState
+from schemas.requests import VM_OPERATIONS, CreateFromTemplate, JobRequest
+
+
+class Submitter:
+    def __init__(self, jobs: JobStore, inventory: InventoryStore, dispatcher: Dispatcher):
+        self.jobs = jobs
+        self.inventory = inventory
+        self.dispatcher = dispatcher
+
+    async def _check_create(self, req: CreateFromTemplate) -> None:
+        try:
+            pool = await self.inventory.pool(req.pool)
+        except NotFound as e:
+            raise NotFound(e.message, details=[(["body", "pool"], e.message)]) from e
+        try:
+            tmpl = await self.inventory.template(req.template)
+        except NotFound as e:
+            raise NotFound(e.message, details=[(["body", "template"], e.message)]) from e
+        problems: list[tuple[list[str | int], str]] = []
+        if tmpl.repository != pool.repository.name:
+            problems.append(
+                (
+                    ["body", "template"],
+                    f"template {tmpl.name} is not in pool {pool.name}'s repository",
+                )
+            )
+        nets = {n.name for n in pool.networks}
+        for i, nic in enumerate(req.vnics):
+            if nic.network not in nets:
+                problems.append(
+                    (
+                        ["body", "vnics", i, "network"],
+                        f"pool {pool.name} has no network {nic.network!r}",
+                    )
+                )
+        if req.server and req.server not in pool.servers:
+            problems.append((["body", "server"], f"server {req.server} is not in pool {pool.name}"))
+        if problems:
+            raise ValidationFailed("the request does not fit the inventory", details=problems)
+
+    async def submit(
+        self,
+        req: JobRequest,
+        *,
+        submitted_by: str,
+        idem_key: str | None = None,
+        idem_scope: str = "",
+        links: JobLinks | None = None,
+    ) -> tuple[Job, bool]:
+        """Store and dispatch a job. Returns (job, replayed); replayed: a known Idempotency-Key."""
+        job_id = str(uuid.uuid4())
+        reserve: Vm | None = None
+        link_update: dict[str, str] = {}
+        queue = keys.DEFAULT_QUEUE
+        if isinstance(req, CreateFromTemplate):
+            await self._check_create(req)
+            tmpl = await self.inventory.template(req.template)
+            reserve = Vm(
+                id=str(uuid.uuid4()),
+                name=req.name,
+                pool=req.pool,
+                state=VmState.PROVISIONING,
+                vcpus=req.vcpus or tmpl.vcpus,
+                memory_mib=req.memory_mib or tmpl.memory_mib,
+                ha=req.ha,
+                labels=req.labels,
+                created_by_job=job_id,
+            )
+            link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}
+            queue = keys.pool_queue(req.pool)
+        elif req.kind in VM_OPERATIONS:
+            try:
+                vm = await self.inventory.vm(req.vm)  # type: ignore[union-attr]
+            except NotFound as e:
+                raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
+            link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
+            queue = keys.pool_queue(vm.pool)
+        now = utcnow()
+        job = Job(
+            id=job_id,
+            kind=req.kind,
+            request=req,
+            submitted_by=submitted_by,
+            queue=queue,
+            created_at=now,
+            updated_at=now,
+            links=(links or JobLinks()).model_copy(update=link_update),
+            idempotency_key=idem_key,
+        )
+        sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
+        # keys are per caller: another token's key neither replays nor reveals its job
+        scoped = f"{idem_scope}:{idem_key}" if idem_key else None
+        res = await self.jobs.create(
+            job,
+            idem_key=scoped,
+            request_sha=sha,
+            reserve_vm=reserve,
+            message=self.dispatcher.message(job.id, job.queue),
+        )
+        if res.status == "exists":
+            return await self.jobs.get(res.job_id), True
+        if res.status == "mismatch":
+            raise Conflict(f"Idempotency-Key was used for job {res.job_id} with another body")
+        if res.status == "name_taken":
+            raise Conflict(
+                f"a VM named {reserve.name if reserve else ''!r} already exists",
+                details=[(["body", "name"], "name is taken")],
+            )
+        return job, False
+
+    async def abort(self, job_id: str, reason: str = "") -> Job:
+        """Queued: dropped at once. Running or waiting: stops at the next safe point, undoes."""
+
+        def mutate(j: Job) -> Job | None:
+            if j.state.terminal:
+                raise Conflict(f"job {j.id} already ended ({j.state.value})")
+            if j.state == JobState.ABORTING:
+                return None
+            msg = "aborted by request" + (f": {reason}" if reason else "")
+            if j.state == JobState.QUEUED:
+                return j.model_copy(
+                    update={
+                        "state": JobState.ABORTED,
+                        "abort_requested": True,
+                        "ended_at": utcnow(),
+                        "error": ErrorInfo(code="aborted", message=msg),
+                    }
+                )
+            return j.model_copy(
+                update={
+                    "state": JobState.ABORTING,
+                    "abort_requested": True,
+                    "error": ErrorInfo(code="aborted", message=msg),
+                }
+            )
+
+        job, head = await self.jobs.update(job_id, mutate, source="vmorch://api")
+        if head:
+            nxt = await self.jobs.get(head)
+            await self.dispatcher.dispatch(head, nxt.queue)
+        if job.state == JobState.ABORTING:
+            await self.dispatcher.dispatch(job.id, job.queue)
+        if (
+            job.state == JobState.ABORTED
+            and job.kind == "vm.create_from_template"
+            and job.links.vm_id
+        ):
+            await self.inventory.delete_vm(job.links.vm_id)  # the reservation never ran
+        return job

@@ -1,0 +1,169 @@
+"""The lab: vmorch's local testbed. One libvirtd per simulated server, seeded with a pool layout.
+
+By default 2 server pools of 2 servers each. Every server of a pool gets the pool's network
+and its repository (a libvirt storage pool of the same name and path, as shared storage
+would look) holding the pool's templates. The fast kind serves libvirt's test driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import libvirt
+from pydantic import BaseModel, Field
+
+from orchestrator.lab.libvirtd import LibvirtDaemon
+from schemas.inventory import (
+    Inventory,
+    Network,
+    Repository,
+    Server,
+    ServerPool,
+    Template,
+    TemplateDisk,
+)
+from workers.hypervisor.adapter import Hypervisor
+
+GIB = 1024**3
+
+
+class LabSpec(BaseModel):
+    pools: int = Field(default=2, ge=1, le=26)
+    servers_per_pool: int = Field(default=2, ge=1, le=16)
+
+
+def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
+    pools, templates = [], []
+    for letter in string.ascii_lowercase[: spec.pools]:
+        servers = [f"srv-{letter}{i}" for i in range(1, spec.servers_per_pool + 1)]
+        repo = Repository(name=f"repo-{letter}")
+        pools.append(
+            ServerPool(
+                name=f"pool-{letter}",
+                repository=repo,
+                networks=[Network(name=f"net-{letter}")],
+                servers=servers,
+            )
+        )
+        templates.append(
+            Template(
+                name=f"tmpl-{letter}",
+                repository=repo.name,
+                vcpus=1,
+                memory_mib=512,
+                disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB)],
+            )
+        )
+        templates.append(
+            Template(
+                name=f"tmpl-{letter}-2disk",
+                repository=repo.name,
+                vcpus=2,
+                memory_mib=1024,
+                disks=[
+                    TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB),
+                    TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=GIB // 2),
+                ],
+            )
+        )
+    return pools, templates
+
+
+def _seed_server(conn: libvirt.virConnect, pool: ServerPool, repo_path: Path) -> None:
+    """Make a fresh test-driver server look like a member of `pool` (idempotent)."""
+    for dom in conn.listAllDomains():  # the test driver's preloaded demo domain
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    for net in pool.networks:
+        if net.name not in conn.listNetworks() + conn.listDefinedNetworks():
+            el = ET.Element("network")
+            ET.SubElement(el, "name").text = net.name
+            n = conn.networkDefineXML(ET.tostring(el, encoding="unicode"))
+            n.create()
+    name = pool.repository.name
+    if name not in conn.listStoragePools() + conn.listDefinedStoragePools():
+        el = ET.Element("pool", {"type": "dir"})
+        ET.SubElement(el, "name").text = name
+        ET.SubElement(ET.SubElement(el, "target"), "path").text = str(repo_path)
+        sp = conn.storagePoolDefineXML(ET.tostring(el, encoding="unicode"))
+        sp.create()
+
+
+class Lab:
+    """Starts, seeds and stops the lab's libvirtd servers."""
+
+    def __init__(self, spec: LabSpec | None = None, base_dir: Path | None = None):
+        self.spec = spec or LabSpec()
+        # libvirtd runs as nobody: its directories must be reachable by nobody, and its
+        # socket path short; so they live under /tmp rather than under the project.
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="vmorch-lab-"))
+        os.chmod(self.base_dir, 0o755)
+        self.daemons: dict[str, LibvirtDaemon] = {}
+        # The test driver frees its shared state when the last connection to it closes, so
+        # the lab keeps one connection open per server for as long as the server runs.
+        self.keepers: dict[str, libvirt.virConnect] = {}
+        self._layout: tuple[dict[str, ServerPool], list[Template]] = ({}, [])
+
+    def start(self) -> Inventory:
+        # libvirt prints every error to stderr; seeding expects "not found" while it checks
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        pools, templates = _layout(self.spec)
+        self._layout = {p.name: p for p in pools}, templates
+        servers: list[Server] = []
+        try:
+            for pool in pools:
+                for name in pool.servers:
+                    self.daemons[name] = LibvirtDaemon(name, self.base_dir / name)
+                    servers.append(self._start_server(pool, name))
+        except BaseException:
+            self.stop()
+            raise
+        return Inventory(pools=pools, servers=servers, templates=templates)
+
+    def _start_server(self, pool: ServerPool, name: str) -> Server:
+        """Start one server's daemon and seed it as a member of `pool`."""
+        info = self.daemons[name].start()
+        conn = self.keepers[name] = libvirt.open(info.uri)
+        _seed_server(conn, pool, self.base_dir / "repos" / pool.repository.name)
+        hv = Hypervisor(info.uri)
+        for t in self._layout[1]:
+            if t.repository == pool.repository.name:
+                for d in t.disks:
+                    hv.create_volume(t.repository, d.volume, d.capacity_bytes)
+        node = hv.memory_mib()
+        hv.close()
+        return Server(name=name, pool=pool.name, uri=info.uri, memory_mib=node, cpus=16)
+
+    def kill_server(self, name: str) -> None:
+        """SIGKILL a server's daemon (a crashed hypervisor, for chaos tests)."""
+        conn = self.keepers.pop(name, None)
+        self.daemons[name].kill()
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def restart_server(self, name: str) -> None:
+        """Start a killed server again, seeded as before. The test driver keeps no state
+        across a restart: its domains are gone, as on a host that lost its disks."""
+        pool = next(p for p in self._layout[0].values() if name in p.servers)
+        self._start_server(pool, name)
+
+    def stop(self) -> None:
+        for conn in self.keepers.values():
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+        self.keepers.clear()
+        for daemon in self.daemons.values():
+            daemon.stop()
+        self.daemons.clear()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""One private, unprivileged ``libvirtd`` per simulated hypervisor server (the "lab").
+
+Why: the lab simulates many hypervisor hosts on one machine. Each gets its own
+libvirtd in session mode with a private directory, socket and host UUID, so
+connections to different servers never share state. The daemon runs in the
+foreground under Popen (we own its PID; stop is by PID), as ``nobody`` when we
+are root (via ``setpriv``), with a clean environment and in its own session so
+a Ctrl-C on the parent's terminal does not reach it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from orchestrator.lab.process import spawn, terminate, wait_ready
+
+LIBVIRTD = "/usr/sbin/libvirtd"
+NOBODY_ID = 65534
+_CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "vmorch:lab:libvirtd-host")
+_SUN_PATH_MAX_BYTES = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """Where and how to reach one running lab daemon."""
+
+    name: str
+    directory: Path
+    socket_path: Path
+    uri: str  # libvirt test driver; its state is shared by all connections
+    qemu_uri: str  # qemu session driver of the same daemon
+    host_uuid: str
+    pid: int
+
+
+def _check_traversable_by_nobody(directory: Path) -> None:
+    """Raise if an ancestor of ``directory`` cannot be searched by uid/gid 65534."""
+    for parent in directory.parents:
+        st = parent.stat()
+        if st.st_mode & stat.S_IXOTH:
+            continue
+        if st.st_uid == NOBODY_ID and st.st_mode & stat.S_IXUSR:
+            continue
+        if st.st_gid == NOBODY_ID and st.st_mode & stat.S_IXGRP:
+            continue
+        raise PermissionError(
+            f"{parent} (mode {stat.filemode(st.st_mode)}) is not searchable by "
+            f"uid {NOBODY_ID}; libvirtd could not reach {directory}"
+        )
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for entry in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, entry), uid, gid)
+
+
+class LibvirtDaemon:
+    """Start, stop and kill one lab libvirtd living in ``directory``."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid server name {name!r}: want 1-63 [A-Za-z0-9_-]")
+        self.name = name
+        self.directory = Path(directory).absolute()
+        self.socket_path = self.directory / "run" / "libvirt" / "libvirt-sock"
+        if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX_BYTES:
+            raise ValueError(f"socket path too long for AF_UNIX: {self.socket_path}")
+        self.host_uuid = str(uuid.uuid5(_UUID_NAMESPACE, name))
+        sock = quote(str(self.socket_path), safe="/")
+        self.uri = f"test+unix:///default?socket={sock}"
+        self.qemu_uri = f"qemu+unix:///session?socket={sock}"
+        self.log_path = self.directory / "libvirtd.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._info: DaemonInfo | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def info(self) -> DaemonInfo:
+        """Details of the running daemon; RuntimeError if it is not running."""
+        if self._info is None or not self.running:
+            raise RuntimeError(f"libvirtd {self.name!r} is not running")
+        return self._info
+
+    def _prepare(self) -> dict[str, str]:
+        """Create the directory tree and config files; return the clean environment."""
+        d = self.directory
+        for sub in ("home", "config/libvirt", "cache", "run"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "run").chmod(0o700)
+        (d / "config/libvirt/libvirtd.conf").write_text(f'host_uuid = "{self.host_uuid}"\n')
+        (d / "config/libvirt/qemu.conf").write_text('stdio_handler = "file"\n')
+        self._remove_stale_sockets()
+        self.log_path.touch()
+        return {
+            "PATH": _CLEAN_PATH,
+            "HOME": str(d / "home"),
+            "XDG_RUNTIME_DIR": str(d / "run"),
+            "XDG_CONFIG_HOME": str(d / "config"),
+            "XDG_CACHE_HOME": str(d / "cache"),
+        }
+
+    def _remove_stale_sockets(self) -> None:
+        self.socket_path.unlink(missing_ok=True)
+        self.socket_path.with_name("libvirt-admin-sock").unlink(missing_ok=True)
+
+    def start(self, timeout_s: float = 15.0) -> DaemonInfo:
+        """Start the daemon and wait until its socket accepts connections."""
+        if self.running:
+            raise RuntimeError(f"libvirtd {self.name!r} is already running")
+        env = self._prepare()
+        argv = [LIBVIRTD]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv", path=_CLEAN_PATH)
+            if setpriv is None:
+                raise RuntimeError("setpriv not found; needed to drop root privileges")
+            _check_traversable_by_nobody(self.directory)
+            _chown_tree(self.directory, NOBODY_ID, NOBODY_ID)
+            argv = [setpriv, f"--reuid={NOBODY_ID}", f"--regid={NOBODY_ID}",
+                    "--clear-groups", LIBVIRTD]  # fmt: skip
+        # setpriv execs libvirtd, so the child's PID is the daemon's PID.
+        self._proc = spawn(argv, self.log_path, env=env, cwd=self.directory)
+        try:
+            self._wait_for_socket(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self._info = DaemonInfo(self.name, self.directory, self.socket_path, self.uri,
+                                self.qemu_uri, self.host_uuid, self._proc.pid)  # fmt: skip
+        return self._info
+
+    def _wait_for_socket(self, timeout_s: float) -> None:
+        if self._proc is None:
+            raise RuntimeError("not started")
+
+        def accepts() -> bool:
+            if not self.socket_path.is_socket():
+                return False
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.socket_path))
+                    return True
+                except OSError:
+                    return False
+
+        wait_ready(self._proc, f"libvirtd {self.name!r}", accepts, timeout_s, self.log_path)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the daemon by PID, wait ``timeout_s``, then SIGKILL. Idempotent."""
+        proc, self._proc = self._proc, None
+        terminate(proc, timeout_s)
+        self._remove_stale_sockets()
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (chaos testing); leaves its stale socket behind."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()

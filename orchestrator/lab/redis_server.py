@@ -1,0 +1,145 @@
+"""A private ``redis-server`` process for tests and the local "lab" deployment.
+
+Why: integration tests and the lab need a real Redis that belongs to us alone.
+The machine may already run a shared Redis (e.g. on 6379); this module never
+talks to, signals or reuses any Redis it did not start itself:
+
+* the port is checked to be free before starting (``port=None`` picks one),
+* readiness is only accepted when the answering server reports our own PID,
+* ``stop()`` signals only the process we spawned (by its PID, via Popen).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import redis
+
+from orchestrator.lab.process import spawn, terminate, wait_ready
+
+_HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    """Ask the kernel for a currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_is_free(port: int) -> bool:
+    """True if nothing is bound to ``127.0.0.1:port`` (without connecting to it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+class RedisServer:
+    """One private, non-daemonized ``redis-server`` bound to 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"invalid TCP port {port}")
+        self._data_dir = Path(data_dir).resolve()
+        self._port = _free_port() if port is None else port
+        self._appendonly = appendonly
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{_HOST}:{self._port}/0"
+
+    @property
+    def pid(self) -> int:
+        """PID of the running server; RuntimeError if it was never started."""
+        if self._proc is None:
+            raise RuntimeError("RedisServer is not started")
+        return self._proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self._data_dir / "redis.log"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start the server, wait until it answers PING, return its URL."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError(f"redis-server already running (pid {self._proc.pid})")
+        if not _port_is_free(self._port):
+            raise RuntimeError(f"port {_HOST}:{self._port} is already in use")
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "redis-server",
+            "--bind", _HOST,
+            "--port", str(self._port),
+            "--dir", str(self._data_dir),
+            "--appendonly", "yes" if self._appendonly else "no",
+            "--save", "",
+            "--pidfile", str(self._data_dir / "redis.pid"),
+            "--logfile", str(self.log_path),
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        # Early errors (bad arguments) go to stderr: the log gets them too.
+        self._proc = spawn(argv, self.log_path)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Poll until *our* process answers PING, or raise RuntimeError."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("not started")
+        client = redis.Redis(
+            host=_HOST, port=self._port, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+
+        def answers() -> bool:
+            try:
+                if not client.ping():
+                    return False
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                return False  # not listening yet, or still loading the AOF
+            server_pid = int(client.info("server")["process_id"])
+            if server_pid != proc.pid:
+                raise RuntimeError(
+                    f"port {self._port} is answered by a foreign Redis "
+                    f"(pid {server_pid}), not ours ({proc.pid})"
+                )
+            return True
+
+        try:
+            wait_ready(proc, "redis-server", answers, timeout_s, self.log_path)
+        finally:
+            client.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM our process, wait up to ``timeout_s``, then SIGKILL. Idempotent."""
+        proc, self._proc = self._proc, None
+        terminate(proc, timeout_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,57 @@
+"""Alerts in Redis (hash `alerts`), raised by workflows, acknowledged over the API."""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.asyncio import Redis
+
+from orchestrator.errors import NotFound
+from orchestrator.store import keys
+from orchestrator.store.events import EventLog, make_event
+from schemas.alerts import Alert
+from schemas.base import utcnow
+
+
+class AlertStore:
+    def __init__(self, redis: Redis, event_maxlen: int = 100_000):
+        self.redis = redis
+        self.events = EventLog(redis, event_maxlen)
+
+    async def raise_alert(
+        self, type_: str, subject: str, message: str, job_id: str | None = None
+    ) -> Alert:
+        """Store the alert and publish it as an event of the same type."""
+        alert = Alert(
+            id=uuid.uuid4().hex[:12],
+            type=type_,
+            subject=subject,
+            message=message,
+            at=utcnow(),
+            job_id=job_id,
+        )
+        await self.redis.hset(keys.ALERTS, alert.id, alert.model_dump_json())
+        await self.events.publish(
+            make_event(
+                type_,
+                "vmorch://engine",
+                subject,
+                {"alert_id": alert.id, "message": message, "job_id": job_id},
+            )
+        )
+        return alert
+
+    async def all(self, include_acknowledged: bool = False) -> list[Alert]:
+        alerts = [Alert.model_validate_json(d) for d in await self.redis.hvals(keys.ALERTS)]
+        alerts = [a for a in alerts if include_acknowledged or a.acknowledged_at is None]
+        return sorted(alerts, key=lambda a: a.at, reverse=True)
+
+    async def acknowledge(self, alert_id: str, by: str) -> Alert:
+        doc = await self.redis.hget(keys.ALERTS, alert_id)
+        if doc is None:
+            raise NotFound(f"alert {alert_id!r} not found")
+        alert = Alert.model_validate_json(doc)
+        if alert.acknowledged_at is None:
+            alert = alert.model_copy(update={"acknowledged_by": by, "acknowledged_at": utcnow()})
+            await self.redis.hset(keys.ALERTS, alert_id, alert.model_dump_json())
+        return alert

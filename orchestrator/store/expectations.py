@@ -1,0 +1,64 @@
+"""Attribution: which vmorch job caused an event on a VM.
+
+A step records, before it acts, the event types its action will cause on the VM (a restart
+expects `vm.lifecycle.stopped` and `.started`). The router attributes a matching event to
+that job while the job runs, or shortly after it ended (events can be processed after the
+job that caused them finished). Attributed events never fire hooks meant for unexpected
+changes. Recording the expectation first, rather than guessing from timing, means the
+attribution does not depend on how fast the event travels.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from datetime import timedelta
+
+from redis.asyncio import Redis
+
+from orchestrator.store import keys
+from orchestrator.store.jobs import JobStore
+from schemas.base import utcnow
+from schemas.events import Event
+
+GRACE_S = 5.0  # an event up to this long after its job ended is still the job's
+TTL_S = 24 * 3600
+
+
+class Expectations:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def expect(self, vm_id: str, job_id: str, types: list[str]) -> None:
+        """Record that `job_id` is about to cause events of `types` on the VM."""
+        key = keys.expectations(vm_id)
+        # merged with what the job expected before (a restart expects the stop's events too,
+        # which may arrive after it has declared the start's)
+        before = await self.redis.hget(key, job_id)
+        merged = sorted(set(json.loads(before) if before else []) | set(types))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, job_id, json.dumps(merged))
+        pipe.expire(key, TTL_S)
+        await pipe.execute()
+
+    async def attribute(self, event: Event, jobs: JobStore) -> str | None:
+        """The id of the job that caused `event`, or None when nothing vmorch did explains it."""
+        if not event.subject or not event.type.startswith("vm."):
+            return None
+        key = keys.expectations(event.subject)
+        entries: dict[str, str] = await self.redis.hgetall(key)
+        for job_id, raw in entries.items():
+            if not any(fnmatch.fnmatchcase(event.type, t) for t in json.loads(raw)):
+                continue
+            v = await jobs.get_versioned(job_id)
+            if v is None:
+                await self.redis.hdel(key, job_id)
+                continue
+            job = v.job
+            if not job.state.terminal:
+                return job_id
+            if job.ended_at and event.time <= job.ended_at + timedelta(seconds=GRACE_S):
+                return job_id
+            if job.ended_at and utcnow() - job.ended_at > timedelta(seconds=GRACE_S * 4):
+                await self.redis.hdel(key, job_id)  # long over: forget it
+        return None

@@ -1,0 +1,167 @@
+"""Hooks in Redis: definitions, secrets, flood control and the record of each firing."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from orchestrator.errors import NotFound
+from orchestrator.store import keys
+from schemas.base import utcnow
+from schemas.events import Event
+from schemas.hooks import Hook, HookMatch, HookRun, HookSpec, WebhookAction
+from schemas.inventory import Vm
+
+RUNS_KEPT = 1000  # firings kept per hook
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def matches(match: HookMatch, event: Event, vm: Vm | None) -> bool:
+    """Whether `event` (about `vm`, when it is about a VM) meets every criterion of `match`."""
+    if not any(fnmatch.fnmatchcase(event.type, t) for t in match.types):
+        return False
+    data = event.data
+    if match.vm_name is not None and not fnmatch.fnmatchcase(
+        str(data.get("vm_name") or (vm.name if vm else "")), match.vm_name
+    ):
+        return False
+    if match.server is not None and data.get("server") != match.server:
+        return False
+    if match.pool is not None and data.get("pool", vm.pool if vm else None) != match.pool:
+        return False
+    labels = vm.labels if vm else {}
+    if any(labels.get(k) != v for k, v in match.labels.items()):
+        return False
+    return all(data.get(k) == v for k, v in match.data.items())
+
+
+class HookStore:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def create(
+        self, spec: HookSpec, *, hook_id: str | None = None, builtin: bool = False
+    ) -> tuple[Hook, str | None]:
+        """Store a hook; a webhook hook gets a new secret, returned once."""
+        hook = Hook(
+            **spec.model_dump(),
+            id=hook_id or uuid.uuid4().hex[:12],
+            created_at=utcnow(),
+            builtin=builtin,
+        )
+        secret = secrets.token_urlsafe(32) if isinstance(spec.action, WebhookAction) else None
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.hook(hook.id), hook.model_dump_json())
+        pipe.sadd(keys.HOOKS, hook.id)
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
+        if secret:
+            pipe.set(keys.hook_secret(hook.id), secret)
+        await pipe.execute()
+        return hook, secret
+
+    async def get(self, hook_id: str) -> Hook:
+        doc = await self.redis.get(keys.hook(hook_id))
+        if doc is None:
+            raise NotFound(f"hook {hook_id!r} not found")
+        hook = Hook.model_validate_json(doc)
+        suppressed = int(await self.redis.get(keys.hook_suppressed(hook_id)) or 0)
+        return hook.model_copy(update={"suppressed": suppressed})
+
+    async def all(self) -> list[Hook]:
+        ids = sorted(await self.redis.smembers(keys.HOOKS))
+        return [await self.get(i) for i in ids]
+
+    async def replace(self, hook_id: str, spec: HookSpec) -> tuple[Hook, str | None]:
+        """Replace a hook's definition; returns a new webhook secret if it needed one."""
+        old = await self.get(hook_id)
+        hook = Hook(**spec.model_dump(), id=hook_id, created_at=old.created_at, builtin=old.builtin)
+        secret = None
+        if isinstance(spec.action, WebhookAction) and not await self.secret(hook_id):
+            secret = secrets.token_urlsafe(32)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.hook(hook_id), hook.model_dump_json())
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
+        if secret:
+            pipe.set(keys.hook_secret(hook_id), secret)
+        await pipe.execute()
+        return hook, secret
+
+    async def delete(self, hook_id: str) -> None:
+        await self.get(hook_id)
+        pipe = self.redis.pipeline(transaction=True)
+        for k in (
+            keys.hook(hook_id),
+            keys.hook_secret(hook_id),
+            keys.hook_runs(hook_id),
+            keys.hook_suppressed(hook_id),
+        ):
+            pipe.delete(k)
+        pipe.srem(keys.HOOKS, hook_id)
+        pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
+        await pipe.execute()
+
+    async def version(self) -> str:
+        """Changes whenever a hook is created, changed or deleted."""
+        return str(await self.redis.get(keys.HOOKS_VERSION) or "0")
+
+    async def secret(self, hook_id: str) -> str | None:
+        value: str | None = await self.redis.get(keys.hook_secret(hook_id))
+        return value
+
+    async def claim_firing(self, hook: Hook, event: Event, subject: str, lease_ms: int) -> str:
+        """Claim this (hook, event, subject) for `lease_ms`: "claimed" (act now), "done"
+        (acted on already) or "busy" (another router is acting; if it died, the lease
+        lapses and the firing is claimed again: at least once)."""
+        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        if await self.redis.set(key, "busy", nx=True, px=lease_ms):
+            return "claimed"
+        return "done" if await self.redis.get(key) == "done" else "busy"
+
+    async def finish_firing(self, hook: Hook, event: Event, subject: str) -> None:
+        await self.redis.set(
+            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=7 * 86400
+        )
+
+    async def within_window(self, hook: Hook, subject: str, firing: str) -> bool:
+        """Flood control: True (and counted) when the hook fired for `subject` recently for
+        another firing than `firing` (a firing retried after a router died is not a flood)."""
+        if hook.window_s <= 0:
+            return False
+        key = keys.hook_flood(hook.id, subject)
+        fresh = await self.redis.set(key, firing, nx=True, px=int(hook.window_s * 1000))
+        if fresh or await self.redis.get(key) == firing:
+            return False
+        await self.redis.incr(keys.hook_suppressed(hook.id))
+        return True
+
+    async def record(self, run: HookRun) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(keys.hook_runs(run.hook_id), run.model_dump_json())
+        pipe.ltrim(keys.hook_runs(run.hook_id), 0, RUNS_KEPT - 1)
+        await pipe.execute()
+
+    async def runs(self, hook_id: str, limit: int = 100) -> list[HookRun]:
+        await self.get(hook_id)
+        docs = await self.redis.lrange(keys.hook_runs(hook_id), 0, limit - 1)
+        return [HookRun.model_validate_json(d) for d in docs]
+
+
+def fill(template: Any, values: dict[str, str]) -> Any:
+    """Put event values into a request template's strings: "{vm_id}" -> the VM's id.
+
+    Only whole-placeholder and simple `{name}` substitutions: no format specs or attribute
+    access (`str.format_map` would let a hook read object attributes).
+    """
+    if isinstance(template, str):
+        # one pass: a value that itself looks like a placeholder stays as it is
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    if isinstance(template, list):
+        return [fill(x, values) for x in template]
+    if isinstance(template, dict):
+        return {k: fill(v, values) for k, v in template.items()}
+    return template

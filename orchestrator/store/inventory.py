@@ -1,0 +1,146 @@
+"""Inventory in Redis: pools, servers, templates (declared) and VMs (provisioned by jobs)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from orchestrator.errors import NotFound
+from orchestrator.store import keys, lua
+from schemas.base import utcnow
+from schemas.inventory import Inventory, Server, ServerPool, Template, Vm, VmState
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class InventoryStore:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+        self._set_state = redis.register_script(lua.SET_VM_STATE)
+
+    async def load(self, inv: Inventory) -> None:
+        """Declare pools, servers and templates (replacing ones of the same name)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for p in inv.pools:
+            pipe.set(keys.pool(p.name), p.model_dump_json())
+            pipe.sadd(keys.POOLS, p.name)
+        for s in inv.servers:
+            pipe.set(keys.server(s.name), s.model_dump_json())
+            pipe.sadd(keys.SERVERS, s.name)
+        for t in inv.templates:
+            pipe.set(keys.template(t.name), t.model_dump_json())
+            pipe.sadd(keys.TEMPLATES, t.name)
+        await pipe.execute()
+
+    async def _all(self, set_key: str, key_of: type[M], make_key: object) -> list[M]:
+        names = sorted(await self.redis.smembers(set_key))
+        if not names:
+            return []
+        docs = await self.redis.mget([make_key(n) for n in names])  # type: ignore[operator]
+        return [key_of.model_validate_json(d) for d in docs if d is not None]
+
+    async def _one(self, key: str, model: type[M], what: str, name: str) -> M:
+        doc = await self.redis.get(key)
+        if doc is None:
+            raise NotFound(f"{what} {name!r} not found")
+        return model.model_validate_json(doc)
+
+    async def pools(self) -> list[ServerPool]:
+        return await self._all(keys.POOLS, ServerPool, keys.pool)
+
+    async def servers(self) -> list[Server]:
+        return await self._all(keys.SERVERS, Server, keys.server)
+
+    async def templates(self) -> list[Template]:
+        return await self._all(keys.TEMPLATES, Template, keys.template)
+
+    async def pool(self, name: str) -> ServerPool:
+        return await self._one(keys.pool(name), ServerPool, "pool", name)
+
+    async def server(self, name: str) -> Server:
+        return await self._one(keys.server(name), Server, "server", name)
+
+    async def template(self, name: str) -> Template:
+        return await self._one(keys.template(name), Template, "template", name)
+
+    # --- VMs ---------------------------------------------------------------------------
+    # A VM's record (what was provisioned) and its observed state (what the hypervisor said
+    # last) live in separate keys, so an observer never writes back a stale copy of a record.
+    async def _with_state(self, docs: list[str | None], ids: list[str]) -> list[Vm]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(keys.vm_state(i))
+            pipe.get(keys.vm_desired(i))
+        replies = await pipe.execute()
+        out = []
+        for doc, obs, desired in zip(docs, replies[::2], replies[1::2], strict=True):
+            if doc is None:
+                continue
+            vm = Vm.model_validate_json(doc)
+            if desired:
+                vm = vm.model_copy(update={"desired_state": VmState(desired)})
+            if obs:
+                vm = vm.model_copy(
+                    update={
+                        "state": VmState(obs["state"]),
+                        "observed_at": obs["observed_at"],
+                    }
+                )
+            out.append(vm)
+        return out
+
+    async def vm(self, ref: str) -> Vm:
+        """A VM by id or by name."""
+        vm_id = ref
+        doc = await self.redis.get(keys.vm(ref))
+        if doc is None:
+            vm_id = await self.redis.get(keys.vm_name(ref)) or ""
+            doc = await self.redis.get(keys.vm(vm_id)) if vm_id else None
+        found = await self._with_state([doc], [vm_id])
+        if not found:
+            raise NotFound(f"vm {ref!r} not found")
+        return found[0]
+
+    async def find_vm(self, ref: str) -> Vm | None:
+        try:
+            return await self.vm(ref)
+        except NotFound:
+            return None
+
+    async def vms(self, limit: int = 1000) -> list[Vm]:
+        ids = list(await self.redis.zrange(keys.VMS, 0, limit - 1))
+        if not ids:
+            return []
+        return await self._with_state(await self.redis.mget([keys.vm(i) for i in ids]), ids)
+
+    async def save_vm(self, vm: Vm) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.vm(vm.id), vm.model_dump_json())
+        pipe.set(keys.vm_name(vm.name), vm.id)
+        pipe.zadd(keys.VMS, {vm.id: utcnow().timestamp()}, nx=True)
+        await pipe.execute()
+
+    async def set_vm_state(self, vm_id: str, state: VmState, server: str | None = None) -> None:
+        """Record what was observed on the hypervisor. VMs vmorch does not know are ignored,
+        and a server's report (`server` given) only counts for a VM placed on that server."""
+        fields = {"state": state.value, "observed_at": utcnow().isoformat()}
+        await self._set_state(
+            keys=[keys.vm(vm_id), keys.vm_state(vm_id)],
+            args=[server or "", *(x for kv in fields.items() for x in kv)],
+        )
+
+    async def set_desired(self, vm_id: str, state: VmState) -> None:
+        """Record what a job asked the VM to be (running or stopped)."""
+        await self.redis.set(keys.vm_desired(vm_id), state.value)
+
+    async def delete_vm(self, vm_id: str) -> None:
+        doc = await self.redis.get(keys.vm(vm_id))
+        pipe = self.redis.pipeline(transaction=True)
+        if doc is not None:
+            vm = Vm.model_validate_json(doc)
+            pipe.delete(keys.vm_name(vm.name))
+        pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
+        pipe.zrem(keys.VMS, vm_id)
+        await pipe.execute()

@@ -1,0 +1,326 @@
+"""Job records in Redis: create, read, compare-and-set updates, listing and the dispatch timer.
+
+All writes go through the scripts in `orchestrator.store.lua`, so each transition is atomic and
+emits its event in the same step. Writers pass the version they read; a concurrent writer
+makes the call return `conflict` and `update()` re-reads and tries again. Workers also pass
+their fencing token: a worker whose lease has gone gets `fenced` and must stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from orchestrator.errors import Conflict, LeaseLost, NotFound
+from orchestrator.store import keys, lua
+from orchestrator.store.events import make_event
+from schemas.base import utcnow
+from schemas.inventory import Vm
+from schemas.jobs import TRANSITIONS, Job, JobState
+
+MAX_SCAN = 2000  # job records one listing call reads at most
+CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
+Mutation = Callable[[Job], Job | None]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _created_us(job: Job) -> int:
+    return int(job.created_at.timestamp() * 1_000_000)
+
+
+def job_event(job: Job, old: JobState | None, source: str, step: str | None = None) -> str:
+    """The event for a job change: `job.<state>` on a transition, `job.step` otherwise."""
+    changed = old != job.state
+    data: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "state": job.state.value,
+        "progress": job.progress,
+    }
+    if changed and old is not None:
+        data["from"] = old.value
+    if job.links.vm_id:
+        data["vm_id"] = job.links.vm_id
+    if job.links.hook_id:
+        data["hook_id"] = job.links.hook_id
+    if step is not None:
+        data["step"] = step
+        data["steps"] = [{"name": s.name, "state": s.state.value} for s in job.steps]
+    kind = f"job.{job.state.value}" if changed else "job.step"
+    return make_event(kind, source, job.id, data).model_dump_json()
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    status: CreateStatus
+    job_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Versioned:
+    job: Job
+    version: str
+
+
+class JobStore:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        event_maxlen: int = 100_000,
+        idem_ttl_s: int = 86400,
+        redispatch_after_s: float = 15.0,
+    ):
+        self.redis = redis
+        self.event_maxlen = event_maxlen
+        self.idem_ttl_s = idem_ttl_s
+        self.redispatch_after_ms = int(redispatch_after_s * 1000)
+        self._create = redis.register_script(lua.CREATE_JOB)
+        self._commit = redis.register_script(lua.COMMIT_JOB)
+        self._claim_due = redis.register_script(lua.CLAIM_DUE)
+
+    async def create(
+        self,
+        job: Job,
+        *,
+        idem_key: str | None = None,
+        request_sha: str = "",
+        reserve_vm: Vm | None = None,
+        message: str = "",
+    ) -> CreateResult:
+        """Store a new queued job, append it to its VM's queue, reserve a new VM's name, and
+        push `message` on the job's Celery queue if the job may start at once (all atomic)."""
+        vm_id = job.links.vm_id
+        created = _created_us(job)
+        event = job_event(job, None, "vmorch://api")
+        res = await self._create(
+            keys=[
+                keys.job(job.id),
+                keys.idempotency(idem_key) if idem_key else lua.NONE_KEY,
+                keys.JOBS_ALL,
+                keys.jobs_state(JobState.QUEUED),
+                keys.jobs_kind(job.kind),
+                keys.jobs_vm(vm_id) if vm_id else lua.NONE_KEY,
+                keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
+                keys.jobs_queued(job.queue),
+                keys.EVENTS,
+                keys.JOBS_DUE,
+                keys.vm(reserve_vm.id) if reserve_vm else lua.NONE_KEY,
+                keys.vm_name(reserve_vm.name) if reserve_vm else lua.NONE_KEY,
+                keys.VMS,
+                job.queue,
+            ],
+            args=[
+                job.id,
+                job.model_dump_json(),
+                created,
+                f"{job.id} {request_sha}" if idem_key else "",
+                self.idem_ttl_s,
+                "1" if vm_id else "0",
+                event,
+                self.event_maxlen,
+                now_ms() + self.redispatch_after_ms,
+                reserve_vm.model_dump_json() if reserve_vm else "",
+                reserve_vm.name if reserve_vm else "",
+                reserve_vm.id if reserve_vm else "",
+                message,
+            ],
+        )
+        status, job_id, pos = res
+        return CreateResult(status, job_id, int(pos))
+
+    async def get_versioned(self, job_id: str) -> Versioned | None:
+        doc, version = await self.redis.hmget(keys.job(job_id), ["doc", "version"])
+        if doc is None:
+            return None
+        return Versioned(Job.model_validate_json(doc), version)
+
+    async def get(self, job_id: str) -> Job:
+        v = await self.get_versioned(job_id)
+        if v is None:
+            raise NotFound(f"job {job_id} not found")
+        return v.job
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for jid in job_ids:
+            pipe.hget(keys.job(jid), "doc")
+        docs = await pipe.execute()
+        return [Job.model_validate_json(d) for d in docs if d is not None]
+
+    async def commit(
+        self,
+        before: Versioned,
+        after: Job,
+        *,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[str, str]:
+        """Write `after` if the record is still at `before.version` (and the lease matches).
+
+        Returns (status, new VM-queue head). The head is set when a terminal job hands its VM
+        to the next job; the caller dispatches it.
+        """
+        old = before.job
+        if old.state != after.state and after.state not in TRANSITIONS[old.state]:
+            raise Conflict(f"job {old.id}: {old.state} -> {after.state} is not allowed")
+        vm_id = after.links.vm_id
+        emit = old.state != after.state or step is not None
+        status, head = await self._commit(
+            keys=[
+                keys.job(old.id),
+                keys.lease(old.id),
+                keys.EVENTS,
+                keys.jobs_state(old.state),
+                keys.jobs_state(after.state),
+                keys.jobs_queued(old.queue),
+                keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
+                keys.JOBS_DUE,
+            ],
+            args=[
+                before.version,
+                "" if fence is None else str(fence),
+                after.model_dump_json(),
+                after.state.value,
+                job_event(after, old.state, source, step) if emit else "",
+                self.event_maxlen,
+                old.id,
+                _created_us(old),
+                "1" if after.state.terminal else "0",
+                "" if due_ms is None else str(due_ms),
+                now_ms(),
+            ],
+        )
+        return status, head
+
+    async def update(
+        self,
+        job_id: str,
+        mutate: Mutation,
+        *,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[Job, str]:
+        """Read, apply `mutate`, compare-and-set; repeat on a concurrent write.
+
+        `mutate` returns the new job, or None to write nothing. Raises LeaseLost if the
+        fencing token no longer matches.
+        """
+        v, head = await self.update_v(
+            job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms
+        )
+        return v.job, head
+
+    async def update_v(
+        self,
+        job_id: str,
+        mutate: Mutation,
+        *,
+        current: Versioned | None = None,
+        fence: int | None = None,
+        source: str = "vmorch://engine",
+        step: str | None = None,
+        due_ms: int | Literal["-"] | None = None,
+    ) -> tuple[Versioned, str]:
+        """`update`, starting from `current` (saves a read when the caller holds the last
+        version it wrote); returns the version written, to pass to the next call."""
+        before = current
+        while True:
+            if before is None:
+                before = await self.get_versioned(job_id)
+                if before is None:
+                    raise NotFound(f"job {job_id} not found")
+            after = mutate(before.job)
+            if after is None:
+                return before, ""
+            after = after.model_copy(update={"updated_at": utcnow()})
+            status, head = await self.commit(
+                before, after, fence=fence, source=source, step=step, due_ms=due_ms
+            )
+            if status == "ok":
+                return Versioned(after, str(int(before.version) + 1)), head
+            if status == "fenced":
+                raise LeaseLost(f"job {job_id}: lease lost, not recording")
+            if status == "missing":
+                raise NotFound(f"job {job_id} not found")
+            before = None  # a concurrent write: read again
+
+    async def vm_queue(self, vm_id: str) -> list[str]:
+        return list(await self.redis.lrange(keys.vm_queue(vm_id), 0, -1))
+
+    async def claim_due(self, limit: int = 100) -> list[str]:
+        """Jobs whose dispatch timer has passed; their timers move forward by redispatch_after."""
+        now = now_ms()
+        return list(
+            await self._claim_due(
+                keys=[keys.JOBS_DUE], args=[now, now + self.redispatch_after_ms, limit]
+            )
+        )
+
+    async def set_due(self, job_id: str, due_ms: int) -> None:
+        await self.redis.zadd(keys.JOBS_DUE, {job_id: due_ms})
+
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        vm_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first. Scans the most selective index and filters the rest.
+
+        At most `MAX_SCAN` records are read per call: a sparse filter returns a short page
+        with a cursor to go on from, rather than walking the whole index in one request.
+        """
+        index = (
+            keys.jobs_vm(vm_id)
+            if vm_id
+            else keys.jobs_state(state)
+            if state
+            else keys.jobs_kind(kind)
+            if kind
+            else keys.JOBS_ALL
+        )
+        out: list[Job] = []
+        max_score: str = "+inf" if cursor is None else f"({cursor}"
+        scanned = 0
+        while len(out) < limit:
+            if scanned >= MAX_SCAN:
+                return out, max_score[1:]
+            batch = await self.redis.zrevrangebyscore(
+                index, max_score, "-inf", start=0, num=max(limit * 2, 100), withscores=True
+            )
+            scanned += len(batch)
+            if not batch:
+                return out, None
+            jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}
+            for jid, score in batch:
+                job = jobs.get(jid)
+                max_score = f"({int(score)}"
+                if (
+                    job is None
+                    or (state and job.state != state)
+                    or (kind and job.kind != kind)
+                    or (vm_id and job.links.vm_id != vm_id)
+                ):
+                    continue
+                out.append(job)
+                if len(out) == limit:
+                    return out, str(int(score))
+        return out, None

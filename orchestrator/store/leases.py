@@ -1,0 +1,57 @@
+"""Job leases with fencing tokens: at most one worker acts for a job at a time.
+
+A worker takes the lease before running a step and renews it while the step runs. If the
+worker dies, the lease expires after `lease_ms` and the router dispatches the job again.
+Each new lease gets a higher fencing token; the job store refuses writes that carry an
+older one, so a worker that was merely slow cannot record over its successor.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from orchestrator.store import keys, lua
+
+
+class Leases:
+    def __init__(self, redis: Redis, lease_ms: int):
+        self.redis = redis
+        self.lease_ms = lease_ms
+        self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
+        self._renew = redis.register_script(lua.RENEW_LEASE)
+        self._release = redis.register_script(lua.RELEASE_LEASE)
+        self._acquire_read = redis.register_script(lua.ACQUIRE_AND_READ)
+        self._release_push = redis.register_script(lua.RELEASE_AND_PUSH)
+
+    async def acquire(self, job_id: str) -> int | None:
+        """A new fencing token, or None if another worker holds the job."""
+        token = await self._acquire(
+            keys=[keys.lease(job_id), keys.fence(job_id)], args=[self.lease_ms]
+        )
+        return None if token is None else int(token)
+
+    async def acquire_and_read(self, job_id: str) -> tuple[int, str, str] | None:
+        """(token, job doc, version), or None if another worker holds the job."""
+        res = await self._acquire_read(
+            keys=[keys.lease(job_id), keys.fence(job_id), keys.job(job_id)], args=[self.lease_ms]
+        )
+        return None if res is None else (int(res[0]), res[1], res[2])
+
+    async def release_and_push(
+        self, job_id: str, token: int, messages: list[tuple[str, str]]
+    ) -> None:
+        """Release the lease, then LPUSH each (queue, message): the next worker to take one
+        of them finds the lease free."""
+        await self._release_push(
+            keys=[keys.lease(job_id), *(q for q, _ in messages)],
+            args=[token, *(m for _, m in messages)],
+        )
+
+    async def renew(self, job_id: str, token: int) -> bool:
+        return bool(await self._renew(keys=[keys.lease(job_id)], args=[token, self.lease_ms]))
+
+    async def release(self, job_id: str, token: int) -> None:
+        await self._release(keys=[keys.lease(job_id)], args=[token])
+
+    async def held(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(keys.lease(job_id)))

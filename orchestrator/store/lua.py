@@ -1,0 +1,149 @@
+"""Lua scripts that make each job write atomic. Keys are documented in `orchestrator.store.keys`.
+
+Every state change of a job is one script call: it checks the version read by the caller
+(compare-and-set) and, for a worker, its fencing token, then writes the record, moves the
+job between index sets, updates the dispatch timer and appends the event, all at once.
+"""
+
+from __future__ import annotations
+
+NONE_KEY = "vmorch:none"  # stands in for a key a call does not use
+
+CREATE_JOB = """
+-- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
+-- ARGV: id doc created_us idem_value idem_ttl has_vm event maxlen due_ms vm_doc vm_name vm_id
+--       message (the Celery message, pushed when the job may start at once)
+if ARGV[4] ~= '' then
+  local cur = redis.call('GET', KEYS[2])
+  if cur then
+    local sp = string.find(cur, ' ', 1, true)
+    local jid = string.sub(cur, 1, sp - 1)
+    local mine = string.sub(ARGV[4], string.find(ARGV[4], ' ', 1, true) + 1)
+    if string.sub(cur, sp + 1) == mine then return {'exists', jid, -1} end
+    return {'mismatch', jid, -1}
+  end
+end
+if ARGV[10] ~= '' then
+  local taken = redis.call('GET', KEYS[12])
+  if taken then return {'name_taken', taken, -1} end
+  redis.call('SET', KEYS[11], ARGV[10])
+  redis.call('SET', KEYS[12], ARGV[12])
+  redis.call('ZADD', KEYS[13], ARGV[3], ARGV[12])
+end
+redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'state', 'queued', 'version', 1)
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[3], ARGV[1])
+local pos = 0
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+  pos = redis.call('RPUSH', KEYS[7], ARGV[1]) - 1
+end
+if pos == 0 then
+  redis.call('ZADD', KEYS[10], ARGV[9], ARGV[1])
+  if ARGV[13] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[13]) end
+end
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[7])
+return {'created', ARGV[1], pos}
+"""
+
+COMMIT_JOB = """
+-- KEYS: job lease events state_old state_new queued vmq due
+-- ARGV: version fence doc state event maxlen id created_us terminal due now_ms
+local h = redis.call('HMGET', KEYS[1], 'version', 'state')
+if not h[1] then return {'missing', ''} end
+if h[1] ~= ARGV[1] then return {'conflict', ''} end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'fenced', ''} end
+redis.call('HSET', KEYS[1], 'doc', ARGV[3], 'state', ARGV[4], 'version', tonumber(h[1]) + 1)
+if h[2] ~= ARGV[4] then
+  redis.call('ZREM', KEYS[4], ARGV[7])
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
+  if h[2] == 'queued' then redis.call('ZREM', KEYS[6], ARGV[7]) end
+end
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[5])
+end
+local head = ''
+if ARGV[9] == '1' then
+  redis.call('ZREM', KEYS[8], ARGV[7])
+  if KEYS[7] ~= 'vmorch:none' then
+    -- hand the VM to the next job only if this job held it (was the head)
+    local was_head = redis.call('LINDEX', KEYS[7], 0) == ARGV[7]
+    redis.call('LREM', KEYS[7], 0, ARGV[7])
+    if was_head then
+      head = redis.call('LINDEX', KEYS[7], 0) or ''
+      if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[11], head) end
+    end
+  end
+elseif ARGV[10] == '-' then
+  redis.call('ZREM', KEYS[8], ARGV[7])
+elseif ARGV[10] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[10], ARGV[7])
+end
+return {'ok', head}
+"""
+
+ACQUIRE_LEASE = """
+-- KEYS: lease fence   ARGV: lease_ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
+return t
+"""
+
+ACQUIRE_AND_READ = """
+-- KEYS: lease fence job   ARGV: lease_ms
+-- Take the lease and read the job in one round trip: {token, doc, version} or false.
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
+local h = redis.call('HMGET', KEYS[3], 'doc', 'version')
+return {t, h[1] or '', h[2] or ''}
+"""
+
+RELEASE_AND_PUSH = """
+-- KEYS: lease, then the queues to push to   ARGV: token, then one message per queue
+-- Release the lease, then publish what the worker has to hand on, in one round trip.
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+for i = 2, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[i]) end
+return 1
+"""
+
+RENEW_LEASE = """
+-- KEYS: lease   ARGV: token lease_ms
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_LEASE = """
+-- KEYS: lease   ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+CLAIM_DUE = """
+-- KEYS: due   ARGV: now_ms next_ms limit
+-- Returns due job ids and pushes their timer forward, so two routers do not both take one.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+SET_VM_STATE = """
+-- KEYS: vm vmstate   ARGV: reporting server ('' for a workflow), then field value ...
+-- Only for a VM that still has a record, and, from a server's agent, only for a VM placed
+-- on that server: the old server of a relocated VM must not report it gone.
+local doc = redis.call('GET', KEYS[1])
+if not doc then return 0 end
+if ARGV[1] ~= '' then
+  local placed = cjson.decode(doc)['server']
+  if placed ~= nil and placed ~= cjson.null and placed ~= ARGV[1] then return 0 end
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""

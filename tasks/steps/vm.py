@@ -1,0 +1,160 @@
+"""Steps shared by VM workflows: each converges on a target state of one VM.
+
+Before acting, a step records the events its action will cause (`ctx.expect`), so that the
+router attributes them to this job and they fire no hooks meant for unexpected changes.
+Steps that must see the VM reach a state return a `Wait` rather than polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.errors import HypervisorError, NotFound
+from schemas.inventory import Vm, VmState
+from tasks.step import Outputs, Step, StepContext, Wait
+from workers.hypervisor.adapter import Hypervisor
+from workers.hypervisor.xml import DiskSpec, DomainSpec, NicSpec
+
+STARTED = ["vm.lifecycle.started", "vm.lifecycle.resumed"]
+STOPPED = ["vm.lifecycle.stopped", "vm.lifecycle.shutdown"]
+START_TIMEOUT_S = 120.0
+
+
+def vm_of(ctx: StepContext) -> Vm:
+    vm_id = ctx.job.links.vm_id
+    if vm_id is None:
+        raise NotFound("job has no VM")
+    return ctx.run(ctx.runtime.inventory.vm(vm_id))
+
+
+def hv_of(ctx: StepContext, vm: Vm) -> Hypervisor:
+    server = ctx.outputs.get("server") or vm.server
+    if not server:
+        raise HypervisorError(f"vm {vm.name} is not placed on a server")
+    return ctx.hypervisor(server)
+
+
+def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
+    state = hv.domain_state(vm.id)
+    ctx.run(ctx.runtime.inventory.set_vm_state(vm.id, state or VmState.DELETED))
+    return state
+
+
+def domain_spec_of(vm: Vm, domain_type: str, metadata: dict[str, str]) -> DomainSpec:
+    """The domain a VM record describes (the same record gives the same XML)."""
+    return DomainSpec(
+        uuid=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        domain_type=domain_type,
+        disks=[DiskSpec(d.path, d.target) for d in vm.disks],
+        nics=[NicSpec(n.network, n.mac) for n in vm.nics],
+        metadata=metadata,
+    )
+
+
+def _settled_in(wanted: VmState, out: Outputs) -> Callable[[StepContext], Outputs | None]:
+    def settled(ctx: StepContext) -> Outputs | None:
+        """The target state holds (the event may have been missed): the wait is over."""
+        vm = vm_of(ctx)
+        hv = hv_of(ctx, vm)
+        return dict(out) if observe(ctx, vm, hv) == wanted else None
+
+    return settled
+
+
+def start_run(ctx: StepContext) -> Outputs | Wait:
+    """Ensure the VM runs, then wait for it to be running: starting a running VM does
+    nothing, so running this twice is harmless."""
+    vm = vm_of(ctx)
+    hv = hv_of(ctx, vm)
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.RUNNING))
+    ctx.expect(vm.id, STARTED)
+    since = ctx.stream_position()
+    hv.start(vm.id)
+    return Wait(types=STARTED, subject=vm.id, since=since, timeout_s=START_TIMEOUT_S)
+
+
+def start_undo(ctx: StepContext) -> None:
+    """Ensure the VM is off again (power off: this job started it; a failed start is not
+    undone, as the VM may have been running before)."""
+    vm = vm_of(ctx)
+    hv = hv_of(ctx, vm)
+    ctx.expect(vm.id, STOPPED)
+    hv.destroy(vm.id)
+    observe(ctx, vm, hv)
+
+
+def vm_action(
+    act: Callable[[Hypervisor, str], None],
+    result: VmState,
+    expects: list[str],
+    desired: VmState | None = None,
+) -> Callable[[StepContext], Outputs]:
+    """A step that converges the VM with one adapter call (destroy, suspend, resume...),
+    then records the state observed on the hypervisor (and `desired`, when it changes what
+    the VM is meant to be)."""
+
+    def run(ctx: StepContext) -> Outputs:
+        vm = vm_of(ctx)
+        hv = hv_of(ctx, vm)
+        if desired is not None:
+            ctx.run(ctx.runtime.inventory.set_desired(vm.id, desired))
+        ctx.expect(vm.id, expects)
+        act(hv, vm.id)
+        observe(ctx, vm, hv)
+        return {"state": result.value}
+
+    return run
+
+
+def stop_run(ctx: StepContext, timeout_s: float) -> Outputs | Wait:
+    """Ensure the VM is stopped: ask the guest (ACPI), wait for it to stop; at the deadline
+    the step escalates to a forced power-off. A stopped VM stays as it is."""
+    vm = vm_of(ctx)
+    hv = hv_of(ctx, vm)
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED))
+    if hv.domain_state(vm.id) == VmState.STOPPED:
+        observe(ctx, vm, hv)
+        return {"state": VmState.STOPPED.value, "forced": False}
+    ctx.expect(vm.id, STOPPED)
+    since = ctx.stream_position()
+    hv.request_shutdown(vm.id)
+    return Wait(
+        types=["vm.lifecycle.stopped"],
+        subject=vm.id,
+        since=since,
+        timeout_s=timeout_s,
+        on_timeout="escalate",
+    )
+
+
+def stop_escalate(ctx: StepContext) -> Outputs:
+    """The guest did not stop in time: power it off."""
+    vm = vm_of(ctx)
+    hv = hv_of(ctx, vm)
+    hv.destroy(vm.id)
+    observe(ctx, vm, hv)
+    return {"state": VmState.STOPPED.value, "forced": True}
+
+
+START = Step(
+    "start",
+    start_run,
+    start_undo,
+    "start the VM and wait until it runs",
+    undo_on_failure=False,
+    settled=_settled_in(VmState.RUNNING, {"state": VmState.RUNNING.value}),
+)
+
+
+def stop_step(timeout_of: Callable[[StepContext], float]) -> Step:
+    return Step(
+        "stop",
+        lambda ctx: stop_run(ctx, timeout_of(ctx)),
+        None,
+        "shut the VM down, forced off after the timeout",
+        settled=_settled_in(VmState.STOPPED, {"state": VmState.STOPPED.value, "forced": False}),
+        escalate=stop_escalate,
+    )

@@ -1,0 +1,23 @@
+"""Job kind -> workflow builder. A new job kind is a request model plus an entry here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.errors import BadRequest
+from tasks.step import Step, WorkflowBuilder
+from tasks.workflows import noop, vm_create, vm_ha, vm_lifecycle
+
+WORKFLOWS: dict[str, WorkflowBuilder] = {
+    "noop": noop.steps,
+    "vm.create_from_template": vm_create.steps,
+    "vm.ha_restart": vm_ha.steps,
+    **vm_lifecycle.WORKFLOWS,
+}
+
+
+def steps_for(request: Any) -> list[Step]:
+    builder = WORKFLOWS.get(request.kind)
+    if builder is None:
+        raise BadRequest(f"no workflow for job kind {request.kind!r}")
+    return builder(request)

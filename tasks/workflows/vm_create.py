@@ -1,0 +1,162 @@
+"""vm.create_from_template: clone template disks, define the VM where there is room, start it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import cast
+
+from orchestrator.errors import NoCapacity, NotFound
+from schemas.inventory import Template, Vm, VmDisk, VmNic, VmState
+from schemas.requests import CreateFromTemplate
+from tasks.step import Outputs, Step, StepContext
+from tasks.steps.vm import START, domain_spec_of, observe, vm_of
+from workers.hypervisor.xml import disk_target, domain_xml
+
+
+def _req(ctx: StepContext) -> CreateFromTemplate:
+    return cast(CreateFromTemplate, ctx.request)  # the registry maps this kind here
+
+
+def _template(ctx: StepContext) -> Template:
+    return ctx.run(ctx.runtime.inventory.template(_req(ctx).template))
+
+
+def _volume_name(ctx: StepContext, index: int) -> str:
+    """Unique to this VM (name and the start of its UUID), so a disk kept from a deleted VM
+    of the same name is never picked up, nor deleted by this VM's undo."""
+    vm_id = ctx.job.links.vm_id or ""
+    return f"{_req(ctx).name}-{vm_id[:8]}-disk{index}"
+
+
+def mac_for(vm_id: str, index: int) -> str:
+    """A stable MAC per VM and NIC, so defining the domain twice gives the same XML."""
+    h = hashlib.sha256(f"{vm_id}/{index}".encode()).digest()
+    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
+
+
+def reserve_run(ctx: StepContext) -> Outputs:
+    """The VM record was reserved at submission; check it is still ours."""
+    vm = vm_of(ctx)
+    return {"vm_id": vm.id, "vm_name": vm.name}
+
+
+def reserve_undo(ctx: StepContext) -> None:
+    """Forget the VM record, unless the VM exists (then a delete job owns it)."""
+    vm_id = ctx.job.links.vm_id
+    if vm_id:
+        ctx.run(ctx.runtime.inventory.delete_vm(vm_id))
+
+
+def place_run(ctx: StepContext) -> Outputs:
+    """Choose the server of the pool with the most free memory that fits the VM.
+
+    Pure choice: nothing changes on a hypervisor, so running it again is harmless.
+    """
+    req = _req(ctx)
+    tmpl = _template(ctx)
+    pool = ctx.run(ctx.runtime.inventory.pool(req.pool))
+    need = req.memory_mib or tmpl.memory_mib
+    candidates = [req.server] if req.server else pool.servers
+    best: tuple[int, str] | None = None
+    for name in candidates:
+        free = ctx.hypervisor(name).memory_free_mib()
+        if free >= need and (best is None or free > best[0]):
+            best = (free, name)
+        ctx.check()
+    if best is None:
+        raise NoCapacity(f"no server of pool {req.pool} has {need} MiB free")
+    return {"server": best[1]}
+
+
+def clone_run(ctx: StepContext) -> Outputs:
+    """Ensure each template disk has a clone `<vm>-<id8>-disk<i>`.
+
+    A clone from an earlier attempt may be incomplete (its worker died mid-copy), so a
+    repeated attempt deletes it and clones again; the name is this VM's alone.
+    """
+    tmpl = _template(ctx)
+    hv = ctx.hypervisor(ctx.outputs["server"])
+    disks = []
+    for i, d in enumerate(tmpl.disks):
+        name = _volume_name(ctx, i)
+        if ctx.attempt > 1:
+            hv.delete_volume(tmpl.repository, name)
+        path = hv.clone_volume(tmpl.repository, d.volume, name)
+        disks.append({"volume": name, "path": path, "target": disk_target(i)})
+        ctx.check()
+    return {"disks": disks}
+
+
+def clone_undo(ctx: StepContext) -> None:
+    """Ensure the clones are gone. Names are derived, so this works after a partial clone."""
+    tmpl = _template(ctx)
+    server = ctx.outputs.get("server")
+    if server is None:
+        return
+    hv = ctx.hypervisor(server)
+    for i in range(len(tmpl.disks)):
+        hv.delete_volume(tmpl.repository, _volume_name(ctx, i))
+
+
+def define_run(ctx: StepContext) -> Outputs:
+    """Ensure the domain is defined; redefining with the same UUID and XML changes nothing."""
+    req = _req(ctx)
+    tmpl = _template(ctx)
+    vm = vm_of(ctx)
+    server = ctx.outputs["server"]
+    hv = ctx.hypervisor(server)
+    disks = [VmDisk(**d) for d in ctx.outputs.get("disks", [])]
+    nics = [
+        VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
+    ]
+    record = Vm(
+        id=vm.id,
+        name=vm.name,
+        pool=req.pool,
+        server=server,
+        state=VmState.STOPPED,
+        vcpus=req.vcpus or tmpl.vcpus,
+        memory_mib=req.memory_mib or tmpl.memory_mib,
+        disks=disks,
+        nics=nics,
+        ha=req.ha,
+        labels=req.labels,
+        created_by_job=ctx.job.id,
+    )
+    ctx.expect(vm.id, ["vm.lifecycle.defined"])
+    hv.define(
+        domain_xml(
+            domain_spec_of(
+                record,
+                hv.domain_type(),
+                {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
+            )
+        )
+    )
+    ctx.run(ctx.runtime.inventory.save_vm(record))
+    observe(ctx, vm, hv)
+    return {"server": server}
+
+
+def define_undo(ctx: StepContext) -> None:
+    """Ensure the domain is undefined on the server it was defined on."""
+    vm_id = ctx.job.links.vm_id
+    server = ctx.outputs.get("server")
+    if vm_id is None or server is None:
+        return
+    ctx.expect(vm_id, ["vm.lifecycle.undefined", "vm.lifecycle.stopped"])
+    with contextlib.suppress(NotFound):
+        ctx.hypervisor(server).undefine(vm_id)
+
+
+def steps(req: CreateFromTemplate) -> list[Step]:
+    out = [
+        Step("reserve", reserve_run, reserve_undo, "check the VM record reserved at submission"),
+        Step("place", place_run, None, "choose a server of the pool with room"),
+        Step("clone_disks", clone_run, clone_undo, "clone the template's disks in the repository"),
+        Step("define", define_run, define_undo, "define the domain on the chosen server"),
+    ]
+    if req.start:
+        out.append(START)
+    return out
