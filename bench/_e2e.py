@@ -211,7 +211,7 @@ def phase_e2e(cfg: Config) -> list[Row]:
             stack,
             cfg,
             "worker",
-            ["-m", "orchestrator.cli", "worker", "-c", str(cfg.concurrency)],
+            ["-m", "orchestrator.cli", "worker", "-c", str(cfg.concurrency), "--noop", "also"],
             env,
         )
         base_url = f"http://{HOST}:{port}"

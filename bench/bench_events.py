@@ -379,7 +379,7 @@ def phase_latency(cfg: Config, lab: Lab, inv: Inventory) -> list[Row]:
             router.check_alive()
             groups = r.xinfo_groups(keys.EVENTS)
             return bool(r.exists(keys.hook("builtin-ha"))) and any(
-                g["name"] == keys.ROUTERS_GROUP for g in groups
+                g["name"] == Settings().router_group for g in groups
             )
 
         wait_until(router_ready, 30, "the router's consumer group", 0.05)

@@ -12,6 +12,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VMORCH_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis client fails fast instead of hanging on a stalled server or a half-open
+    # connection: a reply must come within socket_timeout_s (blocking reads ask for less).
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_health_check_s: float = Field(default=10.0, ge=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -48,6 +53,12 @@ class Settings(BaseSettings):
     # A hook firing in progress is one router's for this long; a router that died in the
     # middle loses it, and another router fires again (hook actions are idempotent).
     hook_lease_ms: int = Field(default=30_000, ge=100)
+    # An acted-on firing is remembered this long, so a re-read event does not act twice.
+    hook_firing_ttl_s: int = Field(default=86_400, ge=60)
+    # Webhook deliveries run beside the event path, at most this many at once per router,
+    # each (all its attempts) cut off after webhook_delivery_max_s.
+    webhook_concurrency: int = Field(default=16, ge=1)
+    webhook_delivery_max_s: float = Field(default=120.0, gt=0)
     # Webhooks go only to these targets: host, host:port or CIDR (empty: none at all).
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.

@@ -1,4 +1,4 @@
-"""Shapes that only the HTTP API uses: error body, pages, queue status, tokens."""
+"""Shapes that only the HTTP API uses: error body, pages, views, queue status, tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Annotated, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from schemas.base import Frozen, Name
+from schemas.events import Event
+from schemas.hooks import Hook
+from schemas.inventory import Vm
 
 T = TypeVar("T")
 
@@ -74,3 +77,28 @@ class QueueStatus(Frozen):
 
 class AbortRequest(Frozen):
     reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class VmView(Vm):
+    """A VM with its operation queue (job ids, the running one first)."""
+
+    operations: list[str] = Field(default_factory=list)
+
+
+class HookCreated(BaseModel):
+    """A new hook; `secret` (webhook hooks only) is shown this once: keep it to verify
+    the `X-Vmorch-Signature` header of deliveries."""
+
+    hook: Hook
+    secret: str | None = None
+
+
+class StreamEvent(Event):
+    stream_id: str = Field(description="Redis stream entry id: pass it as `after` or Last-Event-ID")
+
+
+class EventPage(Frozen):
+    items: list[StreamEvent]
+    next_after: str | None = Field(
+        default=None, description="`after` of the next page; null at the end of the stream"
+    )

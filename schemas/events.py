@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from schemas.base import Frozen
 
@@ -18,3 +19,19 @@ class Event(Frozen):
     subject: str | None = None
     time: datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _no_null_attributes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """CloudEvents has no null attributes: an absent subject is left out, not null."""
+        out: dict[str, Any] = handler(self)
+        return {k: v for k, v in out.items() if v is not None or k == "data"}
+
+    @classmethod
+    def read(cls, raw: str | bytes) -> Event:
+        """Decode an envelope written by any vmorch version: attributes this version does
+        not know (added by a newer writer in a rolling upgrade) are ignored, not an error.
+        Raises ValueError when `raw` is not an envelope at all."""
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("an event envelope is a JSON object")
+        return cls.model_validate({k: v for k, v in doc.items() if k in cls.model_fields})

@@ -15,6 +15,16 @@ from schemas.base import Frozen, MemoryMiB, Name, VcpuCount
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
 
+VmName = Annotated[
+    Name,
+    Field(
+        max_length=47,
+        description="at most 47 characters: disk volumes are named <name>-<id8>-disk<i>, "
+        "which must stay within 63",
+    ),
+]
+"""A new VM's name."""
+
 MacAddress = Annotated[str, Field(pattern=r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")]
 
 
@@ -30,7 +40,7 @@ class CreateFromTemplate(Frozen):
     kind: Literal["vm.create_from_template"]
     pool: Name
     template: Name
-    name: Name
+    name: VmName
     vcpus: VcpuCount | None = None
     memory_mib: MemoryMiB | None = None
     vnics: Annotated[list[VnicRequest], Field(max_length=8)] = Field(default_factory=list)
@@ -45,39 +55,41 @@ class CreateFromTemplate(Frozen):
     ] = Field(default_factory=dict)
 
 
-class _VmOp(Frozen):
+class VmOperation(Frozen):
+    """A job on an existing VM: it joins the VM's operation queue."""
+
     vm: VmRef
 
 
-class StartVm(_VmOp):
+class StartVm(VmOperation):
     kind: Literal["vm.start"]
 
 
-class StopVm(_VmOp):
+class StopVm(VmOperation):
     """Graceful ACPI shutdown; forced off when the guest has not stopped after `timeout_s`."""
 
     kind: Literal["vm.stop"]
     timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
 
-class KillVm(_VmOp):
+class KillVm(VmOperation):
     kind: Literal["vm.kill"]
 
 
-class RestartVm(_VmOp):
+class RestartVm(VmOperation):
     kind: Literal["vm.restart"]
     timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
 
-class SuspendVm(_VmOp):
+class SuspendVm(VmOperation):
     kind: Literal["vm.suspend"]
 
 
-class ResumeVm(_VmOp):
+class ResumeVm(VmOperation):
     kind: Literal["vm.resume"]
 
 
-class DeleteVm(_VmOp):
+class DeleteVm(VmOperation):
     """Undefine the VM; `delete_disks` also deletes its volumes. A running VM needs `force`."""
 
     kind: Literal["vm.delete"]
@@ -85,7 +97,7 @@ class DeleteVm(_VmOp):
     force: bool = False
 
 
-class HaRestart(_VmOp):
+class HaRestart(VmOperation):
     """Restart an HA VM that stopped unexpectedly: on its server, or, when that server is
     down, on another server of its pool (cold). Submitted by the built-in HA hook."""
 
@@ -94,12 +106,13 @@ class HaRestart(_VmOp):
 
 
 class Noop(Frozen):
-    """A workflow of no-op steps, for smoke tests and benchmarks of the engine itself."""
+    """A workflow of no-op steps, for drills and benchmarks of the engine itself (admins
+    only; bounded; run on a queue of its own, `vmorch worker --noop also|only`)."""
 
     kind: Literal["noop"]
-    steps: Annotated[int, Field(ge=1, le=50)] = 5
-    step_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 0
-    fail_at: Annotated[int | None, Field(ge=1, le=50, description="step that fails for good")] = (
+    steps: Annotated[int, Field(ge=1, le=20)] = 5
+    step_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+    fail_at: Annotated[int | None, Field(ge=1, le=20, description="step that fails for good")] = (
         None
     )
     transient_failures: Annotated[
@@ -131,17 +144,7 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 
-VM_OPERATIONS = frozenset(
-    {
-        "vm.start",
-        "vm.stop",
-        "vm.kill",
-        "vm.restart",
-        "vm.suspend",
-        "vm.resume",
-        "vm.delete",
-        "vm.ha_restart",
-    }
-)
+# Kinds vmorch submits itself (hooks); the API refuses them.
+INTERNAL_KINDS = frozenset({"vm.ha_restart"})
 
 job_request_adapter: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)

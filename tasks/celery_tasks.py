@@ -6,10 +6,10 @@ import os
 
 from celery import Celery
 
+from orchestrator.jobs.dispatch import ADVANCE_TASK
 from orchestrator.settings import Settings
 from tasks.runner.advance import advance
 from tasks.runtime import Runtime
-from workers.celery_app import ADVANCE_TASK
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -20,7 +20,7 @@ def register(app: Celery, settings: Settings) -> None:
         rt = state.get(os.getpid())
         if rt is None:
             state.clear()
-            rt = state[os.getpid()] = Runtime.build(settings, app)
+            rt = state[os.getpid()] = Runtime.build(settings)
         return rt
 
     @app.task(name=ADVANCE_TASK, ignore_result=True)  # type: ignore[untyped-decorator]

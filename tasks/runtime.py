@@ -2,71 +2,65 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 
-import libvirt
-import redis.asyncio as aredis
-from celery import Celery
+from redis.asyncio import Redis
 
-from orchestrator.jobs.messages import TaskMessages
+from orchestrator.jobs.dispatch import TaskMessages
 from orchestrator.loopthread import LoopThread
+from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store.expectations import Expectations
 from orchestrator.store.inventory import InventoryStore
-from orchestrator.store.jobs import JobStore, now_ms
+from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
 from orchestrator.store.waits import Waits
-from workers.hypervisor.adapter import Hypervisors
-
-log = logging.getLogger(__name__)
+from workers.hypervisor.adapter import Hypervisors, silence_libvirt_errors
 
 
 @dataclass
 class Runtime:
+    """The worker's services (on its loop thread) and its hypervisor connections."""
+
     settings: Settings
-    celery: Celery
     loop: LoopThread
-    redis: aredis.Redis
-    jobs: JobStore
-    leases: Leases
-    inventory: InventoryStore
+    services: Services
     hypervisors: Hypervisors
-    messages: TaskMessages
-    waits: Waits
-    expectations: Expectations
-    pid: int
 
     @classmethod
-    def build(cls, settings: Settings, celery: Celery) -> Runtime:
-        # libvirt prints every error to stderr by default; we log the ones we act on.
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    def build(cls, settings: Settings) -> Runtime:
+        silence_libvirt_errors()  # we log the libvirt errors we act on
         loop = LoopThread()
 
-        async def make() -> aredis.Redis:
-            return aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        async def make() -> Services:
+            return Services.build(settings, connect(settings))
 
-        r = loop.run(make())
-        return cls(
-            settings=settings,
-            celery=celery,
-            loop=loop,
-            redis=r,
-            jobs=JobStore(
-                r,
-                event_maxlen=settings.event_stream_maxlen,
-                idem_ttl_s=settings.idempotency_ttl_s,
-                redispatch_after_s=settings.redispatch_after_s,
-            ),
-            leases=Leases(r, settings.lease_ms),
-            inventory=InventoryStore(r),
-            hypervisors=Hypervisors(settings.libvirt_retry_s),
-            messages=TaskMessages(celery),
-            waits=Waits(r),
-            expectations=Expectations(r),
-            pid=os.getpid(),
-        )
+        return cls(settings, loop, loop.run(make()), Hypervisors(settings.libvirt_retry_s))
 
-    def due_in_ms(self, delay_ms: float) -> int:
-        return now_ms() + int(delay_ms)
+    @property
+    def redis(self) -> Redis:
+        return self.services.redis
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.services.jobs
+
+    @property
+    def leases(self) -> Leases:
+        return self.services.leases
+
+    @property
+    def inventory(self) -> InventoryStore:
+        return self.services.inventory
+
+    @property
+    def waits(self) -> Waits:
+        return self.services.waits
+
+    @property
+    def expectations(self) -> Expectations:
+        return self.services.expectations
+
+    @property
+    def messages(self) -> TaskMessages:
+        return self.services.dispatcher.messages

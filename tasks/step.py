@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from orchestrator.errors import AbortRequested, LeaseLost
+from orchestrator.store.fence import Fence
 from schemas.jobs import Job
 
 if TYPE_CHECKING:
@@ -70,10 +71,16 @@ class StepContext:
     outputs: Outputs = field(default_factory=dict)
     lease_lost: threading.Event = field(default_factory=threading.Event)
     abort_seen: threading.Event = field(default_factory=threading.Event)
+    token: int | None = None  # the fencing token of the lease this worker holds
 
     @property
     def request(self) -> Any:
         return self.job.request
+
+    @property
+    def fence(self) -> Fence | None:
+        """Pass to every store write: it lands only while this worker holds the lease."""
+        return None if self.token is None else Fence(self.job.id, self.token)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a store coroutine (inventory, jobs) on the runtime's loop thread."""
@@ -88,11 +95,18 @@ class StepContext:
         router attributes them to this job (they then fire no hooks for unexpected changes)."""
         self.run(self.runtime.expectations.expect(vm_id, self.job.id, types))
 
-    def hypervisor(self, server: str) -> Hypervisor:
-        """The server's adapter. Also a safe point: no hypervisor change after losing the lease."""
+    def hypervisor(self, server: str, probe_s: float | None = None) -> Hypervisor:
+        """The server's adapter (`probe_s`: give up on an unreachable server after this
+        long instead of the usual retry budget). Also a safe point: no hypervisor change
+        after losing the lease."""
         self.check()
+        if self.token is not None and not self.run(
+            self.runtime.leases.holds(self.job.id, self.token)
+        ):
+            self.lease_lost.set()
+            self.check()
         srv = self.run(self.runtime.inventory.server(server))
-        return self.runtime.hypervisors.get(srv.uri)
+        return self.runtime.hypervisors.get(srv.uri, retry_s=probe_s)
 
     def check(self) -> None:
         """A safe point: stop here if the lease is gone or an abort was asked for."""

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+from orchestrator.jobs.dispatch import ADVANCE_TASK  # noqa: F401 (re-exported)
 from orchestrator.settings import Settings
 from orchestrator.store import keys
-
-ADVANCE_TASK = "vmorch.advance"
 
 
 def make_celery(settings: Settings) -> Celery:

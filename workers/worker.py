@@ -2,42 +2,61 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
 
-import redis
+from redis.exceptions import RedisError
 
+from orchestrator.services import connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
+from orchestrator.store.fleet import FleetStore
+from orchestrator.store.inventory import InventoryStore
 from tasks.celery_tasks import register
 from workers.celery_app import make_celery
 
 log = logging.getLogger("vmorch.worker")
 
 
-def _queues(settings: Settings, pools: list[str] | None) -> list[str]:
-    if not pools:
-        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        try:
-            pools = sorted(r.smembers(keys.POOLS))
-        finally:
-            r.close()
-    return [keys.DEFAULT_QUEUE] + [keys.pool_queue(p) for p in pools]
+async def _pool_names(settings: Settings) -> list[str]:
+    r = connect(settings)
+    try:
+        return [p.name for p in await InventoryStore(r).pools()]
+    finally:
+        await r.aclose()
+
+
+def queues_for(settings: Settings, pools: list[str] | None, noop: str) -> list[str]:
+    """The queues a worker consumes: its pools' (every known pool by default) and the
+    default one; the noop queue only when asked (`noop`: "no", "also" or "only"), so that
+    engine drills never hold the slots VM operations need."""
+    if noop == "only":
+        return [keys.NOOP_QUEUE]
+    names = pools or asyncio.run(_pool_names(settings))
+    queues = [keys.DEFAULT_QUEUE] + [keys.pool_queue(p) for p in names]
+    return [*queues, keys.NOOP_QUEUE] if noop == "also" else queues
 
 
 def _heartbeat(settings: Settings, name: str, queues: list[str], stop: threading.Event) -> None:
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    while not stop.is_set():
+    """Tell the fleet (GET /v1/queue) this worker is alive, every 5 s, until `stop`."""
+
+    async def beat_until_stopped() -> None:
+        r = connect(settings)
+        fleet = FleetStore(r)
         try:
-            pipe = r.pipeline(transaction=False)
-            pipe.zadd(keys.WORKERS, {name: int(time.time() * 1000)})
-            pipe.set(keys.worker(name), ",".join(queues), ex=60)
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("worker heartbeat failed", exc_info=True)
-        stop.wait(5)
+            while not stop.is_set():
+                try:
+                    await fleet.beat(name, queues)
+                except RedisError:
+                    log.warning("worker heartbeat failed", exc_info=True)
+                await asyncio.to_thread(stop.wait, 5)
+        finally:
+            await r.aclose()
+
+    asyncio.run(beat_until_stopped())
 
 
 def run_worker(
@@ -45,10 +64,11 @@ def run_worker(
     pools: list[str] | None = None,
     concurrency: int | None = None,
     pool_impl: str = "prefork",
+    noop: str = "no",
 ) -> None:
     app = make_celery(settings)
     register(app, settings)
-    queues = _queues(settings, pools)
+    queues = queues_for(settings, pools, noop)
     name = f"vmorch@{socket.gethostname()}-{time.time_ns() % 1_000_000}"
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(settings, name, queues, stop), daemon=True).start()

@@ -9,15 +9,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from orchestrator.api.http import services, validation_details
 from orchestrator.errors import Forbidden, Unauthorized, VmorchError
-from orchestrator.store.tokens import TokenStore
 from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 
 log = logging.getLogger("vmorch.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TOKEN_INFO = web.RequestKey("vmorch_token", TokenInfo)
-TOKENS_KEY = web.AppKey("vmorch_tokens", TokenStore)
 ROUTE_ROLES = web.AppKey("vmorch_route_roles", dict)
 MAX_BODY = web.AppKey("vmorch_max_body_bytes", int)
 
@@ -30,20 +29,6 @@ def error_response(
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="vmorch"'
     return resp
-
-
-def validation_details(
-    e: ValidationError, prefix: str = "body", tag: object = None
-) -> list[ErrorDetail]:
-    """pydantic errors as (loc, msg); `tag` is a discriminated union's tag, which pydantic
-    puts first in each loc and which the client did not write as a field."""
-    out = []
-    for err in e.errors(include_url=False):
-        loc = list(err["loc"])
-        if tag is not None and loc and loc[0] == tag:
-            loc = loc[1:]
-        out.append(ErrorDetail(loc=[prefix, *loc], msg=err["msg"]))
-    return out
 
 
 @web.middleware
@@ -95,7 +80,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    info: TokenInfo | None = await request.app[TOKENS_KEY].lookup(token.strip())
+    info: TokenInfo | None = await services(request).tokens.lookup(token.strip())
     if info is None:
         raise Unauthorized("invalid or revoked token")
     if not info.role.allows(needed):

@@ -49,32 +49,15 @@ def cmd_api(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_router(settings: Settings, _: argparse.Namespace) -> int:
-    import redis.asyncio as aredis
+    from orchestrator.router.run import run_router
 
-    from orchestrator.jobs.dispatch import Dispatcher
-    from orchestrator.jobs.messages import TaskMessages
-    from orchestrator.router.consumer import EventRouter
-    from orchestrator.router.timers import Router
-    from workers.celery_app import make_celery
-
-    async def main(stop: asyncio.Event) -> None:
-        r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        disp = Dispatcher(r, TaskMessages(make_celery(settings)))
-        try:
-            # the timer sweep and the event consumer, side by side in one process
-            await asyncio.gather(
-                Router(settings, r, disp).run(stop), EventRouter(settings, r, disp).run(stop)
-            )
-        finally:
-            await r.aclose()
-
-    return _run_until_signal(main)
+    return _run_until_signal(lambda stop: run_router(settings, stop))
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
-    run_worker(settings, pools=args.pool or None, concurrency=args.concurrency)
+    run_worker(settings, pools=args.pool or None, concurrency=args.concurrency, noop=args.noop)
     return 0
 
 
@@ -100,12 +83,13 @@ def cmd_down(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _redis_call(settings: Settings, fn: Any) -> Any:
-    import redis.asyncio as aredis
+    """Run `fn(services)` against Redis (the commands that need no api)."""
+    from orchestrator.services import Services, connect
 
     async def main() -> Any:
-        r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        r = connect(settings)
         try:
-            return await fn(r)
+            return await fn(Services.build(settings, r))
         finally:
             await r.aclose()
 
@@ -113,29 +97,27 @@ def _redis_call(settings: Settings, fn: Any) -> Any:
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.store.tokens import TokenStore
     from schemas.api import Role
 
     if args.token_cmd == "create":
         token, info = _redis_call(
-            settings, lambda r: TokenStore(r).create(args.name, Role(args.role))
+            settings, lambda svc: svc.tokens.create(args.name, Role(args.role))
         )
         print(json.dumps({"token": token, **info.model_dump(mode="json")}, indent=2))
     elif args.token_cmd == "list":
-        infos = _redis_call(settings, lambda r: TokenStore(r).list())
+        infos = _redis_call(settings, lambda svc: svc.tokens.list())
         print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
     else:
-        _redis_call(settings, lambda r: TokenStore(r).revoke(args.id))
+        _redis_call(settings, lambda svc: svc.tokens.revoke(args.id))
         print(f"revoked {args.id}")
     return 0
 
 
 def cmd_inventory(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.store.inventory import InventoryStore
     from schemas.inventory import Inventory
 
     inv = Inventory.model_validate_json(Path(args.file).read_text())
-    _redis_call(settings, lambda r: InventoryStore(r).load(inv))
+    _redis_call(settings, lambda svc: svc.inventory.load(inv))
     print(
         f"loaded {len(inv.pools)} pools, {len(inv.servers)} servers, {len(inv.templates)} templates"
     )
@@ -220,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a Celery worker")
     w.add_argument("--pool", action="append", help="consume this pool's queue (repeatable)")
     w.add_argument("-c", "--concurrency", type=int, default=None)
+    w.add_argument(
+        "--noop",
+        choices=["no", "also", "only"],
+        default="no",
+        help="consume the queue of noop jobs (engine drills, benchmarks): no, also, only",
+    )
     w.set_defaults(fn=cmd_worker)
     a = sub.add_parser("agent", help="run the agent of one server")
     a.add_argument("--server", required=True)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.jobs.dispatch import Dispatcher
+from orchestrator.jobs.transitions import abort_requested
 from orchestrator.store import keys
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from schemas.base import utcnow
+from schemas.event_types import SOURCE_API
 from schemas.inventory import Vm, VmState
-from schemas.jobs import ErrorInfo, Job, JobLinks, JobState
-from schemas.requests import VM_OPERATIONS, CreateFromTemplate, JobRequest
+from schemas.jobs import Job, JobLinks, JobState
+from schemas.requests import INTERNAL_KINDS, CreateFromTemplate, JobRequest, Noop, VmOperation
 
 
 class Submitter:
@@ -26,11 +29,11 @@ class Submitter:
         try:
             pool = await self.inventory.pool(req.pool)
         except NotFound as e:
-            raise NotFound(e.message, details=[(["body", "pool"], e.message)]) from e
+            raise ValidationFailed(e.message, details=[(["body", "pool"], e.message)]) from e
         try:
             tmpl = await self.inventory.template(req.template)
         except NotFound as e:
-            raise NotFound(e.message, details=[(["body", "template"], e.message)]) from e
+            raise ValidationFailed(e.message, details=[(["body", "template"], e.message)]) from e
         problems: list[tuple[list[str | int], str]] = []
         if tmpl.repository != pool.repository.name:
             problems.append(
@@ -61,8 +64,30 @@ class Submitter:
         idem_key: str | None = None,
         idem_scope: str = "",
         links: JobLinks | None = None,
+        internal: bool = False,
     ) -> tuple[Job, bool]:
-        """Store and dispatch a job. Returns (job, replayed); replayed: a known Idempotency-Key."""
+        """Store and dispatch a job. Returns (job, replayed); replayed: a known Idempotency-Key.
+
+        `internal`: submitted by vmorch itself (a hook); only then are internal kinds
+        (`vm.ha_restart`) accepted.
+        """
+        if req.kind in INTERNAL_KINDS and not internal:
+            raise ValidationFailed(
+                f"{req.kind} jobs are submitted by the HA hook only",
+                details=[(["body", "kind"], "an internal job kind")],
+            )
+        sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
+        # keys are per caller: another token's key neither replays nor reveals its job
+        scoped = f"{idem_scope}:{idem_key}" if idem_key else None
+        if scoped:
+            # a replay answers with the original job before anything else is checked: the
+            # VM it worked on may be gone by now (a replayed vm.delete)
+            known = await self.jobs.idempotent_job(scoped)
+            if known is not None:
+                if known[1] != sha:
+                    raise Conflict(f"Idempotency-Key was used for job {known[0]} with another body")
+                with contextlib.suppress(NotFound):
+                    return await self.jobs.get(known[0]), True
         job_id = str(uuid.uuid4())
         reserve: Vm | None = None
         link_update: dict[str, str] = {}
@@ -83,13 +108,15 @@ class Submitter:
             )
             link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}
             queue = keys.pool_queue(req.pool)
-        elif req.kind in VM_OPERATIONS:
+        elif isinstance(req, VmOperation):
             try:
-                vm = await self.inventory.vm(req.vm)  # type: ignore[union-attr]
+                vm = await self.inventory.vm(req.vm)
             except NotFound as e:
                 raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
             link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
             queue = keys.pool_queue(vm.pool)
+        elif isinstance(req, Noop):
+            queue = keys.NOOP_QUEUE
         now = utcnow()
         job = Job(
             id=job_id,
@@ -102,9 +129,6 @@ class Submitter:
             links=(links or JobLinks()).model_copy(update=link_update),
             idempotency_key=idem_key,
         )
-        sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-        # keys are per caller: another token's key neither replays nor reveals its job
-        scoped = f"{idem_scope}:{idem_key}" if idem_key else None
         res = await self.jobs.create(
             job,
             idem_key=scoped,
@@ -125,31 +149,9 @@ class Submitter:
 
     async def abort(self, job_id: str, reason: str = "") -> Job:
         """Queued: dropped at once. Running or waiting: stops at the next safe point, undoes."""
-
-        def mutate(j: Job) -> Job | None:
-            if j.state.terminal:
-                raise Conflict(f"job {j.id} already ended ({j.state.value})")
-            if j.state == JobState.ABORTING:
-                return None
-            msg = "aborted by request" + (f": {reason}" if reason else "")
-            if j.state == JobState.QUEUED:
-                return j.model_copy(
-                    update={
-                        "state": JobState.ABORTED,
-                        "abort_requested": True,
-                        "ended_at": utcnow(),
-                        "error": ErrorInfo(code="aborted", message=msg),
-                    }
-                )
-            return j.model_copy(
-                update={
-                    "state": JobState.ABORTING,
-                    "abort_requested": True,
-                    "error": ErrorInfo(code="aborted", message=msg),
-                }
-            )
-
-        job, head = await self.jobs.update(job_id, mutate, source="vmorch://api")
+        job, head = await self.jobs.update(
+            job_id, lambda j: abort_requested(j, reason), source=SOURCE_API
+        )
         if head:
             nxt = await self.jobs.get(head)
             await self.dispatcher.dispatch(head, nxt.queue)

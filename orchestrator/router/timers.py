@@ -1,7 +1,8 @@
-"""The router: dispatches jobs whose timer passed (lost messages, dead workers, retries).
+"""The router's timers: dispatch jobs whose timer passed (lost messages, dead workers,
+retries, wait deadlines), and keep the event stream bounded.
 
-Issue 3 adds the event stream (waits, hooks) to the same process. Several routers may run:
-`claim_due` moves each claimed timer forward atomically, so they do not share a job.
+Several routers may run: `claim_due` moves each claimed timer forward atomically, so they
+do not share a job.
 """
 
 from __future__ import annotations
@@ -9,41 +10,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
-import redis.asyncio as aredis
-
+from orchestrator.clock import due_in_ms
 from orchestrator.errors import NotFound
-from orchestrator.jobs.dispatch import Dispatcher
-from orchestrator.settings import Settings
-from orchestrator.store import keys
-from orchestrator.store.jobs import JobStore
-from orchestrator.store.leases import Leases
+from orchestrator.services import Services
 from schemas.base import utcnow
 from schemas.jobs import Job, JobState, StepState
 
 log = logging.getLogger("vmorch.router")
+TRIM_EVERY_S = 1.0
 
 
-class Router:
-    def __init__(self, settings: Settings, redis: aredis.Redis, dispatcher: Dispatcher):
-        self.settings = settings
-        self.jobs = JobStore(redis, redispatch_after_s=settings.redispatch_after_s)
-        self.leases = Leases(redis, settings.lease_ms)
-        self.dispatcher = dispatcher
+class Timers:
+    def __init__(self, services: Services):
+        self.services = services
+        self.settings = services.settings
+        self.jobs = services.jobs
+        self.leases = services.leases
+        self.dispatcher = services.dispatcher
+        self._next_trim = 0.0
 
     async def sweep(self) -> int:
         """Dispatch every due job no worker holds. Returns how many were dispatched."""
         sent = 0
         for job_id in await self.jobs.claim_due(limit=500):
-            if await self.leases.held(job_id):
-                continue  # its worker's heartbeat keeps the timer ahead
+            held_ms = await self.leases.remaining_ms(job_id)
+            if held_ms > 0:
+                # its worker's heartbeat keeps the timer ahead; should the worker die, the
+                # job is due again as soon as its lease has expired (not a whole redispatch
+                # period later): a dead worker's step runs again within lease + sweep
+                await self.jobs.set_due(job_id, due_in_ms(held_ms + 1))
+                continue
             try:
                 job = await self.jobs.get(job_id)
             except NotFound:
-                await self.jobs.redis.zrem(keys.JOBS_DUE, job_id)
+                await self.jobs.clear_due(job_id)
                 continue
             if job.state.terminal:
-                await self.jobs.redis.zrem(keys.JOBS_DUE, job_id)
+                await self.jobs.clear_due(job_id)
                 continue
             if job.state == JobState.QUEUED and job.links.vm_id:
                 queue = await self.jobs.vm_queue(job.links.vm_id)
@@ -69,14 +74,27 @@ class Router:
         waited_s = (utcnow() - job.updated_at).total_seconds()
         if waited_s > self.settings.redispatch_max_wait_s:
             return False
-        return bool(await self.jobs.redis.llen(job.queue))
+        return await self.services.dispatcher.queued(job.queue) > 0
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("router started, sweep every %.2fs", self.settings.sweep_interval_s)
         while not stop.is_set():
             try:
                 await self.sweep()
+                await self.housekeeping()
             except Exception:  # Redis or broker down, a record it cannot read: keep going
                 log.warning("router sweep failed; retrying", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_s)
+
+    async def housekeeping(self) -> None:
+        """Every TRIM_EVERY_S: trim the event stream (never below what the routers' group
+        still owes)."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + TRIM_EVERY_S
+        s = self.settings
+        removed = await self.services.events.trim(s.router_group, s.event_stream_maxlen)
+        if removed:
+            log.debug("trimmed %d event(s)", removed)

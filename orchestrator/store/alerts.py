@@ -5,21 +5,30 @@ from __future__ import annotations
 import uuid
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import NotFound
 from orchestrator.store import keys
 from orchestrator.store.events import EventLog, make_event
+from orchestrator.store.fence import Fence, transaction
 from schemas.alerts import Alert
 from schemas.base import utcnow
+from schemas.event_types import SOURCE_ENGINE
 
 
 class AlertStore:
-    def __init__(self, redis: Redis, event_maxlen: int = 100_000):
+    def __init__(self, redis: Redis, events: EventLog):
         self.redis = redis
-        self.events = EventLog(redis, event_maxlen)
+        self.events = events
 
     async def raise_alert(
-        self, type_: str, subject: str, message: str, job_id: str | None = None
+        self,
+        type_: str,
+        subject: str,
+        message: str,
+        job_id: str | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> Alert:
         """Store the alert and publish it as an event of the same type."""
         alert = Alert(
@@ -30,15 +39,18 @@ class AlertStore:
             at=utcnow(),
             job_id=job_id,
         )
-        await self.redis.hset(keys.ALERTS, alert.id, alert.model_dump_json())
-        await self.events.publish(
-            make_event(
-                type_,
-                "vmorch://engine",
-                subject,
-                {"alert_id": alert.id, "message": message, "job_id": job_id},
-            )
+        event = make_event(
+            type_,
+            SOURCE_ENGINE,
+            subject,
+            {"alert_id": alert.id, "message": message, **({"job_id": job_id} if job_id else {})},
         )
+
+        def write(pipe: Pipeline) -> None:
+            pipe.hset(keys.ALERTS, alert.id, alert.model_dump_json())
+            pipe.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+
+        await transaction(self.redis, fence, write)
         return alert
 
     async def all(self, include_acknowledged: bool = False) -> list[Alert]:

@@ -1,15 +1,30 @@
-"""Building event envelopes and reading the event stream."""
+"""The event stream: building envelopes, appending them, and the one reader every consumer
+uses (the router's consumer group, waits, the API's listing and SSE).
+
+Appends never trim. The router trims on a timer (`EventLog.trim`), and only below what its
+consumer group has handled, so no entry is dropped before a router has acted on it.
+Entries that cannot be decoded are set aside in a dead-letter stream with their raw fields.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from orchestrator.store import keys
 from schemas.base import utcnow
 from schemas.events import Event
+
+log = logging.getLogger("vmorch.events")
+
+Entry = tuple[str, dict[str, str]]
+DEAD_LETTERS_KEPT = 10_000
 
 
 def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any]) -> Event:
@@ -18,15 +33,122 @@ def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any
     )
 
 
-class EventLog:
-    """Appends events to the stream, bounded to about `maxlen` entries."""
+def stream_after(a: str, b: str) -> bool:
+    """True when stream entry id `a` comes after `b`."""
+    return _parts(a) > _parts(b)
 
-    def __init__(self, redis: Redis, maxlen: int):
+
+def _parts(x: str) -> tuple[int, int]:
+    ms, _, seq = x.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    first_id: str | None  # the oldest entry still in the stream
+    max_deleted_id: str  # the newest entry ever trimmed or deleted ("0-0": none)
+    length: int
+
+
+class EventLog:
+    """Appends events to the stream and keeps it bounded without losing unhandled entries."""
+
+    def __init__(self, redis: Redis):
         self.redis = redis
-        self.maxlen = maxlen
 
     async def publish(self, event: Event) -> str:
-        entry_id: str = await self.redis.xadd(
-            keys.EVENTS, {"e": event.model_dump_json()}, maxlen=self.maxlen, approximate=True
-        )
+        entry_id: str = await self.redis.xadd(keys.EVENTS, {"e": event.model_dump_json()})
         return entry_id
+
+    async def publish_many(self, events: Sequence[Event]) -> list[str]:
+        """Append a batch in one pipelined round trip, in order."""
+        if not events:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+        return [str(i) for i in await pipe.execute()]
+
+    async def trim(self, group: str, maxlen: int) -> int:
+        """Trim to about `maxlen` entries, but never past the oldest entry the consumer
+        group has not acknowledged or not yet read. Returns how many entries were removed."""
+        length = int(await self.redis.xlen(keys.EVENTS))
+        excess = length - maxlen
+        if excess <= 0:
+            return 0
+        # the id that would become the first entry if `excess` were removed
+        head = await self.redis.xrange(keys.EVENTS, "-", "+", count=min(excess, 10_000) + 1)
+        if len(head) <= 1:
+            return 0
+        threshold = head[-1][0]
+        safe = await self._oldest_unhandled(group)
+        if safe is not None and stream_after(threshold, safe):
+            threshold = safe
+        removed = int(await self.redis.xtrim(keys.EVENTS, minid=threshold))
+        return removed
+
+    async def _oldest_unhandled(self, group: str) -> str | None:
+        """The oldest entry `group` still owes an action: its oldest pending entry, or the
+        first entry after its last-delivered id. None when the group does not exist (no
+        router has ever run: nothing to protect)."""
+        try:
+            groups = await self.redis.xinfo_groups(keys.EVENTS)
+        except ResponseError:
+            return None
+        info = next((g for g in groups if g["name"] == group), None)
+        if info is None:
+            return None
+        candidates = []
+        if int(info["pending"]):
+            summary = await self.redis.xpending(keys.EVENTS, group)
+            if summary and summary.get("min"):
+                candidates.append(str(summary["min"]))
+        nxt = await self.redis.xrange(keys.EVENTS, f"({info['last-delivered-id']}", "+", count=1)
+        if nxt:
+            candidates.append(str(nxt[0][0]))
+        return min(candidates, key=_parts) if candidates else None
+
+
+class EventReader:
+    """Decodes stream entries: an unreadable one is recorded as a dead letter, never raised."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def position(self) -> str:
+        """The id of the newest stream entry ("0-0" for an empty stream)."""
+        last = await self.redis.xrevrange(keys.EVENTS, count=1)
+        return str(last[0][0]) if last else "0-0"
+
+    async def info(self) -> StreamInfo:
+        try:
+            raw = await self.redis.xinfo_stream(keys.EVENTS)
+        except ResponseError:  # no stream yet
+            return StreamInfo(None, "0-0", 0)
+        first = raw.get("first-entry")
+        return StreamInfo(
+            first_id=str(first[0]) if first else None,
+            max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
+            length=int(raw.get("length", 0)),
+        )
+
+    async def after(self, start: str, count: int) -> list[Entry]:
+        """Raw entries after `start` (exclusive), oldest first."""
+        return list(await self.redis.xrange(keys.EVENTS, f"({start}", "+", count=count))
+
+    def decode(self, sid: str, fields: dict[str, str]) -> Event | None:
+        """The event of an entry, or None for an entry that is not one (see `dead_letter`)."""
+        try:
+            return Event.read(fields["e"])
+        except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError too
+            log.warning("unreadable stream entry %s: %s", sid, str(e)[:200])
+            return None
+
+    async def dead_letter(self, sid: str, fields: dict[str, str], reason: str) -> None:
+        """Keep an unreadable entry's raw fields (bounded), so it can be looked at later."""
+        await self.redis.xadd(
+            keys.EVENTS_DEAD,
+            {"stream_id": sid, "reason": reason[:500], **{f"f.{k}": v for k, v in fields.items()}},
+            maxlen=DEAD_LETTERS_KEPT,
+            approximate=True,
+        )

@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import secrets
 import uuid
-from typing import Any
 
 from redis.asyncio import Redis
 
 from orchestrator.errors import NotFound
-from orchestrator.store import keys
+from orchestrator.store import keys, lua
 from schemas.base import utcnow
 from schemas.events import Event
-from schemas.hooks import Hook, HookMatch, HookRun, HookSpec, WebhookAction
-from schemas.inventory import Vm
+from schemas.hooks import Hook, HookRun, HookSpec, WebhookAction
 
 RUNS_KEPT = 1000  # firings kept per hook
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-
-
-def matches(match: HookMatch, event: Event, vm: Vm | None) -> bool:
-    """Whether `event` (about `vm`, when it is about a VM) meets every criterion of `match`."""
-    if not any(fnmatch.fnmatchcase(event.type, t) for t in match.types):
-        return False
-    data = event.data
-    if match.vm_name is not None and not fnmatch.fnmatchcase(
-        str(data.get("vm_name") or (vm.name if vm else "")), match.vm_name
-    ):
-        return False
-    if match.server is not None and data.get("server") != match.server:
-        return False
-    if match.pool is not None and data.get("pool", vm.pool if vm else None) != match.pool:
-        return False
-    labels = vm.labels if vm else {}
-    if any(labels.get(k) != v for k, v in match.labels.items()):
-        return False
-    return all(data.get(k) == v for k, v in match.data.items())
 
 
 class HookStore:
-    def __init__(self, redis: Redis):
+    def __init__(self, redis: Redis, *, firing_ttl_s: int = 86400):
         self.redis = redis
+        self.firing_ttl_s = firing_ttl_s
+        self._renew = redis.register_script(lua.RENEW_FIRING)
+        self._release = redis.register_script(lua.RELEASE_FIRING)
 
     async def create(
         self, spec: HookSpec, *, hook_id: str | None = None, builtin: bool = False
@@ -105,6 +84,9 @@ class HookStore:
         pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
         await pipe.execute()
 
+    async def exists(self, hook_id: str) -> bool:
+        return bool(await self.redis.exists(keys.hook(hook_id)))
+
     async def version(self) -> str:
         """Changes whenever a hook is created, changed or deleted."""
         return str(await self.redis.get(keys.HOOKS_VERSION) or "0")
@@ -122,9 +104,19 @@ class HookStore:
             return "claimed"
         return "done" if await self.redis.get(key) == "done" else "busy"
 
+    async def renew_firing(self, hook: Hook, event: Event, subject: str, lease_ms: int) -> bool:
+        """Keep a firing this router is acting on; False when it is no longer ours."""
+        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        return bool(await self._renew(keys=[key], args=[lease_ms]))
+
+    async def release_firing(self, hook: Hook, event: Event, subject: str) -> None:
+        """Give a claimed firing back untouched (it will be claimed and acted on again)."""
+        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        await self._release(keys=[key])
+
     async def finish_firing(self, hook: Hook, event: Event, subject: str) -> None:
         await self.redis.set(
-            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=7 * 86400
+            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=self.firing_ttl_s
         )
 
     async def within_window(self, hook: Hook, subject: str, firing: str) -> bool:
@@ -149,19 +141,3 @@ class HookStore:
         await self.get(hook_id)
         docs = await self.redis.lrange(keys.hook_runs(hook_id), 0, limit - 1)
         return [HookRun.model_validate_json(d) for d in docs]
-
-
-def fill(template: Any, values: dict[str, str]) -> Any:
-    """Put event values into a request template's strings: "{vm_id}" -> the VM's id.
-
-    Only whole-placeholder and simple `{name}` substitutions: no format specs or attribute
-    access (`str.format_map` would let a hook read object attributes).
-    """
-    if isinstance(template, str):
-        # one pass: a value that itself looks like a placeholder stays as it is
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-    if isinstance(template, list):
-        return [fill(x, values) for x in template]
-    if isinstance(template, dict):
-        return {k: fill(v, values) for k, v in template.items()}
-    return template

@@ -6,9 +6,11 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import NotFound
 from orchestrator.store import keys, lua
+from orchestrator.store.fence import Fence, transaction
 from schemas.base import utcnow
 from schemas.inventory import Inventory, Server, ServerPool, Template, Vm, VmState
 
@@ -109,18 +111,43 @@ class InventoryStore:
         except NotFound:
             return None
 
-    async def vms(self, limit: int = 1000) -> list[Vm]:
-        ids = list(await self.redis.zrange(keys.VMS, 0, limit - 1))
+    async def _many(self, ids: list[str]) -> list[Vm]:
         if not ids:
             return []
         return await self._with_state(await self.redis.mget([keys.vm(i) for i in ids]), ids)
 
-    async def save_vm(self, vm: Vm) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.vm(vm.id), vm.model_dump_json())
-        pipe.set(keys.vm_name(vm.name), vm.id)
-        pipe.zadd(keys.VMS, {vm.id: utcnow().timestamp()}, nx=True)
-        await pipe.execute()
+    async def vms(self, limit: int = 100, after: str | None = None) -> tuple[list[Vm], str | None]:
+        """A page of VMs, oldest first, and the cursor of the next page (None at the end).
+        The cursor is the last VM id of the page: ids are unique, so no VM is skipped."""
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrank(keys.VMS, after)
+            if rank is None:
+                raise NotFound(f"cursor {after!r} is not a VM id (deleted?)")
+            start = rank + 1
+        ids = list(await self.redis.zrange(keys.VMS, start, start + limit))
+        page, more = ids[:limit], len(ids) > limit
+        return await self._many(page), (page[-1] if more else None)
+
+    async def vms_on(self, server: str) -> list[Vm]:
+        """Every VM placed on `server` (however many: HA covers all of them)."""
+        ids = sorted(await self.redis.smembers(keys.vms_on(server)))
+        return [v for v in await self._many(ids) if v.server == server]
+
+    async def save_vm(self, vm: Vm, *, fence: Fence | None = None) -> None:
+        old = await self.redis.get(keys.vm(vm.id))
+        before = Vm.model_validate_json(old).server if old else None
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.vm(vm.id), vm.model_dump_json())
+            pipe.set(keys.vm_name(vm.name), vm.id)
+            pipe.zadd(keys.VMS, {vm.id: utcnow().timestamp()}, nx=True)
+            if before and before != vm.server:
+                pipe.srem(keys.vms_on(before), vm.id)
+            if vm.server:
+                pipe.sadd(keys.vms_on(vm.server), vm.id)
+
+        await transaction(self.redis, fence, write)
 
     async def set_vm_state(self, vm_id: str, state: VmState, server: str | None = None) -> None:
         """Record what was observed on the hypervisor. VMs vmorch does not know are ignored,
@@ -131,16 +158,22 @@ class InventoryStore:
             args=[server or "", *(x for kv in fields.items() for x in kv)],
         )
 
-    async def set_desired(self, vm_id: str, state: VmState) -> None:
+    async def set_desired(self, vm_id: str, state: VmState, *, fence: Fence | None = None) -> None:
         """Record what a job asked the VM to be (running or stopped)."""
-        await self.redis.set(keys.vm_desired(vm_id), state.value)
+        await transaction(
+            self.redis, fence, lambda pipe: pipe.set(keys.vm_desired(vm_id), state.value)
+        )
 
-    async def delete_vm(self, vm_id: str) -> None:
+    async def delete_vm(self, vm_id: str, *, fence: Fence | None = None) -> None:
         doc = await self.redis.get(keys.vm(vm_id))
-        pipe = self.redis.pipeline(transaction=True)
-        if doc is not None:
-            vm = Vm.model_validate_json(doc)
-            pipe.delete(keys.vm_name(vm.name))
-        pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
-        pipe.zrem(keys.VMS, vm_id)
-        await pipe.execute()
+        vm = Vm.model_validate_json(doc) if doc is not None else None
+
+        def write(pipe: Pipeline) -> None:
+            if vm is not None:
+                pipe.delete(keys.vm_name(vm.name))
+                if vm.server:
+                    pipe.srem(keys.vms_on(vm.server), vm_id)
+            pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
+            pipe.zrem(keys.VMS, vm_id)
+
+        await transaction(self.redis, fence, write)

@@ -75,12 +75,10 @@ class JobStore:
         self,
         redis: Redis,
         *,
-        event_maxlen: int = 100_000,
         idem_ttl_s: int = 86400,
         redispatch_after_s: float = 15.0,
     ):
         self.redis = redis
-        self.event_maxlen = event_maxlen
         self.idem_ttl_s = idem_ttl_s
         self.redispatch_after_ms = int(redispatch_after_s * 1000)
         self._create = redis.register_script(lua.CREATE_JOB)
@@ -126,7 +124,6 @@ class JobStore:
                 self.idem_ttl_s,
                 "1" if vm_id else "0",
                 event,
-                self.event_maxlen,
                 now_ms() + self.redispatch_after_ms,
                 reserve_vm.model_dump_json() if reserve_vm else "",
                 reserve_vm.name if reserve_vm else "",
@@ -136,6 +133,14 @@ class JobStore:
         )
         status, job_id, pos = res
         return CreateResult(status, job_id, int(pos))
+
+    async def idempotent_job(self, scoped_key: str) -> tuple[str, str] | None:
+        """(job id, request sha256) recorded under an Idempotency-Key, if any."""
+        raw = await self.redis.get(keys.idempotency(scoped_key))
+        if not raw:
+            return None
+        job_id, _, sha = str(raw).partition(" ")
+        return job_id, sha
 
     async def get_versioned(self, job_id: str) -> Versioned | None:
         doc, version = await self.redis.hmget(keys.job(job_id), ["doc", "version"])
@@ -188,6 +193,7 @@ class JobStore:
                 keys.jobs_queued(old.queue),
                 keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
                 keys.JOBS_DUE,
+                keys.JOBS_ENDED,
             ],
             args=[
                 before.version,
@@ -195,7 +201,6 @@ class JobStore:
                 after.model_dump_json(),
                 after.state.value,
                 job_event(after, old.state, source, step) if emit else "",
-                self.event_maxlen,
                 old.id,
                 _created_us(old),
                 "1" if after.state.terminal else "0",
@@ -273,6 +278,9 @@ class JobStore:
 
     async def set_due(self, job_id: str, due_ms: int) -> None:
         await self.redis.zadd(keys.JOBS_DUE, {job_id: due_ms})
+
+    async def clear_due(self, job_id: str) -> None:
+        await self.redis.zrem(keys.JOBS_DUE, job_id)
 
     async def list(
         self,

@@ -7,6 +7,7 @@ Jobs (owner: job store; lifetime: until deleted by retention, not in this releas
 - jobs:kind:{kind}        zset   job id -> created µs
 - jobs:vm:{vm_id}         zset   job id -> created µs; jobs that worked on a VM
 - jobs:queued:{queue}     zset   job id -> created µs; queued jobs per Celery queue
+- jobs:ended              zset   job id -> ms it ended; retention deletes the oldest
 - jobs:due                zset   job id -> ms when the router must (re)dispatch it unless leased;
                                  covers lost messages, dead workers and retry timers
 - vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head runs
@@ -15,7 +16,10 @@ Leases (owner: engine runner)
 - lease:{job_id}          string fencing token of the worker running the job; PX lease_ms
 - fence:{job_id}          string counter; INCR gives each lease a new fencing token
 Events
-- events                  stream every event envelope (JSON in field `e`); MAXLEN ~ bounded
+- events                  stream every event envelope (JSON in field `e`); trimmed by the router
+                                 to about event_stream_maxlen, never below what its group owes
+- events:dead             stream unreadable entries set aside (raw fields); MAXLEN ~ 10000
+- events:lost             string count of entries trimmed before a router handled them
 Inventory (owner: inventory store; lifetime: until removed)
 - pool:{name} / server:{name} / template:{name}   string  JSON of the model
 - pools / servers / templates                      set     names
@@ -24,6 +28,7 @@ Inventory (owner: inventory store; lifetime: until removed)
                                  agent and workflows; read over the record, which alone says
                                  where the VM is placed)
 - vms                     zset   vm id -> created ms
+- vms:server:{server}     set    ids of the VMs placed on the server (HA covers them all)
 - vmname:{name}           string vm id (names are unique)
 Auth
 - token:{sha256}          string JSON of TokenInfo; the token itself is never stored
@@ -65,6 +70,7 @@ def job(job_id: str) -> str:
 
 JOBS_ALL = f"{PREFIX}jobs:all"
 JOBS_DUE = f"{PREFIX}jobs:due"
+JOBS_ENDED = f"{PREFIX}jobs:ended"
 
 
 def jobs_state(state: str) -> str:
@@ -100,6 +106,8 @@ def fence(job_id: str) -> str:
 
 
 EVENTS = f"{PREFIX}events"
+EVENTS_DEAD = f"{PREFIX}events:dead"
+EVENTS_LOST = f"{PREFIX}events:lost"
 
 
 def pool(name: str) -> str:
@@ -128,6 +136,10 @@ def vm_state(vm_id: str) -> str:
 
 
 VMS = f"{PREFIX}vms"
+
+
+def vms_on(server_name: str) -> str:
+    return f"{PREFIX}vms:server:{server_name}"
 
 
 def vm_name(name: str) -> str:
@@ -181,7 +193,6 @@ def hook_flood(hook_id: str, subject: str) -> str:
     return f"{PREFIX}hookflood:{hook_id}:{subject}"
 
 
-ROUTERS_GROUP = "routers"  # the default consumer group of routers (setting router_group)
 ALERTS = f"{PREFIX}alerts"
 
 
@@ -210,6 +221,8 @@ def worker(name: str) -> str:
 
 # Celery queue names: one per server pool, plus one for jobs tied to no pool.
 DEFAULT_QUEUE = "vmorch.default"
+# Engine drills and benchmarks (`noop` jobs) run apart, on workers started to consume it.
+NOOP_QUEUE = "vmorch.noop"
 
 
 def pool_queue(pool_name: str) -> str:

@@ -55,3 +55,11 @@ class Leases:
 
     async def held(self, job_id: str) -> bool:
         return bool(await self.redis.exists(keys.lease(job_id)))
+
+    async def remaining_ms(self, job_id: str) -> int:
+        """How long the job's lease still runs (0: nobody holds it)."""
+        return max(0, int(await self.redis.pttl(keys.lease(job_id))))
+
+    async def holds(self, job_id: str, token: int) -> bool:
+        """Whether `token` is the job's current lease (checked before acting on a server)."""
+        return bool(await self.redis.get(keys.lease(job_id)) == str(token))

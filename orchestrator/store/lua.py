@@ -11,7 +11,7 @@ NONE_KEY = "vmorch:none"  # stands in for a key a call does not use
 
 CREATE_JOB = """
 -- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
--- ARGV: id doc created_us idem_value idem_ttl has_vm event maxlen due_ms vm_doc vm_name vm_id
+-- ARGV: id doc created_us idem_value idem_ttl has_vm event due_ms vm_doc vm_name vm_id
 --       message (the Celery message, pushed when the job may start at once)
 if ARGV[4] ~= '' then
   local cur = redis.call('GET', KEYS[2])
@@ -23,12 +23,12 @@ if ARGV[4] ~= '' then
     return {'mismatch', jid, -1}
   end
 end
-if ARGV[10] ~= '' then
+if ARGV[9] ~= '' then
   local taken = redis.call('GET', KEYS[12])
   if taken then return {'name_taken', taken, -1} end
-  redis.call('SET', KEYS[11], ARGV[10])
-  redis.call('SET', KEYS[12], ARGV[12])
-  redis.call('ZADD', KEYS[13], ARGV[3], ARGV[12])
+  redis.call('SET', KEYS[11], ARGV[9])
+  redis.call('SET', KEYS[12], ARGV[11])
+  redis.call('ZADD', KEYS[13], ARGV[3], ARGV[11])
 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'state', 'queued', 'version', 1)
 if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
@@ -42,48 +42,53 @@ if ARGV[6] == '1' then
   pos = redis.call('RPUSH', KEYS[7], ARGV[1]) - 1
 end
 if pos == 0 then
-  redis.call('ZADD', KEYS[10], ARGV[9], ARGV[1])
-  if ARGV[13] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[13]) end
+  redis.call('ZADD', KEYS[10], ARGV[8], ARGV[1])
+  if ARGV[12] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[12]) end
 end
-redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[7])
+redis.call('XADD', KEYS[9], '*', 'e', ARGV[7])
 return {'created', ARGV[1], pos}
 """
 
-COMMIT_JOB = """
--- KEYS: job lease events state_old state_new queued vmq due
--- ARGV: version fence doc state event maxlen id created_us terminal due now_ms
+COMMIT_JOB = (
+    """
+-- KEYS: job lease events state_old state_new queued vmq due ended
+-- ARGV: version fence doc state event id created_us terminal due now_ms
 local h = redis.call('HMGET', KEYS[1], 'version', 'state')
 if not h[1] then return {'missing', ''} end
 if h[1] ~= ARGV[1] then return {'conflict', ''} end
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'fenced', ''} end
 redis.call('HSET', KEYS[1], 'doc', ARGV[3], 'state', ARGV[4], 'version', tonumber(h[1]) + 1)
 if h[2] ~= ARGV[4] then
-  redis.call('ZREM', KEYS[4], ARGV[7])
-  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
-  if h[2] == 'queued' then redis.call('ZREM', KEYS[6], ARGV[7]) end
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+  if h[2] == 'queued' then redis.call('ZREM', KEYS[6], ARGV[6]) end
 end
 if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[5])
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[5])
 end
 local head = ''
-if ARGV[9] == '1' then
-  redis.call('ZREM', KEYS[8], ARGV[7])
-  if KEYS[7] ~= 'vmorch:none' then
+if ARGV[8] == '1' then
+  redis.call('ZREM', KEYS[8], ARGV[6])
+  redis.call('ZADD', KEYS[9], ARGV[10], ARGV[6])
+  if KEYS[7] ~= '"""
+    + NONE_KEY
+    + """' then
     -- hand the VM to the next job only if this job held it (was the head)
-    local was_head = redis.call('LINDEX', KEYS[7], 0) == ARGV[7]
-    redis.call('LREM', KEYS[7], 0, ARGV[7])
+    local was_head = redis.call('LINDEX', KEYS[7], 0) == ARGV[6]
+    redis.call('LREM', KEYS[7], 0, ARGV[6])
     if was_head then
       head = redis.call('LINDEX', KEYS[7], 0) or ''
-      if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[11], head) end
+      if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], head) end
     end
   end
-elseif ARGV[10] == '-' then
-  redis.call('ZREM', KEYS[8], ARGV[7])
-elseif ARGV[10] ~= '' then
-  redis.call('ZADD', KEYS[8], ARGV[10], ARGV[7])
+elseif ARGV[9] == '-' then
+  redis.call('ZREM', KEYS[8], ARGV[6])
+elseif ARGV[9] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[9], ARGV[6])
 end
 return {'ok', head}
 """
+)
 
 ACQUIRE_LEASE = """
 -- KEYS: lease fence   ARGV: lease_ms
@@ -145,5 +150,35 @@ if ARGV[1] ~= '' then
   if placed ~= nil and placed ~= cjson.null and placed ~= ARGV[1] then return 0 end
 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+
+# Records the matching event in the wait, once (the first match wins).
+CLAIM_WAIT = """
+-- KEYS: wait waits_on   ARGV: job_id stream_id event_json
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local w = cjson.decode(raw)
+if w['matched'] ~= nil and w['matched'] ~= cjson.null then return 0 end
+w['matched'] = cjson.decode(ARGV[3])
+w['matched_stream_id'] = ARGV[2]
+redis.call('SET', KEYS[1], cjson.encode(w))
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+RENEW_FIRING = """
+-- KEYS: hookfired   ARGV: lease_ms
+-- A firing in progress stays this router's while it acts (a long webhook delivery).
+if redis.call('GET', KEYS[1]) == 'busy' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+RELEASE_FIRING = """
+-- KEYS: hookfired
+if redis.call('GET', KEYS[1]) == 'busy' then redis.call('DEL', KEYS[1]) end
 return 1
 """

@@ -11,8 +11,11 @@ from __future__ import annotations
 import fnmatch
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from orchestrator.store import keys
+from orchestrator.store import keys, lua
+from orchestrator.store.events import EventReader, stream_after
+from orchestrator.store.fence import Fence, transaction
 from schemas.events import Event
 from schemas.jobs import WaitInfo
 
@@ -25,41 +28,35 @@ def _matches(info: WaitInfo, event: Event) -> bool:
     )
 
 
-def stream_after(a: str, b: str) -> bool:
-    """True when stream entry id `a` comes after `b`."""
-
-    def parts(x: str) -> tuple[int, int]:
-        ms, _, seq = x.partition("-")
-        return int(ms), int(seq or 0)
-
-    return parts(a) > parts(b)
-
-
 class Waits:
     def __init__(self, redis: Redis):
         self.redis = redis
-        self._claim = redis.register_script(_CLAIM)
+        self.reader = EventReader(redis)
+        self._claim = redis.register_script(lua.CLAIM_WAIT)
 
     async def position(self) -> str:
-        """The id of the newest stream entry ("0-0" for an empty stream)."""
-        last = await self.redis.xrevrange(keys.EVENTS, count=1)
-        return str(last[0][0]) if last else "0-0"
+        """Where the stream stands now: take it before acting, register the wait with it."""
+        return await self.reader.position()
 
-    async def register(self, job_id: str, info: WaitInfo) -> Event | None:
+    async def register(
+        self, job_id: str, info: WaitInfo, *, fence: Fence | None = None
+    ) -> Event | None:
         """Store the wait; returns a matching event already on the stream, if any."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.wait(job_id), info.model_dump_json())
-        pipe.sadd(keys.waits_on(info.subject), job_id)
-        await pipe.execute()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.wait(job_id), info.model_dump_json())
+            pipe.sadd(keys.waits_on(info.subject), job_id)
+
+        await transaction(self.redis, fence, write)
         start = info.since
         read = 0
         while read < SCAN_LIMIT:
-            batch = await self.redis.xrange(keys.EVENTS, min=f"({start}", count=500)
+            batch = await self.reader.after(start, 500)
             if not batch:
                 return None
             for sid, fields in batch:
-                event = Event.model_validate_json(fields["e"])
-                if _matches(info, event):
+                event = self.reader.decode(sid, fields)
+                if event is not None and _matches(info, event):
                     await self._claim(
                         keys=[keys.wait(job_id), keys.waits_on(info.subject)],
                         args=[job_id, sid, event.model_dump_json()],
@@ -73,11 +70,12 @@ class Waits:
         raw = await self.redis.get(keys.wait(job_id))
         return None if raw is None else WaitInfo.model_validate_json(raw)
 
-    async def clear(self, job_id: str, subject: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(keys.wait(job_id))
-        pipe.srem(keys.waits_on(subject), job_id)
-        await pipe.execute()
+    async def clear(self, job_id: str, subject: str, *, fence: Fence | None = None) -> None:
+        def write(pipe: Pipeline) -> None:
+            pipe.delete(keys.wait(job_id))
+            pipe.srem(keys.waits_on(subject), job_id)
+
+        await transaction(self.redis, fence, write)
 
     async def subjects_waited_on(self, subjects: list[str | None]) -> set[str]:
         """Which of `subjects` some job waits on (one round trip for a batch of events)."""
@@ -111,18 +109,3 @@ class Waits:
                 if claimed:
                     resumed.append(job_id)
         return resumed
-
-
-# Records the matching event in the wait, once (the first match wins).
-_CLAIM = """
--- KEYS: wait waits_on   ARGV: job_id stream_id event_json
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local w = cjson.decode(raw)
-if w['matched'] ~= nil and w['matched'] ~= cjson.null then return 0 end
-w['matched'] = cjson.decode(ARGV[3])
-w['matched_stream_id'] = ARGV[2]
-redis.call('SET', KEYS[1], cjson.encode(w))
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1
-"""

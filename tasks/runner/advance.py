@@ -1,12 +1,12 @@
-"""The step runner: one `advance` call moves a job forward by one step.
+"""The step runner: one `advance` call moves a job forward by one step or a few quick ones.
 
 It takes the job's lease (fencing token) and keeps it renewed by a heartbeat for as long as
 it works on the job, runs the next step, records the outcome with a fenced compare-and-set,
 releases the lease and only then publishes the next `advance` (so the next worker does not
 find the lease still held). Transient failures are retried after an exponential backoff
 with jitter (the router's timer dispatches the job again); a permanent failure, or an
-abort, undoes the done steps in reverse. Every write carries the fencing token, so a worker
-that lost its lease records nothing.
+abort, undoes the done steps in reverse (`compensation`). Every write carries the fencing
+token, so a worker that lost its lease records nothing. Waiting steps: `waiting`.
 """
 
 from __future__ import annotations
@@ -14,139 +14,62 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
 from typing import Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.errors import (
-    AbortRequested,
-    LeaseLost,
-    NotFound,
-    Permanent,
-    Retryable,
-    VmorchError,
-)
+from orchestrator.clock import due_in_ms
+from orchestrator.errors import AbortRequested, LeaseLost, NotFound, Retryable, VmorchError
+from orchestrator.jobs import transitions as tr
+from orchestrator.store.fence import Fence
 from orchestrator.store.jobs import Versioned
 from schemas.base import utcnow
-from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState, WaitInfo
+from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState
+from tasks.runner import compensation, waiting
+from tasks.runner.heartbeat import Heartbeat
+from tasks.runner.middleware import Middlewares, default_middlewares
 from tasks.runtime import Runtime
 from tasks.step import Outputs, Step, StepContext, Wait
 from tasks.workflows.registry import steps_for
 
 log = logging.getLogger("vmorch.runner")
 
-# Errors worth another attempt of the whole step: vmorch's retryable branch, and Redis
-# being briefly unreachable from the worker.
-RETRYABLE = (Retryable, RedisConnectionError, RedisTimeoutError)
-
-
-class Heartbeat:
-    """Renews the lease while the runner works; notices a lost lease and an abort request.
-
-    The lease counts as lost when a renewal is refused (another worker took it) or when no
-    renewal has succeeded for `lease_ms` (this worker cannot reach Redis, so by now the
-    router may have handed the job to another worker).
-    """
-
-    def __init__(self, rt: Runtime, job_id: str, token: int):
-        self.rt, self.job_id, self.token = rt, job_id, token
-        self.lost = threading.Event()
-        self.abort = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="vmorch-heartbeat")
-
-    def _beat(self) -> None:
-        rt = self.rt
-        if not rt.loop.run(rt.leases.renew(self.job_id, self.token), timeout_s=5):
-            self.lost.set()
-            return
-        # keep the router's dead-worker timer ahead of us while we hold the lease
-        rt.loop.run(rt.jobs.set_due(self.job_id, rt.due_in_ms(rt.settings.lease_ms * 2)))
-        if rt.loop.run(rt.jobs.get(self.job_id)).abort_requested:
-            self.abort.set()
-
-    def _loop(self) -> None:
-        lease_s = self.rt.settings.lease_ms / 1000
-        last_ok = time.monotonic()
-        while not self._stop.wait(lease_s / 3) and not self.lost.is_set():
-            try:
-                self._beat()
-                last_ok = time.monotonic()
-            except Exception:
-                log.warning("job=%s heartbeat failed", self.job_id, exc_info=True)
-                if time.monotonic() - last_ok >= lease_s:
-                    self.lost.set()
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def _error(e: BaseException) -> ErrorInfo:
-    if isinstance(e, VmorchError):
-        return ErrorInfo(code=e.code, message=e.message, retryable=e.retryable)
-    if isinstance(e, RETRYABLE):
-        return ErrorInfo(code="redis_unavailable", message="Redis unreachable", retryable=True)
-    # details of unexpected errors go to the worker log, not to every viewer of the job
-    return ErrorInfo(code="internal", message=f"internal error ({type(e).__name__}); see logs")
-
-
-def _with_step(job: Job, idx: int, **update: object) -> Job:
-    steps = list(job.steps)
-    steps[idx] = steps[idx].model_copy(update=update)
-    done = sum(1 for s in steps if s.state == StepState.DONE)
-    return job.model_copy(update={"steps": steps, "progress": round(done / len(steps), 4)})
-
-
-def _outputs(job: Job) -> Outputs:
-    merged: Outputs = {}
-    for s in job.steps:
-        if s.state == StepState.DONE:
-            merged.update(s.outputs)
-    return merged
-
-
-def _succeeded(j: Job) -> Job:
-    result = {k: v for k, v in _outputs(j).items() if not k.startswith("_")}
-    return j.model_copy(
-        update={
-            "state": JobState.SUCCEEDED,
-            "ended_at": utcnow(),
-            "progress": 1.0,
-            "result": result,
-        }
-    )
-
-
-def _backoff_s(rt: Runtime, attempt: int) -> float:
-    base = rt.settings.retry_base_s * (2 ** (attempt - 1))
-    return float(min(rt.settings.retry_max_s, base) * random.uniform(0.5, 1.0))
-
 
 class Runner:
-    def __init__(self, rt: Runtime, job_id: str, token: int, hb: Heartbeat):
+    """Runs one job's steps under one lease."""
+
+    # Errors worth another attempt of the whole step: vmorch's retryable branch, and Redis
+    # being briefly unreachable (or slow) from the worker.
+    RETRYABLE = (Retryable, RedisConnectionError, RedisTimeoutError, TimeoutError)
+
+    def __init__(
+        self,
+        rt: Runtime,
+        job_id: str,
+        token: int,
+        hb: Heartbeat,
+        middlewares: Middlewares | None = None,
+    ):
         self.rt, self.job_id, self.token, self.hb = rt, job_id, token, hb
+        self.fence = Fence(job_id, token)
+        self.middlewares = middlewares or default_middlewares(rt.settings)
         self.t0 = time.monotonic()
         self.to_dispatch: list[str] = []  # published once the lease is released
         self.cur: Versioned | None = None  # the last version read or written
 
-    def _update(
+    # -- helpers the step modules share --------------------------------------------------
+    def update(
         self,
         mutate: Callable[[Job], Job | None],
         *,
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
     ) -> Job:
+        """Commit `mutate` with the fencing token (LeaseLost when the lease is gone)."""
         self.cur, head = self.rt.loop.run(
             self.rt.jobs.update_v(
                 self.job_id, mutate, current=self.cur, fence=self.token, step=step, due_ms=due_ms
@@ -156,7 +79,7 @@ class Runner:
             self.to_dispatch.append(head)  # the next job on this VM
         return self.cur.job
 
-    def _ctx(self, job: Job, attempt: int, outputs: Outputs) -> StepContext:
+    def ctx(self, job: Job, attempt: int, outputs: Outputs) -> StepContext:
         return StepContext(
             job=job,
             runtime=self.rt,
@@ -164,17 +87,24 @@ class Runner:
             outputs=outputs,
             lease_lost=self.hb.lost,
             abort_seen=self.hb.abort,
+            token=self.token,
         )
 
-    def _log(self, job: Job, step: str, frm: str, to: str) -> None:
-        log.info(
-            "job=%s kind=%s step=%s %s -> %s elapsed_s=%.3f",
-            job.id,
-            job.kind,
-            step,
-            frm,
-            to,
-            time.monotonic() - self.t0,
+    def transition(self, job: Job, step: str, frm: str, to: str, note: str = "") -> None:
+        self.middlewares.after_transition(job, step, frm, to, time.monotonic() - self.t0, note)
+
+    def error_info(self, e: BaseException) -> ErrorInfo:
+        if isinstance(e, VmorchError):
+            return ErrorInfo(code=e.code, message=e.message, retryable=e.retryable)
+        if isinstance(e, self.RETRYABLE):
+            return ErrorInfo(code="redis_unavailable", message="Redis unreachable", retryable=True)
+        # details of unexpected errors go to the worker log, not to every viewer of the job
+        return ErrorInfo(code="internal", message=f"internal error ({type(e).__name__}); see logs")
+
+    def backoff_s(self, attempt: int) -> float:
+        s = self.rt.settings
+        return float(
+            min(s.retry_max_s, s.retry_base_s * (2 ** (attempt - 1))) * random.uniform(0.5, 1.0)
         )
 
     # -- entry -----------------------------------------------------------------------------
@@ -199,22 +129,23 @@ class Runner:
         try:
             steps = steps_for(job.request)
         except Exception as e:  # an unknown kind or a bad request cannot get better
-            self._finish_failed(_error(e))
+            err = self.error_info(e)
+            self.update(lambda j: tr.failed_outright(j, err))
             return False
         if job.state == JobState.QUEUED:
             job = self._start(job, steps)
             if job.state == JobState.QUEUED or job.state.terminal:
                 return False
         if job.abort_requested or job.state == JobState.ABORTING or job.error is not None:
-            self._compensate(job, steps)
+            compensation.compensate(self, job, steps)
             return False
         if job.state == JobState.WAITING:
-            waiting = next(i for i, s in enumerate(job.steps) if s.state == StepState.WAITING)
-            return self._check_wait(job, steps, waiting)
+            waiting_idx = next(i for i, s in enumerate(job.steps) if s.state == StepState.WAITING)
+            return waiting.check(self, job, steps, waiting_idx)
         active = (StepState.PENDING, StepState.RUNNING)
         idx = next((i for i, s in enumerate(job.steps) if s.state in active), None)
         if idx is None:
-            self._update(_succeeded)
+            self.update(tr.succeeded)
             return False
         retry_at = job.steps[idx].retry_at
         if retry_at is not None and retry_at > utcnow():
@@ -231,303 +162,83 @@ class Runner:
                 # Not this job's turn on the VM: the job ahead dispatches it when it ends
                 # (and the router's timer checks again, should that message be lost).
                 return job
-
-        def start(j: Job) -> Job | None:
-            if j.state != JobState.QUEUED:
-                return None
-            records = [StepRecord(name=s.name, description=s.description) for s in steps]
-            return j.model_copy(
-                update={"state": JobState.RUNNING, "steps": records, "started_at": utcnow()}
-            )
-
-        job = self._update(start)
-        self._log(job, "-", "queued", job.state.value)
+        records = [StepRecord(name=s.name, description=s.description) for s in steps]
+        job = self.update(lambda j: tr.started(j, records))
+        self.transition(job, "-", "queued", job.state.value)
         return job
 
     # -- one step --------------------------------------------------------------------------
     def _run_step(self, job: Job, steps: list[Step], idx: int) -> bool:
         step = steps[idx]
         attempt = job.steps[idx].attempts + 1
-        job = self._update(
-            lambda j: _with_step(
-                j,
-                idx,
-                state=StepState.RUNNING,
-                attempts=attempt,
-                started_at=utcnow(),
-                retry_at=None,
-            ),
+        job = self.update(
+            lambda j: tr.step_running(j, idx, attempt),
             step=step.name,
-            due_ms=self.rt.due_in_ms(self.rt.settings.lease_ms * 2),
+            # the dead-worker timer: due when the lease would run out (the heartbeat keeps it
+            # ahead while this worker lives)
+            due_ms=due_in_ms(self.rt.settings.lease_ms),
         )
-        self._log(job, step.name, "pending", f"running (attempt {attempt})")
-        ctx = self._ctx(job, attempt, _outputs(job))
+        self.transition(job, step.name, "pending", "running", f"attempt {attempt}")
+        ctx = self.ctx(job, attempt, tr.outputs_of(job))
+        error: BaseException | None = None
         try:
-            self._inject_faults(ctx, step)
+            self.middlewares.before_step(ctx, step)
             out = step.run(ctx) or {}
             ctx.check()
         except LeaseLost:
             raise
-        except RETRYABLE as e:
-            self._retry_or_fail(job, steps, idx, e, attempt)
+        except self.RETRYABLE as e:
+            error = e
+            self._retry_or_fail(steps, idx, e, attempt)
             return False
         except Exception as e:  # permanent: undo what was done
+            error = e
             if not isinstance(e, VmorchError):
                 log.exception("job=%s step=%s crashed", job.id, step.name)
-            self._fail_step(steps, idx, e)
+            self.fail_step(steps, idx, e)
             return False
-
+        finally:
+            self.middlewares.after_step(ctx, step, error)
         if isinstance(out, Wait):
-            return self._begin_wait(job, steps, idx, out)
-        return self._complete(steps, idx, out)
+            return waiting.begin(self, job, steps, idx, out)
+        return self.complete(steps, idx, out)
 
-    def _complete(self, steps: list[Step], idx: int, out: Outputs) -> bool:
+    def complete(self, steps: list[Step], idx: int, out: Outputs) -> bool:
         """Record the step done (a waiting job runs again); the last step ends the job."""
-
-        def done(j: Job) -> Job:
-            j = _with_step(j, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None)
-            if j.state == JobState.WAITING:
-                j = j.model_copy(update={"state": JobState.RUNNING, "wait": None})
-            last = all(s.state == StepState.DONE for s in j.steps)
-            # the last step's record also ends the job: one write, no extra message
-            return _succeeded(j) if last and j.state == JobState.RUNNING else j
-
-        job = self._update(
-            done,
+        job = self.update(
+            lambda j: tr.step_done(j, idx, out),
             step=steps[idx].name,
-            due_ms=self.rt.due_in_ms(self.rt.settings.redispatch_after_s * 1000),
+            due_ms=due_in_ms(self.rt.settings.redispatch_after_s * 1000),
         )
-        self._log(job, steps[idx].name, "running", "done")
+        self.transition(job, steps[idx].name, "running", "done")
         if job.state == JobState.SUCCEEDED:
-            self._log(job, "-", "running", "succeeded")
+            self.transition(job, "-", "running", "succeeded")
             return False
         return True
 
-    # -- waits -----------------------------------------------------------------------------
-    def _begin_wait(self, job: Job, steps: list[Step], idx: int, w: Wait) -> bool:
-        info = WaitInfo(
-            step=idx,
-            types=w.types,
-            subject=w.subject,
-            since=w.since,
-            deadline=utcnow() + timedelta(seconds=w.timeout_s),
-            on_timeout=w.on_timeout,
-        )
-
-        def wait(j: Job) -> Job:
-            j = _with_step(j, idx, state=StepState.WAITING, outputs=w.outputs)
-            state = JobState.WAITING if j.state == JobState.RUNNING else j.state
-            return j.model_copy(update={"state": state, "wait": info})
-
-        job = self._update(wait, step=steps[idx].name, due_ms=self._recheck_ms(info))
-        self._log(job, steps[idx].name, "running", f"waiting for {w.types} on {w.subject}")
-        # registering also finds an event that came between the action and now
-        self.rt.loop.run(self.rt.waits.register(job.id, info))
-        return self._check_wait(job, steps, idx)
-
-    def _recheck_ms(self, info: WaitInfo) -> int:
-        """When to look again without an event: the deadline, or sooner to check the state."""
-        deadline_ms = int(info.deadline.timestamp() * 1000)
-        return min(deadline_ms, self.rt.due_in_ms(self.rt.settings.wait_recheck_s * 1000))
-
-    def _check_wait(self, job: Job, steps: list[Step], idx: int) -> bool:
-        """Finish the waiting step if its event came or its target state holds; at the
-        deadline fail it or escalate; otherwise leave it waiting (no worker held)."""
-        step, rec = steps[idx], job.steps[idx]
-        info = self.rt.loop.run(self.rt.waits.get(job.id)) or job.wait
-        ctx = self._ctx(job, rec.attempts, {**_outputs(job), **rec.outputs})
-        out: Outputs | None = None
-        if info is not None and info.matched is not None:
-            out = {
-                **rec.outputs,
-                "event": {"id": info.matched.get("id"), "type": info.matched.get("type")},
-            }
-        elif step.settled is not None:
-            try:
-                out = step.settled(ctx)
-            except LeaseLost:
-                raise
-            except RETRYABLE:
-                out = None  # look again at the next check
-            except Exception as e:
-                if info is not None:
-                    self._end_wait(job, info)
-                self._fail_step(steps, idx, e)
-                return False
-        if out is None:
-            if info is not None and utcnow() < info.deadline:
-                self.rt.loop.run(self.rt.jobs.set_due(job.id, self._recheck_ms(info)))
-                return False
-            if info is not None and info.on_timeout == "escalate" and step.escalate:
-                try:
-                    out = {**rec.outputs, **step.escalate(ctx), "escalated": True}
-                except Exception as e:
-                    self._end_wait(job, info)
-                    self._fail_step(steps, idx, e)
-                    return False
-            else:
-                if info is not None:
-                    self._end_wait(job, info)
-                types = info.types if info else "?"
-                self._fail_step(steps, idx, Permanent(f"no {types} event before the deadline"))
-                return False
-        if info is not None:
-            self._end_wait(job, info)
-        return self._complete(steps, idx, out)
-
-    def _end_wait(self, job: Job, info: WaitInfo) -> None:
-        self.rt.loop.run(self.rt.waits.clear(job.id, info.subject))
-
-    def _inject_faults(self, ctx: StepContext, step: Step) -> None:
-        """Chaos drills: a configured delay before the step, or a configured failure."""
-        settings = self.rt.settings
-        if settings.chaos_step_delay_ms:
-            ctx.sleep(settings.chaos_step_delay_ms / 1000)
-        ctx.check()
-        if f"{ctx.job.kind}:{step.name}" in settings.chaos_fail_steps:
-            raise Permanent(f"injected failure at {step.name} (VMORCH_CHAOS_FAIL_STEPS)")
-
-    def _retry_or_fail(
-        self, job: Job, steps: list[Step], idx: int, e: Exception, attempt: int
-    ) -> None:
+    def _retry_or_fail(self, steps: list[Step], idx: int, e: Exception, attempt: int) -> None:
         if attempt >= self.rt.settings.step_max_attempts:
-            self._fail_step(steps, idx, e)
+            self.fail_step(steps, idx, e)
             return
-        delay_s = getattr(e, "delay_s", None) or _backoff_s(self.rt, attempt)
-        err = _error(e)
-        job = self._update(
-            lambda j: _with_step(
-                j,
-                idx,
-                state=StepState.PENDING,
-                error=err,
-                retry_at=utcnow() + timedelta(seconds=delay_s),
-            ),
+        delay_s = getattr(e, "delay_s", None) or self.backoff_s(attempt)
+        err = self.error_info(e)
+        retry_at = utcnow() + timedelta(seconds=delay_s)
+        job = self.update(
+            lambda j: tr.step_retry(j, idx, err, retry_at),
             step=steps[idx].name,
-            due_ms=self.rt.due_in_ms(delay_s * 1000),
+            due_ms=due_in_ms(delay_s * 1000),
         )
-        self._log(job, steps[idx].name, "running", f"retry in {delay_s:.2f}s ({err.message})")
-
-    def _fail_step(self, steps: list[Step], idx: int, e: BaseException) -> None:
-        err = _error(e)
-
-        def fail(j: Job) -> Job:
-            j = _with_step(j, idx, state=StepState.FAILED, ended_at=utcnow(), error=err)
-            if isinstance(e, AbortRequested):
-                return j
-            return j.model_copy(
-                update={
-                    "error": ErrorInfo(
-                        code=err.code, message=f"step {steps[idx].name}: {err.message}"
-                    )
-                }
-            )
-
-        job = self._update(fail, step=steps[idx].name)
-        self._log(job, steps[idx].name, "running", f"failed ({err.message})")
-        self._compensate(job, steps)
-
-    # -- endings ---------------------------------------------------------------------------
-    def _compensate(self, job: Job, steps: list[Step]) -> None:
-        """Undo in reverse: done steps, a step left half-done by a retry or a dead worker,
-        and the failed step when its effect may be partial. Stops at an undo that fails:
-        what came before it stays in place (undoing it could strand what the failed undo
-        left behind, e.g. volumes of a domain that could not be undefined)."""
-        if job.wait is not None:
-            self._end_wait(job, job.wait)
-        stuck: str | None = None
-        for idx in reversed(range(len(job.steps))):
-            rec, step = job.steps[idx], steps[idx]
-            half_done = rec.state in (StepState.RUNNING, StepState.WAITING, StepState.UNDOING) or (
-                rec.state == StepState.PENDING and rec.attempts > 0
-            )
-            if rec.state == StepState.PENDING and not half_done:
-                job = self._update(partial(_with_step, idx=idx, state=StepState.SKIPPED))
-                continue
-            failed_needs_undo = (
-                rec.state == StepState.FAILED
-                and step.undo_on_failure
-                and not rec.outputs.get("_undo_done")
-            )
-            if not (rec.state == StepState.DONE or half_done or failed_needs_undo):
-                continue
-            job, ok = self._undo(job, steps, idx, keep_failed=rec.state == StepState.FAILED)
-            if not ok:
-                stuck = step.name
-                break
-        self._end(job, stuck)
-
-    def _end(self, job: Job, stuck: str | None) -> None:
-        ended = (
-            JobState.ABORTED
-            if (job.abort_requested or job.state == JobState.ABORTING)
-            else JobState.FAILED
+        self.transition(
+            job, steps[idx].name, "running", "pending", f"retry in {delay_s:.2f}s: {err.message}"
         )
-        undone = [s.name for s in job.steps if s.state == StepState.UNDONE]
 
-        def end(j: Job) -> Job:
-            err = j.error or ErrorInfo(code="aborted", message="aborted by request")
-            if stuck:
-                err = err.model_copy(
-                    update={
-                        "message": f"{err.message}; undo of {stuck} "
-                        "failed, the steps before it were left in place"
-                    }
-                )
-            return j.model_copy(
-                update={"state": ended, "ended_at": utcnow(), "undone_steps": undone, "error": err}
-            )
-
-        job = self._update(end)
-        self._log(job, "-", "compensating", ended.value)
-
-    def _undo(
-        self, job: Job, steps: list[Step], idx: int, *, keep_failed: bool
-    ) -> tuple[Job, bool]:
-        step = steps[idx]
-        if not keep_failed:
-            job = self._update(
-                lambda j: _with_step(j, idx, state=StepState.UNDOING), step=step.name
-            )
-        ctx = self._ctx(job, job.steps[idx].attempts, {**_outputs(job), **job.steps[idx].outputs})
-        err: ErrorInfo | None = None
-        if step.undo is not None:
-            for attempt in range(1, self.rt.settings.step_max_attempts + 1):
-                try:
-                    step.undo(ctx)
-                    err = None
-                    break
-                except LeaseLost:
-                    raise
-                except RETRYABLE as e:
-                    err = _error(e)
-                    ctx.sleep(_backoff_s(self.rt, attempt))
-                except Exception as e:
-                    log.exception("job=%s undo of %s failed", job.id, step.name)
-                    err = _error(e)
-                    break
-        if keep_failed:
-            outs = {**job.steps[idx].outputs, "_undo_done": err is None}
-            job = self._update(lambda j: _with_step(j, idx, outputs=outs), step=step.name)
-        elif err is None:
-            job = self._update(
-                lambda j: _with_step(j, idx, state=StepState.UNDONE, ended_at=utcnow()),
-                step=step.name,
-            )
-        else:
-            failed = ErrorInfo(code=err.code, message=f"undo failed: {err.message}")
-            job = self._update(
-                lambda j: _with_step(j, idx, state=StepState.FAILED, error=failed), step=step.name
-            )
-        self._log(job, step.name, "undo", job.steps[idx].state.value)
-        return job, err is None
-
-    def _finish_failed(self, err: ErrorInfo) -> None:
-        def end(j: Job) -> Job:
-            state = JobState.ABORTED if j.state == JobState.ABORTING else JobState.FAILED
-            return j.model_copy(update={"state": state, "ended_at": utcnow(), "error": err})
-
-        self._update(end)
+    def fail_step(self, steps: list[Step], idx: int, e: BaseException) -> None:
+        err = self.error_info(e)
+        name = steps[idx].name
+        aborted = isinstance(e, AbortRequested)
+        job = self.update(lambda j: tr.step_failed(j, idx, err, name, aborted=aborted), step=name)
+        self.transition(job, name, "running", "failed", err.message)
+        compensation.compensate(self, job, steps)
 
 
 def advance(rt: Runtime, job_id: str) -> str:
@@ -539,7 +250,6 @@ def advance(rt: Runtime, job_id: str) -> str:
     if not doc:
         rt.loop.run(rt.leases.release(job_id, token))
         return "missing"
-    outcome = "advanced"
     runner: Runner | None = None
     try:
         with Heartbeat(rt, job_id, token) as hb:
@@ -565,4 +275,4 @@ def advance(rt: Runtime, job_id: str) -> str:
         if queue is not None:
             messages.append((queue, rt.messages.advance(jid, queue)))
     rt.loop.run(rt.leases.release_and_push(job_id, token, messages))
-    return outcome
+    return "advanced"

@@ -40,14 +40,13 @@ def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
     return state
 
 
-def domain_spec_of(vm: Vm, domain_type: str, metadata: dict[str, str]) -> DomainSpec:
+def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
     """The domain a VM record describes (the same record gives the same XML)."""
     return DomainSpec(
         uuid=vm.id,
         name=vm.name,
         vcpus=vm.vcpus,
         memory_mib=vm.memory_mib,
-        domain_type=domain_type,
         disks=[DiskSpec(d.path, d.target) for d in vm.disks],
         nics=[NicSpec(n.network, n.mac) for n in vm.nics],
         metadata=metadata,
@@ -69,7 +68,7 @@ def start_run(ctx: StepContext) -> Outputs | Wait:
     nothing, so running this twice is harmless."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
-    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.RUNNING))
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.RUNNING, fence=ctx.fence))
     ctx.expect(vm.id, STARTED)
     since = ctx.stream_position()
     hv.start(vm.id)
@@ -100,7 +99,7 @@ def vm_action(
         vm = vm_of(ctx)
         hv = hv_of(ctx, vm)
         if desired is not None:
-            ctx.run(ctx.runtime.inventory.set_desired(vm.id, desired))
+            ctx.run(ctx.runtime.inventory.set_desired(vm.id, desired, fence=ctx.fence))
         ctx.expect(vm.id, expects)
         act(hv, vm.id)
         observe(ctx, vm, hv)
@@ -114,7 +113,7 @@ def stop_run(ctx: StepContext, timeout_s: float) -> Outputs | Wait:
     the step escalates to a forced power-off. A stopped VM stays as it is."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
-    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED))
+    ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED, fence=ctx.fence))
     if hv.domain_state(vm.id) == VmState.STOPPED:
         observe(ctx, vm, hv)
         return {"state": VmState.STOPPED.value, "forced": False}

@@ -6,12 +6,13 @@ import contextlib
 import hashlib
 from typing import cast
 
-from orchestrator.errors import NoCapacity, NotFound
-from schemas.inventory import Template, Vm, VmDisk, VmNic, VmState
+from orchestrator.errors import NotFound
+from schemas.inventory import Template, VmDisk, VmNic, VmState
 from schemas.requests import CreateFromTemplate
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
-from workers.hypervisor.xml import disk_target, domain_xml
+from workers.hypervisor.xml import disk_target
 
 
 def _req(ctx: StepContext) -> CreateFromTemplate:
@@ -45,28 +46,14 @@ def reserve_undo(ctx: StepContext) -> None:
     """Forget the VM record, unless the VM exists (then a delete job owns it)."""
     vm_id = ctx.job.links.vm_id
     if vm_id:
-        ctx.run(ctx.runtime.inventory.delete_vm(vm_id))
+        ctx.run(ctx.runtime.inventory.delete_vm(vm_id, fence=ctx.fence))
 
 
 def place_run(ctx: StepContext) -> Outputs:
-    """Choose the server of the pool with the most free memory that fits the VM.
-
-    Pure choice: nothing changes on a hypervisor, so running it again is harmless.
-    """
+    """Choose the server of the pool with the most free memory that fits the VM."""
     req = _req(ctx)
-    tmpl = _template(ctx)
-    pool = ctx.run(ctx.runtime.inventory.pool(req.pool))
-    need = req.memory_mib or tmpl.memory_mib
-    candidates = [req.server] if req.server else pool.servers
-    best: tuple[int, str] | None = None
-    for name in candidates:
-        free = ctx.hypervisor(name).memory_free_mib()
-        if free >= need and (best is None or free > best[0]):
-            best = (free, name)
-        ctx.check()
-    if best is None:
-        raise NoCapacity(f"no server of pool {req.pool} has {need} MiB free")
-    return {"server": best[1]}
+    need = req.memory_mib or _template(ctx).memory_mib
+    return choose_server(ctx, req.pool, need, candidates=[req.server] if req.server else None)
 
 
 def clone_run(ctx: StepContext) -> Outputs:
@@ -106,35 +93,23 @@ def define_run(ctx: StepContext) -> Outputs:
     vm = vm_of(ctx)
     server = ctx.outputs["server"]
     hv = ctx.hypervisor(server)
-    disks = [VmDisk(**d) for d in ctx.outputs.get("disks", [])]
     nics = [
         VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
     ]
-    record = Vm(
-        id=vm.id,
-        name=vm.name,
-        pool=req.pool,
-        server=server,
-        state=VmState.STOPPED,
-        vcpus=req.vcpus or tmpl.vcpus,
-        memory_mib=req.memory_mib or tmpl.memory_mib,
-        disks=disks,
-        nics=nics,
-        ha=req.ha,
-        labels=req.labels,
-        created_by_job=ctx.job.id,
+    # the reservation made at submission holds the shape (vcpus, memory, ha, labels)
+    record = vm.model_copy(
+        update={
+            "server": server,
+            "state": VmState.STOPPED,
+            "disks": [VmDisk(**d) for d in ctx.outputs.get("disks", [])],
+            "nics": nics,
+            "desired_state": None,  # kept apart (vmdesired), as is the observed state
+            "observed_at": None,
+        }
     )
     ctx.expect(vm.id, ["vm.lifecycle.defined"])
-    hv.define(
-        domain_xml(
-            domain_spec_of(
-                record,
-                hv.domain_type(),
-                {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name},
-            )
-        )
-    )
-    ctx.run(ctx.runtime.inventory.save_vm(record))
+    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name}))
+    ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
     return {"server": server}
 

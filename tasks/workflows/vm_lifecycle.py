@@ -21,7 +21,7 @@ def _ensure_off(ctx: StepContext) -> Outputs:
     if state not in (None, VmState.STOPPED, VmState.CRASHED):
         if not req.force:
             raise HypervisorError(f"vm {vm.name} is {state}: stop it first or pass force=true")
-        ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED))
+        ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.STOPPED, fence=ctx.fence))
         ctx.expect(vm.id, STOPPED)
         hv.destroy(vm.id)
     return {}
@@ -49,7 +49,7 @@ def _delete_disks(ctx: StepContext) -> Outputs:
 def _forget(ctx: StepContext) -> Outputs:
     """Ensure the VM record is gone from the inventory (already gone is fine)."""
     if ctx.job.links.vm_id:
-        ctx.run(ctx.runtime.inventory.delete_vm(ctx.job.links.vm_id))
+        ctx.run(ctx.runtime.inventory.delete_vm(ctx.job.links.vm_id, fence=ctx.fence))
     return {"state": VmState.DELETED.value}
 
 

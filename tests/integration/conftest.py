@@ -25,9 +25,10 @@ import redis.asyncio as aredis
 
 from orchestrator.lab.lab import Lab
 from orchestrator.lab.redis_server import RedisServer
-from orchestrator.router.consumer import HA_HOOK_ID, HA_SPEC
+from orchestrator.router.consumer import EventConsumer
+from orchestrator.services import Services, connect
+from orchestrator.settings import Settings
 from orchestrator.store import keys
-from orchestrator.store.hooks import HookStore
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
@@ -215,15 +216,12 @@ def fleet(redis_url: str, lab: tuple[Lab, Inventory], router: Proc) -> Iterator[
     r.close()
 
     async def load() -> None:
-        ar = aredis.Redis.from_url(redis_url, decode_responses=True)
-        await InventoryStore(ar).load(lab[1])
+        settings = Settings(redis_url=redis_url)
+        ar = connect(settings)
+        services = Services.build(settings, ar)
+        await services.inventory.load(lab[1])
         # the routers' group, from the start of the new stream, and the built-in HA hook
-        try:
-            await ar.xgroup_create(keys.EVENTS, keys.ROUTERS_GROUP, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as e:  # the router made it again first
-            if "BUSYGROUP" not in str(e):
-                raise
-        await HookStore(ar).create(HA_SPEC, hook_id=HA_HOOK_ID, builtin=True)
+        await EventConsumer(services).setup(from_start=True)
         await ar.aclose()
 
     asyncio.run(load())
@@ -315,7 +313,7 @@ def start_worker(
     def start(concurrency: int = 2, **settings: str) -> Proc:
         extra = {f"VMORCH_{k.upper()}": v for k, v in settings.items()}
         log = workdir / f"worker-{len(procs)}-{time.time_ns()}.log"
-        proc = Proc(["worker", "-c", str(concurrency)], {**env, **extra}, log)
+        proc = Proc(["worker", "-c", str(concurrency), "--noop", "also"], {**env, **extra}, log)
         procs.append(proc)
 
         def ready() -> bool:

@@ -73,10 +73,29 @@ def test_viewer_reads_but_may_not_submit_or_abort(api: Api, redis_url: str) -> N
     assert api.job(job["id"])["state"] == "queued"  # nothing lost, nothing changed
 
 
-def test_operator_submits(api: Api, redis_url: str) -> None:
+def test_operator_submits_vm_jobs_but_not_engine_drills(api: Api, redis_url: str) -> None:
     op = make_token(redis_url, Role.OPERATOR)
-    status, job = api.request("POST", "/v1/jobs", {"kind": "noop"}, token=op)
+    body = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"}
+    status, job = api.request("POST", "/v1/jobs", {**body, "name": "op1", "start": False}, token=op)
     assert status == 202 and job["submitted_by"] == "operator"
+    # noop jobs hold workers for nothing: admins only (M10)
+    assert_error(*api.request("POST", "/v1/jobs", {"kind": "noop"}, token=op), 403, "forbidden")
+
+
+def test_internal_and_unbounded_kinds_are_refused(api: Api) -> None:
+    # vm.ha_restart comes from the HA hook only: it would burn the VM's HA budget
+    status, err = api.request("POST", "/v1/jobs", {"kind": "vm.ha_restart", "vm": "x"})
+    assert_error(status, err, 422, "validation_error")
+    assert err["error"]["details"][0]["loc"] == ["body", "kind"]
+    for field, value in (("steps", 21), ("step_delay_ms", 10_001)):
+        status, err = api.request("POST", "/v1/jobs", {"kind": "noop", field: value})
+        assert_error(status, err, 422, "validation_error")
+        assert err["error"]["details"][0]["loc"] == ["body", field]
+    # a VM name whose disk volumes would not fit in 63 characters is refused up front (L4)
+    body = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"}
+    status, err = api.request("POST", "/v1/jobs", {**body, "name": "a" * 48})
+    assert_error(status, err, 422, "validation_error")
+    assert err["error"]["details"][0]["loc"] == ["body", "name"]
 
 
 def test_openapi_and_health_need_no_token(api: Api) -> None:
@@ -169,8 +188,8 @@ def test_bad_job_requests_name_the_field(api: Api, body: dict[str, Any], loc: li
 @pytest.mark.parametrize(
     ("patch", "status", "loc"),
     [
-        ({"pool": "pool-zz"}, 404, ["body", "pool"]),
-        ({"template": "tmpl-zz"}, 404, ["body", "template"]),
+        ({"pool": "pool-zz"}, 422, ["body", "pool"]),
+        ({"template": "tmpl-zz"}, 422, ["body", "template"]),
         ({"template": "tmpl-b"}, 422, ["body", "template"]),
         ({"vnics": [{"network": "net-b"}]}, 422, ["body", "vnics", 0, "network"]),
         ({"server": "srv-b1"}, 422, ["body", "server"]),

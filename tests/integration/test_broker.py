@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.jobs.messages import TaskMessages
+from orchestrator.jobs.dispatch import ADVANCE_TASK, TaskMessages
 from orchestrator.settings import Settings
-from workers.celery_app import ADVANCE_TASK, make_celery
+from workers.celery_app import make_celery
 
 pytestmark = pytest.mark.integration
 

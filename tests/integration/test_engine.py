@@ -133,11 +133,11 @@ def test_queue_status_shows_depth_and_workers(api: Api, start_worker: Callable[.
     jobs = [api.submit({"kind": "noop", "steps": 1}) for _ in range(3)]
     status, q = api.request("GET", "/v1/queue")
     assert status == 200
-    default = next(x for x in q["queues"] if x["queue"] == "vmorch.default")
+    default = next(x for x in q["queues"] if x["queue"] == "vmorch.noop")
     assert default["depth"] == 3 and default["oldest_job_age_s"] >= 0
     start_worker()
     for j in jobs:
         api.wait(j["id"])
     _status, q = api.request("GET", "/v1/queue")
-    assert next(x for x in q["queues"] if x["queue"] == "vmorch.default")["depth"] == 0
+    assert next(x for x in q["queues"] if x["queue"] == "vmorch.noop")["depth"] == 0
     assert any("vmorch.pool.pool-a" in w["queues"] for w in q["workers"])

@@ -12,6 +12,7 @@ import redis
 
 from orchestrator.lab.lab import Lab
 from orchestrator.router.actions.webhook import verify
+from orchestrator.settings import Settings
 from orchestrator.store import keys
 from schemas.inventory import Inventory
 from tests.integration.conftest import Api, Proc, WebhookReceiver, find_domains, wait_until
@@ -101,7 +102,7 @@ def test_a_guest_shutdown_is_not_a_failure(
     wait_until(lambda: events(redis_url, "vm.lifecycle.stopped", job["links"]["vm_id"]), 10)
     # the router has handled it once the stream's entries are all acknowledged
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    wait_until(lambda: r.xpending(keys.EVENTS, keys.ROUTERS_GROUP)["pending"] == 0, 10)
+    wait_until(lambda: r.xpending(keys.EVENTS, Settings().router_group)["pending"] == 0, 10)
     r.close()
     ha_runs = runs(api, "builtin-ha")
     assert [x["outcome"] for x in ha_runs] == ["skipped"], (

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aredis
 from aiohttp.test_utils import TestServer
 
-from orchestrator.api import streams
+from orchestrator.api import events as streams
 from orchestrator.api.app import make_app
 from orchestrator.settings import Settings
 from orchestrator.store import keys

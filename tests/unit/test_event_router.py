@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from orchestrator.router.consumer import HA_HOOK_ID, HA_SPEC, EventRouter
-from orchestrator.settings import Settings
+from orchestrator.router.consumer import EventConsumer
+from orchestrator.router.policies.ha import HA_HOOK_ID, HA_SPEC
 from orchestrator.store.events import make_event
 from orchestrator.store.hooks import HookStore
 from schemas.hooks import HookSpec
 from schemas.inventory import Vm, VmState
-from tests.unit.conftest import Engine
+from tasks.testing import Engine
 
 
-def router(engine: Engine) -> EventRouter:
-    r = EventRouter(Settings(redis_url="redis://unused"), engine.redis, engine.dispatcher)
+def router(engine: Engine) -> EventConsumer:
+    r = EventConsumer(engine.services)
     engine.run(HookStore(engine.redis).create(HA_SPEC, hook_id=HA_HOOK_ID, builtin=True))
     return r
 
@@ -111,7 +111,7 @@ def test_a_retried_firing_is_not_taken_for_a_flood(engine: Engine) -> None:
 
 
 def test_placeholders_are_filled_once_from_the_given_values() -> None:
-    from orchestrator.store.hooks import fill
+    from orchestrator.router.hooks import fill
 
     out = fill(
         {"vm": "{vm_id}", "n": ["{vm_name}-x"], "k": 3}, {"vm_id": "{vm_name}", "vm_name": "db"}

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.errors import Conflict
 from schemas.jobs import TRANSITIONS, JobState
-from tests.unit.conftest import Engine
+from tasks.testing import Engine
 
 
 def test_terminal_states_allow_no_transition() -> None:

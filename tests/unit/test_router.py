@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from orchestrator.router.timers import Router
+from orchestrator.router.timers import Timers
+from orchestrator.services import Services
 from orchestrator.settings import Settings
-from tests.unit.conftest import Engine
+from tasks.testing import Engine
 
 
-def router(engine: Engine, **kw: float) -> Router:
+def router(engine: Engine, **kw: float) -> Timers:
     settings = Settings(redis_url="redis://unused", redispatch_after_s=0.001, **kw)
-    return Router(settings, engine.redis, engine.dispatcher)
+    return Timers(Services.build(settings, engine.redis))
 
 
 def test_a_job_whose_message_is_waiting_in_line_gets_no_duplicate(engine: Engine) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orchestrator.errors import LeaseLost
 from schemas.jobs import JobState, StepState
-from tests.unit.conftest import Engine
+from tasks.testing import Engine
 
 
 def states(job: object) -> list[str]:
@@ -220,7 +220,7 @@ def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
 def _post(engine: Engine, type_: str, subject: str) -> None:
     from orchestrator.store.events import EventLog, make_event
 
-    engine.run(EventLog(engine.redis, 1000).publish(make_event(type_, "test://", subject, {})))
+    engine.run(EventLog(engine.redis).publish(make_event(type_, "test://", subject, {})))
 
 
 def test_a_waiting_job_holds_no_worker_and_resumes_on_its_event(engine: Engine) -> None:

@@ -18,7 +18,7 @@ from schemas.inventory import (
     TemplateDisk,
 )
 from schemas.jobs import JobState
-from tests.unit.conftest import Engine
+from tasks.testing import Engine
 
 URI = "test:///default"
 
@@ -226,7 +226,6 @@ def test_aborting_a_queued_job_behind_others_does_not_redispatch_the_head(fleet:
 def test_ha_restarts_past_the_budget_leave_the_vm_stopped_with_an_alert(
     fleet: Engine, conn: libvirt.virConnect
 ) -> None:
-    from orchestrator.store.alerts import AlertStore
 
     created = create(fleet, "vm10")
     vm_id = created.links.vm_id
@@ -238,8 +237,8 @@ def test_ha_restarts_past_the_budget_leave_the_vm_stopped_with_an_alert(
         outcomes.append(fleet.get(job.id).state)
     assert outcomes == [JobState.SUCCEEDED] * 3 + [JobState.FAILED]
     assert not conn.lookupByName("vm10").isActive()  # left stopped
-    alerts = fleet.run(AlertStore(fleet.redis).all())
+    alerts = fleet.run(fleet.services.alerts.all())
     assert [a.type for a in alerts] == ["vm.ha.exhausted"] and alerts[0].subject == vm_id
-    acked = fleet.run(AlertStore(fleet.redis).acknowledge(alerts[0].id, "ops"))
+    acked = fleet.run(fleet.services.alerts.acknowledge(alerts[0].id, "ops"))
     assert acked.acknowledged_by == "ops"
-    assert fleet.run(AlertStore(fleet.redis).all()) == []
+    assert fleet.run(fleet.services.alerts.all()) == []

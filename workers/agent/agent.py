@@ -12,21 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 import redis.asyncio as aredis
 
+from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
-from orchestrator.store.events import EventLog, make_event
-from orchestrator.store.expectations import Expectations
-from orchestrator.store.inventory import InventoryStore
-from orchestrator.store.jobs import JobStore
+from orchestrator.store.events import make_event
 from schemas.inventory import Server, VmState
-from workers.hypervisor.adapter import _STATES
+from workers.hypervisor.adapter import _STATES, silence_libvirt_errors
 from workers.hypervisor.states import change_type, ensure_event_loop, lifecycle
 
 log = logging.getLogger("vmorch.agent")
@@ -43,14 +40,15 @@ class DomainEvent:
 
 
 class ServerWatch:
-    def __init__(self, settings: Settings, server: Server, redis: aredis.Redis):
-        self.settings = settings
+    def __init__(self, services: Services, server: Server):
+        self.settings = services.settings
         self.server = server
-        self.redis = redis
-        self.events = EventLog(redis, settings.event_stream_maxlen)
-        self.inventory = InventoryStore(redis)
-        self.jobs = JobStore(redis)
-        self.expectations = Expectations(redis)
+        self.redis = services.redis
+        self.events = services.events
+        self.inventory = services.inventory
+        self.jobs = services.jobs
+        self.expectations = services.expectations
+        self.ha = services.ha
         self.queue: asyncio.Queue[DomainEvent | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.publish_lock = asyncio.Lock()
@@ -137,11 +135,10 @@ class ServerWatch:
             await self.inventory.set_vm_state(ev.uuid, ev.state, server=self.server.name)
 
     async def _server_event(self, type_: str) -> None:
-        key = keys.server_down(self.server.name)
         if type_ == "server.down":  # since when: HA relocates only after a grace period
-            await self.redis.set(key, int(time.time() * 1000), nx=True)
+            await self.ha.mark_server_down(self.server.name)
         else:
-            await self.redis.delete(key)
+            await self.ha.mark_server_up(self.server.name)
         await self.events.publish(
             make_event(
                 type_,
@@ -242,10 +239,11 @@ def _quiet(*errors: type[BaseException]) -> Any:
 
 
 async def run_agent(settings: Settings, server: str, stop: asyncio.Event) -> None:
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    r = aredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    silence_libvirt_errors()
+    r = connect(settings)
+    services = Services.build(settings, r)
     try:
-        srv = await InventoryStore(r).server(server)
-        await ServerWatch(settings, srv, r).run(stop)
+        srv = await services.inventory.server(server)
+        await ServerWatch(services, srv).run(stop)
     finally:
         await r.aclose()

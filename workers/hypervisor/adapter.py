@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import libvirt
@@ -25,7 +26,7 @@ from tenacity import (
 
 from orchestrator.errors import HypervisorError, HypervisorUnavailable, NotFound
 from schemas.inventory import VmState
-from workers.hypervisor.xml import volume_xml
+from workers.hypervisor.xml import DomainSpec, domain_xml, volume_xml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +58,11 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: VmState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: VmState.SUSPENDED,
 }
+
+
+def silence_libvirt_errors() -> None:
+    """libvirt prints every error to stderr by default; vmorch logs the ones it acts on."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
 def classify(err: libvirt.libvirtError) -> Exception:
@@ -155,8 +161,10 @@ class Hypervisor:
             return None
         return _STATES.get(raw, VmState.UNKNOWN)
 
-    def define(self, xml: str) -> None:
-        """Define (or redefine, same uuid) a persistent domain."""
+    def define(self, spec: DomainSpec) -> None:
+        """Define (or redefine, same uuid: the same spec gives the same XML) a persistent
+        domain, rendered for this server's driver."""
+        xml = domain_xml(replace(spec, domain_type=self.domain_type()))
         self._call("defineXML", lambda c: c.defineXML(xml))
 
     def undefine(self, uuid: str) -> None:
@@ -263,14 +271,16 @@ class Hypervisors:
 
     def __init__(self, retry_s: float = 20.0):
         self.retry_s = retry_s
-        self._by_uri: dict[str, Hypervisor] = {}
+        self._by_uri: dict[tuple[str, float], Hypervisor] = {}
         self._lock = threading.Lock()
 
-    def get(self, uri: str) -> Hypervisor:
+    def get(self, uri: str, retry_s: float | None = None) -> Hypervisor:
+        """The adapter for `uri`, with this process's retry budget or `retry_s`."""
+        budget = self.retry_s if retry_s is None else retry_s
         with self._lock:
-            hv = self._by_uri.get(uri)
+            hv = self._by_uri.get((uri, budget))
             if hv is None:
-                hv = self._by_uri[uri] = Hypervisor(uri, self.retry_s)
+                hv = self._by_uri[(uri, budget)] = Hypervisor(uri, budget)
             return hv
 
     def close(self) -> None:

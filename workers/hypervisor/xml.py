@@ -26,8 +26,7 @@ class DomainSpec:
     name: str
     vcpus: int
     memory_mib: int
-    domain_type: str = "test"  # test, qemu or kvm: from the connection
-    emulator: str | None = None
+    domain_type: str = "test"  # "test" or "qemu": the adapter sets it from the connection
     disks: list[DiskSpec] = field(default_factory=list)
     nics: list[NicSpec] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
@@ -54,8 +53,6 @@ def domain_xml(spec: DomainSpec) -> str:
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm")
     devices = _sub(dom, "devices")
-    if spec.emulator:
-        _sub(devices, "emulator", spec.emulator)
     for d in spec.disks:
         disk = _sub(devices, "disk", type="file", device="disk")
         _sub(disk, "source", file=d.path)

@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -27,6 +27,10 @@ from tenacity import (
 from yarl import URL
 
 from orchestrator.errors import Forbidden
+from schemas.hooks import HookRun, WebhookAction
+
+if TYPE_CHECKING:
+    from orchestrator.router.actions import ActionContext, Firing
 
 log = logging.getLogger("vmorch.webhooks")
 
@@ -263,3 +267,25 @@ class WebhookSender:
         if 300 <= status < 400:
             return done("failed", status, f"HTTP {status}: redirects are not followed")
         return done("failed", status, f"HTTP {status}")
+
+
+async def act(ctx: ActionContext, firing: Firing) -> HookRun:
+    """POST the event, signed with the hook's secret; a hook without a secret is refused
+    (it never signs with an empty key). The delivery id is stable per (hook, event), so a
+    receiver de-duplicates a firing delivered again by another router."""
+    action = firing.hook.action
+    if not isinstance(action, WebhookAction):
+        raise TypeError(f"not a webhook action: {action.kind}")
+    secret = await ctx.services.hooks.secret(firing.hook.id)
+    if not secret:
+        return firing.run("refused", "the hook has no webhook secret; rotate it (PATCH)")
+    result = await ctx.sender.deliver(
+        str(action.url),
+        secret.encode(),
+        firing.event.model_dump_json().encode(),
+        f"{firing.hook.id}:{firing.event.id}",
+        action.timeout_s,
+        action.retries,
+    )
+    detail = f"{result.detail} (attempts {result.attempts}, status {result.status})"
+    return firing.run(result.outcome, detail)

@@ -20,15 +20,12 @@ from typing import Any
 
 import redis.asyncio as aredis
 from aiohttp import web
-from pydantic import Field
 from redis.exceptions import RedisError
 
-from orchestrator.api.handlers import JOBS, _query_int, respond
-from orchestrator.api.routing import Query, Route
+from orchestrator.api.http import query_int, respond, services
 from orchestrator.errors import ValidationFailed
 from orchestrator.store import keys
-from schemas.api import Role
-from schemas.base import Frozen
+from schemas.api import EventPage, StreamEvent
 from schemas.events import Event
 from schemas.jobs import JobState
 
@@ -49,17 +46,6 @@ _POOL_OWNED = {  # redis-py 8 puts objects bound to the shared pool among the kw
     "orig_socket_timeout",
 }
 _TERMINAL = {f"job.{s.value}" for s in JobState if s.terminal}
-
-
-class StreamEvent(Event):
-    stream_id: str = Field(description="Redis stream entry id: pass it as `after` or Last-Event-ID")
-
-
-class EventPage(Frozen):
-    items: list[StreamEvent]
-    next_after: str | None = Field(
-        default=None, description="`after` of the next page; null at the end of the stream"
-    )
 
 
 def setup_streams(app: web.Application) -> None:
@@ -108,12 +94,12 @@ def _decode(eid: str, fields: dict[str, str]) -> StreamEvent | None:
 
 async def list_events(request: web.Request) -> web.Response:
     match = _matcher(request)
-    limit = _query_int(request, "limit", 100, 1, 1000)
+    limit = query_int(request, "limit", 100, 1, 1000)
     after = _start(request, header=False)
     if after == f"{_U64}-{_U64}":  # the largest id: Redis refuses an interval after it
         return respond(EventPage(items=[]))
     start = f"({after}" if after else "-"
-    redis = request.app[JOBS].redis
+    redis = services(request).redis
     items: list[StreamEvent] = []
     scanned, last = 0, ""
     while scanned < SCAN_MAX:
@@ -169,7 +155,7 @@ def _entries(reply: Any) -> list[Entry]:  # XREAD's reply for one stream, RESP2 
 async def _tail(request: web.Request, after: str) -> AsyncGenerator[list[Entry]]:
     """Batches of entries after `after`; an empty batch when a block timed out. Ends when the
     client is gone or the app stops; closing it releases the connection and the tasks."""
-    client = _dedicated(request.app[JOBS].redis)
+    client = _dedicated(services(request).redis)
     gone = asyncio.ensure_future(_gone(request, request.app.get(STOPPING) or asyncio.Event()))
     read: asyncio.Future[Any] | None = None
     try:
@@ -235,13 +221,13 @@ async def _follow(
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     match = _matcher(request)
-    after = _start(request) or await _last_id(request.app[JOBS].redis)
+    after = _start(request) or await _last_id(services(request).redis)
     return await _follow(request, after, match)
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
     """Duplicates: events after `after` that the snapshot already shows are sent as well."""
-    store, job_id = request.app[JOBS], request.match_info["job_id"]
+    store, job_id = services(request).jobs, request.match_info["job_id"]
     after = await _last_id(store.redis)  # before the snapshot: no transition falls in between
     job = await store.get(job_id)  # NotFound: 404
     return await _follow(
@@ -252,23 +238,3 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         first=_sse(None, "job.snapshot", job.model_dump_json()),
         follow=not job.state.terminal,
     )
-
-
-def stream_routes() -> list[Route]:
-    """This module's routes (role viewer), for the app's route table."""
-    q = (
-        Query("type", "event type, an fnmatch glob (vm.lifecycle.*)"),
-        Query("subject", "exact subject (a job or VM id)"),
-        Query("source", "exact source (libvirt://server-1)"),
-        Query("after", "stream_id to start after (exclusive); SSE: new events only without it"),
-    )
-    limit = Query("limit", "page size (1-1000)", {"type": "integer"})
-    resume = (Query("Last-Event-ID", "resume after this stream_id (wins over after)"),)
-    sse = "Follow events as text/event-stream (SSE id: stream_id, event: type)"
-    job = "Follow one job as text/event-stream: job.snapshot, then its events until it ends"
-    lst, v = "Events oldest first, filtered, paged by next_after", Role.VIEWER
-    return [
-        Route("GET", "/v1/events", list_events, lst, v, response=EventPage, query=(*q, limit)),
-        Route("GET", "/v1/events/stream", stream_events, sse, v, query=q, headers=resume),
-        Route("GET", "/v1/jobs/{job_id}/stream", stream_job, job, v),
-    ]

@@ -1,0 +1,95 @@
+"""Jobs over HTTP: submit, list, show, abort."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from orchestrator.api.http import invalid, json_body, query_int, respond, services
+from orchestrator.api.middleware import caller
+from orchestrator.errors import BadRequest, Forbidden, ValidationFailed
+from orchestrator.store.jobs import JobStore
+from schemas.api import AbortRequest, Page, Role
+from schemas.jobs import Job, JobState
+from schemas.requests import Noop, job_request_adapter
+
+_IDEM_MAX = 200
+
+
+async def _with_position(jobs: JobStore, job: Job) -> Job:
+    """Fill in where a queued job stands in its VM's queue, and which job is ahead."""
+    if job.state != JobState.QUEUED or not job.links.vm_id:
+        return job
+    queue = await jobs.vm_queue(job.links.vm_id)
+    if job.id not in queue:
+        return job
+    pos = queue.index(job.id)
+    return job.model_copy(
+        update={"vm_queue_position": pos, "waiting_for_job": queue[pos - 1] if pos else None}
+    )
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    try:
+        req = job_request_adapter.validate_python(body)
+    except ValidationError as e:
+        tag = body.get("kind") if isinstance(body, dict) else None
+        raise invalid("job request", e, tag=tag) from None
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not (0 < len(idem) <= _IDEM_MAX and idem.isprintable()):
+        raise BadRequest(
+            "Idempotency-Key must be 1-200 printable characters",
+            details=[(["header", "Idempotency-Key"], "bad value")],
+        )
+    who = caller(request)
+    if isinstance(req, Noop) and not who.role.allows(Role.ADMIN):
+        raise Forbidden("noop jobs (engine drills) are for admins only")
+    job, replayed = await services(request).submitter.submit(
+        req, submitted_by=who.name, idem_key=idem, idem_scope=who.id
+    )
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return respond(job, 202, **headers)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    q, svc = request.query, services(request)
+    state = q.get("state")
+    if state is not None and state not in JobState.__members__.values():
+        raise ValidationFailed(
+            "unknown state",
+            details=[
+                (["query", "state"], "must be one of " + ", ".join(s.value for s in JobState))
+            ],
+        )
+    cursor = q.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
+    vm_id = None
+    if q.get("vm"):
+        vm = await svc.inventory.find_vm(q["vm"])
+        vm_id = vm.id if vm else q["vm"]
+    jobs, nxt = await svc.jobs.list(
+        state=state,
+        kind=q.get("kind"),
+        vm_id=vm_id,
+        cursor=cursor,
+        limit=query_int(request, "limit", 50, 1, 500),
+    )
+    return respond(Page[Job](items=jobs, next_cursor=nxt))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    store = services(request).jobs
+    job = await store.get(request.match_info["job_id"])
+    return respond(await _with_position(store, job))
+
+
+async def abort_job(request: web.Request) -> web.Response:
+    reason = ""
+    if await request.read():
+        reason = AbortRequest.model_validate(await json_body(request)).reason
+    job = await services(request).submitter.abort(request.match_info["job_id"], reason)
+    return respond(job, 202)

@@ -1,0 +1,210 @@
+"""The whole route table: each entry gives the router its handler, the auth check its role
+and the OpenAPI document its schemas."""
+
+from __future__ import annotations
+
+from orchestrator.api import alerts, events, hooks, inventory, jobs, queue
+from orchestrator.api.routing import Query, Route
+from schemas.alerts import Alert
+from schemas.api import AbortRequest, EventPage, HookCreated, Page, QueueStatus, Role, VmView
+from schemas.hooks import Hook, HookRun, HookSpec
+from schemas.inventory import Server, ServerPool, Template, Vm
+from schemas.jobs import Job
+from schemas.requests import JobRequest
+
+VIEWER, OPERATOR, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+_EVENT_FILTERS = (
+    Query("type", "event type, an fnmatch glob (vm.lifecycle.*)"),
+    Query("subject", "exact subject (a job or VM id)"),
+    Query("source", "exact source (libvirt://server-1)"),
+    Query("after", "stream_id to start after (exclusive); SSE: new events only without it"),
+)
+
+
+def _jobs() -> list[Route]:
+    return [
+        Route(
+            "POST",
+            "/v1/jobs",
+            jobs.submit_job,
+            "Submit a job",
+            OPERATOR,
+            body=JobRequest,
+            response=Job,
+            status=202,
+            headers=(Query("Idempotency-Key", "same key and body return the same job"),),
+        ),
+        Route(
+            "GET",
+            "/v1/jobs",
+            jobs.list_jobs,
+            "List jobs, newest first",
+            VIEWER,
+            response=Page[Job],
+            query=(
+                Query("state", "filter by state"),
+                Query("kind", "filter by kind"),
+                Query("vm", "VM id or name"),
+                Query("limit", "page size (1-500)", {"type": "integer"}),
+                Query("cursor", "next_cursor of the previous page"),
+            ),
+        ),
+        Route(
+            "GET", "/v1/jobs/{job_id}", jobs.get_job, "A job with its steps", VIEWER, response=Job
+        ),
+        Route(
+            "POST",
+            "/v1/jobs/{job_id}/abort",
+            jobs.abort_job,
+            "Abort a job",
+            OPERATOR,
+            body=AbortRequest,
+            response=Job,
+            status=202,
+        ),
+        Route(
+            "GET",
+            "/v1/jobs/{job_id}/stream",
+            events.stream_job,
+            "Follow one job as text/event-stream: job.snapshot, then its events until it ends",
+            VIEWER,
+        ),
+    ]
+
+
+def _inventory() -> list[Route]:
+    return [
+        Route(
+            "GET",
+            "/v1/vms",
+            inventory.list_vms,
+            "List VMs, oldest first, paged by next_cursor",
+            VIEWER,
+            response=Page[Vm],
+            query=(
+                Query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                Query("cursor", "next_cursor of the previous page"),
+            ),
+        ),
+        Route(
+            "GET",
+            "/v1/vms/{vm}",
+            inventory.get_vm,
+            "A VM (by id or name) and its operation queue",
+            VIEWER,
+            response=VmView,
+        ),
+        Route(
+            "GET",
+            "/v1/pools",
+            inventory.list_pools,
+            "List server pools",
+            VIEWER,
+            response=list[ServerPool],
+        ),
+        Route(
+            "GET",
+            "/v1/servers",
+            inventory.list_servers,
+            "List servers",
+            VIEWER,
+            response=list[Server],
+        ),
+        Route(
+            "GET",
+            "/v1/templates",
+            inventory.list_templates,
+            "List templates",
+            VIEWER,
+            response=list[Template],
+        ),
+        Route(
+            "GET",
+            "/v1/queue",
+            queue.queue_status,
+            "Queues, running and waiting jobs, workers",
+            VIEWER,
+            response=QueueStatus,
+        ),
+        Route("GET", "/healthz", queue.health, "Liveness (Redis reachable)", None),
+    ]
+
+
+def _events() -> list[Route]:
+    return [
+        Route(
+            "GET",
+            "/v1/events",
+            events.list_events,
+            "Events oldest first, filtered, paged by next_after",
+            VIEWER,
+            response=EventPage,
+            query=(*_EVENT_FILTERS, Query("limit", "page size (1-1000)", {"type": "integer"})),
+        ),
+        Route(
+            "GET",
+            "/v1/events/stream",
+            events.stream_events,
+            "Follow events as text/event-stream (SSE id: stream_id, event: type)",
+            VIEWER,
+            query=_EVENT_FILTERS,
+            headers=(Query("Last-Event-ID", "resume after this stream_id (wins over after)"),),
+        ),
+    ]
+
+
+def _hooks() -> list[Route]:
+    return [
+        Route(
+            "POST",
+            "/v1/hooks",
+            hooks.create_hook,
+            "Create a hook",
+            ADMIN,
+            body=HookSpec,
+            response=HookCreated,
+            status=201,
+        ),
+        Route("GET", "/v1/hooks", hooks.list_hooks, "List hooks", VIEWER, response=list[Hook]),
+        Route("GET", "/v1/hooks/{hook_id}", hooks.get_hook, "A hook", VIEWER, response=Hook),
+        Route(
+            "PATCH",
+            "/v1/hooks/{hook_id}",
+            hooks.patch_hook,
+            "Change a hook (fields given); a new webhook secret is shown once",
+            ADMIN,
+            response=HookCreated,
+        ),
+        Route(
+            "DELETE", "/v1/hooks/{hook_id}", hooks.delete_hook, "Delete a hook", ADMIN, status=204
+        ),
+        Route(
+            "GET",
+            "/v1/hooks/{hook_id}/runs",
+            hooks.hook_runs,
+            "A hook's firings, newest first: event, action, outcome",
+            VIEWER,
+            response=list[HookRun],
+        ),
+        Route(
+            "GET",
+            "/v1/alerts",
+            alerts.list_alerts,
+            "Alerts not yet acknowledged (all=1: every alert)",
+            VIEWER,
+            response=list[Alert],
+        ),
+        Route(
+            "POST",
+            "/v1/alerts/{alert_id}/ack",
+            alerts.ack_alert,
+            "Acknowledge an alert",
+            OPERATOR,
+            response=Alert,
+        ),
+    ]
+
+
+def routes() -> list[Route]:
+    """Every endpoint of the API, one list."""
+    return [*_jobs(), *_inventory(), *_events(), *_hooks()]

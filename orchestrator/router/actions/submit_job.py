@@ -1,0 +1,49 @@
+"""Action `submit_job`: submit the hook's request, filled with values from the inventory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from orchestrator.errors import VmorchError
+from orchestrator.router.hooks import fill
+from schemas.hooks import HookRun, SubmitJobAction
+from schemas.jobs import JobLinks
+from schemas.requests import job_request_adapter
+
+if TYPE_CHECKING:
+    from orchestrator.router.actions import ActionContext, Firing
+
+
+async def act(ctx: ActionContext, firing: Firing) -> HookRun:
+    """Idempotent: the key is (event, subject) scoped to the hook, so a firing acted on
+    again (another router, after this one died) returns the job it submitted."""
+    action = firing.hook.action
+    if not isinstance(action, SubmitJobAction):
+        raise TypeError(f"not a submit_job action: {action.kind}")
+    vm, event = firing.vm, firing.event
+    # VM names and ids come from vmorch's inventory, never from the event (a domain vmorch
+    # does not manage may be named like one it does)
+    values = {
+        "vm_id": vm.id if vm else "",
+        "vm_name": vm.name if vm else "",
+        "server": str(event.data.get("server", "")),
+        "pool": vm.pool if vm else str(event.data.get("pool", "")),
+        "event_id": event.id,
+        "event_type": event.type,
+        "subject": firing.subject,
+    }
+    try:
+        req = job_request_adapter.validate_python(fill(action.request, values))
+        job, _ = await ctx.services.submitter.submit(
+            req,
+            submitted_by=f"hook:{firing.hook.name}",
+            idem_key=f"{event.id}:{firing.subject}",
+            idem_scope=f"hook:{firing.hook.id}",
+            links=JobLinks(hook_id=firing.hook.id, event_id=event.id),
+            internal=True,
+        )
+    except (VmorchError, ValidationError) as e:
+        return firing.run("failed", str(e)[:500])
+    return firing.run("submitted", job.kind, job.id)

@@ -1,0 +1,92 @@
+"""The one wiring module: every process builds its Redis client and stores here, from Settings.
+
+The api, workers, routers, agents, the lab and the tests all call `connect` and
+`Services.build`, so a setting reaches every process that needs it (before this module,
+six hand-made copies took different subsets, and jobs submitted by hooks ignored the stream
+length and idempotency TTL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+from redis.asyncio import Redis
+
+from orchestrator.jobs.dispatch import Dispatcher, TaskMessages, producer_app
+from orchestrator.jobs.submit import Submitter
+from orchestrator.settings import Settings
+from orchestrator.store.alerts import AlertStore
+from orchestrator.store.events import EventLog
+from orchestrator.store.expectations import Expectations
+from orchestrator.store.fleet import FleetStore
+from orchestrator.store.ha import HaStore
+from orchestrator.store.hooks import HookStore
+from orchestrator.store.inventory import InventoryStore
+from orchestrator.store.jobs import JobStore
+from orchestrator.store.leases import Leases
+from orchestrator.store.tokens import TokenStore
+from orchestrator.store.waits import Waits
+
+
+def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> Redis:
+    """A Redis client with timeouts, TCP keepalive and health checks: a stalled Redis makes
+    calls fail with a RedisError within the timeout, never hang (no connection is opened
+    until the first command)."""
+    return aredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=int(settings.redis_health_check_s),
+    )
+
+
+@dataclass(frozen=True)
+class Services:
+    """Every store of one process, on one Redis client, configured from one Settings."""
+
+    settings: Settings
+    redis: Redis
+    jobs: JobStore
+    leases: Leases
+    inventory: InventoryStore
+    events: EventLog
+    waits: Waits
+    expectations: Expectations
+    hooks: HookStore
+    alerts: AlertStore
+    tokens: TokenStore
+    fleet: FleetStore
+    ha: HaStore
+    dispatcher: Dispatcher
+    submitter: Submitter
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis) -> Services:
+        jobs = JobStore(
+            redis,
+            idem_ttl_s=settings.idempotency_ttl_s,
+            redispatch_after_s=settings.redispatch_after_s,
+        )
+        inventory = InventoryStore(redis)
+        dispatcher = Dispatcher(redis, TaskMessages(producer_app()))
+        events = EventLog(redis)
+        return cls(
+            settings=settings,
+            redis=redis,
+            jobs=jobs,
+            leases=Leases(redis, settings.lease_ms),
+            inventory=inventory,
+            events=events,
+            waits=Waits(redis),
+            expectations=Expectations(redis),
+            hooks=HookStore(redis, firing_ttl_s=settings.hook_firing_ttl_s),
+            alerts=AlertStore(redis, events),
+            tokens=TokenStore(redis),
+            fleet=FleetStore(redis),
+            ha=HaStore(redis, max_restarts=settings.ha_max_restarts, window_s=settings.ha_window_s),
+            dispatcher=dispatcher,
+            submitter=Submitter(jobs, inventory, dispatcher),
+        )

@@ -1,0 +1,43 @@
+"""HA bookkeeping: each VM's restart budget, and since when a server has been unreachable."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from orchestrator.clock import now_ms
+from orchestrator.store import keys
+from orchestrator.store.fence import Fence, transaction
+
+
+class HaStore:
+    def __init__(self, redis: Redis, *, max_restarts: int, window_s: float):
+        self.redis = redis
+        self.max_restarts = max_restarts
+        self.window_ms = int(window_s * 1000)
+
+    async def count_restart(self, vm_id: str, attempt: str, *, fence: Fence | None = None) -> int:
+        """Count restart `attempt` (a job id: counted once however often it runs) in the VM's
+        sliding window; returns how many restarts the window holds now."""
+        key = keys.ha_restarts(vm_id)
+        now = now_ms()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.zremrangebyscore(key, "-inf", now - self.window_ms)
+            pipe.zadd(key, {attempt: now}, nx=True)
+            pipe.zcard(key)
+            pipe.pexpire(key, self.window_ms + 60_000)
+
+        return int((await transaction(self.redis, fence, write))[2])
+
+    async def mark_server_down(self, server: str) -> None:
+        """Record since when the server is unreachable (kept from the first report)."""
+        await self.redis.set(keys.server_down(server), now_ms(), nx=True)
+
+    async def mark_server_up(self, server: str) -> None:
+        await self.redis.delete(keys.server_down(server))
+
+    async def server_down_for_s(self, server: str) -> float:
+        """How long the server's agent has found it unreachable (0: it is not down)."""
+        since = await self.redis.get(keys.server_down(server))
+        return (now_ms() - int(since)) / 1000 if since else 0.0

@@ -1,0 +1,56 @@
+"""Every event type and source vmorch emits, as named constants (one line each).
+
+Types are dotted names; hooks and filters match them with fnmatch globs (`vm.lifecycle.*`).
+"""
+
+from __future__ import annotations
+
+# --- sources (CloudEvents `source`) ---------------------------------------------------------
+SOURCE_API = "vmorch://api"  # jobs submitted or aborted over HTTP
+SOURCE_ENGINE = "vmorch://engine"  # job transitions made by workers; alerts
+SOURCE_ROUTER = "vmorch://router"  # bookkeeping of the event path (gaps, dead letters)
+
+
+def source_libvirt(server: str) -> str:
+    """Events a server's agent saw on its libvirt connection."""
+    return f"libvirt://{server}"
+
+
+# --- jobs (subject: the job id) -------------------------------------------------------------
+JOB_PREFIX = "job."
+JOB_STEP = "job.step"  # a step changed state; the job did not
+
+
+def job_state(state: str) -> str:
+    """`job.queued`, `job.running`, `job.waiting`, `job.succeeded`, ... (a transition)."""
+    return f"{JOB_PREFIX}{state}"
+
+
+# --- VM lifecycle, from libvirt (subject: the VM's uuid) ------------------------------------
+VM_LIFECYCLE = "vm.lifecycle."
+VM_DEFINED = "vm.lifecycle.defined"
+VM_UNDEFINED = "vm.lifecycle.undefined"
+VM_STARTED = "vm.lifecycle.started"
+VM_SUSPENDED = "vm.lifecycle.suspended"
+VM_RESUMED = "vm.lifecycle.resumed"
+VM_STOPPED = "vm.lifecycle.stopped"
+VM_SHUTDOWN = "vm.lifecycle.shutdown"  # the guest finished shutting down (before stopped)
+VM_CRASHED = "vm.lifecycle.crashed"
+VM_MIGRATED = "vm.lifecycle.migrated"  # the VM left this server
+VM_PMSUSPENDED = "vm.lifecycle.pmsuspended"
+VM_REBOOT = "vm.reboot"
+VM_AGENT_LIFECYCLE = "vm.agent.lifecycle"
+VM_DEVICE_ADDED = "vm.device.added"
+VM_DEVICE_REMOVED = "vm.device.removed"
+VM_JOB_COMPLETED = "vm.job.completed"  # a libvirt job (migration, dump) ended
+
+# --- servers (subject: the server's name) ---------------------------------------------------
+SERVER_UP = "server.up"
+SERVER_DOWN = "server.down"
+
+# --- alerts (subject: what the alert is about) ----------------------------------------------
+VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent
+
+# --- the event path itself ------------------------------------------------------------------
+EVENTS_GAP = "events.gap"  # SSE: entries after the client's position were trimmed
+EVENTS_DEAD_LETTER = "events.dead_letter"  # an unreadable stream entry was set aside

@@ -1,0 +1,97 @@
+"""Step middleware: code that runs around every step and after every transition, without
+touching the runner (fault injection, the per-transition log line; next metrics, tracing).
+
+As in dramatiq: `before_step` hooks run in order, `after_step` and `after_transition` in
+reverse; a hook that fails is logged and not raised, except from `before_step`, where
+raising is how a middleware makes the step fail (fault injection does that on purpose).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from orchestrator.errors import Permanent
+from orchestrator.settings import Settings
+from schemas.jobs import Job
+from tasks.step import Step, StepContext
+
+log = logging.getLogger("vmorch.runner")
+
+
+class StepMiddleware:
+    """Base class: every hook does nothing."""
+
+    def before_step(self, ctx: StepContext, step: Step) -> None:
+        """Runs right before the step; raising fails the attempt as the step would."""
+
+    def after_step(self, ctx: StepContext, step: Step, error: BaseException | None) -> None:
+        """Runs after the step returned (error None) or raised."""
+
+    def after_transition(
+        self, job: Job, step: str, frm: str, to: str, elapsed_s: float, note: str = ""
+    ) -> None:
+        """Runs after a job or step change was committed (`to` is a state name)."""
+
+
+class Middlewares:
+    def __init__(self, items: Sequence[StepMiddleware]) -> None:
+        self.items = list(items)
+
+    def before_step(self, ctx: StepContext, step: Step) -> None:
+        for m in self.items:
+            m.before_step(ctx, step)
+
+    def after_step(self, ctx: StepContext, step: Step, error: BaseException | None) -> None:
+        for m in reversed(self.items):
+            try:
+                m.after_step(ctx, step, error)
+            except Exception:
+                log.exception("middleware %s after_step failed", type(m).__name__)
+
+    def after_transition(
+        self, job: Job, step: str, frm: str, to: str, elapsed_s: float, note: str = ""
+    ) -> None:
+        for m in reversed(self.items):
+            try:
+                m.after_transition(job, step, frm, to, elapsed_s, note)
+            except Exception:
+                log.exception("middleware %s after_transition failed", type(m).__name__)
+
+
+class TransitionLog(StepMiddleware):
+    """One structured line per change: job, kind, step, from -> to, elapsed seconds."""
+
+    def after_transition(
+        self, job: Job, step: str, frm: str, to: str, elapsed_s: float, note: str = ""
+    ) -> None:
+        log.info(
+            "job=%s kind=%s step=%s %s -> %s elapsed_s=%.3f%s",
+            job.id,
+            job.kind,
+            step,
+            frm,
+            to,
+            elapsed_s,
+            f" ({note})" if note else "",
+        )
+
+
+class FaultInjection(StepMiddleware):
+    """Chaos drills (off by default): a delay before every step, and a permanent failure of
+    the steps named `<job kind>:<step name>` in VMORCH_CHAOS_FAIL_STEPS."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.delay_s = settings.chaos_step_delay_ms / 1000
+        self.fail = set(settings.chaos_fail_steps)
+
+    def before_step(self, ctx: StepContext, step: Step) -> None:
+        if self.delay_s:
+            ctx.sleep(self.delay_s)
+        ctx.check()
+        if f"{ctx.job.kind}:{step.name}" in self.fail:
+            raise Permanent(f"injected failure at {step.name} (VMORCH_CHAOS_FAIL_STEPS)")
+
+
+def default_middlewares(settings: Settings) -> Middlewares:
+    return Middlewares([TransitionLog(), FaultInjection(settings)])

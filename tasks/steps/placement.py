@@ -1,0 +1,51 @@
+"""Placement: the one function that chooses a server for a VM (create, HA relocation; next
+migration and imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from orchestrator.errors import HypervisorUnavailable, NoCapacity
+from tasks.step import Outputs, StepContext
+
+
+def choose_server(
+    ctx: StepContext,
+    pool: str,
+    need_mib: int,
+    *,
+    candidates: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+) -> Outputs:
+    """The server of `pool` (or of `candidates`) with the most free memory that fits
+    `need_mib`. Servers that cannot be reached are skipped, never fatal while another has
+    room; the outputs record why each server was or was not chosen.
+
+    Pure choice: nothing changes on a hypervisor, so running it again is harmless.
+    """
+    servers = (
+        list(candidates)
+        if candidates is not None
+        else ctx.run(ctx.runtime.inventory.pool(pool)).servers
+    )
+    skipped = set(exclude)
+    best: tuple[int, str] | None = None
+    considered: dict[str, str] = {}
+    for name in servers:
+        if name in skipped:
+            considered[name] = "excluded"
+            continue
+        try:
+            free = ctx.hypervisor(name).memory_free_mib()
+        except HypervisorUnavailable as e:
+            considered[name] = f"unreachable ({e.message[:120]})"
+            continue
+        finally:
+            ctx.check()
+        considered[name] = f"{free} MiB free"
+        if free >= need_mib and (best is None or free > best[0]):
+            best = (free, name)
+    if best is None:
+        detail = "; ".join(f"{k}: {v}" for k, v in considered.items()) or "no servers"
+        raise NoCapacity(f"no server of pool {pool} has {need_mib} MiB free ({detail})")
+    return {"server": best[1], "placement": considered}
