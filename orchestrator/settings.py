@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     # A hook firing in progress is one router's for this long; a router that died in the
     # middle loses it, and another router fires again (hook actions are idempotent).
     hook_lease_ms: int = Field(default=30_000, ge=100)
-    # Webhooks go only to these targets: host, host:port or CIDR (empty: none at all).
+    # Webhooks go only to these targets (empty: none at all): host[:port], an address or a
+    # CIDR, with an optional :port (IPv6 in brackets then). Loopback, private and other
+    # special addresses need an address or CIDR entry; a host name never allows them.
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)
