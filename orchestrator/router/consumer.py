@@ -282,7 +282,9 @@ class EventRouter:
                 return run("failed", str(e)[:500])  # type: ignore[no-any-return]
             return run("submitted", job.kind, job.id)  # type: ignore[no-any-return]
         if isinstance(action, WebhookAction):
-            secret = await self.hooks.secret(hook.id) or ""
+            secret = await self.hooks.secret(hook.id)
+            if not secret:  # never sign with an empty key: anyone could forge that
+                return run("refused", "no webhook secret: PATCH the hook with rotate_secret")  # type: ignore[no-any-return]
             result = await self.sender.deliver(
                 str(action.url),
                 secret.encode(),
