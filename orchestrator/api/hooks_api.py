@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, HttpUrl, ValidationError
@@ -15,25 +15,27 @@ from orchestrator.store.alerts import AlertStore
 from orchestrator.store.hooks import HookStore
 from schemas.alerts import Alert
 from schemas.api import Role
-from schemas.hooks import Hook, HookRun, HookSpec, WebhookAction
+from schemas.hooks import Hook, HookPatch, HookRun, HookSpec, WebhookAction
 
 HOOKS = web.AppKey("vmorch_hooks", HookStore)
 ALERTS = web.AppKey("vmorch_alerts", AlertStore)
+M = TypeVar("M", bound=BaseModel)
 
 
 class HookCreated(BaseModel):
-    """A new hook; `secret` (webhook hooks only) is shown this once: keep it to verify
-    the `X-Vmorch-Signature` header of deliveries."""
+    """A new or changed hook; `secret` (webhook hooks only, after a PATCH only when a new one
+    was made) is shown this once: keep it to verify the `X-Vmorch-Signature` header of
+    deliveries."""
 
     hook: Hook
     secret: str | None = None
 
 
-def _spec(body: Any, base: dict[str, Any] | None = None) -> HookSpec:
+def _parse(model: type[M], body: Any) -> M:
     if not isinstance(body, dict):
         raise ValidationFailed("a JSON object is required", details=[(["body"], "not an object")])
     try:
-        return HookSpec.model_validate({**(base or {}), **body})
+        return model.model_validate(body)
     except ValidationError as e:
         raise ValidationFailed(
             "the hook is not valid", details=[(d.loc, d.msg) for d in validation_details(e)]
@@ -41,7 +43,7 @@ def _spec(body: Any, base: dict[str, Any] | None = None) -> HookSpec:
 
 
 async def create_hook(request: web.Request) -> web.Response:
-    hook, secret = await request.app[HOOKS].create(_spec(await _json_body(request)))
+    hook, secret = await request.app[HOOKS].create(_parse(HookSpec, await _json_body(request)))
     return respond(HookCreated(hook=hook, secret=secret), 201, Location=f"/v1/hooks/{hook.id}")
 
 
@@ -63,14 +65,8 @@ async def get_hook(request: web.Request) -> web.Response:
 
 
 async def patch_hook(request: web.Request) -> web.Response:
-    store = request.app[HOOKS]
-    hook_id = request.match_info["hook_id"]
-    old = await store.get(hook_id)
-    body = await _json_body(request)
-    if old.builtin and isinstance(body, dict) and set(body) - {"enabled", "window_s"}:
-        raise Conflict("a built-in hook can only be enabled, disabled or given a window")
-    base = old.model_dump(include=set(HookSpec.model_fields))
-    hook, secret = await store.replace(hook_id, _spec(body, base))
+    patch = _parse(HookPatch, await _json_body(request))
+    hook, secret = await request.app[HOOKS].update(request.match_info["hook_id"], patch)
     return respond(HookCreated(hook=hook, secret=secret))
 
 
@@ -121,8 +117,10 @@ def hook_routes() -> list[Route]:
             "PATCH",
             "/v1/hooks/{hook_id}",
             patch_hook,
-            "Change a hook (fields given); a new webhook secret is shown once",
+            "Change a hook (fields given); a new webhook secret, shown once, when rotate_secret "
+            "is true or the URL changes",
             admin,
+            body=HookPatch,
             response=HookCreated,
         ),
         Route("DELETE", "/v1/hooks/{hook_id}", delete_hook, "Delete a hook", admin, status=204),
