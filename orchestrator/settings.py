@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     # each (all its attempts) cut off after webhook_delivery_max_s.
     webhook_concurrency: int = Field(default=16, ge=1)
     webhook_delivery_max_s: float = Field(default=120.0, gt=0)
-    # Webhooks go only to these targets: host, host:port or CIDR (empty: none at all).
+    # Webhooks go only to these targets (empty: none at all): host[:port], an address or a
+    # CIDR, with an optional :port (IPv6 in brackets then). Loopback, private and other
+    # special addresses need an address or CIDR entry; a host name never allows them.
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)

@@ -86,8 +86,9 @@ class VmView(Vm):
 
 
 class HookCreated(BaseModel):
-    """A new hook; `secret` (webhook hooks only) is shown this once: keep it to verify
-    the `X-Vmorch-Signature` header of deliveries."""
+    """A new or changed hook; `secret` (webhook hooks only, after a PATCH only when a new one
+    was made) is shown this once: keep it to verify the `X-Vmorch-Signature` header of
+    deliveries."""
 
     hook: Hook
     secret: str | None = None

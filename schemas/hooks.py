@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl
+from pydantic import ConfigDict, Field, HttpUrl, field_validator
 
 from schemas.base import Frozen, Name
 
@@ -70,6 +70,49 @@ class HookSpec(Frozen):
         default=60.0, description="fire at most once per subject within this window"
     )
     enabled: bool = True
+
+
+def _no_null_branches(schema: dict[str, Any]) -> None:
+    """In a PATCH body None stands for "not given" and an explicit null is refused: the
+    schema says what a client may send, so it offers no null."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+        branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+        if "anyOf" in prop and len(branches) < len(prop["anyOf"]):
+            del prop["anyOf"]
+            prop.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
+
+
+class HookPatch(Frozen):
+    """What a client sends to change a hook: only the fields given change.
+
+    A webhook hook gets a new secret, shown once, when `rotate_secret` is true or when its
+    URL changes: the receiver at the old URL knows the old secret, and must not be able to
+    forge deliveries to the new one."""
+
+    model_config = ConfigDict(json_schema_extra=_no_null_branches)
+
+    name: Name | None = None
+    match: HookMatch | None = None
+    action: HookAction | None = None
+    window_s: Annotated[float, Field(ge=0, le=86400)] | None = None
+    enabled: bool | None = None
+    rotate_secret: bool = Field(
+        default=False, description="make a new webhook secret (returned once); the old one stops"
+    )
+
+    @field_validator("name", "match", "action", "window_s", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # None stands for "not given": an explicit null would erase a required field
+        if value is None:
+            raise ValueError("must not be null (leave the field out to keep it)")
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """The hook fields given, by name (`rotate_secret` is not one)."""
+        return {f: getattr(self, f) for f in self.model_fields_set if f != "rotate_secret"}
 
 
 class Hook(HookSpec):

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import HttpUrl, ValidationError
+from pydantic import BaseModel, HttpUrl, ValidationError
 
 from orchestrator.api.http import invalid, json_body, query_int, respond, respond_list, services
 from orchestrator.api.middleware import caller
-from orchestrator.errors import Conflict, ValidationFailed
+from orchestrator.errors import ValidationFailed
 from schemas.api import HookCreated, Role
-from schemas.hooks import Hook, HookSpec, WebhookAction
+from schemas.hooks import Hook, HookPatch, HookSpec, WebhookAction
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def _spec(body: Any, base: dict[str, Any] | None = None) -> HookSpec:
+def _parse(model: type[M], body: Any) -> M:
     if not isinstance(body, dict):
         raise ValidationFailed("a JSON object is required", details=[(["body"], "not an object")])
     try:
-        return HookSpec.model_validate({**(base or {}), **body})
+        return model.model_validate(body)
     except ValidationError as e:
         raise invalid("hook", e) from None
 
 
 async def create_hook(request: web.Request) -> web.Response:
-    hook, secret = await services(request).hooks.create(_spec(await json_body(request)))
+    hook, secret = await services(request).hooks.create(_parse(HookSpec, await json_body(request)))
     return respond(HookCreated(hook=hook, secret=secret), 201, Location=f"/v1/hooks/{hook.id}")
 
 
@@ -48,23 +50,13 @@ async def get_hook(request: web.Request) -> web.Response:
 
 
 async def patch_hook(request: web.Request) -> web.Response:
-    store = services(request).hooks
-    hook_id = request.match_info["hook_id"]
-    old = await store.get(hook_id)
-    body = await json_body(request)
-    if old.builtin and isinstance(body, dict) and set(body) - {"enabled", "window_s"}:
-        raise Conflict("a built-in hook can only be enabled, disabled or given a window")
-    base = old.model_dump(include=set(HookSpec.model_fields))
-    hook, secret = await store.replace(hook_id, _spec(body, base))
+    patch = _parse(HookPatch, await json_body(request))
+    hook, secret = await services(request).hooks.update(request.match_info["hook_id"], patch)
     return respond(HookCreated(hook=hook, secret=secret))
 
 
 async def delete_hook(request: web.Request) -> web.Response:
-    store = services(request).hooks
-    hook_id = request.match_info["hook_id"]
-    if (await store.get(hook_id)).builtin:
-        raise Conflict("a built-in hook cannot be deleted; disable it instead")
-    await store.delete(hook_id)
+    await services(request).hooks.delete(request.match_info["hook_id"])
     return web.Response(status=204)
 
 

@@ -7,7 +7,7 @@ from orchestrator.api import alerts, events, hooks, inventory, jobs, queue
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
 from schemas.api import AbortRequest, EventPage, HookCreated, Page, QueueStatus, Role, VmView
-from schemas.hooks import Hook, HookRun, HookSpec
+from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job
 from schemas.requests import JobRequest
@@ -171,8 +171,10 @@ def _hooks() -> list[Route]:
             "PATCH",
             "/v1/hooks/{hook_id}",
             hooks.patch_hook,
-            "Change a hook (fields given); a new webhook secret is shown once",
+            "Change a hook (fields given); a new webhook secret, shown once, when rotate_secret "
+            "is true or the URL changes",
             ADMIN,
+            body=HookPatch,
             response=HookCreated,
         ),
         Route(

@@ -7,13 +7,14 @@ import uuid
 
 from redis.asyncio import Redis
 
-from orchestrator.errors import NotFound
+from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import keys, lua
 from schemas.base import utcnow
 from schemas.events import Event
-from schemas.hooks import Hook, HookRun, HookSpec, WebhookAction
+from schemas.hooks import Hook, HookPatch, HookRun, HookSpec, WebhookAction
 
 RUNS_KEPT = 1000  # firings kept per hook
+BUILTIN_CHANGEABLE = frozenset({"enabled", "window_s"})  # all a built-in hook lets change
 
 
 class HookStore:
@@ -55,23 +56,46 @@ class HookStore:
         ids = sorted(await self.redis.smembers(keys.HOOKS))
         return [await self.get(i) for i in ids]
 
-    async def replace(self, hook_id: str, spec: HookSpec) -> tuple[Hook, str | None]:
-        """Replace a hook's definition; returns a new webhook secret if it needed one."""
+    async def update(self, hook_id: str, patch: HookPatch) -> tuple[Hook, str | None]:
+        """Change the fields `patch` gives; returns the new webhook secret if one was made.
+
+        A webhook hook gets a new secret when asked (`rotate_secret`), when its URL changes
+        (the receiver at the old URL knows the old secret) and when it has none; a hook that
+        is no webhook any more loses its secret. A built-in hook can only be enabled,
+        disabled or given a window: the router relies on its match and action."""
         old = await self.get(hook_id)
-        hook = Hook(**spec.model_dump(), id=hook_id, created_at=old.created_at, builtin=old.builtin)
+        changes = patch.changes()
+        if old.builtin and (set(changes) - BUILTIN_CHANGEABLE or patch.rotate_secret):
+            raise Conflict("a built-in hook can only be enabled, disabled or given a window")
+        hook = Hook.model_validate(
+            {
+                **old.model_dump(include=set(HookSpec.model_fields)),
+                **patch.model_dump(include=set(changes)),
+                "id": hook_id,
+                "created_at": old.created_at,
+                "builtin": old.builtin,
+            }
+        )
         secret = None
-        if isinstance(spec.action, WebhookAction) and not await self.secret(hook_id):
-            secret = secrets.token_urlsafe(32)
+        if isinstance(hook.action, WebhookAction):
+            moved = not isinstance(old.action, WebhookAction) or old.action.url != hook.action.url
+            if patch.rotate_secret or moved or not await self.secret(hook_id):
+                secret = secrets.token_urlsafe(32)
+        elif patch.rotate_secret:
+            raise Conflict(f"hook {hook_id!r} is no webhook: it has no secret to rotate")
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.hook(hook_id), hook.model_dump_json())
         pipe.set(keys.HOOKS_VERSION, uuid.uuid4().hex)
         if secret:
             pipe.set(keys.hook_secret(hook_id), secret)
+        elif not isinstance(hook.action, WebhookAction):
+            pipe.delete(keys.hook_secret(hook_id))
         await pipe.execute()
-        return hook, secret
+        return hook.model_copy(update={"suppressed": old.suppressed}), secret
 
     async def delete(self, hook_id: str) -> None:
-        await self.get(hook_id)
+        if (await self.get(hook_id)).builtin:
+            raise Conflict("a built-in hook cannot be deleted; disable it instead")
         pipe = self.redis.pipeline(transaction=True)
         for k in (
             keys.hook(hook_id),

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from orchestrator.router.consumer import EventConsumer
 from orchestrator.router.policies.ha import HA_HOOK_ID, HA_SPEC
+from orchestrator.services import Services
+from orchestrator.settings import Settings
+from orchestrator.store import keys
 from orchestrator.store.events import make_event
 from orchestrator.store.hooks import HookStore
 from schemas.hooks import HookSpec
@@ -117,3 +122,41 @@ def test_placeholders_are_filled_once_from_the_given_values() -> None:
         {"vm": "{vm_id}", "n": ["{vm_name}-x"], "k": 3}, {"vm_id": "{vm_name}", "vm_name": "db"}
     )
     assert out == {"vm": "{vm_name}", "n": ["db-x"], "k": 3}
+
+
+def test_a_webhook_without_a_secret_is_refused_not_signed_with_an_empty_key(
+    engine: Engine,
+) -> None:
+    # given an allowed webhook hook whose secret is gone
+    settings = Settings(redis_url="redis://unused", webhook_allowed_hosts=["hooks.example"])
+    r = EventConsumer(Services.build(settings, engine.redis))
+    store = HookStore(engine.redis)
+    hook, _ = engine.run(
+        store.create(
+            HookSpec.model_validate(
+                {
+                    "name": "wh",
+                    "match": {"types": ["t.*"], "unexpected_only": False},
+                    "action": {"kind": "webhook", "url": "http://hooks.example/x"},
+                }
+            )
+        )
+    )
+    engine.run(engine.redis.delete(keys.hook_secret(hook.id)))
+    sent: list[bytes] = []
+
+    async def deliver(url: str, secret: bytes, *args: object) -> object:
+        sent.append(secret)
+        raise AssertionError("a delivery was attempted")
+
+    r.engine.sender.deliver = deliver  # type: ignore[assignment,method-assign]
+
+    async def handle_and_finish() -> None:
+        await r.handle("1-0", make_event("t.x", "vmorch://test", "s", {}))
+        await asyncio.gather(*r.engine.deliveries.tasks)  # webhooks run in the background
+
+    # when an event matches, then nothing is sent and the run says why
+    engine.run(handle_and_finish())
+    [run] = engine.run(store.runs(hook.id))
+    assert (run.outcome, sent) == ("refused", [])
+    assert "no webhook secret" in run.detail
