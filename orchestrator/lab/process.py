@@ -1,15 +1,37 @@
-"""Child processes the lab owns (redis-server, libvirtd): started in their own session with
-a log, waited for until ready, and stopped by their PID."""
+"""Child processes the lab owns (redis-server, libvirtd, vmorch's own): started in their own
+session with a log, waited for until ready, and stopped by their PID; and the free TCP ports
+they are given."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 LOG_TAIL_LINES = 30
+
+
+def free_port(host: str) -> int:
+    """A TCP port on `host` that is free now (the kernel's pick; it may be taken again
+    before it is used, which the caller's bind then reports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if nothing is bound to `host:port`. It binds rather than connects, so it never
+    talks to a server that might be someone else's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

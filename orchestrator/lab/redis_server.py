@@ -11,7 +11,6 @@ talks to, signals or reuses any Redis it did not start itself:
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -19,27 +18,9 @@ from typing import Self
 
 import redis
 
-from orchestrator.lab.process import spawn, terminate, wait_ready
+from orchestrator.lab.process import free_port, port_is_free, spawn, terminate, wait_ready
 
 _HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    """Ask the kernel for a currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_is_free(port: int) -> bool:
-    """True if nothing is bound to ``127.0.0.1:port`` (without connecting to it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 class RedisServer:
@@ -49,7 +30,7 @@ class RedisServer:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"invalid TCP port {port}")
         self._data_dir = Path(data_dir).resolve()
-        self._port = _free_port() if port is None else port
+        self._port = free_port(_HOST) if port is None else port
         self._appendonly = appendonly
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -76,7 +57,7 @@ class RedisServer:
         """Start the server, wait until it answers PING, return its URL."""
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"redis-server already running (pid {self._proc.pid})")
-        if not _port_is_free(self._port):
+        if not port_is_free(_HOST, self._port):
             raise RuntimeError(f"port {_HOST}:{self._port} is already in use")
         self._data_dir.mkdir(parents=True, exist_ok=True)
         argv = [

@@ -10,15 +10,17 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
 
 from orchestrator.lab.lab import Lab, LabSpec
+from orchestrator.lab.process import free_port, port_is_free, spawn, wait_ready
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
 from orchestrator.store.inventory import InventoryStore
@@ -27,21 +29,6 @@ from schemas.api import Role
 from schemas.inventory import Inventory
 
 STATE_FILE = "vmorch.json"
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 async def _prime(redis_url: str, inv: Inventory) -> str:
@@ -54,19 +41,12 @@ async def _prime(redis_url: str, inv: Inventory) -> str:
         await r.aclose()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"api exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("api did not come up")
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 class Stack:
@@ -81,15 +61,12 @@ class Stack:
         self.lab: Lab | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
+    def _log_path(self, name: str) -> Path:
+        return self.lab_dir / "logs" / f"{name}.log"
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = open(self.lab_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [sys.executable, "-m", "orchestrator.cli", *args]
+        self.procs[name] = spawn(argv, self._log_path(name), env=env)
 
     def start(self) -> dict[str, Any]:
         (self.lab_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -100,8 +77,8 @@ class Stack:
         token = asyncio.run(_prime(redis_url, inv))
         host = self.settings.api_host
         port = self.port or self.settings.api_port
-        if not _port_free(host, port):
-            port = _free_port(host)
+        if not port_is_free(host, port):
+            port = free_port(host)
         env = {
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
@@ -114,7 +91,8 @@ class Stack:
         self._spawn("worker", ["worker"], env)
         for s in inv.servers:
             self._spawn(f"agent-{s.name}", ["agent", "--server", s.name], env)
-        _wait_http(api_url, self.procs["api"], 30)
+        health = api_url + "/healthz"
+        wait_ready(self.procs["api"], "api", lambda: _http_ok(health), 30, self._log_path("api"))
         state = {
             "api_url": api_url,
             "admin_token": token,
