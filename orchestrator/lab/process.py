@@ -4,12 +4,15 @@ they are given."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from orchestrator.lab.files import open_private_append
 
 LOG_TAIL_LINES = 30
 
@@ -43,20 +46,30 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def spawn(
-    argv: list[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: list[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    umask: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` with its output appended to `log_path`, in its own session: a Ctrl-C on
-    the parent's terminal must not kill it before the parent stops it in order."""
-    with open(log_path, "ab") as log:
+    """Start `argv` with its output appended to `log_path` (owner-only), in its own session:
+    a Ctrl-C on the parent's terminal must not kill it before the parent stops it in order.
+    `umask` is the child's (077 keeps what it creates owner-only); None leaves ours."""
+    fd = open_private_append(log_path)
+    try:
         return subprocess.Popen(
             argv,
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=-1 if umask is None else umask,
         )
+    finally:
+        os.close(fd)
 
 
 def wait_ready(

@@ -7,6 +7,9 @@ talks to, signals or reuses any Redis it did not start itself:
 * the port is checked to be free before starting (``port=None`` picks one),
 * readiness is only accepted when the answering server reports our own PID,
 * ``stop()`` signals only the process we spawned (by its PID, via Popen).
+
+Its data directory is 0700 and the server runs with umask 077, so the AOF (which holds
+tokens and hook secrets in plain text) is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Self
 
 import redis
 
+from orchestrator.lab.files import private_dir
 from orchestrator.lab.process import free_port, port_is_free, spawn, terminate, wait_ready
 
 _HOST = "127.0.0.1"
@@ -59,7 +63,7 @@ class RedisServer:
             raise RuntimeError(f"redis-server already running (pid {self._proc.pid})")
         if not port_is_free(_HOST, self._port):
             raise RuntimeError(f"port {_HOST}:{self._port} is already in use")
-        self._data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._data_dir)
         argv = [
             "redis-server",
             "--bind", _HOST,
@@ -71,8 +75,9 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        # Early errors (bad arguments) go to stderr: the log gets them too.
-        self._proc = spawn(argv, self.log_path)
+        # Early errors (bad arguments) go to stderr: the log gets them too. umask 077: the
+        # AOF, the pid file and the log it creates are the owner's only.
+        self._proc = spawn(argv, self.log_path, umask=0o077)
         try:
             self._wait_ready(timeout_s)
         except BaseException:

@@ -1,7 +1,8 @@
 """`vmorch up`: the embedded default on one machine. Redis, the lab, api, worker, router, agents.
 
 Everything it starts it stops again on Ctrl-C, SIGTERM or `vmorch down`. Details (API address,
-admin token, every server's URI, PIDs) go to `<lab_dir>/vmorch.json`, readable by its owner only.
+admin token, every server's URI, PIDs) go to `<lab_dir>/vmorch.json`. The lab directory, its
+logs and the Redis data are its owner's only (directories 0700, files 0600).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from orchestrator.lab.files import private_dir, write_private
 from orchestrator.lab.lab import Lab, LabSpec
 from orchestrator.lab.process import free_port, port_is_free, spawn, wait_ready
 from orchestrator.lab.redis_server import RedisServer
@@ -66,10 +68,11 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "orchestrator.cli", *args]
-        self.procs[name] = spawn(argv, self._log_path(name), env=env)
+        self.procs[name] = spawn(argv, self._log_path(name), env=env, umask=0o077)
 
     def start(self) -> dict[str, Any]:
-        (self.lab_dir / "logs").mkdir(parents=True, exist_ok=True)
+        private_dir(self.lab_dir)
+        private_dir(self.lab_dir / "logs")
         self.redis = RedisServer(self.lab_dir / "redis", appendonly=True)
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
@@ -105,10 +108,7 @@ class Stack:
             "templates": [t.name for t in inv.templates],
             "processes": {n: p.pid for n, p in self.procs.items()},
         }
-        path = self.lab_dir / STATE_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
+        write_private(self.lab_dir / STATE_FILE, json.dumps(state, indent=2))
         return state
 
     def stop(self) -> None:

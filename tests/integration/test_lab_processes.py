@@ -5,9 +5,11 @@ These start real processes (no mocks) and always stop them in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from orchestrator.lab.files import private_dir
 from orchestrator.lab.libvirtd import LIBVIRTD, LibvirtDaemon
 from orchestrator.lab.redis_server import RedisServer
 
@@ -100,6 +103,56 @@ def test_redis_server_context_manager(tmp_path: Path) -> None:
         finally:
             client.close()
     assert wait_pid_gone(pid)
+
+
+def modes_under(root: Path) -> dict[str, int]:
+    """Permission bits of `root` and of everything below it, by path relative to `root`."""
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_data_and_log_are_owner_only_whatever_our_umask(tmp_path: Path) -> None:
+    # given: a data directory an older vmorch made 0755, and a permissive umask
+    data = tmp_path / "redis"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    with umask(0), RedisServer(data, appendonly=True) as server:
+        # when: the server writes its AOF
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.set("vmorch:hooksecret:x", "s3cret")
+        finally:
+            client.close()
+        modes = modes_under(data)
+    # then: the directories are 0700 and every file 0600, the AOF among them
+    assert any(name.endswith(".aof") for name in modes), modes
+    assert "appendonlydir" in modes and "redis.log" in modes, modes
+    for name, mode in modes.items():
+        want = 0o700 if (data / name).is_dir() else 0o600
+        assert mode == want, f"{name}: {oct(mode)} (want {oct(want)})"
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_private_dir_refuses_a_shared_directory(tmp_path: Path, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    with pytest.raises(PermissionError, match="shared directory"):
+        private_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == mode  # left as it was
 
 
 # ------------------------------------------------------------------ libvirtd
