@@ -73,7 +73,7 @@ class Stack:
     def start(self) -> dict[str, Any]:
         private_dir(self.lab_dir)
         private_dir(self.lab_dir / "logs")
-        self.redis = RedisServer(self.lab_dir / "redis", appendonly=True)
+        self.redis = RedisServer(self.lab_dir / "redis", appendonly=True, require_password=True)
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
         inv = self.lab.start()

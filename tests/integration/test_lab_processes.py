@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from orchestrator.lab.files import private_dir
 from orchestrator.lab.libvirtd import LIBVIRTD, LibvirtDaemon
@@ -56,6 +58,21 @@ def wait_pid_gone(pid: int, timeout_s: float = 5.0) -> bool:
 
 
 # --------------------------------------------------------------------- redis
+
+
+def resp(port: int, *command: str) -> bytes:
+    """Send one command in plain RESP, as a client with no credentials would, and return
+    the first line of the reply (redis-py would first send HELLO and retry on errors)."""
+    payload = f"*{len(command)}\r\n" + "".join(f"${len(c)}\r\n{c}\r\n" for c in command)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload.encode())
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0]
 
 
 @needs_redis
@@ -103,6 +120,37 @@ def test_redis_server_context_manager(tmp_path: Path) -> None:
         finally:
             client.close()
     assert wait_pid_gone(pid)
+
+
+@needs_redis
+@pytest.mark.timeout(60)
+def test_redis_server_with_a_password_refuses_clients_without_it(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", require_password=True) as server:
+        password = server.password
+        assert password is not None and len(password) >= 32
+        assert server.url == f"redis://:{password}@127.0.0.1:{server.port}/0"
+        # given: a key written by a client that has the URL
+        owner = redis.Redis.from_url(server.url)
+        no_retry = Retry(NoBackoff(), 0)
+        wrong = redis.Redis(host="127.0.0.1", port=server.port, password="guess", retry=no_retry)
+        try:
+            assert owner.set("vmorch:hooksecret:x", "s3cret")
+            # then: a client without the password can neither read nor write
+            assert resp(server.port, "GET", "vmorch:hooksecret:x").startswith(b"-NOAUTH")
+            assert resp(server.port, "SET", "vmorch:token:x", "{}").startswith(b"-NOAUTH")
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                wrong.get("vmorch:hooksecret:x")
+            assert owner.get("vmorch:hooksecret:x") == b"s3cret"
+            assert owner.exists("vmorch:token:x") == 0
+            # and the password is neither on the command line nor left in a file
+            cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+            assert password.encode() not in cmdline
+            for path in (tmp_path / "redis").rglob("*"):
+                if path.is_file():
+                    assert password.encode() not in path.read_bytes(), path
+        finally:
+            owner.close()
+            wrong.close()
 
 
 def modes_under(root: Path) -> dict[str, int]:
