@@ -1,8 +1,10 @@
 """`vmorch up`: the embedded default on one machine. Redis, the lab, api, worker, router, agents.
 
-Everything it starts it stops again on Ctrl-C, SIGTERM or `vmorch down`. Details (API address,
-admin token, every server's URI, PIDs) go to `<lab_dir>/vmorch.json`. The lab directory, its
-logs and the Redis data are its owner's only (directories 0700, files 0600).
+Everything it starts it stops again on Ctrl-C, SIGTERM or `vmorch down`, and only then: an
+api, router, worker or agent that exits is started again (see supervisor.py). Details (API
+address, admin token, Redis URL with its password, every server's URI, PIDs) go to
+`<lab_dir>/vmorch.json`. The lab directory, its logs and the Redis data are its owner's only
+(directories 0700, files 0600).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,8 +23,9 @@ import redis.asyncio as aredis
 
 from orchestrator.lab.files import private_dir, write_private
 from orchestrator.lab.lab import Lab, LabSpec
-from orchestrator.lab.process import free_port, port_is_free, spawn, wait_ready
+from orchestrator.lab.process import free_port, pid_running, port_is_free, wait_ready
 from orchestrator.lab.redis_server import RedisServer
+from orchestrator.lab.supervisor import Supervisor
 from orchestrator.settings import Settings
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.tokens import TokenStore
@@ -31,6 +33,8 @@ from schemas.api import Role
 from schemas.inventory import Inventory
 
 STATE_FILE = "vmorch.json"
+POLL_INTERVAL_S = 0.2
+CHILD_STOP_TIMEOUT_S = 15.0
 
 
 async def _prime(redis_url: str, inv: Inventory) -> str:
@@ -51,8 +55,29 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+class StopSignals:
+    """Ctrl-C and SIGTERM: while the lab starts they abort the start (as KeyboardInterrupt,
+    so that what was started is stopped again); once it is up they only ask the wait loop to
+    stop; while it stops they are noted and ignored, so a second Ctrl-C cannot leave
+    orphans behind."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.interrupt = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.received = signum
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+
 class Stack:
-    """The processes of one `vmorch up`, started in order and stopped in reverse."""
+    """The processes of one `vmorch up`, started in order and stopped in reverse; the
+    vmorch processes among them are supervised (restarted when they exit)."""
 
     def __init__(self, settings: Settings, spec: LabSpec, port: int | None):
         self.settings = settings
@@ -61,14 +86,20 @@ class Stack:
         self.lab_dir = settings.lab_dir.resolve()
         self.redis: RedisServer | None = None
         self.lab: Lab | None = None
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.children = Supervisor(time.monotonic, on_restart=self._write_state)
+        self.state: dict[str, Any] = {}
 
     def _log_path(self, name: str) -> Path:
         return self.lab_dir / "logs" / f"{name}.log"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "orchestrator.cli", *args]
-        self.procs[name] = spawn(argv, self._log_path(name), env=env, umask=0o077)
+        self.children.start(name, argv, env, self._log_path(name))
+
+    def _write_state(self) -> None:
+        """(Re)write vmorch.json with the current PIDs; atomic, so readers never see half."""
+        self.state["processes"] = self.children.pids()
+        write_private(self.lab_dir / STATE_FILE, json.dumps(self.state, indent=2))
 
     def start(self) -> dict[str, Any]:
         private_dir(self.lab_dir)
@@ -95,8 +126,9 @@ class Stack:
         for s in inv.servers:
             self._spawn(f"agent-{s.name}", ["agent", "--server", s.name], env)
         health = api_url + "/healthz"
-        wait_ready(self.procs["api"], "api", lambda: _http_ok(health), 30, self._log_path("api"))
-        state = {
+        api = self.children.proc("api")
+        wait_ready(api, "api", lambda: _http_ok(health), 30, self._log_path("api"))
+        self.state = {
             "api_url": api_url,
             "admin_token": token,
             "redis_url": redis_url,
@@ -106,44 +138,24 @@ class Stack:
             "servers": [{"name": s.name, "pool": s.pool, "uri": s.uri} for s in inv.servers],
             "pools": [p.name for p in inv.pools],
             "templates": [t.name for t in inv.templates],
-            "processes": {n: p.pid for n, p in self.procs.items()},
         }
-        write_private(self.lab_dir / STATE_FILE, json.dumps(state, indent=2))
-        return state
+        self._write_state()
+        return self.state
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + 15
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
+        self.children.stop(CHILD_STOP_TIMEOUT_S)
         if self.lab is not None:
             self.lab.remove()
         if self.redis is not None:
             self.redis.stop()
         (self.lab_dir / STATE_FILE).unlink(missing_ok=True)
 
-    def wait(self) -> int:
-        """Block until a signal or until a process dies; returns an exit code."""
-        stopping = {"sig": 0}
-
-        def on_signal(signum: int, _frame: object) -> None:
-            stopping["sig"] = signum
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stopping["sig"]:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    print(f"vmorch: {name} exited with {p.returncode}; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+    def wait(self, signals: StopSignals) -> int:
+        """Supervise the children until a stop signal arrives; returns the exit code."""
+        signals.interrupt = False
+        while not signals.received:
+            self.children.poll()
+            time.sleep(POLL_INTERVAL_S)
         return 0
 
 
@@ -152,14 +164,16 @@ def up(settings: Settings, spec: LabSpec, port: int | None) -> int:
     if state_path.exists():
         old = json.loads(state_path.read_text())
         try:
-            os.kill(int(old["pid"]), 0)
-            print(
-                f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
-                file=sys.stderr,
-            )
-            return 1
-        except (OSError, KeyError, ValueError):
+            if pid_running(int(old["pid"])):
+                print(
+                    f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
+                    file=sys.stderr,
+                )
+                return 1
+        except (KeyError, ValueError):
             pass  # a stale file from a crashed run
+    signals = StopSignals()
+    signals.install()
     stack = Stack(settings, spec, port)
     try:
         state = stack.start()
@@ -169,8 +183,11 @@ def up(settings: Settings, spec: LabSpec, port: int | None) -> int:
             "Ctrl-C (or `vmorch down`) stops everything.",
             flush=True,
         )
-        return stack.wait()
+        return stack.wait(signals)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the lab was up
+        return 130
     finally:
+        signals.interrupt = False
         stack.stop()
         print("vmorch stopped", flush=True)
 
@@ -188,9 +205,7 @@ def down(settings: Settings) -> int:
         return 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_running(pid):
             return 0
         time.sleep(0.2)
     print(f"vmorch (pid {pid}) did not stop within 60 s", file=sys.stderr)

@@ -6,15 +6,19 @@ These start real processes (no mocks) and always stop them in teardown.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
+import signal
 import socket
 import stat
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -24,6 +28,7 @@ from redis.retry import Retry
 from orchestrator.lab.files import private_dir
 from orchestrator.lab.libvirtd import LIBVIRTD, LibvirtDaemon
 from orchestrator.lab.redis_server import RedisServer
+from orchestrator.lab.supervisor import Backoff, Supervisor
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -46,6 +51,21 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float = 10.0) -> T:
+    """Poll `predicate` until it returns something other than None (or False)."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline_s:
+            raise AssertionError(f"timed out after {timeout_s} s")
+        time.sleep(0.02)
 
 
 def wait_pid_gone(pid: int, timeout_s: float = 5.0) -> bool:
@@ -323,3 +343,108 @@ def test_libvirt_daemon_kill_then_restart(lab_dir: Path, daemons: list[LibvirtDa
         conn.close()
     d.stop()
     assert wait_pid_gone(info.pid)
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def crashed(sup: Supervisor, name: str) -> bool:
+    """Let the supervisor look; true once it has seen `name` exit (a restart is pending)."""
+    sup.poll()
+    return sup.children[name].restart_at_s is not None
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(initial_s=0.5, max_s=30.0)
+    assert [backoff.delay_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_restarts_a_crashing_child_later_each_time(tmp_path: Path) -> None:
+    # given: a child that exits with 3 as soon as it starts
+    clock, err, restarts = FakeClock(), io.StringIO(), []
+    sup = Supervisor(clock, Backoff(0.5, 30.0, reset_after_s=60.0), lambda: restarts.append(1), err)
+    sup.start("crasher", python("raise SystemExit(3)"), dict(os.environ), tmp_path / "c.log")
+    try:
+        for crashes, delay_s in ((1, 0.5), (2, 1.0), (3, 2.0)):
+            first_pid = sup.pids()["crasher"]
+            # when: it exits, the supervisor notes it and waits before starting it again
+            wait_for(lambda: crashed(sup, "crasher"))
+            assert (
+                f"crasher exited with 3 after 0.0 s; restarting in {delay_s:g} s" in err.getvalue()
+            )
+            restart_at_s = sup.children["crasher"].restart_at_s
+            assert restart_at_s == clock.now_s + delay_s
+            clock.now_s = restart_at_s - 0.01
+            sup.poll()
+            assert sup.pids()["crasher"] == first_pid and len(restarts) == crashes - 1
+            # then: once the delay has passed, a new process
+            clock.now_s = restart_at_s
+            sup.poll()
+            assert sup.pids()["crasher"] != first_pid and len(restarts) == crashes
+        # a child that stayed up for reset_after_s starts from the first delay again
+        clock.now_s += 60.0
+        wait_for(lambda: crashed(sup, "crasher"))
+        assert (
+            err.getvalue().splitlines()[-1].startswith("vmorch: crasher exited with 3 after 60.0 s")
+        )
+        assert "restarting in 0.5 s" in err.getvalue().splitlines()[-1]
+    finally:
+        sup.stop(5)
+
+
+GRANDCHILD = """
+import signal, subprocess, sys, time
+code = "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \\
+       "print('grandchild', os.getpid(), flush=True); time.sleep(120)"
+subprocess.Popen([sys.executable, "-c", code])
+time.sleep(120)
+"""
+
+
+def grandchild_pid(log: Path) -> int | None:
+    for line in log.read_text().splitlines():
+        if line.startswith("grandchild "):
+            return int(line.split()[1])
+    return None
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_kills_what_a_crashed_child_leaves_in_its_group(tmp_path: Path) -> None:
+    # given: a child with a child of its own (as a Celery worker has its pool)
+    sup = Supervisor(FakeClock(), err=io.StringIO())
+    log = tmp_path / "parent.log"
+    sup.start("parent", python(GRANDCHILD), dict(os.environ), log)
+    try:
+        orphan = wait_for(lambda: grandchild_pid(log))
+        # when: only the parent is SIGKILLed
+        os.kill(sup.pids()["parent"], signal.SIGKILL)
+        wait_for(lambda: crashed(sup, "parent"))
+        # then: its leftover child is killed too, not left running beside the next one
+        assert wait_pid_gone(orphan)
+    finally:
+        sup.stop(5)
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_stop_kills_grandchildren_that_ignore_sigterm(tmp_path: Path) -> None:
+    sup = Supervisor(FakeClock(), err=io.StringIO())
+    log = tmp_path / "parent.log"
+    sup.start("parent", python(GRANDCHILD), dict(os.environ), log)
+    parent = sup.pids()["parent"]
+    stubborn = wait_for(lambda: grandchild_pid(log))
+    sup.stop(timeout_s=0.5)  # the parent dies of SIGTERM; the grandchild ignores it
+    assert wait_pid_gone(parent) and wait_pid_gone(stubborn)
+    assert sup.pids() == {}
