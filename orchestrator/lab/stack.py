@@ -10,7 +10,6 @@ address, admin token, Redis URL with its password, every server's URI, PIDs) go 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -21,8 +20,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from orchestrator.lab.files import private_dir, write_private
 from orchestrator.lab.lab import Lab, LabSpec
+from orchestrator.lab.labdir import STATE_FILE, LabDir
 from orchestrator.lab.process import free_port, pid_running, port_is_free, wait_ready
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.lab.supervisor import Supervisor
@@ -32,7 +31,8 @@ from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
 from schemas.inventory import Inventory
 
-STATE_FILE = "vmorch.json"
+__all__ = ["STATE_FILE", "Stack", "down", "up"]  # STATE_FILE: the CLI client's import
+
 POLL_INTERVAL_S = 0.2
 CHILD_STOP_TIMEOUT_S = 15.0
 
@@ -79,18 +79,18 @@ class Stack:
     """The processes of one `vmorch up`, started in order and stopped in reverse; the
     vmorch processes among them are supervised (restarted when they exit)."""
 
-    def __init__(self, settings: Settings, spec: LabSpec, port: int | None):
+    def __init__(self, settings: Settings, spec: LabSpec, port: int | None, lab_dir: LabDir):
         self.settings = settings
         self.spec = spec
         self.port = port
-        self.lab_dir = settings.lab_dir.resolve()
+        self.lab_dir = lab_dir
         self.redis: RedisServer | None = None
         self.lab: Lab | None = None
         self.children = Supervisor(time.monotonic, on_restart=self._write_state)
         self.state: dict[str, Any] = {}
 
     def _log_path(self, name: str) -> Path:
-        return self.lab_dir / "logs" / f"{name}.log"
+        return self.lab_dir.logs / f"{name}.log"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "orchestrator.cli", *args]
@@ -99,12 +99,11 @@ class Stack:
     def _write_state(self) -> None:
         """(Re)write vmorch.json with the current PIDs; atomic, so readers never see half."""
         self.state["processes"] = self.children.pids()
-        write_private(self.lab_dir / STATE_FILE, json.dumps(self.state, indent=2))
+        self.lab_dir.write_state(self.state)
 
     def start(self) -> dict[str, Any]:
-        private_dir(self.lab_dir)
-        private_dir(self.lab_dir / "logs")
-        self.redis = RedisServer(self.lab_dir / "redis", appendonly=True, require_password=True)
+        self.lab_dir.create()
+        self.redis = RedisServer(self.lab_dir.redis, appendonly=True, require_password=True)
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
         inv = self.lab.start()
@@ -132,7 +131,7 @@ class Stack:
             "api_url": api_url,
             "admin_token": token,
             "redis_url": redis_url,
-            "lab_dir": str(self.lab_dir),
+            "lab_dir": str(self.lab_dir.path),
             "hypervisor_dir": str(self.lab.base_dir),
             "pid": os.getpid(),
             "servers": [{"name": s.name, "pool": s.pool, "uri": s.uri} for s in inv.servers],
@@ -148,7 +147,7 @@ class Stack:
             self.lab.remove()
         if self.redis is not None:
             self.redis.stop()
-        (self.lab_dir / STATE_FILE).unlink(missing_ok=True)
+        self.lab_dir.remove_state()
 
     def wait(self, signals: StopSignals) -> int:
         """Supervise the children until a stop signal arrives; returns the exit code."""
@@ -159,49 +158,70 @@ class Stack:
         return 0
 
 
-def up(settings: Settings, spec: LabSpec, port: int | None) -> int:
-    state_path = settings.lab_dir.resolve() / STATE_FILE
-    if state_path.exists():
-        old = json.loads(state_path.read_text())
-        try:
-            if pid_running(int(old["pid"])):
-                print(
-                    f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
-                    file=sys.stderr,
-                )
-                return 1
-        except (KeyError, ValueError):
-            pass  # a stale file from a crashed run
+def _refuse_if_running(lab_dir: LabDir) -> bool:
+    """True (and a message) if another `vmorch up` uses `lab_dir`; else it is ours now."""
+    old = lab_dir.read_state() or {}
+    pid = old.get("pid")
+    # the state file's PID too: a `vmorch up` from before the lock existed holds none
+    if lab_dir.lock() and not (isinstance(pid, int) and pid_running(pid)):
+        return False
+    holder = pid if isinstance(pid, int) and pid_running(pid) else lab_dir.holder()
+    print(f"vmorch is already running (pid {holder}); `vmorch down` stops it", file=sys.stderr)
+    return True
+
+
+def _prepare_state(lab_dir: LabDir, keep_state: bool) -> None:
+    """Fresh by default: the lab's hypervisors always start empty (the test driver keeps
+    nothing), so the last run's jobs, VMs and tokens would only describe a fleet gone."""
+    if keep_state:
+        there = lab_dir.redis.exists()
+        print(f"vmorch: keeping the state of the last run{'' if there else ' (there is none)'}")
+    elif lab_dir.clear_previous_state():
+        print("vmorch: starting fresh (previous state removed)")
+    else:
+        print("vmorch: starting fresh")
+
+
+def up(settings: Settings, spec: LabSpec, port: int | None, keep_state: bool = False) -> int:
+    lab_dir = LabDir(settings.lab_dir)
     signals = StopSignals()
     signals.install()
-    stack = Stack(settings, spec, port)
+    stack = Stack(settings, spec, port, lab_dir)
     try:
-        state = stack.start()
-        print(
-            f"vmorch is up\n  api:         {state['api_url']}\n"
-            f"  admin token: {state['admin_token']}\n  details:     {state_path}\n"
-            "Ctrl-C (or `vmorch down`) stops everything.",
-            flush=True,
-        )
-        return stack.wait(signals)
+        lab_dir.create()
+        if _refuse_if_running(lab_dir):
+            return 1
+        _prepare_state(lab_dir, keep_state)
+        try:
+            state = stack.start()
+            print(
+                f"vmorch is up\n  api:         {state['api_url']}\n"
+                f"  admin token: {state['admin_token']}\n  details:     {lab_dir.state_path}\n"
+                "Ctrl-C (or `vmorch down`) stops everything.",
+                flush=True,
+            )
+            return stack.wait(signals)
+        finally:
+            signals.interrupt = False
+            stack.stop()
+            print("vmorch stopped", flush=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the lab was up
         return 130
     finally:
-        signals.interrupt = False
-        stack.stop()
-        print("vmorch stopped", flush=True)
+        lab_dir.unlock()
 
 
 def down(settings: Settings) -> int:
-    state_path = settings.lab_dir.resolve() / STATE_FILE
-    if not state_path.exists():
+    lab_dir = LabDir(settings.lab_dir)
+    state = lab_dir.read_state()
+    if state is None:
         print("vmorch is not running (no state file)", file=sys.stderr)
         return 1
-    pid = int(json.loads(state_path.read_text())["pid"])
+    pid = int(state["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        state_path.unlink(missing_ok=True)
+        lab_dir.remove_state()
         return 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.lab.files import private_dir
+from orchestrator.lab.labdir import LabDir
 from orchestrator.lab.libvirtd import LIBVIRTD, LibvirtDaemon
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.lab.supervisor import Backoff, Supervisor
@@ -448,3 +450,50 @@ def test_supervisor_stop_kills_grandchildren_that_ignore_sigterm(tmp_path: Path)
     sup.stop(timeout_s=0.5)  # the parent dies of SIGTERM; the grandchild ignores it
     assert wait_pid_gone(parent) and wait_pid_gone(stubborn)
     assert sup.pids() == {}
+
+
+# ------------------------------------------------------------------ lab dir
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from orchestrator.lab.labdir import LabDir
+lab = LabDir(Path(sys.argv[1]))
+lab.create()
+assert lab.lock()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_lab_dir_is_held_by_one_process_until_it_dies(tmp_path: Path) -> None:
+    # given: another process holds the lab directory (a `vmorch up` still starting: no
+    # vmorch.json yet), with Redis data in it
+    (tmp_path / "lab" / "redis").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "lab")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        lab = LabDir(tmp_path / "lab")
+        # then: we cannot take it, we see who has it, and we may not remove its data
+        assert not lab.lock()
+        assert lab.holder() == str(holder.pid)
+        with pytest.raises(RuntimeError, match="not locked"):
+            lab.clear_previous_state()
+        assert (tmp_path / "lab" / "redis").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    # when: the holder dies without cleaning up (SIGKILL), the lock goes with it
+    assert lab.lock()
+    try:
+        assert lab.clear_previous_state() is True
+        assert not (tmp_path / "lab" / "redis").exists()
+        assert lab.clear_previous_state() is False
+        assert stat.S_IMODE((tmp_path / "lab" / "up.lock").stat().st_mode) == 0o600
+    finally:
+        lab.unlock()

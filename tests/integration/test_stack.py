@@ -224,3 +224,40 @@ def test_a_killed_worker_is_restarted_and_down_stops_everything(start_up: Any) -
     assert "vmorch stopped" in up.stdout()
     assert not [c for c in children if alive(c)]
     assert not up.state_path.exists()
+
+
+def test_up_starts_fresh_unless_asked_to_keep_the_state(start_up: Any) -> None:
+    # given: a run that holds a job, and its admin token
+    first = start_up()
+    assert "vmorch: starting fresh" in first.stdout()
+    job = first.api.run({"kind": "noop", "steps": 1})
+    old_token = first.api.token
+    # a second `vmorch up` meanwhile is refused, and removes nothing
+    second = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--pools", "1", "--servers-per-pool", "1"],
+        env=first.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1, second
+    assert "vmorch is already running" in second.stderr
+    assert first.api.job(job["id"])["state"] == "succeeded"
+    assert first.down().returncode == 0
+
+    # when: started again with --keep-state
+    kept = start_up("--keep-state")
+    # then: the old job is still there, and the old token still works
+    assert "vmorch: keeping the state of the last run" in kept.stdout()
+    status, page = kept.api.request("GET", "/v1/jobs", token=old_token)
+    assert status == 200, page
+    assert [j["id"] for j in page["items"]] == [job["id"]]
+    assert kept.down().returncode == 0
+
+    # when: started again without it
+    fresh = start_up()
+    # then: nothing of the old runs is left, not even the admin token
+    assert "vmorch: starting fresh (previous state removed)" in fresh.stdout()
+    status, body = fresh.api.request("GET", "/v1/jobs", token=old_token)
+    assert status == 401, body
+    status, page = fresh.api.request("GET", "/v1/jobs")
+    assert status == 200, page
+    assert page["items"] == []
+    assert fresh.down().returncode == 0
