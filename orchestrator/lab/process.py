@@ -50,8 +50,10 @@ def pid_running(pid: int) -> bool:
         return True  # someone else's process
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False  # gone (and reaped) since kill()
     except OSError:
-        return True  # no /proc: trust kill()
+        return True  # no /proc to read: trust kill()
     return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
