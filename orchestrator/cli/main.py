@@ -71,9 +71,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.lab.lab import LabSpec
     from orchestrator.lab.stack import up
 
-    return up(
-        settings, LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool), args.port
-    )
+    spec = LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool)
+    return up(settings, spec, args.port, keep_state=args.keep_state)
 
 
 def cmd_down(settings: Settings, _: argparse.Namespace) -> int:
@@ -195,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--pools", type=int, default=2)
     up.add_argument("--servers-per-pool", type=int, default=2)
     up.add_argument("--port", type=int, default=None, help="API port (default 8080, or a free one)")
+    up.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the last run's Redis data (jobs, tokens, VMs, hooks); by default each "
+        "`vmorch up` starts fresh, as the lab's hypervisors do",
+    )
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop what `vmorch up` started").set_defaults(fn=cmd_down)
     sub.add_parser("api", help="serve the HTTP API").set_defaults(fn=cmd_api)

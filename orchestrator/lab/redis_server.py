@@ -7,50 +7,48 @@ talks to, signals or reuses any Redis it did not start itself:
 * the port is checked to be free before starting (``port=None`` picks one),
 * readiness is only accepted when the answering server reports our own PID,
 * ``stop()`` signals only the process we spawned (by its PID, via Popen).
+
+Its data directory is 0700 and the server runs with umask 077, so the AOF (which holds
+tokens and hook secrets in plain text) is readable by its owner only.
 """
 
 from __future__ import annotations
 
-import socket
+import secrets
 import subprocess
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from orchestrator.lab.process import spawn, terminate, wait_ready
+from orchestrator.lab.files import private_dir, write_private
+from orchestrator.lab.process import free_port, port_is_free, spawn, terminate, wait_ready
 
 _HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    """Ask the kernel for a currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_is_free(port: int) -> bool:
-    """True if nothing is bound to ``127.0.0.1:port`` (without connecting to it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 class RedisServer:
     """One private, non-daemonized ``redis-server`` bound to 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        require_password: bool = False,
+    ) -> None:
+        """`require_password`: make up a random password (kept in memory, and in `url`) and
+        refuse every client that does not give it: on a shared host the port is anyone's."""
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"invalid TCP port {port}")
         self._data_dir = Path(data_dir).resolve()
-        self._port = _free_port() if port is None else port
+        self._port = free_port(_HOST) if port is None else port
         self._appendonly = appendonly
+        self._password = secrets.token_urlsafe(32) if require_password else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,8 +56,15 @@ class RedisServer:
         return self._port
 
     @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
     def url(self) -> str:
-        return f"redis://{_HOST}:{self._port}/0"
+        """The URL every client is built from (redis-py, Celery's broker, kombu); it holds
+        the password, if any, so keep it where only the owner can read it."""
+        auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
+        return f"redis://{auth}{_HOST}:{self._port}/0"
 
     @property
     def pid(self) -> int:
@@ -73,14 +78,19 @@ class RedisServer:
         return self._data_dir / "redis.log"
 
     def start(self, timeout_s: float = 10.0) -> str:
-        """Start the server, wait until it answers PING, return its URL."""
+        """Start the server, wait until it answers PING (authenticated), return its URL."""
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"redis-server already running (pid {self._proc.pid})")
-        if not _port_is_free(self._port):
+        if not port_is_free(_HOST, self._port):
             raise RuntimeError(f"port {_HOST}:{self._port} is already in use")
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "redis-server",
+        private_dir(self._data_dir)
+        argv = ["redis-server"]
+        if self._password is not None:
+            # In a file, not on the command line, which every local user can read in /proc;
+            # the file is removed once the server has read it.
+            write_private(self._auth_conf, f"requirepass {self._password}\n")
+            argv.append(str(self._auth_conf))
+        argv += [
             "--bind", _HOST,
             "--port", str(self._port),
             "--dir", str(self._data_dir),
@@ -90,14 +100,21 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        # Early errors (bad arguments) go to stderr: the log gets them too.
-        self._proc = spawn(argv, self.log_path)
+        # Early errors (bad arguments) go to stderr: the log gets them too. umask 077: the
+        # AOF, the pid file and the log it creates are the owner's only.
         try:
+            self._proc = spawn(argv, self.log_path, umask=0o077)
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
+        finally:
+            self._auth_conf.unlink(missing_ok=True)
         return self.url
+
+    @property
+    def _auth_conf(self) -> Path:
+        return self._data_dir / "auth.conf"
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Poll until *our* process answers PING, or raise RuntimeError."""
@@ -105,13 +122,24 @@ class RedisServer:
         if proc is None:
             raise RuntimeError("not started")
         client = redis.Redis(
-            host=_HOST, port=self._port, socket_timeout=1.0, socket_connect_timeout=1.0
+            host=_HOST,
+            port=self._port,
+            password=self._password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),  # we poll; redis-py's own retries only add delay
         )
 
         def answers() -> bool:
             try:
                 if not client.ping():
                     return False
+            # AuthenticationError first: it is a subclass of ConnectionError
+            except redis.exceptions.AuthenticationError as exc:
+                raise RuntimeError(
+                    f"port {self._port} is answered by a Redis that refuses our password "
+                    f"({exc}): not ours"
+                ) from exc
             except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                 return False  # not listening yet, or still loading the AOF
             server_pid = int(client.info("server")["process_id"])

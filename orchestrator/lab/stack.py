@@ -1,47 +1,40 @@
 """`vmorch up`: the embedded default on one machine. Redis, the lab, api, worker, router, agents.
 
-Everything it starts it stops again on Ctrl-C, SIGTERM or `vmorch down`. Details (API address,
-admin token, every server's URI, PIDs) go to `<lab_dir>/vmorch.json`, readable by its owner only.
+Everything it starts it stops again on Ctrl-C, SIGTERM or `vmorch down`, and only then: an
+api, router, worker or agent that exits is started again (see supervisor.py). Details (API
+address, admin token, Redis URL with its password, every server's URI, PIDs) go to
+`<lab_dir>/vmorch.json`. The lab directory, its logs and the Redis data are its owner's only
+(directories 0700, files 0600).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
 
 from orchestrator.lab.lab import Lab, LabSpec
+from orchestrator.lab.labdir import STATE_FILE, LabDir
+from orchestrator.lab.process import free_port, pid_running, port_is_free, wait_ready
 from orchestrator.lab.redis_server import RedisServer
+from orchestrator.lab.supervisor import Supervisor
 from orchestrator.settings import Settings
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
 from schemas.inventory import Inventory
 
-STATE_FILE = "vmorch.json"
+__all__ = ["STATE_FILE", "Stack", "down", "up"]  # STATE_FILE: the CLI client's import
 
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+POLL_INTERVAL_S = 0.2
+CHILD_STOP_TIMEOUT_S = 15.0
 
 
 async def _prime(redis_url: str, inv: Inventory) -> str:
@@ -54,54 +47,71 @@ async def _prime(redis_url: str, inv: Inventory) -> str:
         await r.aclose()
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    import urllib.request
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"api exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("api did not come up")
+
+class StopSignals:
+    """Ctrl-C and SIGTERM: while the lab starts they abort the start (as KeyboardInterrupt,
+    so that what was started is stopped again); once it is up they only ask the wait loop to
+    stop; while it stops they are noted and ignored, so a second Ctrl-C cannot leave
+    orphans behind."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.interrupt = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.received = signum
+        if self.interrupt:
+            raise KeyboardInterrupt
 
 
 class Stack:
-    """The processes of one `vmorch up`, started in order and stopped in reverse."""
+    """The processes of one `vmorch up`, started in order and stopped in reverse; the
+    vmorch processes among them are supervised (restarted when they exit)."""
 
-    def __init__(self, settings: Settings, spec: LabSpec, port: int | None):
+    def __init__(self, settings: Settings, spec: LabSpec, port: int | None, lab_dir: LabDir):
         self.settings = settings
         self.spec = spec
         self.port = port
-        self.lab_dir = settings.lab_dir.resolve()
+        self.lab_dir = lab_dir
         self.redis: RedisServer | None = None
         self.lab: Lab | None = None
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.children = Supervisor(time.monotonic, on_restart=self._write_state)
+        self.state: dict[str, Any] = {}
+
+    def _log_path(self, name: str) -> Path:
+        return self.lab_dir.logs / f"{name}.log"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = open(self.lab_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [sys.executable, "-m", "orchestrator.cli", *args]
+        self.children.start(name, argv, env, self._log_path(name))
+
+    def _write_state(self) -> None:
+        """(Re)write vmorch.json with the current PIDs; atomic, so readers never see half."""
+        self.state["processes"] = self.children.pids()
+        self.lab_dir.write_state(self.state)
 
     def start(self) -> dict[str, Any]:
-        (self.lab_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.lab_dir / "redis", appendonly=True)
+        self.lab_dir.create()
+        self.redis = RedisServer(self.lab_dir.redis, appendonly=True, require_password=True)
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
         inv = self.lab.start()
         token = asyncio.run(_prime(redis_url, inv))
         host = self.settings.api_host
         port = self.port or self.settings.api_port
-        if not _port_free(host, port):
-            port = _free_port(host)
+        if not port_is_free(host, port):
+            port = free_port(host)
         env = {
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
@@ -112,107 +122,112 @@ class Stack:
         self._spawn("api", ["api"], env)
         self._spawn("router", ["router"], env)
         self._spawn("worker", ["worker"], env)
+        # engine drills (`noop` jobs) on a worker of their own: they never take VM slots
+        self._spawn("worker-noop", ["worker", "--noop", "only", "-c", "1"], env)
         for s in inv.servers:
             self._spawn(f"agent-{s.name}", ["agent", "--server", s.name], env)
-        _wait_http(api_url, self.procs["api"], 30)
-        state = {
+        health = api_url + "/healthz"
+        api = self.children.proc("api")
+        wait_ready(api, "api", lambda: _http_ok(health), 30, self._log_path("api"))
+        self.state = {
             "api_url": api_url,
             "admin_token": token,
             "redis_url": redis_url,
-            "lab_dir": str(self.lab_dir),
+            "lab_dir": str(self.lab_dir.path),
             "hypervisor_dir": str(self.lab.base_dir),
             "pid": os.getpid(),
             "servers": [{"name": s.name, "pool": s.pool, "uri": s.uri} for s in inv.servers],
             "pools": [p.name for p in inv.pools],
             "templates": [t.name for t in inv.templates],
-            "processes": {n: p.pid for n, p in self.procs.items()},
         }
-        path = self.lab_dir / STATE_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
-        return state
+        self._write_state()
+        return self.state
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + 15
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
+        self.children.stop(CHILD_STOP_TIMEOUT_S)
         if self.lab is not None:
             self.lab.remove()
         if self.redis is not None:
             self.redis.stop()
-        (self.lab_dir / STATE_FILE).unlink(missing_ok=True)
+        self.lab_dir.remove_state()
 
-    def wait(self) -> int:
-        """Block until a signal or until a process dies; returns an exit code."""
-        stopping = {"sig": 0}
-
-        def on_signal(signum: int, _frame: object) -> None:
-            stopping["sig"] = signum
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stopping["sig"]:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    print(f"vmorch: {name} exited with {p.returncode}; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+    def wait(self, signals: StopSignals) -> int:
+        """Supervise the children until a stop signal arrives; returns the exit code."""
+        signals.interrupt = False
+        while not signals.received:
+            self.children.poll()
+            time.sleep(POLL_INTERVAL_S)
         return 0
 
 
-def up(settings: Settings, spec: LabSpec, port: int | None) -> int:
-    state_path = settings.lab_dir.resolve() / STATE_FILE
-    if state_path.exists():
-        old = json.loads(state_path.read_text())
-        try:
-            os.kill(int(old["pid"]), 0)
-            print(
-                f"vmorch is already running (pid {old['pid']}); `vmorch down` stops it",
-                file=sys.stderr,
-            )
-            return 1
-        except (OSError, KeyError, ValueError):
-            pass  # a stale file from a crashed run
-    stack = Stack(settings, spec, port)
+def _refuse_if_running(lab_dir: LabDir) -> bool:
+    """True (and a message) if another `vmorch up` uses `lab_dir`; else it is ours now."""
+    old = lab_dir.read_state() or {}
+    pid = old.get("pid")
+    # the state file's PID too: a `vmorch up` from before the lock existed holds none
+    if lab_dir.lock() and not (isinstance(pid, int) and pid_running(pid)):
+        return False
+    holder = pid if isinstance(pid, int) and pid_running(pid) else lab_dir.holder()
+    print(f"vmorch is already running (pid {holder}); `vmorch down` stops it", file=sys.stderr)
+    return True
+
+
+def _prepare_state(lab_dir: LabDir, keep_state: bool) -> None:
+    """Fresh by default: the lab's hypervisors always start empty (the test driver keeps
+    nothing), so the last run's jobs, VMs and tokens would only describe a fleet gone."""
+    if keep_state:
+        there = lab_dir.redis.exists()
+        print(f"vmorch: keeping the state of the last run{'' if there else ' (there is none)'}")
+    elif lab_dir.clear_previous_state():
+        print("vmorch: starting fresh (previous state removed)")
+    else:
+        print("vmorch: starting fresh")
+
+
+def up(settings: Settings, spec: LabSpec, port: int | None, keep_state: bool = False) -> int:
+    lab_dir = LabDir(settings.lab_dir)
+    signals = StopSignals()
+    signals.install()
+    stack = Stack(settings, spec, port, lab_dir)
     try:
-        state = stack.start()
-        print(
-            f"vmorch is up\n  api:         {state['api_url']}\n"
-            f"  admin token: {state['admin_token']}\n  details:     {state_path}\n"
-            "Ctrl-C (or `vmorch down`) stops everything.",
-            flush=True,
-        )
-        return stack.wait()
+        lab_dir.create()
+        if _refuse_if_running(lab_dir):
+            return 1
+        _prepare_state(lab_dir, keep_state)
+        try:
+            state = stack.start()
+            print(
+                f"vmorch is up\n  api:         {state['api_url']}\n"
+                f"  admin token: {state['admin_token']}\n  details:     {lab_dir.state_path}\n"
+                "Ctrl-C (or `vmorch down`) stops everything.",
+                flush=True,
+            )
+            return stack.wait(signals)
+        finally:
+            signals.interrupt = False
+            stack.stop()
+            print("vmorch stopped", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the lab was up
+        return 130
     finally:
-        stack.stop()
-        print("vmorch stopped", flush=True)
+        lab_dir.unlock()
 
 
 def down(settings: Settings) -> int:
-    state_path = settings.lab_dir.resolve() / STATE_FILE
-    if not state_path.exists():
+    lab_dir = LabDir(settings.lab_dir)
+    state = lab_dir.read_state()
+    if state is None:
         print("vmorch is not running (no state file)", file=sys.stderr)
         return 1
-    pid = int(json.loads(state_path.read_text())["pid"])
+    pid = int(state["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        state_path.unlink(missing_ok=True)
+        lab_dir.remove_state()
         return 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_running(pid):
             return 0
         time.sleep(0.2)
     print(f"vmorch (pid {pid}) did not stop within 60 s", file=sys.stderr)

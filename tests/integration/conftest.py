@@ -108,7 +108,9 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def redis_url(workdir: Path) -> Iterator[str]:
-    server = RedisServer(workdir / "redis", appendonly=False)
+    """Our private Redis, password-protected as `vmorch up`'s is: every client in the suite
+    (redis-py, Celery's broker, kombu) must take its credentials from this URL."""
+    server = RedisServer(workdir / "redis", appendonly=False, require_password=True)
     url = server.start()
     yield url
     server.stop()

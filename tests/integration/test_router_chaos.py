@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def private_redis() -> Iterator[str]:
     d = Path(tempfile.mkdtemp(prefix="vmorch-chaos-"))
-    server = RedisServer(d, appendonly=False)
+    server = RedisServer(d, appendonly=False, require_password=True)
     yield server.start()
     server.stop()
 

@@ -1,0 +1,263 @@
+"""`vmorch up` and `vmorch down` as a user runs them: real processes in a temporary lab
+directory, on a free port. Each test starts its own lab (one pool of one server)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from orchestrator.lab.process import free_port
+from tests.integration.conftest import Api, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time): a PID with another start time is another process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (pid, fields[19])
+
+
+def alive(ident: tuple[int, str]) -> bool:
+    fields = _stat_fields(ident[0])
+    return fields is not None and fields[19] == ident[1] and fields[0] != "Z"
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a pid 1 that never reaps)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def descendants(root: int) -> set[tuple[int, str]]:
+    """Every live process below `root` (children, their children...), by identity."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))):
+            parent_of[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier} - found
+        found |= frontier
+    return {ident for pid in found if (ident := _identity(pid)) and alive(ident)}
+
+
+def group_members(pgid: int) -> set[int]:
+    members = set()
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
+            members.add(int(entry.name))
+    return members
+
+
+class Up:
+    """One `vmorch up` subprocess with its lab directory; `down()` stops it as a user would."""
+
+    def __init__(self, lab_dir: Path, *flags: str, umask: int = 0o022) -> None:
+        self.lab_dir = lab_dir
+        self.state_path = lab_dir / "vmorch.json"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("VMORCH_")},
+            "VMORCH_LAB_DIR": str(lab_dir),
+        }
+        out = lab_dir.parent / f"up-{time.time_ns()}"
+        self.stdout_path, self.stderr_path = out.with_suffix(".out"), out.with_suffix(".err")
+        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+            self.p = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "up", "--pools", "1",
+                 "--servers-per-pool", "1", "--port", str(free_port("127.0.0.1")), *flags],
+                env=self.env, stdout=stdout, stderr=stderr, start_new_session=True, umask=umask,
+            )  # fmt: skip
+        wait_until(self._is_up, 90, "vmorch up")
+        self.api = Api(self.state()["api_url"], self.state()["admin_token"])
+
+    def _is_up(self) -> bool:
+        assert self.p.poll() is None, self.output()
+        return "vmorch is up" in self.stdout() and self.state_path.exists()
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        return f"stdout:\n{self.stdout()}\nstderr:\n{self.stderr()}"
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads(self.state_path.read_text()))
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        down = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "down"],
+            env=self.env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        self.p.wait(30)
+        return down
+
+    def close(self) -> None:
+        """Teardown after a failed test: stop it, and whatever it left behind."""
+        if self.p.poll() is None:
+            left = descendants(self.p.pid)
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+            for pid, _ in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Any]:
+    started: list[Up] = []
+
+    def start(*flags: str, umask: int = 0o022) -> Up:
+        started.append(Up(tmp_path / "lab", *flags, umask=umask))
+        return started[-1]
+
+    yield start
+    for up in started:
+        up.close()
+
+
+def new_worker(up: Up, old: set[int]) -> int:
+    """Wait until vmorch.json names a worker PID other than the `old` ones; return it."""
+
+    def published() -> int | None:
+        pid = int(up.state()["processes"]["worker"])
+        return None if pid in old else pid
+
+    return int(wait_until(published, 30, "a new worker in vmorch.json"))
+
+
+def modes_under(root: Path) -> dict[Path, int]:
+    found = {root: stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[path] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+def redis_reply(port: int, command: bytes) -> bytes:
+    """One raw RESP exchange, as any local user could do it (no credentials)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(command)
+        return sock.recv(4096)
+
+
+def test_up_keeps_its_secrets_to_its_owner(start_up: Any) -> None:
+    # given: a lab started with a permissive umask, holding a job
+    up = start_up(umask=0)
+    job = up.api.run({"kind": "noop", "steps": 1})
+    assert job["state"] == "succeeded", job
+    # then: every directory of the lab is 0700 and every file 0600, the AOF included
+    modes = modes_under(up.lab_dir)
+    names = {p.name for p in modes}
+    assert {"vmorch.json", "logs", "worker.log", "api.log", "redis", "appendonlydir"} <= names
+    assert any(name.endswith(".aof") for name in names), names
+    for path, mode in modes.items():
+        want = 0o700 if path.is_dir() else 0o600
+        assert mode == want, f"{path}: {oct(mode)} (want {oct(want)})"
+    # and its Redis answers nobody without the password, which only vmorch.json holds
+    url = urlsplit(up.state()["redis_url"])
+    assert url.password and len(url.password) >= 32 and url.port is not None
+    reply = redis_reply(url.port, b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+    assert reply.startswith(b"-NOAUTH"), reply
+    assert up.down().returncode == 0
+
+
+def test_a_killed_worker_is_restarted_and_down_stops_everything(start_up: Any) -> None:
+    up = start_up()
+    first = up.state()["processes"]["worker"]
+    # when: the worker and its pool are SIGKILLed
+    os.killpg(first, signal.SIGKILL)
+    # then: a new worker is started and published in vmorch.json
+    second = new_worker(up, {first})
+    assert "vmorch: worker exited with -9 (SIGKILL)" in up.stderr()
+    assert "restarting in 0.5 s" in up.stderr()
+    assert stat.S_IMODE(up.state_path.stat().st_mode) == 0o600
+    # when: it is killed again at once, but only its main process this time
+    wait_until(lambda: len(group_members(second)) > 1, 60, "the new worker's pool")
+    pool = group_members(second) - {second}
+    os.kill(second, signal.SIGKILL)
+    # then: it comes back later than the first time, and its orphaned pool is gone
+    third = new_worker(up, {first, second})
+    assert "restarting in 1 s" in up.stderr(), up.stderr()
+    assert not group_members(second), f"left of the killed worker: {group_members(second)}"
+    assert pool and not any(running(pid) for pid in pool)
+    # and the lab still does work: the restarted worker runs a job
+    job = up.api.run({"kind": "noop", "steps": 2})
+    assert job["state"] == "succeeded", job
+    assert up.state()["processes"]["worker"] == third
+    # when: `vmorch down`
+    children = descendants(up.p.pid)
+    assert len(children) >= 6, children  # redis, libvirtd, api, router, worker (+pool), agent
+    down = up.down()
+    # then: everything `vmorch up` started is gone, and so is its state file
+    assert down.returncode == 0, down
+    assert up.p.returncode == 0, up.output()
+    assert "vmorch stopped" in up.stdout()
+    assert not [c for c in children if alive(c)]
+    assert not up.state_path.exists()
+
+
+def test_up_starts_fresh_unless_asked_to_keep_the_state(start_up: Any) -> None:
+    # given: a run that holds a job, and its admin token
+    first = start_up()
+    assert "vmorch: starting fresh" in first.stdout()
+    job = first.api.run({"kind": "noop", "steps": 1})
+    old_token = first.api.token
+    # a second `vmorch up` meanwhile is refused, and removes nothing
+    second = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "up", "--pools", "1", "--servers-per-pool", "1"],
+        env=first.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1, second
+    assert "vmorch is already running" in second.stderr
+    assert first.api.job(job["id"])["state"] == "succeeded"
+    assert first.down().returncode == 0
+
+    # when: started again with --keep-state
+    kept = start_up("--keep-state")
+    # then: the old job is still there, and the old token still works
+    assert "vmorch: keeping the state of the last run" in kept.stdout()
+    status, page = kept.api.request("GET", "/v1/jobs", token=old_token)
+    assert status == 200, page
+    assert [j["id"] for j in page["items"]] == [job["id"]]
+    assert kept.down().returncode == 0
+
+    # when: started again without it
+    fresh = start_up()
+    # then: nothing of the old runs is left, not even the admin token
+    assert "vmorch: starting fresh (previous state removed)" in fresh.stdout()
+    status, body = fresh.api.request("GET", "/v1/jobs", token=old_token)
+    assert status == 401, body
+    status, page = fresh.api.request("GET", "/v1/jobs")
+    assert status == 200, page
+    assert page["items"] == []
+    assert fresh.down().returncode == 0
