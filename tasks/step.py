@@ -91,8 +91,9 @@ class StepContext:
         return self.run(self.runtime.waits.position())
 
     def expect(self, vm_id: str, types: list[str]) -> None:
-        """Record that this job's next action causes events of `types` on the VM, so the
-        router attributes them to this job (they then fire no hooks for unexpected changes)."""
+        """Record one event this job's next action causes on the VM (one of `types`), so
+        the router attributes it to this job: it then fires no hooks for unexpected
+        changes. Call once per event expected."""
         self.run(self.runtime.expectations.expect(vm_id, self.job.id, types))
 
     def hypervisor(self, server: str, probe_s: float | None = None) -> Hypervisor:

@@ -182,3 +182,9 @@ RELEASE_FIRING = """
 if redis.call('GET', KEYS[1]) == 'busy' then redis.call('DEL', KEYS[1]) end
 return 1
 """
+
+CONSUME_EXPECTATION = """
+-- KEYS: expect   ARGV: item
+-- An expectation is used up by one event: whoever deletes it first attributes that event.
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""

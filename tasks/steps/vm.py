@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.errors import HypervisorError, NotFound
+from schemas import event_types as et
 from schemas.inventory import Vm, VmState
 from tasks.step import Outputs, Step, StepContext, Wait
 from workers.hypervisor.adapter import Hypervisor
 from workers.hypervisor.xml import DiskSpec, DomainSpec, NicSpec
 
-STARTED = ["vm.lifecycle.started", "vm.lifecycle.resumed"]
-STOPPED = ["vm.lifecycle.stopped", "vm.lifecycle.shutdown"]
+STARTED = [et.VM_STARTED, et.VM_RESUMED]  # a start shows as either, once
+STOPPED = [et.VM_STOPPED]
+SHUTDOWN = [et.VM_SHUTDOWN]  # a graceful stop shows as `shutdown`, then `stopped`
 START_TIMEOUT_S = 120.0
 
 
@@ -117,6 +119,7 @@ def stop_run(ctx: StepContext, timeout_s: float) -> Outputs | Wait:
     if hv.domain_state(vm.id) == VmState.STOPPED:
         observe(ctx, vm, hv)
         return {"state": VmState.STOPPED.value, "forced": False}
+    ctx.expect(vm.id, SHUTDOWN)
     ctx.expect(vm.id, STOPPED)
     since = ctx.stream_position()
     hv.request_shutdown(vm.id)

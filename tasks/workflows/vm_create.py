@@ -120,7 +120,7 @@ def define_undo(ctx: StepContext) -> None:
     server = ctx.outputs.get("server")
     if vm_id is None or server is None:
         return
-    ctx.expect(vm_id, ["vm.lifecycle.undefined", "vm.lifecycle.stopped"])
+    ctx.expect(vm_id, ["vm.lifecycle.undefined"])
     with contextlib.suppress(NotFound):
         ctx.hypervisor(server).undefine(vm_id)
 

@@ -31,7 +31,7 @@ def _undefine(ctx: StepContext) -> Outputs:
     """Ensure the domain is undefined (already gone is fine)."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
-    ctx.expect(vm.id, ["vm.lifecycle.undefined", *STOPPED])
+    ctx.expect(vm.id, ["vm.lifecycle.undefined"])
     hv.undefine(vm.id)
     return {}
 

@@ -93,6 +93,33 @@ def test_a_restart_job_on_an_ha_vm_fires_no_ha(
     assert api.request("GET", "/v1/jobs?kind=vm.ha_restart")[1]["items"] == []
 
 
+def test_a_destroy_right_after_a_restart_job_is_restarted_by_ha(
+    api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
+) -> None:
+    # given an HA VM whose restart job has just succeeded (its expectations are used up)
+    job = api.run({**CREATE, "name": "ha4", "ha": True})
+    vm_id = job["links"]["vm_id"]
+    restart = api.run({"kind": "vm.restart", "vm": "ha4", "timeout_s": 0})
+    assert restart["state"] == "succeeded", restart
+    [(_, dom)] = find_domains(fleet, "ha4")
+    # when it is destroyed outside vmorch within a second
+    dom.destroy()
+    # then that STOPPED is unexpected (not the restart's) and HA restarts the VM
+    fired = wait_until(
+        lambda: [
+            r
+            for r in runs(api, "builtin-ha")
+            if r["subject"] == vm_id and r["outcome"] == "submitted"
+        ],
+        15,
+        "the HA hook to submit a restart",
+    )
+    again = api.wait(fired[0]["job_id"])
+    assert again["kind"] == "vm.ha_restart" and again["state"] == "succeeded", again
+    destroyed = [e for e in events(redis_url, "vm.lifecycle.stopped", vm_id)][-1]
+    assert "caused_by_job" not in destroyed["data"], destroyed
+
+
 def test_a_guest_shutdown_is_not_a_failure(
     api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
 ) -> None:
