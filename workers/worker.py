@@ -10,11 +10,9 @@ import time
 
 from redis.exceptions import RedisError
 
-from orchestrator.services import connect
+from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
-from orchestrator.store.fleet import FleetStore
-from orchestrator.store.inventory import InventoryStore
 from tasks.celery_tasks import register
 from workers.celery_app import make_celery
 
@@ -24,7 +22,7 @@ log = logging.getLogger("vmorch.worker")
 async def _pool_names(settings: Settings) -> list[str]:
     r = connect(settings)
     try:
-        return [p.name for p in await InventoryStore(r).pools()]
+        return [p.name for p in await Services.build(settings, r).inventory.pools()]
     finally:
         await r.aclose()
 
@@ -45,7 +43,7 @@ def _heartbeat(settings: Settings, name: str, queues: list[str], stop: threading
 
     async def beat_until_stopped() -> None:
         r = connect(settings)
-        fleet = FleetStore(r)
+        fleet = Services.build(settings, r).fleet
         try:
             while not stop.is_set():
                 try:

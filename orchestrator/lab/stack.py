@@ -18,16 +18,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aredis
-
 from orchestrator.lab.lab import Lab, LabSpec
 from orchestrator.lab.labdir import STATE_FILE, LabDir
 from orchestrator.lab.process import free_port, pid_running, port_is_free, wait_ready
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.lab.supervisor import Supervisor
+from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
-from orchestrator.store.inventory import InventoryStore
-from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
 from schemas.inventory import Inventory
 
@@ -37,11 +34,13 @@ POLL_INTERVAL_S = 0.2
 CHILD_STOP_TIMEOUT_S = 15.0
 
 
-async def _prime(redis_url: str, inv: Inventory) -> str:
-    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+async def _prime(settings: Settings, inv: Inventory) -> str:
+    """Load the lab's inventory and make the admin token."""
+    r = connect(settings)
     try:
-        await InventoryStore(r).load(inv)
-        token, _ = await TokenStore(r).create("admin", Role.ADMIN)
+        svc = Services.build(settings, r)
+        await svc.inventory.load(inv)
+        token, _ = await svc.tokens.create("admin", Role.ADMIN)
         return token
     finally:
         await r.aclose()
@@ -107,7 +106,7 @@ class Stack:
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
         inv = self.lab.start()
-        token = asyncio.run(_prime(redis_url, inv))
+        token = asyncio.run(_prime(self.settings.model_copy(update={"redis_url": redis_url}), inv))
         host = self.settings.api_host
         port = self.port or self.settings.api_port
         if not port_is_free(host, port):
