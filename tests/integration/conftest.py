@@ -107,13 +107,18 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(workdir: Path) -> Iterator[str]:
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
     """Our private Redis, password-protected as `vmorch up`'s is: every client in the suite
-    (redis-py, Celery's broker, kombu) must take its credentials from this URL."""
+    (redis-py, Celery's broker, kombu) must take its credentials from its URL."""
     server = RedisServer(workdir / "redis", appendonly=False, require_password=True)
-    url = server.start()
-    yield url
+    server.start()
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")
