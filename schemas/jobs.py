@@ -85,7 +85,6 @@ class WaitInfo(Frozen):
     deadline: datetime
     on_timeout: Literal["fail", "escalate"] = "fail"
     matched: dict[str, Any] | None = None
-    matched_stream_id: str | None = None
 
 
 class JobLinks(Frozen):

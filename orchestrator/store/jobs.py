@@ -61,7 +61,6 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
 class CreateResult:
     status: CreateStatus
     job_id: str
-    position: int
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,8 @@ class JobStore:
                 message,
             ],
         )
-        status, job_id, pos = res
-        return CreateResult(status, job_id, int(pos))
+        status, job_id, _position = res
+        return CreateResult(status, job_id)
 
     async def idempotent_job(self, scoped_key: str) -> tuple[str, str] | None:
         """(job id, request sha256) recorded under an Idempotency-Key, if any."""

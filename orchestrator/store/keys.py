@@ -56,7 +56,7 @@ Agents
 - agent:{server}:last     hash   domain uuid -> state last published (owner: that server's agent)
 Workers
 - workers                 zset   worker name -> last heartbeat ms
-- worker:{name}           string JSON {queues}; TTL 60 s
+- worker:{name}           string the queues it consumes, comma-separated; TTL 60 s
 """
 
 from __future__ import annotations

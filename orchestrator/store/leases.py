@@ -17,18 +17,10 @@ class Leases:
     def __init__(self, redis: Redis, lease_ms: int):
         self.redis = redis
         self.lease_ms = lease_ms
-        self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
         self._renew = redis.register_script(lua.RENEW_LEASE)
         self._release = redis.register_script(lua.RELEASE_LEASE)
         self._acquire_read = redis.register_script(lua.ACQUIRE_AND_READ)
         self._release_push = redis.register_script(lua.RELEASE_AND_PUSH)
-
-    async def acquire(self, job_id: str) -> int | None:
-        """A new fencing token, or None if another worker holds the job."""
-        token = await self._acquire(
-            keys=[keys.lease(job_id), keys.fence(job_id)], args=[self.lease_ms]
-        )
-        return None if token is None else int(token)
 
     async def acquire_and_read(self, job_id: str) -> tuple[int, str, str] | None:
         """(token, job doc, version), or None if another worker holds the job."""

@@ -90,14 +90,6 @@ return {'ok', head}
 """
 )
 
-ACQUIRE_LEASE = """
--- KEYS: lease fence   ARGV: lease_ms
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local t = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
-return t
-"""
-
 ACQUIRE_AND_READ = """
 -- KEYS: lease fence job   ARGV: lease_ms
 -- Take the lease and read the job in one round trip: {token, doc, version} or false.
@@ -155,13 +147,12 @@ return 1
 
 # Records the matching event in the wait, once (the first match wins).
 CLAIM_WAIT = """
--- KEYS: wait waits_on   ARGV: job_id stream_id event_json
+-- KEYS: wait waits_on   ARGV: job_id event_json
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local w = cjson.decode(raw)
 if w['matched'] ~= nil and w['matched'] ~= cjson.null then return 0 end
-w['matched'] = cjson.decode(ARGV[3])
-w['matched_stream_id'] = ARGV[2]
+w['matched'] = cjson.decode(ARGV[2])
 redis.call('SET', KEYS[1], cjson.encode(w))
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1

@@ -59,7 +59,7 @@ class Waits:
                 if event is not None and _matches(info, event):
                     await self._claim(
                         keys=[keys.wait(job_id), keys.waits_on(info.subject)],
-                        args=[job_id, sid, event.model_dump_json()],
+                        args=[job_id, event.model_dump_json()],
                     )
                     return event
             start = batch[-1][0]
@@ -104,7 +104,7 @@ class Waits:
             ):
                 claimed = await self._claim(
                     keys=[keys.wait(job_id), keys.waits_on(info.subject)],
-                    args=[job_id, stream_id, event.model_dump_json()],
+                    args=[job_id, event.model_dump_json()],
                 )
                 if claimed:
                     resumed.append(job_id)

@@ -32,7 +32,7 @@ def test_a_step_whose_worker_died_is_dispatched_even_in_a_backlog(engine: Engine
     job = engine.submit({"kind": "noop", "steps": 2, "step_delay_ms": 1})
     engine.run(engine.jobs.update(job.id, lambda j: None))
     engine.broker.pop()
-    engine.run(engine.rt.leases.acquire(job.id))  # the dead worker's lease...
+    engine.run(engine.rt.leases.acquire_and_read(job.id))[0]  # the dead worker's lease...
     # (no real worker here: mark the step running, as the dead worker had)
     from schemas.jobs import JobState, StepRecord, StepState
 

@@ -94,7 +94,7 @@ def test_abort_of_an_ended_job_is_a_conflict(engine: Engine) -> None:
 
 def test_a_second_worker_cannot_take_a_held_job(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 1})
-    token = engine.run(engine.rt.leases.acquire(job.id))
+    token = engine.run(engine.rt.leases.acquire_and_read(job.id))[0]
     assert token is not None
     from tasks.runner.advance import advance
 
@@ -105,9 +105,9 @@ def test_a_second_worker_cannot_take_a_held_job(engine: Engine) -> None:
 def test_a_worker_whose_lease_was_taken_over_records_nothing(engine: Engine) -> None:
     # given a job whose lease was taken by worker A, then expired and taken by worker B
     job = engine.submit({"kind": "noop", "steps": 1})
-    old = engine.run(engine.rt.leases.acquire(job.id))
+    old = engine.run(engine.rt.leases.acquire_and_read(job.id))[0]
     engine.run(engine.redis.delete(f"vmorch:lease:{job.id}"))  # A's lease expires
-    new = engine.run(engine.rt.leases.acquire(job.id))
+    new = engine.run(engine.rt.leases.acquire_and_read(job.id))[0]
     assert new is not None and old is not None and new > old
     # when A tries to record a transition with its old fencing token
     import pytest
