@@ -18,12 +18,15 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from orchestrator.globs import any_match
 from orchestrator.router.firings import HookEngine
 from orchestrator.router.policies import ha
 from orchestrator.services import Services
 from orchestrator.store import keys
 from orchestrator.store.events import EventReader
+from schemas import event_types as et
 from schemas.events import Event
+from schemas.hooks import Hook
 
 log = logging.getLogger("vmorch.router")
 BATCH = 100
@@ -112,6 +115,9 @@ class EventConsumer:
             )
             entries = [e for _, batch in read for e in batch]
         hooks = await self.engine.hooks()
+        waiting = await self.services.waits.subjects_waited_on(
+            [f.get("s") or None for _, f in entries if f]
+        )
         events: list[tuple[str, Event]] = []
         done: list[str] = []
         empty = [sid for sid, f in entries if not f]
@@ -120,13 +126,17 @@ class EventConsumer:
         for sid, fields in entries:
             if not fields:
                 continue
+            if self._concerns_nobody(fields, hooks, waiting):
+                done.append(sid)  # most job.* echoes: no hook, no wait, nothing to decode
+                continue
             event = self.reader.decode(sid, fields)
             if event is None:
                 await self.reader.dead_letter(sid, fields, "not an event envelope")
                 done.append(sid)  # acknowledged alone: it never blocks its batch
                 continue
             events.append((sid, event))
-        waiting = await self.services.waits.subjects_waited_on([e.subject for _, e in events])
+            if "s" not in fields and event.subject:  # written without the subject field
+                waiting |= await self.services.waits.subjects_waited_on([event.subject])
         for sid, event in events:
             try:
                 if await self.handle(sid, event, hooks=hooks, check_waits=event.subject in waiting):
@@ -137,6 +147,15 @@ class EventConsumer:
         if done:
             await self.redis.xack(keys.EVENTS, self.group, *done)
         return len(entries)
+
+    @staticmethod
+    def _concerns_nobody(fields: dict[str, str], hooks: list[Hook], waiting: set[str]) -> bool:
+        """A job event (known by the entry's type field, without decoding it) that no job
+        waits on and no enabled hook matches: the router has nothing to do with it."""
+        type_ = fields.get("t")
+        if not type_ or not type_.startswith(et.JOB_PREFIX) or fields.get("s") in waiting:
+            return False
+        return not any(h.enabled and any_match(type_, h.match.types) for h in hooks)
 
     async def handle(
         self, sid: str, event: Event, *, hooks: list[Any] | None = None, check_waits: bool = True

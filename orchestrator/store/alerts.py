@@ -9,7 +9,7 @@ from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import NotFound
 from orchestrator.store import keys
-from orchestrator.store.events import EventLog, make_event
+from orchestrator.store.events import EventLog, entry_fields, make_event
 from orchestrator.store.fence import Fence, transaction
 from schemas.alerts import Alert
 from schemas.base import utcnow
@@ -48,7 +48,7 @@ class AlertStore:
 
         def write(pipe: Pipeline) -> None:
             pipe.hset(keys.ALERTS, alert.id, alert.model_dump_json())
-            pipe.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+            pipe.xadd(keys.EVENTS, entry_fields(event))
 
         await transaction(self.redis, fence, write)
         return alert

@@ -34,6 +34,12 @@ def make_event(type_: str, source: str, subject: str | None, data: dict[str, Any
     )
 
 
+def entry_fields(event: Event) -> dict[str, str]:
+    """A stream entry: the envelope, and its type and subject so that readers can skip
+    entries without decoding them."""
+    return {"e": event.model_dump_json(), "t": event.type, "s": event.subject or ""}
+
+
 def stream_after(a: str, b: str) -> bool:
     """True when stream entry id `a` comes after `b`."""
     return _parts(a) > _parts(b)
@@ -58,7 +64,7 @@ class EventLog:
         self.redis = redis
 
     async def publish(self, event: Event) -> str:
-        entry_id: str = await self.redis.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+        entry_id: str = await self.redis.xadd(keys.EVENTS, entry_fields(event))
         return entry_id
 
     async def publish_many(self, events: Sequence[Event]) -> list[str]:
@@ -67,7 +73,7 @@ class EventLog:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for event in events:
-            pipe.xadd(keys.EVENTS, {"e": event.model_dump_json()})
+            pipe.xadd(keys.EVENTS, entry_fields(event))
         return [str(i) for i in await pipe.execute()]
 
     async def trim(self, group: str, maxlen: int) -> int:

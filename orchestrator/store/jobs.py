@@ -205,6 +205,7 @@ class JobStore:
                 "1" if after.state.terminal else "0",
                 "" if due_ms is None else str(due_ms),
                 now_ms(),
+                f"job.{after.state.value}" if old.state != after.state else "job.step",
             ],
         )
         return status, head

@@ -11,6 +11,7 @@ NONE_KEY = "vmorch:none"  # stands in for a key a call does not use
 
 CREATE_JOB = """
 -- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
+-- Stream entries carry the envelope (e) and, to be filtered without decoding, type and subject
 -- ARGV: id doc created_us idem_value idem_ttl has_vm event due_ms vm_doc vm_name vm_id
 --       message (the Celery message, pushed when the job may start at once)
 if ARGV[4] ~= '' then
@@ -45,14 +46,14 @@ if pos == 0 then
   redis.call('ZADD', KEYS[10], ARGV[8], ARGV[1])
   if ARGV[12] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[12]) end
 end
-redis.call('XADD', KEYS[9], '*', 'e', ARGV[7])
+redis.call('XADD', KEYS[9], '*', 'e', ARGV[7], 't', 'job.queued', 's', ARGV[1])
 return {'created', ARGV[1], pos}
 """
 
 COMMIT_JOB = (
     """
 -- KEYS: job lease events state_old state_new queued vmq due ended
--- ARGV: version fence doc state event id created_us terminal due now_ms
+-- ARGV: version fence doc state event id created_us terminal due now_ms event_type
 local h = redis.call('HMGET', KEYS[1], 'version', 'state')
 if not h[1] then return {'missing', ''} end
 if h[1] ~= ARGV[1] then return {'conflict', ''} end
@@ -64,7 +65,7 @@ if h[2] ~= ARGV[4] then
   if h[2] == 'queued' then redis.call('ZREM', KEYS[6], ARGV[6]) end
 end
 if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[3], '*', 'e', ARGV[5])
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[5], 't', ARGV[11], 's', ARGV[6])
 end
 local head = ''
 if ARGV[8] == '1' then
