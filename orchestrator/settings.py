@@ -70,5 +70,8 @@ class Settings(BaseSettings):
     ha_relocate_after_s: float = Field(default=60.0, ge=0)
 
     lab_dir: Path = Path(".vmorch")
+    # The CLI's API and token (else `vmorch up`'s, from <lab_dir>/vmorch.json)
+    api_url: str | None = None
+    token: str | None = None
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"

@@ -1,16 +1,18 @@
-"""A small HTTP client for the CLI: the API's address and token come from flags, the
-environment (VMORCH_API_URL, VMORCH_TOKEN) or the running lab's state file."""
+"""The HTTP client of the CLI (and of the integration tests): the API's address and token
+come from flags, the settings (VMORCH_API_URL, VMORCH_TOKEN) or the running lab's state
+file, in that order."""
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lab.stack import STATE_FILE
+from orchestrator.lab.labdir import STATE_FILE
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
 class ApiError(Exception):
@@ -21,35 +23,49 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, api_url: str | None, token: str | None, lab_dir: Path):
+    def __init__(self, api_url: str | None, token: str | None, lab_dir: Path | None = None) -> None:
         state: dict[str, Any] = {}
-        path = lab_dir / STATE_FILE
-        if (api_url is None or token is None) and path.exists():
+        path = lab_dir / STATE_FILE if lab_dir is not None else None
+        if (api_url is None or token is None) and path is not None and path.exists():
             state = json.loads(path.read_text())
-        self.api_url = (
-            api_url
-            or os.environ.get("VMORCH_API_URL")
-            or state.get("api_url")
-            or "http://127.0.0.1:8080"
-        ).rstrip("/")
-        self.token = token or os.environ.get("VMORCH_TOKEN") or state.get("admin_token") or ""
+        self.api_url = (api_url or state.get("api_url") or DEFAULT_API_URL).rstrip("/")
+        self.token = token or state.get("admin_token") or ""
 
-    def call(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 30,
+    ) -> tuple[int, Any]:
+        """(status, decoded body) of one request; errors are answers too."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
         req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"null")
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
-            raw = e.read()
+            payload = e.read()
             try:
-                parsed = json.loads(raw)
+                return e.code, json.loads(payload)
             except ValueError:
-                parsed = raw.decode(errors="replace")
-            raise ApiError(e.code, parsed) from None
+                return e.code, payload.decode(errors="replace")
+
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """The decoded body of a successful request; ApiError for a 4xx or 5xx."""
+        status, answer = self.request(method, path, body, headers=headers)
+        if status >= 400:
+            raise ApiError(status, answer)
+        return answer

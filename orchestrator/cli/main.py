@@ -137,10 +137,17 @@ def _watch(client: Any, job_id: str) -> dict[str, Any]:
         time.sleep(0.3)
 
 
-def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.cli.client import ApiError, Client
+def _client(settings: Settings, args: argparse.Namespace) -> Any:
+    from orchestrator.cli.client import Client
 
-    client = Client(args.api, args.token, settings.lab_dir.resolve())
+    api, token = args.api or settings.api_url, args.token or settings.token
+    return Client(api, token, settings.lab_dir.resolve())
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.cli.client import ApiError
+
+    client = _client(settings, args)
     try:
         if args.jobs_cmd == "submit":
             raw = sys.stdin.read() if args.request == "-" else args.request
@@ -176,9 +183,9 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_get(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.cli.client import ApiError, Client
+    from orchestrator.cli.client import ApiError
 
-    client = Client(args.api, args.token, settings.lab_dir.resolve())
+    client = _client(settings, args)
     try:
         print(json.dumps(client.call("GET", f"/v1/{args.what}"), indent=2))
     except ApiError as e:

@@ -4,11 +4,8 @@ the api and router as processes, and real Celery worker processes (started per t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +20,9 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
+from orchestrator.cli.client import Client
 from orchestrator.lab.lab import Lab
+from orchestrator.lab.process import free_port, signal_group, spawn, stop_groups
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.router.consumer import EventConsumer
 from orchestrator.services import Services, connect
@@ -58,46 +57,23 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 30, what: str = 
         time.sleep(0.02)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Proc:
-    """A vmorch process (api, router, worker) in its own session, stopped by its PID."""
+    """A vmorch process (api, router, worker, agent) started and stopped with the lab's own
+    process helper: its own session, a log, stopped by its PID (with its process group)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.p = spawn([sys.executable, "-m", "orchestrator.cli", *args], log, env=env)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a Celery worker and its pool children)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.p.pid, sig)
+        signal_group(self.p, sig)
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.p.wait()
-        self.kill(signal.SIGKILL)  # leftover pool children, if any
-        self._out.close()
+        stop_groups([self.p], 15)
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +113,7 @@ def env(redis_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
-    port = _free_port()
+    port = free_port("127.0.0.1")
     proc = Proc(["api"], {**env, "VMORCH_API_PORT": str(port)}, workdir / "api.log")
     url = f"http://127.0.0.1:{port}"
 
@@ -245,40 +221,12 @@ def make_token(redis_url: str, role: Role, name: str = "") -> str:
     return asyncio.run(create())
 
 
-class Api:
-    """The API over HTTP, as a client sees it."""
+class Api(Client):
+    """The API over HTTP, as a client sees it: the CLI's own client, with waits."""
 
     def __init__(self, url: str, token: str):
+        super().__init__(url, token)
         self.url = url
-        self.token = token
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        raw: bytes | None = None,
-        token: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        tok = self.token if token is None else token
-        if tok:
-            req.add_header("Authorization", f"Bearer {tok}")
-        req.add_header("Content-Type", "application/json")
-        for k, v in (headers or {}).items():
-            req.add_header(k, v)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            raw_body = e.read()
-            try:
-                return e.code, json.loads(raw_body)
-            except ValueError:
-                return e.code, raw_body.decode(errors="replace")
 
     def submit(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
         status, job = self.request("POST", "/v1/jobs", body, **kw)
