@@ -60,6 +60,9 @@ class Client:
                 return e.code, json.loads(payload)
             except ValueError:
                 return e.code, payload.decode(errors="replace")
+        except urllib.error.URLError as e:  # nothing answered at all
+            message = f"cannot reach the api at {self.api_url}: {e.reason}"
+            raise ApiError(0, {"error": {"code": "unreachable", "message": message}}) from None
 
     def call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
