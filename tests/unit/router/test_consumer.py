@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from orchestrator.router.consumer import EventConsumer
 from orchestrator.router.policies.ha import HA_HOOK_ID, HA_SPEC
@@ -11,6 +12,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import keys
 from orchestrator.store.events import make_event
 from orchestrator.store.hooks import HookStore
+from schemas.events import Event
 from schemas.hooks import HookSpec
 from schemas.inventory import Vm, VmState
 from tasks.testing import Engine
@@ -160,3 +162,24 @@ def test_a_webhook_without_a_secret_is_refused_not_signed_with_an_empty_key(
     [run] = engine.run(store.runs(hook.id))
     assert (run.outcome, sent) == ("refused", [])
     assert "no webhook secret" in run.detail
+
+
+def test_an_unreadable_entry_is_set_aside_and_never_blocks_its_batch(engine: Engine) -> None:
+    # given a batch with an entry that is no event, one from a newer writer with an
+    # envelope attribute this version does not know, and an ordinary one
+    c = EventConsumer(engine.services)
+    engine.run(c.setup())
+    r = engine.redis
+    engine.run(r.xadd(keys.EVENTS, {"e": "{not json"}))
+    newer = make_event("vm.lifecycle.started", "libvirt://s1", "x", {}).model_dump(mode="json")
+    engine.run(r.xadd(keys.EVENTS, {"e": json.dumps({**newer, "traceparent": "00-ab-cd-01"})}))
+    engine.run(r.xadd(keys.EVENTS, {"e": make_event("t.x", "test://", "y", {}).model_dump_json()}))
+    # when the router reads them
+    assert engine.run(c.step(block_ms=10)) == 3
+    # then all three are acknowledged, the bad one kept with its raw fields
+    pending = engine.run(r.xpending(keys.EVENTS, c.group))
+    assert pending["pending"] == 0
+    [(_, dead)] = engine.run(r.xrange(keys.EVENTS_DEAD))
+    assert dead["f.e"] == "{not json" and dead["reason"]
+    # and the newer writer's event was read, its unknown attribute ignored
+    assert Event.read(json.dumps({**newer, "traceparent": "x"})).type == "vm.lifecycle.started"
