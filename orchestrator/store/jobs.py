@@ -8,6 +8,7 @@ their fencing token: a worker whose lease has gone gets `fenced` and must stop.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from orchestrator.errors import Conflict, LeaseLost, NotFound
+from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
 from orchestrator.store import keys, lua
 from orchestrator.store.events import make_event
 from schemas.base import utcnow
@@ -23,8 +24,11 @@ from schemas.inventory import Vm
 from schemas.jobs import TRANSITIONS, Job, JobState
 
 MAX_SCAN = 2000  # job records one listing call reads at most
+# a listing cursor: created µs, then (optional, from this version on) the job id there
+CURSOR_RE = re.compile(r"(?P<score>[0-9]{1,20})(?:-(?P<job_id>[0-9a-f-]{36}))?", re.ASCII)
 CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
 Mutation = Callable[[Job], Job | None]
+Entries = list[tuple[str, int]]  # (job id, score) from an index
 
 
 def now_ms() -> int:
@@ -55,6 +59,28 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["steps"] = [{"name": s.name, "state": s.state.value} for s in job.steps]
     kind = f"job.{job.state.value}" if changed else "job.step"
     return make_event(kind, source, job.id, data).model_dump_json()
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a listing stands in an index: a score (created µs) and the job id there. No
+    id (a cursor of an older version, score only): every job of that score is passed."""
+
+    score: int
+    job_id: str | None = None
+
+
+def parse_cursor(cursor: str | None) -> Position | None:
+    if cursor is None:
+        return None
+    m = CURSOR_RE.fullmatch(cursor)
+    if m is None:
+        raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
+    return Position(int(m["score"]), m["job_id"])
+
+
+def format_cursor(pos: Position) -> str:
+    return str(pos.score) if pos.job_id is None else f"{pos.score}-{pos.job_id}"
 
 
 @dataclass(frozen=True)
@@ -282,6 +308,11 @@ class JobStore:
     async def clear_due(self, job_id: str) -> None:
         await self.redis.zrem(keys.JOBS_DUE, job_id)
 
+    @staticmethod
+    def valid_cursor(cursor: str) -> bool:
+        """Whether `cursor` is one `list` hands out (or an older score-only one); ASCII only."""
+        return CURSOR_RE.fullmatch(cursor) is not None
+
     async def list(
         self,
         *,
@@ -295,6 +326,9 @@ class JobStore:
 
         At most `MAX_SCAN` records are read per call: a sparse filter returns a short page
         with a cursor to go on from, rather than walking the whole index in one request.
+        The cursor is the last position scanned, `<created µs>-<job id>`: jobs created in
+        the same microsecond (two api processes) are told apart by id, so a page boundary
+        among them neither skips nor repeats one.
         """
         index = (
             keys.jobs_vm(vm_id)
@@ -306,21 +340,19 @@ class JobStore:
             else keys.JOBS_ALL
         )
         out: list[Job] = []
-        max_score: str = "+inf" if cursor is None else f"({cursor}"
+        pos = parse_cursor(cursor)
         scanned = 0
         while len(out) < limit:
-            if scanned >= MAX_SCAN:
-                return out, max_score[1:]
-            batch = await self.redis.zrevrangebyscore(
-                index, max_score, "-inf", start=0, num=max(limit * 2, 100), withscores=True
-            )
+            if scanned >= MAX_SCAN and pos is not None:
+                return out, format_cursor(pos)
+            batch = await self._entries_after(index, pos, max(limit * 2, 100))
             scanned += len(batch)
             if not batch:
                 return out, None
             jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}
             for jid, score in batch:
                 job = jobs.get(jid)
-                max_score = f"({int(score)}"
+                pos = Position(score, jid)
                 if (
                     job is None
                     or (state and job.state != state)
@@ -330,5 +362,28 @@ class JobStore:
                     continue
                 out.append(job)
                 if len(out) == limit:
-                    return out, str(int(score))
+                    return out, format_cursor(pos)
         return out, None
+
+    async def _entries_after(self, index: str, pos: Position | None, count: int) -> Entries:
+        """Up to `count` (job id, score) entries of `index` that come after `pos` newest
+        first, the order ZREVRANGEBYSCORE returns: score descending, then id descending
+        (Redis orders equal scores by member, bytewise; ids are ASCII, as Python compares).
+
+        The ties of `pos`'s score are read whole and those not yet passed kept: ties are
+        jobs created in one microsecond, a handful at most."""
+        if pos is None:
+            raw = await self.redis.zrevrangebyscore(
+                index, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+            return [(m, int(s)) for m, s in raw]
+        out: Entries = []
+        if pos.job_id is not None:
+            ties = await self.redis.zrevrangebyscore(index, pos.score, pos.score)
+            out = [(m, pos.score) for m in ties if m < pos.job_id][:count]
+        if len(out) < count:
+            raw = await self.redis.zrevrangebyscore(
+                index, f"({pos.score}", "-inf", start=0, num=count - len(out), withscores=True
+            )
+            out += [(m, int(s)) for m, s in raw]
+        return out

@@ -1,16 +1,26 @@
-"""Unit fixtures: fakeredis (with Lua) and the hand-driven engine (tasks.testing), no Celery."""
+"""Unit fixtures: fakeredis (with Lua) and the hand-driven engine (tasks.testing), no Celery.
+
+Store tests that depend on what Redis does (ordering of ties, Lua, stream commands) use
+`backend`, which runs them twice: on fakeredis and on a private redis-server started for
+the session (never a Redis this run did not start)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
+import redis
+import redis.asyncio as aredis
 
+from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
 from tasks.testing import Engine
+
+MakeRedis = Callable[[], Any]
 
 
 @pytest.fixture
@@ -31,6 +41,53 @@ def engine(settings: Settings) -> Iterator[Engine]:
     e = Engine(settings, lambda: fakeredis.FakeAsyncRedis(decode_responses=True))
     yield e
     e.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session (a free port, stopped by its PID)."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")), appendonly=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def backend(request: pytest.FixtureRequest) -> MakeRedis:
+    """How to make the test's Redis client: fakeredis, or the session's redis-server
+    (emptied first: it is ours alone)."""
+    if request.param == "fakeredis":
+        return lambda: fakeredis.FakeAsyncRedis(decode_responses=True)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    sync = redis.Redis.from_url(server.url)
+    try:
+        sync.flushdb()
+    finally:
+        sync.close()
+    return lambda: aredis.Redis.from_url(server.url, decode_responses=True)
+
+
+@pytest.fixture
+def make_engine(backend: MakeRedis) -> Iterator[Callable[[Settings], Engine]]:
+    """Engines on the test's backend, with the settings a test gives; closed at the end."""
+    made: list[Engine] = []
+
+    def make(settings: Settings) -> Engine:
+        e = Engine(settings, backend)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.run(e.redis.aclose())
+        e.close()
+
+
+@pytest.fixture
+def store_engine(make_engine: Callable[[Settings], Engine], settings: Settings) -> Engine:
+    return make_engine(settings)
 
 
 def run(coro: Any) -> Any:
