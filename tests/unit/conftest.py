@@ -12,15 +12,46 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
+import libvirt
 import pytest
 import redis
 import redis.asyncio as aredis
 
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
+from schemas.inventory import (
+    Inventory,
+    Network,
+    Repository,
+    Server,
+    ServerPool,
+    Template,
+    TemplateDisk,
+)
 from tasks.testing import Engine
 
 MakeRedis = Callable[[], Any]
+URI = "test:///default"
+# one pool of one server on the in-process libvirt test driver (fixture `conn`)
+FLEET = Inventory(
+    pools=[
+        ServerPool(
+            name="pool-u",
+            repository=Repository(name="repo-u"),
+            networks=[Network(name="default")],
+            servers=["srv-u"],
+        )
+    ],
+    servers=[Server(name="srv-u", pool="pool-u", uri=URI)],
+    templates=[
+        Template(name="t1", repository="repo-u", disks=[TemplateDisk(volume="base.img")]),
+        Template(
+            name="broken",
+            repository="repo-u",
+            disks=[TemplateDisk(volume="base.img"), TemplateDisk(volume="missing.img")],
+        ),
+    ],
+)
 
 
 @pytest.fixture
@@ -41,6 +72,29 @@ def engine(settings: Settings) -> Iterator[Engine]:
     e = Engine(settings, lambda: fakeredis.FakeAsyncRedis(decode_responses=True))
     yield e
     e.close()
+
+
+@pytest.fixture
+def conn() -> Iterator[libvirt.virConnect]:
+    """The in-process libvirt test driver, emptied, with the pool's repository and its
+    template volume (the driver keeps its state while a connection is open)."""
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    c = libvirt.open(URI)
+    for d in c.listAllDomains():
+        if d.isActive():
+            d.destroy()
+        d.undefine()
+    if "repo-u" not in c.listStoragePools():
+        sp = c.storagePoolDefineXML(
+            "<pool type='dir'><name>repo-u</name><target><path>/repo-u</path></target></pool>"
+        )
+        sp.create()
+    sp = c.storagePoolLookupByName("repo-u")
+    for v in sp.listVolumes():
+        sp.storageVolLookupByName(v).delete(0)
+    sp.createXML("<volume><name>base.img</name><capacity>1048576</capacity></volume>", 0)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="session")
