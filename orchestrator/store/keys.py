@@ -1,20 +1,27 @@
 """Every Redis key vmorch uses, in one place. Prefix: `vmorch:`.
 
-Jobs (owner: job store; lifetime: until deleted by retention, not in this release)
-- job:{id}                hash   doc (Job JSON), state, version (CAS counter)
+Jobs (owner: job store; lifetime: a finished job, with every entry below that names it, is
+deleted by the router's retention (store/retention.py) job_retention_s after it ended, or
+sooner when more than job_retention_max finished jobs are kept; the oldest go first)
+- job:{id}                hash   doc (Job JSON, with the step journal), state, version (CAS
+                                 counter)
 - jobs:all                zset   job id -> created µs; newest-first listing
 - jobs:state:{state}      zset   job id -> created µs; one per job state
 - jobs:kind:{kind}        zset   job id -> created µs
 - jobs:vm:{vm_id}         zset   job id -> created µs; jobs that worked on a VM
 - jobs:queued:{queue}     zset   job id -> created µs; queued jobs per Celery queue
-- jobs:ended              zset   job id -> ms it ended; retention deletes the oldest
+- jobs:ended              zset   job id -> ms it ended (written by the terminal commit); the
+                                 retention's queue: it deletes from the oldest end
 - jobs:due                zset   job id -> ms when the router must (re)dispatch it unless leased;
                                  covers lost messages, dead workers and retry timers
-- vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head runs
-- idem:{key}              string "<job id> <request sha256>"; TTL idempotency_ttl_s
-Leases (owner: engine runner)
+- vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head
+                                 runs; a job leaves it in its terminal commit
+- idem:{key}              string "<job id> <request sha256>"; TTL idempotency_ttl_s, kept
+                                 when retention deletes the job (a replay then gets 409)
+Leases (owner: engine runner; deleted with their job by retention)
 - lease:{job_id}          string fencing token of the worker running the job; PX lease_ms
-- fence:{job_id}          string counter; INCR gives each lease a new fencing token
+- fence:{job_id}          string counter; INCR gives each lease a new fencing token (never
+                                 made for a job that is gone)
 Events
 - events                  stream every event envelope (JSON in field `e`); trimmed by the router
                                  to about event_stream_maxlen, never below what its group owes
@@ -34,8 +41,9 @@ Auth
 - token:{sha256}          string JSON of TokenInfo; the token itself is never stored
 - tokens                  hash   token id -> sha256 (for listing and revoking)
 Waits and attribution (owner: engine runner and router)
-- wait:{job_id}           string JSON of WaitInfo while the job waits (the matched event too)
-- waits:{subject}         set    job ids waiting for an event about this subject
+- wait:{job_id}           string JSON of WaitInfo while the job waits (the matched event too);
+                                 deleted when the wait ends, or with its job by retention
+- waits:{subject}         set    job ids waiting for an event about this subject (likewise)
 - expect:{vm_id}          hash   job id -> JSON event-type globs the job's action will cause;
                                  TTL 1 day, entries of long-ended jobs removed by the router
 Hooks (owner: API for definitions, router for firings)
