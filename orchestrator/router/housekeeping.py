@@ -13,6 +13,7 @@ from orchestrator.services import Services
 
 log = logging.getLogger("vmorch.router")
 TRIM_EVERY_S = 1.0  # the event stream, and finished jobs past the retention
+PRUNE_EVERY_S = 60.0  # acknowledged alerts, stale workers and idle router consumers
 PURGE_BATCHES = 10  # job batches deleted per round at most (2000 jobs a second)
 
 
@@ -21,6 +22,7 @@ class Housekeeping:
         self.services = services
         self.settings = services.settings
         self._next_trim = 0.0
+        self._next_prune = 0.0
 
     async def run_due(self) -> None:
         """Do the rounds whose time has come (called at every sweep)."""
@@ -28,6 +30,9 @@ class Housekeeping:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_EVERY_S
             await self.trim()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            await self.prune()
 
     async def trim(self) -> None:
         """Trim the event stream (never below what the routers' group still owes) and
@@ -39,3 +44,20 @@ class Housekeeping:
         purged = await self.services.retention.purge(PURGE_BATCHES)
         if purged:
             log.info("retention: deleted %d finished job(s)", purged)
+
+    async def prune(self) -> None:
+        """Delete alerts acknowledged longer ago than the job retention, workers not seen
+        for worker_forget_after_s, and consumers idle router_consumer_idle_s."""
+        s, svc = self.settings, self.services
+        alerts = await svc.alerts.prune_acknowledged(s.job_retention_s)
+        workers = await svc.fleet.forget_stale(s.worker_forget_after_s)
+        consumers = await svc.events.forget_idle_consumers(
+            s.router_group, int(s.router_consumer_idle_s * 1000)
+        )
+        if alerts or workers or consumers:
+            log.info(
+                "pruned %d acknowledged alert(s), %d stale worker(s), idle consumers: %s",
+                alerts,
+                workers,
+                " ".join(consumers) or "none",
+            )

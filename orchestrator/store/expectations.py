@@ -22,6 +22,7 @@ from schemas.base import utcnow
 from schemas.events import Event
 
 GRACE_S = 5.0  # an event up to this long after its job ended is still the job's
+FORGET_AFTER_S = GRACE_S * 4  # an entry of a job ended this long ago is removed
 TTL_S = 24 * 3600
 
 
@@ -32,14 +33,31 @@ class Expectations:
     async def expect(self, vm_id: str, job_id: str, types: list[str]) -> None:
         """Record that `job_id` is about to cause events of `types` on the VM."""
         key = keys.expectations(vm_id)
+        entries: dict[str, str] = await self.redis.hgetall(key)
         # merged with what the job expected before (a restart expects the stop's events too,
         # which may arrive after it has declared the start's)
-        before = await self.redis.hget(key, job_id)
+        before = entries.pop(job_id, None)
         merged = sorted(set(json.loads(before) if before else []) | set(types))
+        stale = await self._long_ended(list(entries))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, job_id, json.dumps(merged))
+        if stale:
+            pipe.hdel(key, *stale)
         pipe.expire(key, TTL_S)
         await pipe.execute()
+
+    async def _long_ended(self, job_ids: list[str]) -> list[str]:
+        """Those of `job_ids` that ended so long ago no event can be theirs any more.
+
+        Without this, a VM that keeps getting jobs (its key's TTL refreshed each time) would
+        keep an entry for every job it ever had, each looked at for every event about it."""
+        if not job_ids:
+            return []
+        cutoff_ms = (utcnow().timestamp() - FORGET_AFTER_S) * 1000
+        ended = await self.redis.zmscore(keys.JOBS_ENDED, job_ids)
+        return [
+            j for j, ms in zip(job_ids, ended, strict=True) if ms is not None and ms < cutoff_ms
+        ]
 
     async def attribute(self, event: Event, jobs: JobStore) -> str | None:
         """The id of the job that caused `event`, or None when nothing vmorch did explains it."""
@@ -59,6 +77,6 @@ class Expectations:
                 return job_id
             if job.ended_at and event.time <= job.ended_at + timedelta(seconds=GRACE_S):
                 return job_id
-            if job.ended_at and utcnow() - job.ended_at > timedelta(seconds=GRACE_S * 4):
+            if job.ended_at and utcnow() - job.ended_at > timedelta(seconds=FORGET_AFTER_S):
                 await self.redis.hdel(key, job_id)  # long over: forget it
         return None

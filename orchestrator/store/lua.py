@@ -137,6 +137,14 @@ end
 return deleted
 """
 
+FORGET_CONSUMER = """
+-- KEYS: events   ARGV: group consumer
+-- Remove a consumer from the group only if it owns no pending entry (they would be lost).
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 RELEASE_AND_PUSH = """
 -- KEYS: lease, then the queues to push to   ARGV: token, then one message per queue
 -- Release the lease, then publish what the worker has to hand on, in one round trip.
