@@ -144,7 +144,7 @@ class JobStore:
             ],
             args=[
                 job.id,
-                job.model_dump_json(),
+                self.stored_doc(job),
                 created,
                 f"{job.id} {request_sha}" if idem_key else "",
                 self.idem_ttl_s,
@@ -224,7 +224,7 @@ class JobStore:
             args=[
                 before.version,
                 "" if fence is None else str(fence),
-                after.model_dump_json(),
+                self.stored_doc(after),
                 after.state.value,
                 job_event(after, old.state, source, step) if emit else "",
                 old.id,
@@ -307,6 +307,11 @@ class JobStore:
 
     async def clear_due(self, job_id: str) -> None:
         await self.redis.zrem(keys.JOBS_DUE, job_id)
+
+    @staticmethod
+    def stored_doc(job: Job) -> str:
+        """The record's `doc` field: the one place a job is serialized for storage."""
+        return job.model_dump_json()
 
     @staticmethod
     def valid_cursor(cursor: str) -> bool:
