@@ -310,8 +310,14 @@ class JobStore:
 
     @staticmethod
     def stored_doc(job: Job) -> str:
-        """The record's `doc` field: the one place a job is serialized for storage."""
-        return job.model_dump_json()
+        """The record's `doc` field: the job without the fields that hold their defaults
+        (nulls, empty lists, zero counts: about a fifth of a finished job's record), which
+        reads back as the same Job. Its request and wait are kept whole, so that a default
+        changed in a later version does not change what a stored job asked for."""
+        rest = job.model_dump_json(exclude_defaults=True, exclude={"request", "wait"})
+        wait = "" if job.wait is None else f',"wait":{job.wait.model_dump_json()}'
+        # `rest` is an object with `id` at least: splice the two fields in after its brace
+        return f'{{"request":{job.request.model_dump_json()}{wait},{rest[1:]}'
 
     @staticmethod
     def valid_cursor(cursor: str) -> bool:
