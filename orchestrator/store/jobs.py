@@ -40,7 +40,11 @@ def _created_us(job: Job) -> int:
 
 
 def job_event(job: Job, old: JobState | None, source: str, step: str | None = None) -> str:
-    """The event for a job change: `job.<state>` on a transition, `job.step` otherwise."""
+    """The event for a job change: `job.<state>` on a transition, `job.step` otherwise.
+
+    A step's event says which step and the state it went to, not the whole step list: a
+    job emits two events per step, and a list in each made the stream's share of a job grow
+    with the square of its steps (the journal is the job's, `GET /v1/jobs/{id}`)."""
     changed = old != job.state
     data: dict[str, Any] = {
         "job_id": job.id,
@@ -56,7 +60,9 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["hook_id"] = job.links.hook_id
     if step is not None:
         data["step"] = step
-        data["steps"] = [{"name": s.name, "state": s.state.value} for s in job.steps]
+        record = next((s for s in job.steps if s.name == step), None)
+        if record is not None:
+            data["step_state"] = record.state.value
     kind = f"job.{job.state.value}" if changed else "job.step"
     return make_event(kind, source, job.id, data).model_dump_json()
 

@@ -90,3 +90,21 @@ def test_a_record_is_stored_without_defaults_and_reads_back_whole(engine: Engine
         assert set(json.loads(job.model_dump_json())) == set(Job.model_fields)
     assert engine.get(waiting.id).wait is not None
     assert engine.get(failed.id).error is not None
+
+
+def test_a_step_event_names_its_step_and_the_state_it_went_to(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 2})
+    engine.drain()
+    data = [
+        json.loads(f["e"])["data"]
+        for _, f in engine.run(engine.redis.xrange("vmorch:events"))
+        if json.loads(f["e"])["subject"] == job.id
+    ]
+    steps = [(d["step"], d["step_state"]) for d in data if "step" in d]
+    assert steps == [
+        ("noop-1", "running"),
+        ("noop-1", "done"),
+        ("noop-2", "running"),
+        ("noop-2", "done"),
+    ]
+    assert all("steps" not in d for d in data)
