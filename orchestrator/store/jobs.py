@@ -187,13 +187,16 @@ class JobStore:
         return v.job
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
+        return [Job.model_validate_json(d) for d in await self._docs(job_ids) if d is not None]
+
+    async def _docs(self, job_ids: list[str]) -> list[str | None]:
+        """The stored docs of `job_ids`, in one round trip (None for a job that is gone)."""
         if not job_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for jid in job_ids:
             pipe.hget(keys.job(jid), "doc")
-        docs = await pipe.execute()
-        return [Job.model_validate_json(d) for d in docs if d is not None]
+        return list(await pipe.execute())
 
     async def commit(
         self,
@@ -359,20 +362,25 @@ class JobStore:
         out: list[Job] = []
         pos = parse_cursor(cursor)
         scanned = 0
+        # the index itself answers one filter: its entries match it, but for a job changed
+        # between the two reads; with more filters, read ahead for the ones that do not
+        exact = sum(1 for f in (state, kind, vm_id) if f) <= 1
         while len(out) < limit:
             if scanned >= MAX_SCAN and pos is not None:
                 return out, format_cursor(pos)
-            batch = await self._entries_after(index, pos, max(limit * 2, 100))
+            want = limit - len(out) if exact else max(limit * 2, 100)
+            batch = await self._entries_after(index, pos, want)
             scanned += len(batch)
             if not batch:
                 return out, None
-            jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}
-            for jid, score in batch:
-                job = jobs.get(jid)
+            docs = await self._docs([jid for jid, _ in batch])
+            for (jid, score), doc in zip(batch, docs, strict=True):
                 pos = Position(score, jid)
+                if doc is None:
+                    continue  # deleted between the two reads
+                job = Job.model_validate_json(doc)  # only as many as the page takes
                 if (
-                    job is None
-                    or (state and job.state != state)
+                    (state and job.state != state)
                     or (kind and job.kind != kind)
                     or (vm_id and job.links.vm_id != vm_id)
                 ):

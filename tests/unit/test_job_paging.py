@@ -88,3 +88,26 @@ def test_a_malformed_cursor_is_refused(engine: Engine, cursor: str) -> None:
     assert not JobStore.valid_cursor(cursor)
     with pytest.raises(ValidationFailed):
         engine.run(engine.jobs.list(cursor=cursor))
+
+
+def test_a_page_reads_only_the_records_it_returns(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: more jobs than a page
+    for i in range(60):
+        store_job(engine, T0 + timedelta(seconds=i))
+    parsed: list[str] = []
+    real = Job.model_validate_json
+
+    def counting(doc: str | bytes) -> Job:
+        job = real(doc)
+        parsed.append(job.id)
+        return job
+
+    monkeypatch.setattr(Job, "model_validate_json", counting)
+    # when: a page of 10, unfiltered or by one filter (the index answers it)
+    for filters in ({}, {"state": "queued"}, {"kind": "noop"}):
+        parsed.clear()
+        page, _ = engine.run(engine.jobs.list(limit=10, **filters))
+        # then: 10 records parsed, not a read-ahead batch
+        assert len(page) == 10 and parsed == [j.id for j in page]
