@@ -300,6 +300,13 @@ def phase_e2e(cfg: Config) -> list[Row]:
             ".0f",
             False,
         ),
+        (
+            "  the rest: index entries, fence key, keyspace",
+            vm.run.per_run(vm.memory_b - vm.records_b - vm.stream_b),
+            None,
+            ".0f",
+            False,
+        ),
         ("E2E advance msgs dropped 'busy' (lease race)", vm.busy_e2e, None, "d", False),
         (
             "router re-dispatches (whole vmorch E2E + latency run)",

@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     # Retention (run by the router): a finished job, its step journal and every index entry,
     # fence and wait that names it, is deleted this long after it ended...
     job_retention_s: float = Field(default=7 * 86400, gt=0)
-    # ...or sooner, oldest first, when more finished jobs than this are kept (about 2 KiB of
-    # Redis memory each, more with many steps). Acknowledged alerts are kept job_retention_s.
+    # ...or sooner, oldest first, when more finished jobs than this are kept (about 2.5 KB
+    # of Redis memory each for 5 steps, record and index entries; its events are the
+    # stream's, bounded apart). Acknowledged alerts are kept job_retention_s.
     job_retention_max: int = Field(default=100_000, ge=1)
     # A worker not seen for this long is forgotten (every worker start adds a name).
     worker_forget_after_s: float = Field(default=86400, ge=60)
