@@ -27,8 +27,10 @@ LISTED_MAX = 1000  # alerts one listing returns at most (the newest)
 PRUNE_BATCH = 500  # acknowledged alerts one prune call deletes at most per round trip
 
 
-def _ms(alert: Alert) -> int:
-    return int(alert.at.timestamp() * 1000)
+def _raised_us(alert: Alert) -> int:
+    """The listing order: when the alert was raised, in µs (alerts raised by one workflow
+    within a millisecond keep their order)."""
+    return int(alert.at.timestamp() * 1_000_000)
 
 
 class AlertStore:
@@ -63,8 +65,8 @@ class AlertStore:
 
         def write(pipe: Pipeline) -> None:
             pipe.hset(keys.ALERTS, alert.id, alert.model_dump_json())
-            pipe.zadd(keys.ALERTS_RAISED, {alert.id: _ms(alert)})
-            pipe.zadd(keys.ALERTS_OPEN, {alert.id: _ms(alert)})
+            pipe.zadd(keys.ALERTS_RAISED, {alert.id: _raised_us(alert)})
+            pipe.zadd(keys.ALERTS_OPEN, {alert.id: _raised_us(alert)})
             pipe.xadd(keys.EVENTS, {"e": event.model_dump_json()})
 
         await transaction(self.redis, fence, write)

@@ -62,8 +62,8 @@ Hooks (owner: API for definitions, router for firings; a hook's keys go with the
 HA and alerts (owner: router and the HA workflow)
 - harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window (PX window + 60 s)
 - alerts                  hash   alert id -> JSON (an error an operator must acknowledge)
-- alerts:raised           zset   alert id -> ms raised: every alert, listed newest first
-- alerts:open             zset   alert id -> ms raised: those not yet acknowledged (kept until
+- alerts:raised           zset   alert id -> µs raised: every alert, listed newest first
+- alerts:open             zset   alert id -> µs raised: those not yet acknowledged (kept until
                                  they are)
 - alerts:acked            zset   alert id -> ms acknowledged; the router deletes those
                                  acknowledged job_retention_s ago (from all four)

@@ -3,11 +3,13 @@ kept jobs, and jobs still running or waiting, are untouched (M7)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import libvirt
 import pytest
 
+from orchestrator.clock import now_ms
 from orchestrator.errors import Conflict
 from orchestrator.router.timers import Timers
 from orchestrator.settings import Settings
@@ -61,9 +63,17 @@ def housekeeping(engine: Engine) -> None:
 
 
 def run_noop(engine: Engine, **request: object) -> Job:
+    """Run a noop job; once it has ended, wait for the clock to pass the millisecond it
+    ended in, so that jobs run one after another end in that order on `jobs:ended`."""
     job = engine.submit({"kind": "noop", "steps": 2, **request})
     engine.drain()
-    return engine.get(job.id)
+    done = engine.get(job.id)
+    if done.state.terminal:
+        end = ended_ms(engine, job.id)
+        deadline = time.monotonic() + 1
+        while now_ms() <= end and time.monotonic() < deadline:
+            pass  # at most a millisecond
+    return done
 
 
 def test_expired_jobs_leave_no_trace_and_the_others_stay_listable(
