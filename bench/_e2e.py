@@ -29,6 +29,7 @@ from _procs import (
     redis_commands,
     spawn,
     start_redis,
+    used_memory,
     vmorch_env,
 )
 
@@ -62,6 +63,9 @@ class VmorchE2E:
     busy_e2e: int = 0  # advance messages a worker dropped as "busy" (lease still held)
     busy_seq: int = 0
     redispatched: int = 0  # jobs the router had to dispatch again (timer passed)
+    memory_b: int = 0  # used_memory after the measured workflows less before
+    records_b: int = 0  # MEMORY USAGE of their job hashes, summed
+    stream_b: int = 0  # MEMORY USAGE of the event stream after less before
 
 
 async def track(
@@ -105,6 +109,18 @@ async def fetch_jobs(
     return list(await asyncio.gather(*(get(i) for i in ids)))
 
 
+async def stream_bytes(r: aredis.Redis) -> int:
+    """The event stream's memory, every entry counted (SAMPLES 0)."""
+    return int(await r.memory_usage(keys.EVENTS, samples=0) or 0)
+
+
+async def records_bytes(r: aredis.Redis, job_ids: Sequence[str]) -> int:
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.memory_usage(keys.job(job_id), samples=0)
+    return sum(int(b or 0) for b in await pipe.execute())
+
+
 def busy_drops(worker: Proc) -> int:
     return worker.output().count("s: 'busy'")
 
@@ -130,6 +146,7 @@ async def vmorch_e2e(
                 raise RuntimeError(f"warm-up jobs did not succeed; see {worker.log}")
             note(f"E2E: vmorch, {cfg.workflows} workflows x {cfg.steps} steps")
             busy0, cmds0 = busy_drops(worker), redis_commands(redis_url)
+            mem0, stream0 = used_memory(redis_url), await stream_bytes(r)
             cpu0, t0 = worker.cpu_s(), time.perf_counter()
             sub = await drive(
                 http,
@@ -145,6 +162,9 @@ async def vmorch_e2e(
             out.run.cpu_s = worker.cpu_s() - cpu0
             out.run.redis_cmds = redis_commands(redis_url) - cmds0
             out.busy_e2e = busy_drops(worker) - busy0
+            out.memory_b = used_memory(redis_url) - mem0
+            out.stream_b = await stream_bytes(r) - stream0
+            out.records_b = await records_bytes(r, sub.ids)
             if out.run.done < cfg.workflows:
                 note(f"E2E vmorch: {out.run.done}/{cfg.workflows} done in {cfg.e2e_max_s:.0f}s")
             note(f"latency: up to {cfg.seq_jobs} sequential jobs (1 in flight)")
@@ -256,6 +276,34 @@ def phase_e2e(cfg: Config) -> list[Row]:
             "E2E Redis commands per workflow (incl. in Lua)",
             vm.run.per_run(vm.run.redis_cmds),
             ch.per_run(ch.redis_cmds),
+            ".0f",
+            False,
+        ),
+        (
+            "Redis memory per finished workflow, used_memory delta (bytes; aim <= 2048)",
+            vm.run.per_run(vm.memory_b),
+            None,
+            ".0f",
+            False,
+        ),
+        (
+            "  of which its job record (MEMORY USAGE job:<id>)",
+            vm.run.per_run(vm.records_b),
+            None,
+            ".0f",
+            False,
+        ),
+        (
+            "  of which its events on the stream (bounded by maxlen)",
+            vm.run.per_run(vm.stream_b),
+            None,
+            ".0f",
+            False,
+        ),
+        (
+            "  the rest: index entries, fence key, keyspace",
+            vm.run.per_run(vm.memory_b - vm.records_b - vm.stream_b),
+            None,
             ".0f",
             False,
         ),

@@ -54,6 +54,8 @@ class Config:
     steps: int = 5
     concurrency: int = 2  # worker processes (prefork)
     warm_jobs: int = 4  # E2E warm-up: each worker process builds its runtime on a first task
+    list_jobs: int = 100_000  # jobs stored for the GET /v1/jobs latency
+    list_requests: int = 1000  # GETs timed, one at a time, per server
 
     @property
     def body(self) -> bytes:
@@ -183,6 +185,17 @@ def redis_commands(url: str) -> int:
     finally:
         client.close()
     return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+def used_memory(url: str) -> int:
+    """Bytes our redis-server has allocated (INFO memory used_memory), less its clients'
+    buffers (mem_clients_normal): a burst of new connections is no data."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("memory")
+        return int(info["used_memory"]) - int(info["mem_clients_normal"])
+    finally:
+        client.close()
 
 
 def percentile(values: Sequence[float], p: float) -> float:

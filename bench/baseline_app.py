@@ -1,4 +1,6 @@
-"""Baseline HTTP server: a bare aiohttp app doing one async Redis write per POST.
+"""Baseline HTTP server: a bare aiohttp app doing one async Redis write per POST, and for
+GET /v1/jobs the Redis reads of vmorch's unfiltered listing (the newest 50 ids of
+`vmorch:jobs:all`, their docs in one pipeline) answered as they are, without parsing them.
 
 Same stack and loop settings as `vmorch api` (aiohttp `web.run_app`, default asyncio loop,
 no access log, one process, redis.asyncio with decode_responses=True).
@@ -25,6 +27,17 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id, "state": "queued"}, status=202)
 
 
+async def list_jobs(request: web.Request) -> web.Response:
+    redis = request.app[REDIS]
+    ids = await redis.zrevrange("vmorch:jobs:all", 0, 49)
+    pipe = redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"vmorch:job:{job_id}", "doc")
+    docs = [d for d in await pipe.execute() if d is not None]
+    body = '{"items":[' + ",".join(docs) + '],"next_cursor":null}'
+    return web.Response(text=body, content_type="application/json")
+
+
 async def health(_: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -32,6 +45,7 @@ async def health(_: web.Request) -> web.Response:
 def make_app(redis_url: str) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/jobs", submit)
+    app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/healthz", health)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -25,6 +25,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from _e2e import phase_e2e
+from _listing import phase_listing
 from _load import drive, session
 from _procs import (
     BENCH_DIR,
@@ -218,6 +219,12 @@ def header(cfg: Config) -> str:
             f"bench, same worker settings; {cfg.warm_jobs} warm-up each; cap {cfg.e2e_max_s:.0f}s",
             f"latency : created_at -> steps[0].started_at of up to {cfg.seq_jobs} jobs run one at "
             f"a time (no queueing; cap {cfg.seq_max_s:.0f}s), and of the E2E jobs (all queued)",
+            f"memory  : INFO used_memory less client buffers, before and after the "
+            f"{cfg.workflows} measured E2E workflows, per workflow; MEMORY USAGE (SAMPLES 0) of "
+            "their records and of the stream",
+            f"listing : {cfg.list_jobs} finished {cfg.steps}-step jobs stored (record and indexes, "
+            f"by a Lua loop); {cfg.list_requests} GET /v1/jobs one at a time; baseline = bare "
+            "aiohttp app doing the same Redis reads, docs returned unparsed",
             f"vmorch  : defaults: lease_ms={s.lease_ms} sweep_interval_s={s.sweep_interval_s} "
             f"redispatch_after_s={s.redispatch_after_s} log_level={s.log_level}; "
             "a private redis-server per phase, appendonly no",
@@ -263,11 +270,13 @@ def main() -> int:
         http_max_s=15 if q else 30,
         e2e_max_s=30 if q else 60,
         seq_max_s=20 if q else 40,
+        list_jobs=20_000 if q else 100_000,
+        list_requests=300 if q else 1000,
     )
     print(header(cfg), flush=True)
     ok = False
     try:
-        rows = phase_http(cfg) + phase_e2e(cfg)
+        rows = phase_http(cfg) + phase_e2e(cfg) + phase_listing(cfg)
         ok = True
     except KeyboardInterrupt:
         note("interrupted; everything started was stopped")

@@ -31,5 +31,9 @@ class LoopThread:
             raise
 
     def stop(self) -> None:
+        """Stop the loop and close it (its selector and self-pipe): a loop left open warns
+        when it is collected, in whatever test or task happens to run then."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()

@@ -25,6 +25,7 @@ from orchestrator.store.hooks import HookStore
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
+from orchestrator.store.retention import JobRetention, RetentionPolicy
 from orchestrator.store.tokens import TokenStore
 from orchestrator.store.waits import Waits
 
@@ -50,6 +51,7 @@ class Services:
     settings: Settings
     redis: Redis
     jobs: JobStore
+    retention: JobRetention
     leases: Leases
     inventory: InventoryStore
     events: EventLog
@@ -77,6 +79,9 @@ class Services:
             settings=settings,
             redis=redis,
             jobs=jobs,
+            retention=JobRetention(
+                redis, RetentionPolicy(settings.job_retention_s, settings.job_retention_max)
+            ),
             leases=Leases(redis, settings.lease_ms),
             inventory=inventory,
             events=events,

@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(default=30.0, ge=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     event_stream_maxlen: int = Field(default=100_000, ge=100)
+    # Retention (run by the router): a finished job, its step journal and every index entry,
+    # fence and wait that names it, is deleted this long after it ended...
+    job_retention_s: float = Field(default=7 * 86400, gt=0)
+    # ...or sooner, oldest first, when more finished jobs than this are kept (about 2.5 KB
+    # of Redis memory each for 5 steps, record and index entries; its events are the
+    # stream's, bounded apart). Acknowledged alerts are kept job_retention_s.
+    job_retention_max: int = Field(default=100_000, ge=1)
+    # A worker not seen for this long is forgotten (every worker start adds a name).
+    worker_forget_after_s: float = Field(default=86400, ge=60)
+    # A router consumer idle this long, owning no pending event, leaves the group (every
+    # router start adds one; a live router that was only idle joins again at its next read).
+    router_consumer_idle_s: float = Field(default=86400, ge=60)
 
     # libvirt calls: transient errors are retried inside one call for at most this long.
     libvirt_retry_s: float = Field(default=20.0, ge=0)

@@ -65,7 +65,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             ],
         )
     cursor = q.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not JobStore.valid_cursor(cursor):
         raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
     vm_id = None
     if q.get("vm"):

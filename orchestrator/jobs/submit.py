@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import uuid
 
@@ -86,8 +85,7 @@ class Submitter:
             if known is not None:
                 if known[1] != sha:
                     raise Conflict(f"Idempotency-Key was used for job {known[0]} with another body")
-                with contextlib.suppress(NotFound):
-                    return await self.jobs.get(known[0]), True
+                return await self._replayed(known[0]), True
         job_id = str(uuid.uuid4())
         reserve: Vm | None = None
         link_update: dict[str, str] = {}
@@ -137,7 +135,7 @@ class Submitter:
             message=self.dispatcher.message(job.id, job.queue),
         )
         if res.status == "exists":
-            return await self.jobs.get(res.job_id), True
+            return await self._replayed(res.job_id), True
         if res.status == "mismatch":
             raise Conflict(f"Idempotency-Key was used for job {res.job_id} with another body")
         if res.status == "name_taken":
@@ -146,6 +144,19 @@ class Submitter:
                 details=[(["body", "name"], "name is taken")],
             )
         return job, False
+
+    async def _replayed(self, job_id: str) -> Job:
+        """The job an Idempotency-Key was used for. A key outlives its job when retention
+        deleted the finished job first (the cap can, within the key's TTL): the request
+        was carried out, so it is not run again (no vm.restart twice); the caller is told
+        to use a new key if it means to."""
+        try:
+            return await self.jobs.get(job_id)
+        except NotFound:
+            raise Conflict(
+                f"Idempotency-Key was used for job {job_id}, which has ended and been deleted "
+                "(retention); send a new key to submit again"
+            ) from None
 
     async def abort(self, job_id: str, reason: str = "") -> Job:
         """Queued: dropped at once. Running or waiting: stops at the next safe point, undoes."""

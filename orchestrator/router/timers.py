@@ -1,5 +1,5 @@
 """The router's timers: dispatch jobs whose timer passed (lost messages, dead workers,
-retries, wait deadlines), and keep the event stream bounded.
+retries, wait deadlines), and keep Redis bounded (`housekeeping`).
 
 Several routers may run: `claim_due` moves each claimed timer forward atomically, so they
 do not share a job.
@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from orchestrator.clock import due_in_ms
 from orchestrator.errors import NotFound
+from orchestrator.router.housekeeping import Housekeeping
 from orchestrator.services import Services
 from schemas.base import utcnow
 from schemas.jobs import Job, JobState, StepState
 
 log = logging.getLogger("vmorch.router")
-TRIM_EVERY_S = 1.0
 
 
 class Timers:
@@ -29,7 +28,7 @@ class Timers:
         self.jobs = services.jobs
         self.leases = services.leases
         self.dispatcher = services.dispatcher
-        self._next_trim = 0.0
+        self.keeper = Housekeeping(services)
 
     async def sweep(self) -> int:
         """Dispatch every due job no worker holds. Returns how many were dispatched."""
@@ -88,13 +87,5 @@ class Timers:
                 await asyncio.wait_for(stop.wait(), self.settings.sweep_interval_s)
 
     async def housekeeping(self) -> None:
-        """Every TRIM_EVERY_S: trim the event stream (never below what the routers' group
-        still owes)."""
-        now = time.monotonic()
-        if now < self._next_trim:
-            return
-        self._next_trim = now + TRIM_EVERY_S
-        s = self.settings
-        removed = await self.services.events.trim(s.router_group, s.event_stream_maxlen)
-        if removed:
-            log.debug("trimmed %d event(s)", removed)
+        """The event stream, retention and pruning, each on its own period."""
+        await self.keeper.run_due()

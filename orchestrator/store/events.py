@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from orchestrator.store import keys
+from orchestrator.store import keys, lua
 from schemas.base import utcnow
 from schemas.events import Event
 
@@ -62,6 +62,7 @@ class EventLog:
 
     def __init__(self, redis: Redis):
         self.redis = redis
+        self._forget_consumer = redis.register_script(lua.FORGET_CONSUMER)
 
     async def publish(self, event: Event) -> str:
         entry_id: str = await self.redis.xadd(keys.EVENTS, entry_fields(event))
@@ -95,6 +96,24 @@ class EventLog:
                 keys.EVENTS, minid=safe, approximate=True, limit=min(excess, TRIM_LIMIT)
             )
         )
+
+    async def forget_idle_consumers(self, group: str, idle_ms: int) -> list[str]:
+        """Remove the group's consumers that have owned no entry and made no call for
+        `idle_ms` (each router start adds a consumer name). A consumer with pending entries
+        is kept: deleting it would drop them from the pending list unhandled. Removing a
+        live but idle router is harmless: its next read makes its consumer again."""
+        try:
+            consumers = await self.redis.xinfo_consumers(keys.EVENTS, group)
+        except ResponseError:  # no stream or no group yet
+            return []
+        gone = []
+        for c in consumers:
+            if int(c["pending"]) or int(c["idle"]) <= idle_ms:
+                continue
+            # checked again in the script: it may have read an entry since XINFO
+            if await self._forget_consumer(keys=[keys.EVENTS], args=[group, c["name"]]):
+                gone.append(str(c["name"]))
+        return gone
 
     async def _oldest_unhandled(self, group: str) -> str | None:
         """The oldest entry `group` still owes an action: its oldest pending entry, or the

@@ -24,6 +24,7 @@ from schemas.base import utcnow
 from schemas.events import Event
 
 GRACE_S = 5.0  # an event the agent saw up to this long after its job ended is still the job's
+FORGET_AFTER_S = GRACE_S * 4  # an expectation of a job ended this long ago is removed
 TTL_S = 24 * 3600
 
 
@@ -49,10 +50,26 @@ class Expectations:
         key = keys.expectations(vm_id)
         item = f"{job_id}|{','.join(sorted(types))}"
         doc = json.dumps({"job": job_id, "types": sorted(types), "at": utcnow().isoformat()})
+        stale = await self._long_ended(await self.redis.hgetall(key))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hsetnx(key, item, doc)
+        if stale:
+            pipe.hdel(key, *stale)
         pipe.expire(key, TTL_S)
         await pipe.execute()
+
+    async def _long_ended(self, entries: dict[str, str]) -> list[str]:
+        """The expectations whose jobs ended so long ago no event can be theirs any more.
+
+        Without this, a VM that keeps getting jobs (its key's TTL refreshed each time) would
+        keep an entry for every job it ever had, each looked at for every event about it."""
+        if not entries:
+            return []
+        items = list(entries)
+        jobs = [json.loads(entries[i])["job"] for i in items]
+        cutoff_ms = (utcnow().timestamp() - FORGET_AFTER_S) * 1000
+        ended = await self.redis.zmscore(keys.JOBS_ENDED, jobs)
+        return [i for i, ms in zip(items, ended, strict=True) if ms is not None and ms < cutoff_ms]
 
     async def attribute(self, event: Event, jobs: JobStore) -> str | None:
         """The id of the job whose expectation `event` consumes, or None when no job of
@@ -75,7 +92,7 @@ class Expectations:
             )
             if not live:
                 if job is None or (
-                    job.ended_at and utcnow() - job.ended_at > timedelta(seconds=GRACE_S * 4)
+                    job.ended_at and utcnow() - job.ended_at > timedelta(seconds=FORGET_AFTER_S)
                 ):
                     await self.redis.hdel(key, item)  # long over: forget it
                 continue

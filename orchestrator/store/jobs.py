@@ -8,6 +8,7 @@ their fencing token: a worker whose lease has gone gets `fenced` and must stop.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from orchestrator.errors import Conflict, LeaseLost, NotFound
+from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
 from orchestrator.store import keys, lua
 from orchestrator.store.events import make_event
 from schemas.base import utcnow
@@ -23,8 +24,11 @@ from schemas.inventory import Vm
 from schemas.jobs import TRANSITIONS, Job, JobState
 
 MAX_SCAN = 2000  # job records one listing call reads at most
+# a listing cursor: created µs, then (optional, from this version on) the job id there
+CURSOR_RE = re.compile(r"(?P<score>[0-9]{1,20})(?:-(?P<job_id>[0-9a-f-]{36}))?", re.ASCII)
 CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
 Mutation = Callable[[Job], Job | None]
+Entries = list[tuple[str, int]]  # (job id, score) from an index
 
 
 def now_ms() -> int:
@@ -36,7 +40,11 @@ def _created_us(job: Job) -> int:
 
 
 def job_event(job: Job, old: JobState | None, source: str, step: str | None = None) -> str:
-    """The event for a job change: `job.<state>` on a transition, `job.step` otherwise."""
+    """The event for a job change: `job.<state>` on a transition, `job.step` otherwise.
+
+    A step's event says which step and the state it went to, not the whole step list: a
+    job emits two events per step, and a list in each made the stream's share of a job grow
+    with the square of its steps (the journal is the job's, `GET /v1/jobs/{id}`)."""
     changed = old != job.state
     data: dict[str, Any] = {
         "job_id": job.id,
@@ -52,9 +60,33 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["hook_id"] = job.links.hook_id
     if step is not None:
         data["step"] = step
-        data["steps"] = [{"name": s.name, "state": s.state.value} for s in job.steps]
+        record = next((s for s in job.steps if s.name == step), None)
+        if record is not None:
+            data["step_state"] = record.state.value
     kind = f"job.{job.state.value}" if changed else "job.step"
     return make_event(kind, source, job.id, data).model_dump_json()
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a listing stands in an index: a score (created µs) and the job id there. No
+    id (a cursor of an older version, score only): every job of that score is passed."""
+
+    score: int
+    job_id: str | None = None
+
+
+def parse_cursor(cursor: str | None) -> Position | None:
+    if cursor is None:
+        return None
+    m = CURSOR_RE.fullmatch(cursor)
+    if m is None:
+        raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
+    return Position(int(m["score"]), m["job_id"])
+
+
+def format_cursor(pos: Position) -> str:
+    return str(pos.score) if pos.job_id is None else f"{pos.score}-{pos.job_id}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +149,7 @@ class JobStore:
             ],
             args=[
                 job.id,
-                job.model_dump_json(),
+                self.stored_doc(job),
                 created,
                 f"{job.id} {request_sha}" if idem_key else "",
                 self.idem_ttl_s,
@@ -154,13 +186,16 @@ class JobStore:
         return v.job
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
+        return [Job.model_validate_json(d) for d in await self._docs(job_ids) if d is not None]
+
+    async def _docs(self, job_ids: list[str]) -> list[str | None]:
+        """The stored docs of `job_ids`, in one round trip (None for a job that is gone)."""
         if not job_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for jid in job_ids:
             pipe.hget(keys.job(jid), "doc")
-        docs = await pipe.execute()
-        return [Job.model_validate_json(d) for d in docs if d is not None]
+        return list(await pipe.execute())
 
     async def commit(
         self,
@@ -197,7 +232,7 @@ class JobStore:
             args=[
                 before.version,
                 "" if fence is None else str(fence),
-                after.model_dump_json(),
+                self.stored_doc(after),
                 after.state.value,
                 job_event(after, old.state, source, step) if emit else "",
                 old.id,
@@ -282,6 +317,22 @@ class JobStore:
     async def clear_due(self, job_id: str) -> None:
         await self.redis.zrem(keys.JOBS_DUE, job_id)
 
+    @staticmethod
+    def stored_doc(job: Job) -> str:
+        """The record's `doc` field: the job without the fields that hold their defaults
+        (nulls, empty lists, zero counts: about a fifth of a finished job's record), which
+        reads back as the same Job. Its request and wait are kept whole, so that a default
+        changed in a later version does not change what a stored job asked for."""
+        rest = job.model_dump_json(exclude_defaults=True, exclude={"request", "wait"})
+        wait = "" if job.wait is None else f',"wait":{job.wait.model_dump_json()}'
+        # `rest` is an object with `id` at least: splice the two fields in after its brace
+        return f'{{"request":{job.request.model_dump_json()}{wait},{rest[1:]}'
+
+    @staticmethod
+    def valid_cursor(cursor: str) -> bool:
+        """Whether `cursor` is one `list` hands out (or an older score-only one); ASCII only."""
+        return CURSOR_RE.fullmatch(cursor) is not None
+
     async def list(
         self,
         *,
@@ -295,6 +346,9 @@ class JobStore:
 
         At most `MAX_SCAN` records are read per call: a sparse filter returns a short page
         with a cursor to go on from, rather than walking the whole index in one request.
+        The cursor is the last position scanned, `<created µs>-<job id>`: jobs created in
+        the same microsecond (two api processes) are told apart by id, so a page boundary
+        among them neither skips nor repeats one.
         """
         index = (
             keys.jobs_vm(vm_id)
@@ -306,29 +360,55 @@ class JobStore:
             else keys.JOBS_ALL
         )
         out: list[Job] = []
-        max_score: str = "+inf" if cursor is None else f"({cursor}"
+        pos = parse_cursor(cursor)
         scanned = 0
+        # the index itself answers one filter: its entries match it, but for a job changed
+        # between the two reads; with more filters, read ahead for the ones that do not
+        exact = sum(1 for f in (state, kind, vm_id) if f) <= 1
         while len(out) < limit:
-            if scanned >= MAX_SCAN:
-                return out, max_score[1:]
-            batch = await self.redis.zrevrangebyscore(
-                index, max_score, "-inf", start=0, num=max(limit * 2, 100), withscores=True
-            )
+            if scanned >= MAX_SCAN and pos is not None:
+                return out, format_cursor(pos)
+            want = limit - len(out) if exact else max(limit * 2, 100)
+            batch = await self._entries_after(index, pos, want)
             scanned += len(batch)
             if not batch:
                 return out, None
-            jobs = {j.id: j for j in await self.get_many([jid for jid, _ in batch])}
-            for jid, score in batch:
-                job = jobs.get(jid)
-                max_score = f"({int(score)}"
+            docs = await self._docs([jid for jid, _ in batch])
+            for (jid, score), doc in zip(batch, docs, strict=True):
+                pos = Position(score, jid)
+                if doc is None:
+                    continue  # deleted between the two reads
+                job = Job.model_validate_json(doc)  # only as many as the page takes
                 if (
-                    job is None
-                    or (state and job.state != state)
+                    (state and job.state != state)
                     or (kind and job.kind != kind)
                     or (vm_id and job.links.vm_id != vm_id)
                 ):
                     continue
                 out.append(job)
                 if len(out) == limit:
-                    return out, str(int(score))
+                    return out, format_cursor(pos)
         return out, None
+
+    async def _entries_after(self, index: str, pos: Position | None, count: int) -> Entries:
+        """Up to `count` (job id, score) entries of `index` that come after `pos` newest
+        first, the order ZREVRANGEBYSCORE returns: score descending, then id descending
+        (Redis orders equal scores by member, bytewise; ids are ASCII, as Python compares).
+
+        The ties of `pos`'s score are read whole and those not yet passed kept: ties are
+        jobs created in one microsecond, a handful at most."""
+        if pos is None:
+            raw = await self.redis.zrevrangebyscore(
+                index, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+            return [(m, int(s)) for m, s in raw]
+        out: Entries = []
+        if pos.job_id is not None:
+            ties = await self.redis.zrevrangebyscore(index, pos.score, pos.score)
+            out = [(m, pos.score) for m in ties if m < pos.job_id][:count]
+        if len(out) < count:
+            raw = await self.redis.zrevrangebyscore(
+                index, f"({pos.score}", "-inf", start=0, num=count - len(out), withscores=True
+            )
+            out += [(m, int(s)) for m, s in raw]
+        return out

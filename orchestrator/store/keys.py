@@ -1,26 +1,35 @@
 """Every Redis key vmorch uses, in one place. Prefix: `vmorch:`.
 
-Jobs (owner: job store; lifetime: until deleted by retention, not in this release)
-- job:{id}                hash   doc (Job JSON), state, version (CAS counter)
+Jobs (owner: job store; lifetime: a finished job, with every entry below that names it, is
+deleted by the router's retention (store/retention.py) job_retention_s after it ended, or
+sooner when more than job_retention_max finished jobs are kept; the oldest go first)
+- job:{id}                hash   doc (Job JSON, with the step journal), state, version (CAS
+                                 counter)
 - jobs:all                zset   job id -> created µs; newest-first listing
 - jobs:state:{state}      zset   job id -> created µs; one per job state
 - jobs:kind:{kind}        zset   job id -> created µs
 - jobs:vm:{vm_id}         zset   job id -> created µs; jobs that worked on a VM
 - jobs:queued:{queue}     zset   job id -> created µs; queued jobs per Celery queue
-- jobs:ended              zset   job id -> ms it ended; retention deletes the oldest
+- jobs:ended              zset   job id -> ms it ended (written by the terminal commit); the
+                                 retention's queue: it deletes from the oldest end
 - jobs:due                zset   job id -> ms when the router must (re)dispatch it unless leased;
                                  covers lost messages, dead workers and retry timers
-- vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head runs
-- idem:{key}              string "<job id> <request sha256>"; TTL idempotency_ttl_s
-Leases (owner: engine runner)
+- vmq:{vm_id}             list   the VM's operation queue: job ids in submission order, head
+                                 runs; a job leaves it in its terminal commit
+- idem:{key}              string "<job id> <request sha256>"; TTL idempotency_ttl_s, kept
+                                 when retention deletes the job (a replay then gets 409)
+Leases (owner: engine runner; deleted with their job by retention)
 - lease:{job_id}          string fencing token of the worker running the job; PX lease_ms
-- fence:{job_id}          string counter; INCR gives each lease a new fencing token
+- fence:{job_id}          string counter; INCR gives each lease a new fencing token (never
+                                 made for a job that is gone)
 Events
 - events                  stream every event envelope (JSON in field `e`); trimmed by the router
-                                 to about event_stream_maxlen, never below what its group owes
+                                 to about event_stream_maxlen, never below what its group owes.
+                                 Group `router_group`: a consumer per router start; the router
+                                 removes those idle router_consumer_idle_s with nothing pending
 - events:dead             stream unreadable entries set aside (raw fields); MAXLEN ~ 10000
 - events:lost             string count of entries trimmed before a router handled them
-Inventory (owner: inventory store; lifetime: until removed)
+Inventory (owner: inventory store; lifetime: until removed; a VM's keys go with its record)
 - pool:{name} / server:{name} / template:{name}   string  JSON of the model
 - pools / servers / templates                      set     names
 - vm:{id}                 string JSON of Vm, as provisioned (owner: workflows)
@@ -30,33 +39,47 @@ Inventory (owner: inventory store; lifetime: until removed)
 - vms                     zset   vm id -> created ms
 - vms:server:{server}     set    ids of the VMs placed on the server (HA covers them all)
 - vmname:{name}           string vm id (names are unique)
-Auth
+Auth (lifetime: until revoked)
 - token:{sha256}          string JSON of TokenInfo; the token itself is never stored
 - tokens                  hash   token id -> sha256 (for listing and revoking)
 Waits and attribution (owner: engine runner and router)
-- wait:{job_id}           string JSON of WaitInfo while the job waits (the matched event too)
-- waits:{subject}         set    job ids waiting for an event about this subject
+- wait:{job_id}           string JSON of WaitInfo while the job waits (the matched event too);
+                                 deleted when the wait ends, or with its job by retention
+- waits:{subject}         set    job ids waiting for an event about this subject (likewise)
 - expect:{vm_id}          hash   job id -> JSON event-type globs the job's action will cause;
-                                 TTL 1 day, entries of long-ended jobs removed by the router
-Hooks (owner: API for definitions, router for firings)
+                                 TTL 1 day from the last expectation; entries of jobs ended
+                                 over 20 s ago are removed at the VM's next expectation and
+                                 when an event matches them, and with their job by retention
+Hooks (owner: API for definitions, router for firings; a hook's keys go with the hook)
 - hooks                   set    hook ids;  hooks:version  string  new token at every change
 - hook:{id}               string JSON of Hook;  hooksecret:{id} string its webhook secret
 - hookruns:{id}           list   JSON HookRun, newest first, trimmed to 1000
 - hooksuppressed:{id}     string count of firings skipped by flood control
 - hookfired:{id}:{ev}:{s} string "busy" while a router acts (PX hook_lease_ms), then "done"
-                                 (TTL 7 days): each (hook, event, subject) acts once
-- hookflood:{id}:{subj}   string present while the hook's window for a subject is open
+                                 (TTL hook_firing_ttl_s): each (hook, event, subject) acts once
+- hookflood:{id}:{subj}   string present while the hook's window for a subject is open (PX
+                                 window_s)
 HA and alerts (owner: router and the HA workflow)
-- harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window
+- harestarts:{vm_id}      zset   restart attempt -> ms, within the HA window (PX window + 60 s)
 - alerts                  hash   alert id -> JSON (an error an operator must acknowledge)
+- alerts:raised           zset   alert id -> µs raised: every alert, listed newest first
+- alerts:open             zset   alert id -> µs raised: those not yet acknowledged (kept until
+                                 they are)
+- alerts:acked            zset   alert id -> ms acknowledged; the router deletes those
+                                 acknowledged job_retention_s ago (from all four)
 - vmdesired:{vm_id}       string "running" or "stopped": what the last start/stop job asked for;
-                                 HA restarts only VMs meant to run (owner: workflows)
+                                 HA restarts only VMs meant to run (owner: workflows; deleted
+                                 with the VM, like vmstate)
 Agents
-- serverdown:{server}     string ms since when the agent has found its server unreachable
-- agent:{server}:last     hash   domain uuid -> state last published (owner: that server's agent)
+- serverdown:{server}     string ms since when the agent has found its server unreachable;
+                                 deleted when it answers again
+- agent:{server}:last     hash   domain uuid -> state last published (owner: that server's
+                                 agent; an entry per domain on the server, removed when it goes)
 Workers
-- workers                 zset   worker name -> last heartbeat ms
+- workers                 zset   worker name -> last heartbeat ms; a name per worker start, the
+                                 router removes those not seen for worker_forget_after_s
 - worker:{name}           string the queues it consumes, comma-separated; TTL 60 s
+Celery queues (vmorch.pool.*, vmorch.default, vmorch.noop): lists of messages, consumed
 """
 
 from __future__ import annotations
@@ -194,6 +217,9 @@ def hook_flood(hook_id: str, subject: str) -> str:
 
 
 ALERTS = f"{PREFIX}alerts"
+ALERTS_RAISED = f"{PREFIX}alerts:raised"
+ALERTS_OPEN = f"{PREFIX}alerts:open"
+ALERTS_ACKED = f"{PREFIX}alerts:acked"
 
 
 def ha_restarts(vm_id: str) -> str:

@@ -23,7 +23,8 @@ class Leases:
         self._release_push = redis.register_script(lua.RELEASE_AND_PUSH)
 
     async def acquire_and_read(self, job_id: str) -> tuple[int, str, str] | None:
-        """(token, job doc, version), or None if another worker holds the job."""
+        """(token, job doc, version), or None if another worker holds the job; for a job
+        that is gone, (0, "", ""), and no lease was taken."""
         res = await self._acquire_read(
             keys=[keys.lease(job_id), keys.fence(job_id), keys.job(job_id)], args=[self.lease_ms]
         )

@@ -94,11 +94,51 @@ return {'ok', head}
 ACQUIRE_AND_READ = """
 -- KEYS: lease fence job   ARGV: lease_ms
 -- Take the lease and read the job in one round trip: {token, doc, version} or false.
+-- A job that is gone (deleted by retention; a stale message) gets {0, '', ''}, and no
+-- lease or fence key is made for it: nothing would ever delete them.
+if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '', ''} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
 local h = redis.call('HMGET', KEYS[3], 'doc', 'version')
 return {t, h[1] or '', h[2] or ''}
+"""
+
+PURGE_STRIDE = 10  # keys PURGE_JOBS takes per job
+PURGE_JOBS = """
+-- KEYS: all ended due, then the ARGV[1] jobs:state:* zsets, then PURGE_STRIDE keys per
+--       job: job kind vmjobs queued fence lease wait waits_on waits_on(doc's wait) expect
+-- ARGV: number of state zsets, stride, then one job id per job
+-- Deletes each finished job (one still in `ended`: another router may have been first)
+-- with every entry that names it. Returns how many jobs were deleted.
+local nstates, stride = tonumber(ARGV[1]), tonumber(ARGV[2])
+local shared = 3 + nstates
+local deleted = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local k = shared + (i - 3) * stride
+  if redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('DEL', KEYS[k + 1], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7])
+    for z = 1, shared do redis.call('ZREM', KEYS[z], id) end
+    for z = k + 2, k + 4 do redis.call('ZREM', KEYS[z], id) end
+    redis.call('SREM', KEYS[k + 8], id)
+    redis.call('SREM', KEYS[k + 9], id)
+    -- the job's expectations: fields '<job id>|<types>'
+    for _, f in ipairs(redis.call('HKEYS', KEYS[k + 10])) do
+      if string.sub(f, 1, #id + 1) == id .. '|' then redis.call('HDEL', KEYS[k + 10], f) end
+    end
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+FORGET_CONSUMER = """
+-- KEYS: events   ARGV: group consumer
+-- Remove a consumer from the group only if it owns no pending entry (they would be lost).
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 RELEASE_AND_PUSH = """

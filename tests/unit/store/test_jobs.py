@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator.errors import Conflict
-from schemas.jobs import TRANSITIONS, JobState
+from schemas.jobs import TRANSITIONS, Job, JobState
 from tasks.testing import Engine
 
 
@@ -27,8 +29,6 @@ def test_every_transition_emits_an_event(engine: Engine) -> None:
     job = engine.submit({"kind": "noop", "steps": 1})
     engine.drain()
     entries = engine.run(engine.redis.xrange("vmorch:events"))
-    import json
-
     types = [
         json.loads(f["e"])["type"] for _, f in entries if json.loads(f["e"])["subject"] == job.id
     ]
@@ -68,3 +68,43 @@ def test_listing_is_newest_first_filtered_and_paged(engine: Engine) -> None:
     assert [j.id for j in aborted] == [ids[0]]
     queued, _ = engine.run(engine.jobs.list(state="queued", kind="noop"))
     assert len(queued) == 4
+
+
+def test_a_record_is_stored_without_defaults_and_reads_back_whole(engine: Engine) -> None:
+    # given: jobs in several shapes (finished, failed with an error, waiting, queued with
+    # an Idempotency-Key)
+    done = engine.submit({"kind": "noop", "steps": 2})
+    failed = engine.submit({"kind": "noop", "steps": 2, "fail_at": 1})
+    waiting = engine.submit({"kind": "noop", "steps": 1, "wait_for": "x.y", "wait_timeout_s": 60})
+    engine.drain(horizon_s=0)
+    queued = engine.submit({"kind": "noop"}, idem_key="k", idem_scope="s")
+    for job_id in (done.id, failed.id, waiting.id, queued.id):
+        job = engine.get(job_id)
+        stored = json.loads(engine.run(engine.redis.hget(f"vmorch:job:{job_id}", "doc")))
+        # then: no null or empty default is stored, but the request is whole...
+        assert "abort_requested" not in stored and "undone_steps" not in stored
+        assert all("retry_at" not in s for s in stored.get("steps", []))
+        assert stored["request"] == job.request.model_dump(mode="json")
+        # ...and the record reads back as the job, and the API shows every field
+        assert Job.model_validate(stored) == job
+        assert set(json.loads(job.model_dump_json())) == set(Job.model_fields)
+    assert engine.get(waiting.id).wait is not None
+    assert engine.get(failed.id).error is not None
+
+
+def test_a_step_event_names_its_step_and_the_state_it_went_to(engine: Engine) -> None:
+    job = engine.submit({"kind": "noop", "steps": 2})
+    engine.drain()
+    data = [
+        json.loads(f["e"])["data"]
+        for _, f in engine.run(engine.redis.xrange("vmorch:events"))
+        if json.loads(f["e"])["subject"] == job.id
+    ]
+    steps = [(d["step"], d["step_state"]) for d in data if "step" in d]
+    assert steps == [
+        ("noop-1", "running"),
+        ("noop-1", "done"),
+        ("noop-2", "running"),
+        ("noop-2", "done"),
+    ]
+    assert all("steps" not in d for d in data)

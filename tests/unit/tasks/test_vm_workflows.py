@@ -2,71 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import libvirt
 import pytest
 
-from schemas.inventory import (
-    Inventory,
-    Network,
-    Repository,
-    Server,
-    ServerPool,
-    Template,
-    TemplateDisk,
-)
 from schemas.jobs import JobState
 from tasks.testing import Engine
-
-URI = "test:///default"
-
-
-@pytest.fixture
-def conn() -> Iterator[libvirt.virConnect]:
-    # The in-process test driver keeps its state while a connection is open.
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    c = libvirt.open(URI)
-    for d in c.listAllDomains():
-        if d.isActive():
-            d.destroy()
-        d.undefine()
-    if "repo-u" not in c.listStoragePools():
-        sp = c.storagePoolDefineXML(
-            "<pool type='dir'><name>repo-u</name><target><path>/repo-u</path></target></pool>"
-        )
-        sp.create()
-    sp = c.storagePoolLookupByName("repo-u")
-    for v in sp.listVolumes():
-        sp.storageVolLookupByName(v).delete(0)
-    sp.createXML("<volume><name>base.img</name><capacity>1048576</capacity></volume>", 0)
-    yield c
-    c.close()
+from tests.unit.conftest import FLEET
 
 
 @pytest.fixture
 def fleet(engine: Engine, conn: libvirt.virConnect) -> Engine:
-    inv = Inventory(
-        pools=[
-            ServerPool(
-                name="pool-u",
-                repository=Repository(name="repo-u"),
-                networks=[Network(name="default")],
-                servers=["srv-u"],
-            )
-        ],
-        servers=[Server(name="srv-u", pool="pool-u", uri=URI)],
-        templates=[
-            Template(name="t1", repository="repo-u", disks=[TemplateDisk(volume="base.img")]),
-            Template(
-                name="broken",
-                repository="repo-u",
-                disks=[TemplateDisk(volume="base.img"), TemplateDisk(volume="missing.img")],
-            ),
-        ],
-    )
-    engine.run(engine.inventory.load(inv))
+    engine.run(engine.inventory.load(FLEET))
     return engine
 
 
