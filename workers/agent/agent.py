@@ -36,8 +36,10 @@ from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
 from orchestrator.store.events import make_event
+from orchestrator.store.expectations import Expectations
 from schemas.events import Event
 from schemas.inventory import Server, VmState
+from workers.agent.coalesce import CoalescingRedis
 from workers.hypervisor.adapter import silence_libvirt_errors
 from workers.hypervisor.events import DomainEvent, EventConnection, Keepalive
 from workers.hypervisor.states import observed_change
@@ -81,7 +83,7 @@ class ServerWatch:
         self.events = services.events
         self.inventory = services.inventory
         self.jobs = services.jobs
-        self.expectations = services.expectations
+        self.expectations = Expectations(CoalescingRedis(services.redis))
         self.ha = services.ha
         self.keepalive = Keepalive(s.libvirt_keepalive_interval_s, s.libvirt_keepalive_count)
         self.batch_max = s.agent_batch_max
@@ -170,7 +172,7 @@ class ServerWatch:
                 )
             return event
 
-        # each event on its own, all at once (they only read); published in order
+        # each event on its own, all at once: their reads share a round trip (`coalesce`)
         events = await asyncio.gather(*(attributed(ev) for ev in evs))
         await self.events.publish_many(events)
         final = {ev.uuid: ev.state for ev in evs if ev.state is not None}
