@@ -150,3 +150,16 @@ def _eventually(fn: Any, timeout_s: float = 5.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def test_a_probe_gets_its_own_shorter_deadline(release: threading.Event) -> None:
+    # given a server whose calls usually get 30 s, probed with 0.2 s (HA's "is it up?")
+    link = Connection(URI, CallLimits(timeout_s=30))
+    probe = Hypervisor(URI, retry_s=0.2, connection=link, timeout_s=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(HypervisorTimeout):
+        probe._call("hang", lambda c: release.wait(10))
+    assert time.monotonic() - t0 < 1.0
+    # and failing fast afterwards lasts that deadline, not the usual one
+    time.sleep(0.25)
+    assert link.call(lambda c: c.getType()) == "TEST"

@@ -84,11 +84,13 @@ class Hypervisor:
         limits: CallLimits | None = None,
         connection: Connection | None = None,
         check: Check | None = None,
+        timeout_s: float | None = None,
     ):
         self.uri = uri
         self.retry_s = retry_s
         self._link = connection or Connection(uri, limits)
         self._check = check
+        self._timeout_s = timeout_s  # a shorter deadline than the connection's, if set
         # Transient errors: exponential backoff with jitter, bounded by time.
         self._retrying = Retrying(
             retry=retry_if_exception(_retried),
@@ -111,9 +113,12 @@ class Hypervisor:
     ) -> T:
         """`fn(conn)` as one libvirt call named `what` (in logs and errors)."""
 
+        shorter = [x for x in (timeout_s, self._timeout_s) if x]
+        limit_s = min(shorter) if shorter else None
+
         def attempt() -> T:
             try:
-                return self._link.call(fn, timeout_s=timeout_s, check=self._check)
+                return self._link.call(fn, timeout_s=limit_s, check=self._check)
             except libvirt.libvirtError as e:
                 raise classify(e) from e
             except HypervisorTimeout as e:
@@ -330,15 +335,21 @@ class Hypervisors:
     def from_settings(cls, settings: Settings) -> Hypervisors:
         return cls(settings.libvirt_retry_s, call_limits(settings))
 
-    def get(self, uri: str, retry_s: float | None = None, check: Check | None = None) -> Hypervisor:
-        """The adapter for `uri`, with this process's retry budget or `retry_s`, and calls
-        interrupted when `check` raises."""
+    def get(
+        self,
+        uri: str,
+        retry_s: float | None = None,
+        check: Check | None = None,
+        timeout_s: float | None = None,
+    ) -> Hypervisor:
+        """The adapter for `uri`, with this process's retry budget or `retry_s`, calls
+        interrupted when `check` raises, and a deadline shorter than usual if `timeout_s`."""
         with self._lock:
             link = self._links.get(uri)
             if link is None:
                 link = self._links[uri] = Connection(uri, self.limits)
         budget = self.retry_s if retry_s is None else retry_s
-        return Hypervisor(uri, budget, connection=link, check=check)
+        return Hypervisor(uri, budget, connection=link, check=check, timeout_s=timeout_s)
 
     def close(self) -> None:
         with self._lock:

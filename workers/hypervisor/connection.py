@@ -82,6 +82,7 @@ class Connection:
         self._current: _Opened | None = None
         self._hung_calls = 0  # calls that timed out and have not returned yet
         self._hung_at = 0.0  # monotonic time of the latest timeout
+        self._hung_window_s = 0.0  # ...and that call's deadline: how long to fail fast
 
     def call(
         self,
@@ -102,7 +103,7 @@ class Connection:
             self._wait(call, limit_s, check)
         except BaseException as e:
             timed_out = isinstance(e, HypervisorTimeout)
-            if self._abandon(call, timed_out) or not timed_out:
+            if self._abandon(call, timed_out, limit_s) or not timed_out:
                 raise
         return call.outcome()  # done (also when it finished right at the deadline)
 
@@ -118,9 +119,9 @@ class Connection:
             if not self._hung_calls:
                 return
             since_s = time.monotonic() - self._hung_at
-            if since_s < self.limits.timeout_s:
+            if since_s < self._hung_window_s:
                 raise HypervisorTimeout(
-                    f"{self.uri}: no answer to a call for more than {self.limits.timeout_s:g} s"
+                    f"{self.uri}: no answer to a call for more than {self._hung_window_s:g} s"
                     f" (timed out {since_s:.1f} s ago); not trying again yet"
                 )
 
@@ -132,7 +133,7 @@ class Connection:
             if time.monotonic() >= deadline:
                 raise HypervisorTimeout(f"{self.uri}: no answer within {limit_s:g} s")
 
-    def _abandon(self, call: _Call[Any], timed_out: bool) -> bool:
+    def _abandon(self, call: _Call[Any], timed_out: bool, limit_s: float) -> bool:
         """Give up on `call`; False when it has finished after all."""
         with self._lock, call.lock:
             if call.done.is_set():
@@ -142,6 +143,7 @@ class Connection:
             if timed_out:
                 self._hung_calls += 1
                 self._hung_at = time.monotonic()
+                self._hung_window_s = limit_s
                 if call.opened is not None:
                     self._retire(call.opened)
         if timed_out:
