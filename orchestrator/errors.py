@@ -29,6 +29,13 @@ class HypervisorUnavailable(Retryable):
     code = "hypervisor_unavailable"
 
 
+class HypervisorTimeout(HypervisorUnavailable):
+    """A libvirt call got no answer within its deadline (a hung daemon, a black-holed link).
+
+    Retried as a new attempt of the step, never inside the call: waiting once is enough.
+    Same code as its parent, as clients see it the same way."""
+
+
 class RetryLater(Retryable):
     """A step asks to be run again after `delay_s` (deliberate control flow, not a failure)."""
 

@@ -53,6 +53,19 @@ class Settings(BaseSettings):
 
     # libvirt calls: transient errors are retried inside one call for at most this long.
     libvirt_retry_s: float = Field(default=20.0, ge=0)
+    # Each libvirt call (one try) gets no more than this to answer; then the step's attempt
+    # fails as retryable: a hung daemon does not hold a worker slot. Volume copies get longer.
+    libvirt_call_timeout_s: float = Field(default=30.0, gt=0)
+    libvirt_copy_timeout_s: float = Field(default=1800.0, gt=0)
+    # Every connection (workers and agents) pings its daemon this often and is closed by
+    # libvirt after this many unanswered pings: a dead daemon is noticed in about 8 s.
+    libvirt_keepalive_interval_s: int = Field(default=2, ge=1)
+    libvirt_keepalive_count: int = Field(default=3, ge=1)
+    # Agents: live events wait in a queue of at most this many; when it is full the agent
+    # stops taking them and compares states once it has caught up (nothing is lost).
+    # They are published in batches of up to agent_batch_max, one round trip each.
+    agent_queue_max: int = Field(default=10_000, ge=1)
+    agent_batch_max: int = Field(default=200, ge=1)
 
     # Fault injection for chaos drills and tests (off by default): sleep before every step,
     # and fail for good the steps named "<job kind>:<step name>".

@@ -35,7 +35,7 @@ class Runtime:
         async def make() -> Services:
             return Services.build(settings, connect(settings))
 
-        return cls(settings, loop, loop.run(make()), Hypervisors(settings.libvirt_retry_s))
+        return cls(settings, loop, loop.run(make()), Hypervisors.from_settings(settings))
 
     @property
     def redis(self) -> Redis:

@@ -97,9 +97,10 @@ class StepContext:
         self.run(self.runtime.expectations.expect(vm_id, self.job.id, types))
 
     def hypervisor(self, server: str, probe_s: float | None = None) -> Hypervisor:
-        """The server's adapter (`probe_s`: give up on an unreachable server after this
-        long instead of the usual retry budget). Also a safe point: no hypervisor change
-        after losing the lease."""
+        """The server's adapter (`probe_s`: give up on an unreachable or hung server after
+        this long, instead of the usual retry budget and call deadline). Also a safe point:
+        no hypervisor change after losing the lease; and its calls stop waiting as soon as
+        one is reached (an abort, a lost lease), even while the hypervisor does not answer."""
         self.check()
         if self.token is not None and not self.run(
             self.runtime.leases.holds(self.job.id, self.token)
@@ -107,7 +108,9 @@ class StepContext:
             self.lease_lost.set()
             self.check()
         srv = self.run(self.runtime.inventory.server(server))
-        return self.runtime.hypervisors.get(srv.uri, retry_s=probe_s)
+        return self.runtime.hypervisors.get(
+            srv.uri, retry_s=probe_s, check=self.check, timeout_s=probe_s
+        )
 
     def check(self) -> None:
         """A safe point: stop here if the lease is gone or an abort was asked for."""

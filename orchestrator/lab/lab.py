@@ -7,15 +7,12 @@ would look) holding the pool's templates. The fast kind serves libvirt's test dr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
-import libvirt
 from pydantic import BaseModel, Field
 
 from orchestrator.lab.libvirtd import LibvirtDaemon
@@ -28,7 +25,7 @@ from schemas.inventory import (
     Template,
     TemplateDisk,
 )
-from workers.hypervisor.adapter import Hypervisor
+from workers.hypervisor.adapter import Hypervisor, KeptOpen, silence_libvirt_errors
 
 GIB = 1024**3
 
@@ -75,25 +72,12 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
     return pools, templates
 
 
-def _seed_server(conn: libvirt.virConnect, pool: ServerPool, repo_path: Path) -> None:
+def _seed_server(hv: Hypervisor, pool: ServerPool, repo_path: Path) -> None:
     """Make a fresh test-driver server look like a member of `pool` (idempotent)."""
-    for dom in conn.listAllDomains():  # the test driver's preloaded demo domain
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
+    hv.remove_all_domains()  # the test driver's preloaded demo domain
     for net in pool.networks:
-        if net.name not in conn.listNetworks() + conn.listDefinedNetworks():
-            el = ET.Element("network")
-            ET.SubElement(el, "name").text = net.name
-            n = conn.networkDefineXML(ET.tostring(el, encoding="unicode"))
-            n.create()
-    name = pool.repository.name
-    if name not in conn.listStoragePools() + conn.listDefinedStoragePools():
-        el = ET.Element("pool", {"type": "dir"})
-        ET.SubElement(el, "name").text = name
-        ET.SubElement(ET.SubElement(el, "target"), "path").text = str(repo_path)
-        sp = conn.storagePoolDefineXML(ET.tostring(el, encoding="unicode"))
-        sp.create()
+        hv.ensure_network(net.name)
+    hv.ensure_dir_pool(pool.repository.name, str(repo_path))
 
 
 class Lab:
@@ -108,12 +92,12 @@ class Lab:
         self.daemons: dict[str, LibvirtDaemon] = {}
         # The test driver frees its shared state when the last connection to it closes, so
         # the lab keeps one connection open per server for as long as the server runs.
-        self.keepers: dict[str, libvirt.virConnect] = {}
+        self.keepers: dict[str, KeptOpen] = {}
         self._layout: tuple[dict[str, ServerPool], list[Template]] = ({}, [])
 
     def start(self) -> Inventory:
         # libvirt prints every error to stderr; seeding expects "not found" while it checks
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        silence_libvirt_errors()
         pools, templates = _layout(self.spec)
         self._layout = {p.name: p for p in pools}, templates
         servers: list[Server] = []
@@ -130,9 +114,9 @@ class Lab:
     def _start_server(self, pool: ServerPool, name: str) -> Server:
         """Start one server's daemon and seed it as a member of `pool`."""
         info = self.daemons[name].start()
-        conn = self.keepers[name] = libvirt.open(info.uri)
-        _seed_server(conn, pool, self.base_dir / "repos" / pool.repository.name)
         hv = Hypervisor(info.uri)
+        self.keepers[name] = hv.keep_open()
+        _seed_server(hv, pool, self.base_dir / "repos" / pool.repository.name)
         for t in self._layout[1]:
             if t.repository == pool.repository.name:
                 for d in t.disks:
@@ -143,11 +127,10 @@ class Lab:
 
     def kill_server(self, name: str) -> None:
         """SIGKILL a server's daemon (a crashed hypervisor, for chaos tests)."""
-        conn = self.keepers.pop(name, None)
+        kept = self.keepers.pop(name, None)
         self.daemons[name].kill()
-        if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+        if kept is not None:
+            kept.close()
 
     def restart_server(self, name: str) -> None:
         """Start a killed server again, seeded as before. The test driver keeps no state
@@ -156,9 +139,8 @@ class Lab:
         self._start_server(pool, name)
 
     def stop(self) -> None:
-        for conn in self.keepers.values():
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+        for kept in self.keepers.values():
+            kept.close()
         self.keepers.clear()
         for daemon in self.daemons.values():
             daemon.stop()

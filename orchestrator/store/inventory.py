@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -157,6 +158,19 @@ class InventoryStore:
             keys=[keys.vm(vm_id), keys.vm_state(vm_id)],
             args=[server or "", *(x for kv in fields.items() for x in kv)],
         )
+
+    async def add_vm_states(
+        self, pipe: Pipeline, states: Mapping[str, VmState], server: str | None = None
+    ) -> None:
+        """Add `set_vm_state` of each VM to `pipe` (the caller executes it): one round trip
+        for a batch of observations."""
+        at = utcnow().isoformat()
+        for vm_id, state in states.items():
+            await self._set_state(
+                keys=[keys.vm(vm_id), keys.vm_state(vm_id)],
+                args=[server or "", "state", state.value, "observed_at", at],
+                client=pipe,
+            )
 
     async def set_desired(self, vm_id: str, state: VmState, *, fence: Fence | None = None) -> None:
         """Record what a job asked the VM to be (running or stopped)."""

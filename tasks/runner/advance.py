@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -79,14 +80,18 @@ class Runner:
             self.to_dispatch.append(head)  # the next job on this VM
         return self.cur.job
 
-    def ctx(self, job: Job, attempt: int, outputs: Outputs) -> StepContext:
+    def ctx(
+        self, job: Job, attempt: int, outputs: Outputs, *, abortable: bool = True
+    ) -> StepContext:
+        """A step's context. An undo is not `abortable`: it is the abort's own work, so an
+        abort seen meanwhile must not stop it (a lost lease still does)."""
         return StepContext(
             job=job,
             runtime=self.rt,
             attempt=attempt,
             outputs=outputs,
             lease_lost=self.hb.lost,
-            abort_seen=self.hb.abort,
+            abort_seen=self.hb.abort if abortable else threading.Event(),
             token=self.token,
         )
 

@@ -59,7 +59,7 @@ def _undo(
     if not keep_failed:
         job = runner.update(lambda j: tr.with_step(j, idx, state=StepState.UNDOING), step=step.name)
     rec = job.steps[idx]
-    ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs})
+    ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs}, abortable=False)
     err: ErrorInfo | None = None
     if step.undo is not None:
         for attempt in range(1, runner.rt.settings.step_max_attempts + 1):

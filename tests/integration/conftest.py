@@ -174,9 +174,12 @@ def router(env: dict[str, str], workdir: Path) -> Iterator[Proc]:
 
 
 def _clean_lab(lab: Lab, inv: Inventory) -> None:
-    """Remove every domain and every non-template volume from the lab's servers."""
+    """Remove every domain and every non-template volume from the lab's running servers."""
     template_volumes = {d.volume for t in inv.templates for d in t.disks}
-    for conn in lab.keepers.values():
+    for s in inv.servers:
+        if s.name not in lab.keepers:  # killed by a test and not restarted
+            continue
+        conn = libvirt.open(s.uri)
         for dom in conn.listAllDomains():
             if dom.isActive():
                 dom.destroy()
@@ -185,6 +188,7 @@ def _clean_lab(lab: Lab, inv: Inventory) -> None:
             for vol in sp.listAllVolumes():
                 if vol.name() not in template_volumes:
                     vol.delete(0)
+        conn.close()
 
 
 @pytest.fixture

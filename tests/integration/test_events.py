@@ -261,8 +261,16 @@ def test_a_missed_transition_is_emitted_after_the_server_comes_back(
         lambda: events(redis_url, "vm.lifecycle.undefined", vm_id), 20, "the missed transition"
     )
     assert missed[-1]["data"]["observed_after_reconnect"] is True
-    ups = [e for e in events(redis_url, "server.up") if e["subject"] == "srv-b1"]
-    assert ups and ups[-1]["time"] >= missed[-1]["time"]
+    ups = wait_until(
+        lambda: [
+            e
+            for e in events(redis_url, "server.up")
+            if e["subject"] == "srv-b1" and e["time"] >= missed[-1]["time"]
+        ],
+        10,
+        "server.up after the missed transition",
+    )
+    assert ups
 
 
 def test_ha_vms_of_a_server_that_went_down_are_relocated(

@@ -1,9 +1,11 @@
 """The hypervisor adapter: the only vmorch code that calls libvirt.
 
-Every call goes through `Hypervisor._call`, which maps libvirt errors onto vmorch's
-exception tree and retries transient ones (lost connection, timeouts) with exponential
-backoff and jitter, reopening the connection between tries. Operations converge on a
-target state ("volume exists", "domain stopped"), so a retried or repeated call is harmless.
+Every call goes through `Hypervisor._call`, which runs it with a deadline on the server's
+`Connection` (a hung daemon fails the call with HypervisorTimeout, an abort or a lost lease
+interrupts it), maps libvirt errors onto vmorch's exception tree and retries transient ones
+(lost connection) with exponential backoff and jitter, reconnecting between tries.
+Operations converge on a target state ("volume exists", "domain stopped"), so a retried or
+repeated call is harmless.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -19,107 +22,112 @@ import libvirt
 from tenacity import (
     Retrying,
     before_sleep_log,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     wait_exponential_jitter,
 )
 
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, NotFound
+from orchestrator.errors import HypervisorError, HypervisorTimeout, HypervisorUnavailable, NotFound
+from orchestrator.settings import Settings
 from schemas.inventory import VmState
-from workers.hypervisor.xml import DomainSpec, domain_xml, volume_xml
+from workers.hypervisor.connection import POLL_S, CallLimits, Connection
+from workers.hypervisor.errors import classify, silence_libvirt_errors
+from workers.hypervisor.events import Keepalive
+from workers.hypervisor.states import vm_state
+from workers.hypervisor.xml import DomainSpec, dir_pool_xml, domain_xml, network_xml, volume_xml
+
+__all__ = ["CallLimits", "Hypervisor", "Hypervisors", "KeptOpen", "silence_libvirt_errors"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Codes that mean "the call may work if repeated": the connection, the daemon or the guest
-# agent did not answer in time.
-_TRANSIENT_CODES = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,
-    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-}
-_NOT_FOUND_CODES = {
-    libvirt.VIR_ERR_NO_DOMAIN,
-    libvirt.VIR_ERR_NO_STORAGE_VOL,
-    libvirt.VIR_ERR_NO_STORAGE_POOL,
-    libvirt.VIR_ERR_NO_NETWORK,
-}
-
-_STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: VmState.UNKNOWN,
-    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: VmState.SUSPENDED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: VmState.RUNNING,  # shutting down: still running
-    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
-    libvirt.VIR_DOMAIN_CRASHED: VmState.CRASHED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: VmState.SUSPENDED,
-}
+Check = Callable[[], None]
 
 
-def silence_libvirt_errors() -> None:
-    """libvirt prints every error to stderr by default; vmorch logs the ones it acts on."""
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+def _retried(e: BaseException) -> bool:
+    """Retry a lost connection inside the call; a timeout was waited out once already."""
+    return isinstance(e, HypervisorUnavailable) and not isinstance(e, HypervisorTimeout)
 
 
-def classify(err: libvirt.libvirtError) -> Exception:
-    """Map a libvirt error to HypervisorUnavailable (retry), NotFound or HypervisorError."""
-    code = err.get_error_code()
-    msg = err.get_error_message() or str(err)
-    if code in _TRANSIENT_CODES:
-        return HypervisorUnavailable(msg)
-    if code in _NOT_FOUND_CODES:
-        return NotFound(msg)
-    return HypervisorError(msg)
+def call_limits(settings: Settings) -> CallLimits:
+    """The deadlines and keepalive of `settings`."""
+    return CallLimits(
+        timeout_s=settings.libvirt_call_timeout_s,
+        copy_timeout_s=settings.libvirt_copy_timeout_s,
+        keepalive=Keepalive(
+            settings.libvirt_keepalive_interval_s, settings.libvirt_keepalive_count
+        ),
+    )
 
 
-class Hypervisor:
-    """One server's libvirt connection, opened lazily and reopened after a failure."""
+class KeptOpen:
+    """A plain connection held open (see `Hypervisor.keep_open`); `close` lets it go."""
 
-    def __init__(self, uri: str, retry_s: float = 20.0):
-        self.uri = uri
-        self.retry_s = retry_s
-        self._conn: libvirt.virConnect | None = None
-        self._lock = threading.Lock()
-        # Transient errors: exponential backoff with jitter, bounded by time.
-        self._retrying = Retrying(
-            retry=retry_if_exception_type(HypervisorUnavailable),
-            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-            stop=stop_after_delay(retry_s),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
+    def __init__(self, conn: libvirt.virConnect):
+        self._conn: libvirt.virConnect | None = conn
 
-    def _connection(self) -> libvirt.virConnect:
-        with self._lock:
-            if self._conn is None or not self._conn.isAlive():
-                self._conn = libvirt.open(self.uri)
-            return self._conn
-
-    def _drop(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
-    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+
+class Hypervisor:
+    """One server's operations. Instances for the same server share its `Connection`
+    (see `Hypervisors`); each has its own retry budget and interrupt `check`."""
+
+    def __init__(
+        self,
+        uri: str,
+        retry_s: float = 20.0,
+        *,
+        limits: CallLimits | None = None,
+        connection: Connection | None = None,
+        check: Check | None = None,
+        timeout_s: float | None = None,
+    ):
+        self.uri = uri
+        self.retry_s = retry_s
+        self._link = connection or Connection(uri, limits)
+        self._check = check
+        self._timeout_s = timeout_s  # a shorter deadline than the connection's, if set
+        # Transient errors: exponential backoff with jitter, bounded by time.
+        self._retrying = Retrying(
+            retry=retry_if_exception(_retried),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
+            stop=stop_after_delay(retry_s),
+            sleep=self._sleep,
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._check is not None:
+                self._check()
+            time.sleep(min(left, POLL_S))
+
+    def _call(
+        self, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float | None = None
+    ) -> T:
+        """`fn(conn)` as one libvirt call named `what` (in logs and errors)."""
+
+        shorter = [x for x in (timeout_s, self._timeout_s) if x]
+        limit_s = min(shorter) if shorter else None
+
         def attempt() -> T:
             try:
-                return fn(self._connection())
+                return self._link.call(fn, timeout_s=limit_s, check=self._check)
             except libvirt.libvirtError as e:
-                mapped = classify(e)
-                if isinstance(mapped, HypervisorUnavailable):
-                    self._drop()
-                raise mapped from e
+                raise classify(e) from e
+            except HypervisorTimeout as e:
+                raise HypervisorTimeout(f"{what}: {e.message}") from e
 
         return self._retrying(attempt)
 
     def close(self) -> None:
-        self._drop()
+        self._link.close()
 
     # --- server ------------------------------------------------------------------------
     def domain_type(self) -> str:
@@ -142,10 +150,7 @@ class Hypervisor:
         """uuid -> (name, state) of every domain on the server."""
 
         def states(c: libvirt.virConnect) -> dict[str, tuple[str, VmState]]:
-            return {
-                d.UUIDString(): (d.name(), _STATES.get(d.state()[0], VmState.UNKNOWN))
-                for d in c.listAllDomains()
-            }
+            return {d.UUIDString(): (d.name(), vm_state(d.state()[0])) for d in c.listAllDomains()}
 
         return self._call("listAllDomains", states)
 
@@ -159,7 +164,7 @@ class Hypervisor:
             raw = self._call("state", lambda c: self._lookup(c, uuid).state()[0])
         except NotFound:
             return None
-        return _STATES.get(raw, VmState.UNKNOWN)
+        return vm_state(raw)
 
     def define(self, spec: DomainSpec) -> None:
         """Define (or redefine, same uuid: the same spec gives the same XML) a persistent
@@ -227,7 +232,11 @@ class Hypervisor:
 
     # --- storage -----------------------------------------------------------------------
     def _ensure_volume(
-        self, pool: str, name: str, make: Callable[[libvirt.virStoragePool], libvirt.virStorageVol]
+        self,
+        pool: str,
+        name: str,
+        make: Callable[[libvirt.virStoragePool], libvirt.virStorageVol],
+        timeout_s: float | None = None,
     ) -> str:
         """The path of volume `name` in `pool`, made by `make` if it does not exist yet."""
 
@@ -240,7 +249,7 @@ class Hypervisor:
                     raise
             return str(make(sp).path())
 
-        return self._call("ensure_volume", ensure)
+        return self._call("ensure_volume", ensure, timeout_s)
 
     def clone_volume(self, pool: str, source: str, name: str) -> str:
         """Ensure volume `name` exists in `pool`, cloned from `source`; returns its path."""
@@ -249,7 +258,7 @@ class Hypervisor:
             src = sp.storageVolLookupByName(source)
             return sp.createXMLFrom(volume_xml(name, src.info()[1]), src, 0)
 
-        return self._ensure_volume(pool, name, clone)
+        return self._ensure_volume(pool, name, clone, self._link.limits.copy_timeout_s)
 
     def create_volume(self, pool: str, name: str, capacity_bytes: int) -> str:
         """Ensure an empty volume exists (used to seed templates in the lab)."""
@@ -265,26 +274,85 @@ class Hypervisor:
                 lambda c: c.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0),
             )
 
+    # --- server setup (the lab seeds its servers with these) ----------------------------
+    def ensure_network(self, name: str) -> None:
+        """Ensure an isolated network `name` is defined and active."""
+
+        def ensure(c: libvirt.virConnect) -> None:
+            if name in c.listNetworks():
+                return
+            if name in c.listDefinedNetworks():
+                c.networkLookupByName(name).create()
+            else:
+                c.networkDefineXML(network_xml(name)).create()
+
+        self._call("ensure_network", ensure)
+
+    def ensure_dir_pool(self, name: str, path: str) -> None:
+        """Ensure a directory storage pool `name` at `path` is defined and active."""
+
+        def ensure(c: libvirt.virConnect) -> None:
+            if name in c.listStoragePools():
+                return
+            if name in c.listDefinedStoragePools():
+                c.storagePoolLookupByName(name).create()
+            else:
+                c.storagePoolDefineXML(dir_pool_xml(name, path)).create()
+
+        self._call("ensure_dir_pool", ensure)
+
+    def remove_all_domains(self) -> None:
+        """Ensure the server has no domains (a fresh test driver's demo domain, a test's
+        leftovers): each destroyed if it runs, then undefined."""
+
+        def remove(c: libvirt.virConnect) -> None:
+            for dom in c.listAllDomains():
+                persistent = dom.isPersistent()
+                if dom.isActive():
+                    dom.destroy()  # a transient domain is gone with it
+                if persistent:
+                    dom.undefine()
+
+        self._call("remove_all_domains", remove)
+
+    def keep_open(self) -> KeptOpen:
+        """A connection held open until closed. The test driver forgets its state when
+        the last connection to it closes; the lab holds one per server while it runs."""
+        return KeptOpen(self._call("open", lambda _c: libvirt.open(self.uri)))
+
 
 class Hypervisors:
-    """This process's connections, one per server URI."""
+    """This process's servers: one `Connection` per URI, shared by every `Hypervisor` the
+    process's steps get for it."""
 
-    def __init__(self, retry_s: float = 20.0):
+    def __init__(self, retry_s: float = 20.0, limits: CallLimits | None = None):
         self.retry_s = retry_s
-        self._by_uri: dict[tuple[str, float], Hypervisor] = {}
+        self.limits = limits or CallLimits()
+        self._links: dict[str, Connection] = {}
         self._lock = threading.Lock()
 
-    def get(self, uri: str, retry_s: float | None = None) -> Hypervisor:
-        """The adapter for `uri`, with this process's retry budget or `retry_s`."""
-        budget = self.retry_s if retry_s is None else retry_s
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Hypervisors:
+        return cls(settings.libvirt_retry_s, call_limits(settings))
+
+    def get(
+        self,
+        uri: str,
+        retry_s: float | None = None,
+        check: Check | None = None,
+        timeout_s: float | None = None,
+    ) -> Hypervisor:
+        """The adapter for `uri`, with this process's retry budget or `retry_s`, calls
+        interrupted when `check` raises, and a deadline shorter than usual if `timeout_s`."""
         with self._lock:
-            hv = self._by_uri.get((uri, budget))
-            if hv is None:
-                hv = self._by_uri[(uri, budget)] = Hypervisor(uri, budget)
-            return hv
+            link = self._links.get(uri)
+            if link is None:
+                link = self._links[uri] = Connection(uri, self.limits)
+        budget = self.retry_s if retry_s is None else retry_s
+        return Hypervisor(uri, budget, connection=link, check=check, timeout_s=timeout_s)
 
     def close(self) -> None:
         with self._lock:
-            for hv in self._by_uri.values():
-                hv.close()
-            self._by_uri.clear()
+            for link in self._links.values():
+                link.close()
+            self._links.clear()

@@ -1,18 +1,67 @@
-"""libvirt domain events as vmorch event types, and libvirt's event loop thread.
+"""libvirt's domain states, state reasons and events as vmorch's states and event types.
 
-The agent is the only consumer. Mapping lives here, beside the adapter, so that no other
-module needs libvirt's constants.
+Mapping lives here, beside the adapter, so that no other module needs libvirt's constants.
 """
 
 from __future__ import annotations
-
-import threading
 
 import libvirt
 
 from schemas.inventory import VmState
 
 _E = libvirt
+_STATES = {
+    _E.VIR_DOMAIN_NOSTATE: VmState.UNKNOWN,
+    _E.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    _E.VIR_DOMAIN_BLOCKED: VmState.RUNNING,
+    _E.VIR_DOMAIN_PAUSED: VmState.SUSPENDED,
+    _E.VIR_DOMAIN_SHUTDOWN: VmState.RUNNING,  # shutting down: still running
+    _E.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
+    _E.VIR_DOMAIN_CRASHED: VmState.CRASHED,
+    _E.VIR_DOMAIN_PMSUSPENDED: VmState.SUSPENDED,
+}
+# Why a domain is in its state (dom.state()[1]), named as the matching event details are.
+_REASONS: dict[int, dict[int, str]] = {
+    _E.VIR_DOMAIN_SHUTOFF: {
+        _E.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
+        _E.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+        _E.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+        _E.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+        _E.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+        _E.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+        _E.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from_snapshot",
+        _E.VIR_DOMAIN_SHUTOFF_DAEMON: "daemon",
+    },
+    _E.VIR_DOMAIN_RUNNING: {
+        _E.VIR_DOMAIN_RUNNING_BOOTED: "booted",
+        _E.VIR_DOMAIN_RUNNING_MIGRATED: "migrated",
+        _E.VIR_DOMAIN_RUNNING_RESTORED: "restored",
+        _E.VIR_DOMAIN_RUNNING_FROM_SNAPSHOT: "from_snapshot",
+        _E.VIR_DOMAIN_RUNNING_UNPAUSED: "unpaused",
+        _E.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED: "migration_canceled",
+        _E.VIR_DOMAIN_RUNNING_SAVE_CANCELED: "save_canceled",
+        _E.VIR_DOMAIN_RUNNING_WAKEUP: "wakeup",
+        _E.VIR_DOMAIN_RUNNING_CRASHED: "crashed",
+        _E.VIR_DOMAIN_RUNNING_POSTCOPY: "postcopy",
+        _E.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED: "postcopy_failed",
+    },
+    _E.VIR_DOMAIN_PAUSED: {
+        _E.VIR_DOMAIN_PAUSED_USER: "paused",
+        _E.VIR_DOMAIN_PAUSED_MIGRATION: "migrated",
+        _E.VIR_DOMAIN_PAUSED_SAVE: "saved",
+        _E.VIR_DOMAIN_PAUSED_DUMP: "dump",
+        _E.VIR_DOMAIN_PAUSED_IOERROR: "ioerror",
+        _E.VIR_DOMAIN_PAUSED_WATCHDOG: "watchdog",
+        _E.VIR_DOMAIN_PAUSED_FROM_SNAPSHOT: "from_snapshot",
+        _E.VIR_DOMAIN_PAUSED_SHUTTING_DOWN: "shutting_down",
+        _E.VIR_DOMAIN_PAUSED_SNAPSHOT: "snapshot",
+        _E.VIR_DOMAIN_PAUSED_CRASHED: "crashed",
+        _E.VIR_DOMAIN_PAUSED_STARTING_UP: "starting_up",
+        _E.VIR_DOMAIN_PAUSED_POSTCOPY: "postcopy",
+        _E.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED: "postcopy_failed",
+    },
+    _E.VIR_DOMAIN_CRASHED: {_E.VIR_DOMAIN_CRASHED_PANICKED: "panicked"},
+}
 # (type suffix, state after the event or None when unchanged) per lifecycle event
 _LIFECYCLE: dict[int, tuple[str, VmState | None]] = {
     _E.VIR_DOMAIN_EVENT_DEFINED: ("defined", None),
@@ -48,6 +97,20 @@ _SUSPENDED_DETAIL = {
 }
 
 
+def vm_state(state: int) -> VmState:
+    """vmorch's state for a libvirt domain state (`dom.state()[0]`)."""
+    return _STATES.get(state, VmState.UNKNOWN)
+
+
+def observed_state(state: int, reason: int) -> tuple[VmState, str]:
+    """(vmorch state, reason name or "") for `dom.state()`. A domain shut off because it
+    crashed or failed counts as crashed, as its STOPPED event does (`lifecycle`)."""
+    why = _REASONS.get(state, {}).get(reason, "")
+    if state == _E.VIR_DOMAIN_SHUTOFF and why in ("crashed", "failed"):
+        return VmState.CRASHED, why
+    return vm_state(state), why
+
+
 def lifecycle(event: int, detail: int) -> tuple[str, str, VmState | None]:
     """(vmorch type, detail name, state after) for a libvirt lifecycle event."""
     suffix, state = _LIFECYCLE.get(event, ("unknown", None))
@@ -78,6 +141,15 @@ def change_type(before: VmState | None, after: VmState | None) -> str:
     return f"vm.lifecycle.{_BY_STATE[after]}"
 
 
+def observed_change(before: VmState | None, after: VmState, reason: str) -> tuple[str, str]:
+    """(event type, detail) for a change seen by comparing states, with the state's reason
+    as the detail ("shutdown": the guest stopped itself), or "observed" when there is none."""
+    type_ = change_type(before, after)
+    if type_ == "vm.lifecycle.stopped" and reason == "migrated":
+        type_ = "vm.lifecycle.migrated"  # the VM left this server
+    return type_, reason or "observed"
+
+
 _BY_STATE = {
     VmState.RUNNING: "started",
     VmState.STOPPED: "stopped",
@@ -87,25 +159,3 @@ _BY_STATE = {
     VmState.PROVISIONING: "defined",
     VmState.DELETED: "undefined",
 }
-
-_loop_lock = threading.Lock()
-_loop_started = False
-
-
-def ensure_event_loop() -> None:
-    """Register libvirt's default event loop and run it on a daemon thread, once a process.
-
-    Must happen before the first connection that registers callbacks.
-    """
-    global _loop_started
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _loop_started = True

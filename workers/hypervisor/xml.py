@@ -1,4 +1,5 @@
-"""libvirt domain XML, built with ElementTree (never by string formatting)."""
+"""libvirt XML (domains, volumes, networks, pools), built with ElementTree (never by string
+formatting)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,18 @@ def disk_target(index: int) -> str:
     if index >= 26:
         raise ValueError("at most 26 disks")
     return "vd" + chr(ord("a") + index)
+
+
+def network_xml(name: str) -> str:
+    """An isolated network (no forward, no addresses): what the lab's servers need."""
+    el = ET.Element("network")
+    _sub(el, "name", name)
+    return ET.tostring(el, encoding="unicode")
+
+
+def dir_pool_xml(name: str, path: str) -> str:
+    """A directory storage pool at `path`."""
+    el = ET.Element("pool", {"type": "dir"})
+    _sub(el, "name", name)
+    _sub(_sub(el, "target"), "path", path)
+    return ET.tostring(el, encoding="unicode")

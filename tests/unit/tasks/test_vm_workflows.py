@@ -190,3 +190,39 @@ def test_ha_restarts_past_the_budget_leave_the_vm_stopped_with_an_alert(
     acked = fleet.run(fleet.services.alerts.acknowledge(alerts[0].id, "ops"))
     assert acked.acknowledged_by == "ops"
     assert fleet.run(fleet.services.alerts.all()) == []
+
+
+def test_an_abort_interrupts_a_hung_hypervisor_call_and_the_undo_still_runs(
+    fleet: Engine, conn: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from tasks.runner.advance import advance
+    from workers.hypervisor.adapter import Hypervisor
+
+    # given a create job that has defined its domain, and a server that hangs on the start
+    job = fleet.submit(
+        {"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1", "name": "vm10"}
+    )
+    for _ in range(4):
+        advance(fleet.rt, fleet.broker.pop())
+    release = threading.Event()
+    monkeypatch.setattr(
+        Hypervisor, "start", lambda hv, _uuid: hv._call("start", lambda c: release.wait(10))
+    )
+    # when the job is aborted while its start waits for the server
+    threading.Timer(0.2, lambda: fleet.run(fleet.submitter.abort(job.id))).start()
+    t0 = time.monotonic()
+    try:
+        fleet.drain()
+    finally:
+        release.set()
+    # then the wait was cut short, and the steps before it were undone (the abort it saw
+    # does not stop the undo: it is the abort's own work)
+    assert time.monotonic() - t0 < 5
+    done = fleet.get(job.id)
+    assert done.state == JobState.ABORTED, done.error
+    assert [s.state.value for s in done.steps] == ["undone"] * 4 + ["failed"]
+    assert "vm10" not in [d.name() for d in conn.listAllDomains()]
+    assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]

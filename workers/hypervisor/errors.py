@@ -1,0 +1,47 @@
+"""libvirt's errors as vmorch's: the one mapping every libvirt caller in vmorch uses."""
+
+from __future__ import annotations
+
+import libvirt
+
+from orchestrator.errors import HypervisorError, HypervisorUnavailable, NotFound
+
+# Codes that mean "the call may work if repeated": the connection, the daemon or the guest
+# agent did not answer in time.
+_TRANSIENT_CODES = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+}
+_NOT_FOUND_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_NETWORK,
+}
+
+LibvirtError = libvirt.libvirtError
+
+
+def silence_libvirt_errors() -> None:
+    """libvirt prints every error to stderr by default; vmorch logs the ones it acts on."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def classify(err: libvirt.libvirtError) -> Exception:
+    """Map a libvirt error to HypervisorUnavailable (retry), NotFound or HypervisorError."""
+    code = err.get_error_code()
+    msg = err.get_error_message() or str(err)
+    if code in _TRANSIENT_CODES:
+        return HypervisorUnavailable(msg)
+    if code in _NOT_FOUND_CODES:
+        return NotFound(msg)
+    return HypervisorError(msg)
+
+
+def is_unsupported(err: libvirt.libvirtError) -> bool:
+    """The driver does not implement the call (e.g. keepalive on an in-process driver)."""
+    return bool(err.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT)
