@@ -21,12 +21,21 @@ class Retryable(VmorchError):
     code = "retryable"
     retryable = True
     http_status = 503
+    retry_after_s: float = 1.0  # the API's Retry-After
 
 
 class HypervisorUnavailable(Retryable):
     """The hypervisor could not be reached or answered with a temporary error."""
 
     code = "hypervisor_unavailable"
+
+
+class RedisUnavailable(Retryable):
+    """Redis refused the connection, timed out or is loading: the API answers 503 with
+    Retry-After, and the next request tries again (redis-py reconnects by itself)."""
+
+    code = "redis_unavailable"
+    retry_after_s = 2.0
 
 
 class RetryLater(Retryable):
@@ -37,6 +46,7 @@ class RetryLater(Retryable):
     def __init__(self, message: str, delay_s: float):
         super().__init__(message)
         self.delay_s = delay_s
+        self.retry_after_s = delay_s
 
 
 # --- permanent ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ _ERRORS = {
     "409": "conflict",
     "413": "body too large",
     "422": "validation error",
+    "503": "Redis unavailable: try again after Retry-After seconds",
 }
 
 
@@ -80,6 +81,10 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
                 "description": text,
                 "content": {"application/json": {"schema": err_ref}},
             }
+            if code == "503":
+                responses[code]["headers"] = {
+                    "Retry-After": {"schema": {"type": "integer", "minimum": 1}}
+                }
         op["responses"] = responses
         if r.role is not None:
             op["security"] = [{"bearer": []}]

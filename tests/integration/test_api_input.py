@@ -278,3 +278,31 @@ def test_aborting_an_ended_job_is_409(api: Api) -> None:
     job = api.submit({"kind": "noop"})
     assert api.request("POST", f"/v1/jobs/{job['id']}/abort")[0] == 202
     assert_error(*api.request("POST", f"/v1/jobs/{job['id']}/abort"), 409, "conflict")
+
+
+def send(
+    api: Api, method: str, path: str, raw: bytes | None, headers: dict[str, str]
+) -> tuple[int, dict[str, str], Any]:
+    """A request with exactly these headers (urllib would add a form Content-Type)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    url = urlsplit(api.url)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        conn.request(
+            method, path, body=raw, headers={"Authorization": f"Bearer {api.token}", **headers}
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, dict(resp.headers), json.loads(body) if body else None
+    finally:
+        conn.close()
+
+
+def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
+    status, headers, err = send(api, "DELETE", "/v1/jobs", None, {})
+    assert_error(status, err, 405, "method_not_allowed")
+    assert {"GET", "POST"} <= {m.strip() for m in headers["Allow"].split(",")}
+    assert "DELETE" not in headers["Allow"]
