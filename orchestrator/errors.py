@@ -81,6 +81,17 @@ class BadRequest(Permanent):
     http_status = 400
 
 
+class BadJson(BadRequest):
+    """The body is not JSON we read: not UTF-8, not JSON, too deep, or a number too long."""
+
+    code = "bad_json"
+
+
+class UnsupportedMediaType(BadRequest):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class ValidationFailed(BadRequest):
     code = "validation_error"
     http_status = 422

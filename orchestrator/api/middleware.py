@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -87,13 +86,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = {404: "not_found"}.get(e.status, "http_error")
         return error_response(e.status, code, e.reason)
-    except json.JSONDecodeError as e:
-        return error_response(
-            400,
-            "bad_json",
-            f"request body is not valid JSON: {e.msg}",
-            [ErrorDetail(loc=["body"], msg=str(e))],
-        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

@@ -19,9 +19,11 @@ _ERRORS = {
     "404": "not found",
     "409": "conflict",
     "413": "body too large",
+    "415": "body not sent as application/json",
     "422": "validation error",
     "503": "Redis unavailable: try again after Retry-After seconds",
 }
+_BODY_ONLY = {"413", "415"}  # answers about a request body, on routes that take one
 
 
 def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +77,9 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
                 "application/json": {"schema": _schema(r.response, defs)}
             }
         for code, text in _ERRORS.items():
-            if code in ("401", "403") and r.role is None:
+            if (code in ("401", "403") and r.role is None) or (
+                code in _BODY_ONLY and r.body is None
+            ):
                 continue
             responses[code] = {
                 "description": text,

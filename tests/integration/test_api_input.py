@@ -280,6 +280,27 @@ def test_aborting_an_ended_job_is_409(api: Api) -> None:
     assert_error(*api.request("POST", f"/v1/jobs/{job['id']}/abort"), 409, "conflict")
 
 
+HOOK = {
+    "name": "h-input",
+    "match": {"types": ["vm.*"]},
+    "action": {"kind": "submit_job", "request": {"kind": "noop"}},
+}
+
+
+VM = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a", "name": "w1"}
+
+
+UNREADABLE = {
+    "not UTF-8": b'\x80{"kind": "noop"}',
+    "2,000 nested arrays": b"[" * 2000 + b"]" * 2000,
+    "33 nested objects": b'{"a":' * 33 + b"1" + b"}" * 33,
+    "5,000-digit vcpus": b'{"kind": "vm.create_from_template", "pool": "pool-a", '
+    b'"template": "tmpl-a", "name": "w1", "vcpus": ' + b"9" * 5000 + b"}",
+    "NaN": b'{"kind": "noop", "wait_timeout_s": NaN}',
+    "1e999": b'{"kind": "noop", "wait_timeout_s": 1e999}',
+}
+
+
 def send(
     api: Api, method: str, path: str, raw: bytes | None, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], Any]:
@@ -299,6 +320,75 @@ def send(
         return resp.status, dict(resp.headers), json.loads(body) if body else None
     finally:
         conn.close()
+
+
+def body_routes(api: Api) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Every route that reads a body, on a real job and hook, and what they hold now."""
+    job = api.submit({"kind": "noop"})
+    status, created = api.request("POST", "/v1/hooks", HOOK)
+    assert status == 201, created
+    hook_id = created["hook"]["id"]
+    routes = [
+        ("POST", "/v1/jobs"),
+        ("POST", "/v1/hooks"),
+        ("POST", f"/v1/jobs/{job['id']}/abort"),
+        ("PATCH", f"/v1/hooks/{hook_id}"),
+    ]
+    return routes, state_of(api)
+
+
+def state_of(api: Api) -> dict[str, Any]:
+    return {"jobs": api.request("GET", "/v1/jobs")[1], "hooks": api.request("GET", "/v1/hooks")[1]}
+
+
+@pytest.mark.parametrize("what", list(UNREADABLE))
+def test_bodies_that_are_not_json_we_read_are_400(api: Api, what: str) -> None:
+    # given: a job and a hook that a bad request could change
+    routes, before = body_routes(api)
+    for method, path in routes:
+        # when: the body is not UTF-8, nests too deep, or holds a number Python refuses
+        status, err = api.request(method, path, raw=UNREADABLE[what])
+        # then: a 400 naming the body, never a 500
+        assert_error(status, err, 400, "bad_json")
+        assert locs(err) == [["body"]], (method, path, err)
+    # and nothing was lost or changed
+    assert state_of(api) == before
+
+
+def test_brackets_inside_strings_do_not_count_as_depth(api: Api) -> None:
+    deep = "[" * 100 + "{" * 100
+    job = api.submit({"kind": "noop", "wait_for": deep[:200]})
+    assert job["request"]["wait_for"] == deep[:200]
+    body = {**VM, "labels": {"x": '"\\[' * 60}}
+    assert api.request("POST", "/v1/jobs", body)[0] == 202
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
+)
+def test_bodies_not_declared_json_are_415(api: Api, ctype: str | None) -> None:
+    routes, before = body_routes(api)
+    for method, path in routes:
+        headers = {} if ctype is None else {"Content-Type": ctype}
+        status, _, err = send(api, method, path, b'{"reason": "x", "kind": "noop"}', headers)
+        assert_error(status, err, 415, "unsupported_media_type")
+        assert locs(err) == [["header", "Content-Type"]]
+    assert state_of(api) == before
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/json", "application/json; charset=UTF-8", "application/vnd.x+json"]
+)
+def test_json_media_types_are_accepted(api: Api, ctype: str) -> None:
+    status, _, job = send(api, "POST", "/v1/jobs", b'{"kind": "noop"}', {"Content-Type": ctype})
+    assert status == 202, job
+
+
+def test_an_abort_without_a_body_needs_no_content_type(api: Api) -> None:
+    job = api.submit({"kind": "noop"})
+    status, _, aborted = send(api, "POST", f"/v1/jobs/{job['id']}/abort", None, {})
+    assert status == 202 and aborted["state"] == "aborted", aborted
 
 
 def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
