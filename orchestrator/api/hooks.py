@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, HttpUrl, ValidationError
 
-from orchestrator.api.http import invalid, json_body, query_int, respond, respond_list, services
+from orchestrator.api.http import invalid, json_body, params, respond, respond_list, services
 from orchestrator.api.middleware import caller
 from orchestrator.errors import ValidationFailed
 from schemas.api import HookCreated, Role
@@ -62,6 +62,6 @@ async def delete_hook(request: web.Request) -> web.Response:
 
 async def hook_runs(request: web.Request) -> web.Response:
     runs = await services(request).hooks.runs(
-        request.match_info["hook_id"], query_int(request, "limit", 100, 1, 1000)
+        request.match_info["hook_id"], params(request)["limit"]
     )
     return respond_list(runs)

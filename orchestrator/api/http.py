@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import hdrs, web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from orchestrator.api import params as _params
 from orchestrator.errors import BadJson, BadRequest, UnsupportedMediaType, ValidationFailed
 from orchestrator.services import Services
 from schemas.api import ErrorDetail
 
 SERVICES = web.AppKey("vmorch_services", Services)
+PARAMS = web.RequestKey("vmorch_params", dict)
 # No request needs more than a few levels; a deep one would take the parser, pydantic or a
 # later json.dumps into RecursionError (a 500), so it is refused before parsing.
 MAX_DEPTH = 32
@@ -119,21 +121,22 @@ async def json_body(request: web.Request) -> Any:
         ) from None
 
 
+def params(request: web.Request) -> Mapping[str, Any]:
+    """The route's declared query parameters and headers, checked, with defaults filled in
+    (set by the params middleware from the route table)."""
+    checked: dict[str, Any] = request[PARAMS]
+    return checked
+
+
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter between lo and hi (for handlers not on `params` yet)."""
     raw = request.query.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an integer", details=[(["query", name], "not an integer")]
-        ) from None
-    if not lo <= value <= hi:
-        raise ValidationFailed(
-            f"{name} must be between {lo} and {hi}",
-            details=[(["query", name], f"must be between {lo} and {hi}")],
-        )
+        value: int = _params.parse({"type": "integer", "minimum": lo, "maximum": hi}, raw)
+    except ValueError as e:
+        raise ValidationFailed(f"{name} {e}", details=[(["query", name], str(e))]) from None
     return value
 
 

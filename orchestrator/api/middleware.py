@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 from redis import exceptions as redis_errors
 
-from orchestrator.api.http import services, validation_details
-from orchestrator.errors import Forbidden, RedisUnavailable, Retryable, Unauthorized, VmorchError
+from orchestrator.api.http import PARAMS, services, validation_details
+from orchestrator.api.routing import Route
+from orchestrator.errors import (
+    BadRequest,
+    Forbidden,
+    RedisUnavailable,
+    Retryable,
+    Unauthorized,
+    ValidationFailed,
+    VmorchError,
+)
 from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 
 log = logging.getLogger("vmorch.api")
@@ -19,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TOKEN_INFO = web.RequestKey("vmorch_token", TokenInfo)
 ROUTE_ROLES = web.AppKey("vmorch_route_roles", dict)
+ROUTE_TABLE = web.AppKey("vmorch_route_table", dict)  # (method, path) -> Route
 MAX_BODY = web.AppKey("vmorch_max_body_bytes", int)
 # Redis down, stalled (the client's socket timeout), loading its data, or a replica after a
 # failover: the same request may succeed in a moment, so it is a 503, not a 500.
@@ -110,6 +121,36 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not info.role.allows(needed):
         raise Forbidden(f"role {info.role.value} may not do this (needs {needed.value})")
     request[TOKEN_INFO] = info
+    return await handler(request)
+
+
+def _route(request: web.Request) -> Route | None:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    table: dict[tuple[str, str], Route] = request.app[ROUTE_TABLE]
+    return table.get((method, resource.canonical))
+
+
+@web.middleware
+async def params_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the route's declared query parameters (422) and headers (400) against the same
+    schemas the OpenAPI document shows, before the handler sees any of them."""
+    route = _route(request)
+    if route is None:
+        return await handler(request)
+    checked: dict[str, Any] = {}
+    for where, declared, given, error in (
+        ("query", route.query, request.query, ValidationFailed),
+        ("header", route.headers, request.headers, BadRequest),
+    ):
+        for p in declared:
+            try:
+                checked[p.name] = p.parse(given.get(p.name))
+            except ValueError as e:
+                raise error(f"{p.name} {e}", details=[([where, p.name], str(e))]) from None
+    request[PARAMS] = checked
     return await handler(request)
 
 

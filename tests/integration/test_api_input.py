@@ -391,6 +391,62 @@ def test_an_abort_without_a_body_needs_no_content_type(api: Api) -> None:
     assert status == 202 and aborted["state"] == "aborted", aborted
 
 
+@pytest.mark.parametrize(
+    ("path", "loc"),
+    [
+        ("/v1/jobs?cursor=%C2%B2", ["query", "cursor"]),  # "²".isdigit() is True
+        ("/v1/jobs?cursor=%D9%A3", ["query", "cursor"]),  # "٣", an Arabic-Indic 3
+        ("/v1/jobs?limit=%C2%B2", ["query", "limit"]),
+        ("/v1/jobs?limit=%D9%A3", ["query", "limit"]),
+        ("/v1/jobs?limit=" + "9" * 5000, ["query", "limit"]),
+        ("/v1/jobs?kind=" + "a" * 65, ["query", "kind"]),
+        ("/v1/jobs?kind=vm%0Astart", ["query", "kind"]),
+        ("/v1/jobs?vm=" + "a" * 101, ["query", "vm"]),
+        ("/v1/vms?limit=0", ["query", "limit"]),
+        ("/v1/vms?limit=1001", ["query", "limit"]),
+        ("/v1/vms?cursor=" + "a" * 101, ["query", "cursor"]),
+        ("/v1/hooks/nope/runs?limit=0", ["query", "limit"]),
+        ("/v1/alerts?all=maybe", ["query", "all"]),
+        ("/v1/events?limit=%C2%B2", ["query", "limit"]),
+        ("/v1/events?after=%C2%B2", ["query", "after"]),
+        ("/v1/events?subject=" + "s" * 201, ["query", "subject"]),
+    ],
+)
+def test_bad_queries_on_every_route(api: Api, path: str, loc: list[Any]) -> None:
+    status, err = api.request("GET", path)
+    assert_error(status, err, 422, "validation_error")
+    assert locs(err) == [loc]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs?state=queued&kind=noop&limit=500&cursor=99999999999999999999",
+        "/v1/jobs?vm=&kind=",
+        "/v1/vms?limit=1000&cursor=",
+        "/v1/alerts?all=true",
+        "/v1/alerts?all=1",
+        "/v1/events?limit=1000&after=0-0&subject=x",
+    ],
+)
+def test_queries_within_the_documented_bounds_are_accepted(api: Api, path: str) -> None:
+    status, body = api.request("GET", path)
+    assert status == 200, body
+
+
+def test_the_document_states_the_bounds_the_server_enforces(api: Api) -> None:
+    spec = api.request("GET", "/openapi.json", token="")[1]
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]}
+    assert params["limit"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+    assert params["state"]["enum"] == [
+        "queued", "running", "waiting", "succeeded", "failed", "aborting", "aborted"
+    ]  # fmt: skip
+    assert params["cursor"]["pattern"] == "^[0-9]{1,20}$"
+    # the documented bounds are the enforced ones: one past each end is refused
+    for value, status in (("0", 422), ("1", 200), ("500", 200), ("501", 422)):
+        assert api.request("GET", f"/v1/jobs?limit={value}")[0] == status, value
+
+
 def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
     status, headers, err = send(api, "DELETE", "/v1/jobs", None, {})
     assert_error(status, err, 405, "method_not_allowed")
