@@ -20,7 +20,7 @@ def _parse(model: type[M], body: Any) -> M:
     if not isinstance(body, dict):
         raise ValidationFailed("a JSON object is required", details=[(["body"], "not an object")])
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, strict=True)  # the document's types, no coercion
     except ValidationError as e:
         raise invalid("hook", e) from None
 

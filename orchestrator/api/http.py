@@ -78,13 +78,17 @@ def _int(digits: str) -> int:
     return int(digits)
 
 
-def _float(text: str) -> float:
+def _float(text: str) -> float | int:
     value = float(text)
     if not math.isfinite(value):  # 1e999: it would be stored as null
         raise BadJson(
             f"request body has a number out of range: {text[:40]}",
             details=[(["body"], "numbers must be finite")],
         )
+    # JSON schema calls 9.0 an integer; bodies are validated strictly (no "9" for 9), so
+    # an integral number becomes an int here, where that is exact
+    if value.is_integer() and abs(value) <= 2**53:
+        return int(value)
     return value
 
 

@@ -30,7 +30,8 @@ async def _with_position(jobs: JobStore, job: Job) -> Job:
 async def submit_job(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
-        req = job_request_adapter.validate_python(body)
+        # strict: the types the document gives ("2" is not 2, 0 is not false)
+        req = job_request_adapter.validate_python(body, strict=True)
     except ValidationError as e:
         tag = body.get("kind") if isinstance(body, dict) else None
         raise invalid("job request", e, tag=tag) from None
@@ -72,6 +73,10 @@ async def get_job(request: web.Request) -> web.Response:
 async def abort_job(request: web.Request) -> web.Response:
     reason = ""
     if await request.read():
-        reason = AbortRequest.model_validate(await json_body(request)).reason
+        body = await json_body(request)
+        try:
+            reason = AbortRequest.model_validate(body, strict=True).reason
+        except ValidationError as e:
+            raise invalid("abort request", e) from None
     job = await services(request).submitter.abort(request.match_info["job_id"], reason)
     return respond(job, 202)

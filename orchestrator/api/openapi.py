@@ -68,7 +68,7 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": r.body_required,
                 "content": {"application/json": {"schema": _schema(r.body, defs)}},
             }
         responses: dict[str, Any] = {str(r.status): {"description": "success"}}

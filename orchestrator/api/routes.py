@@ -12,7 +12,7 @@ from schemas.api import AbortRequest, EventPage, HookCreated, Page, QueueStatus,
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
-from schemas.requests import JobRequest
+from schemas.requests import ClientJobRequest
 
 VIEWER, OPERATOR, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 
@@ -46,7 +46,7 @@ def _jobs() -> list[Route]:
             jobs.submit_job,
             "Submit a job",
             OPERATOR,
-            body=JobRequest,
+            body=ClientJobRequest,
             response=Job,
             status=202,
             headers=(
@@ -94,6 +94,7 @@ def _jobs() -> list[Route]:
             "Abort a job",
             OPERATOR,
             body=AbortRequest,
+            body_required=False,
             response=Job,
             status=202,
         ),

@@ -42,6 +42,7 @@ class Route:
     summary: str
     role: Role | None  # None: no token needed
     body: Any = None  # pydantic model or TypeAdapter-able type for the request body
+    body_required: bool = True  # False: the body may be left out (an abort without a reason)
     response: Any = None
     status: int = 200
     query: tuple[Query, ...] = ()

@@ -285,11 +285,7 @@ HOOK = {
     "match": {"types": ["vm.*"]},
     "action": {"kind": "submit_job", "request": {"kind": "noop"}},
 }
-
-
 VM = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a", "name": "w1"}
-
-
 UNREADABLE = {
     "not UTF-8": b'\x80{"kind": "noop"}',
     "2,000 nested arrays": b"[" * 2000 + b"]" * 2000,
@@ -391,6 +387,23 @@ def test_an_abort_without_a_body_needs_no_content_type(api: Api) -> None:
     assert status == 202 and aborted["state"] == "aborted", aborted
 
 
+def test_the_body_has_the_documented_types(api: Api) -> None:
+    # "2" is not an integer and 0 is not false, although pydantic would coerce them
+    before = state_of(api)
+    for body, loc in (
+        ({**VM, "vcpus": "2"}, ["body", "vcpus"]),
+        ({**VM, "start": 0}, ["body", "start"]),
+    ):
+        status, err = api.request("POST", "/v1/jobs", body)
+        assert_error(status, err, 422, "validation_error")
+        assert loc in locs(err)
+    hook = {**HOOK, "match": {"types": ["vm.*"], "unexpected_only": 0}}
+    status, err = api.request("POST", "/v1/hooks", hook)
+    assert_error(status, err, 422, "validation_error")
+    assert ["body", "match", "unexpected_only"] in locs(err)
+    assert state_of(api) == before
+
+
 @pytest.mark.parametrize(
     ("path", "loc"),
     [
@@ -445,6 +458,19 @@ def test_the_document_states_the_bounds_the_server_enforces(api: Api) -> None:
     # the documented bounds are the enforced ones: one past each end is refused
     for value, status in (("0", 422), ("1", 200), ("500", 200), ("501", 422)):
         assert api.request("GET", f"/v1/jobs?limit={value}")[0] == status, value
+    post = spec["paths"]["/v1/jobs"]["post"]
+    assert {"415", "503"} <= set(post["responses"])
+    kinds = {
+        s["properties"]["kind"]["const"]
+        for name, s in spec["components"]["schemas"].items()
+        if "kind" in s.get("properties", {})
+        and name != "Job"
+        and "const" in s["properties"]["kind"]
+    }
+    assert "vm.ha_restart" not in str(post["requestBody"]), "an internal kind is documented"
+    assert {"vm.start", "noop"} <= kinds
+    abort = spec["paths"]["/v1/jobs/{job_id}/abort"]["post"]
+    assert abort["requestBody"]["required"] is False
 
 
 def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
@@ -452,3 +478,11 @@ def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
     assert_error(status, err, 405, "method_not_allowed")
     assert {"GET", "POST"} <= {m.strip() for m in headers["Allow"].split(",")}
     assert "DELETE" not in headers["Allow"]
+
+
+def test_integral_numbers_are_integers_as_json_schema_says(api: Api) -> None:
+    job = api.submit({"kind": "noop", "steps": 3.0})
+    assert job["request"]["steps"] == 3
+    status, err = api.request("POST", "/v1/jobs", {"kind": "noop", "steps": 3.5})
+    assert_error(status, err, 422, "validation_error")
+    assert ["body", "steps"] in locs(err)
