@@ -21,6 +21,7 @@ class Retryable(VmorchError):
     code = "retryable"
     retryable = True
     http_status = 503
+    retry_after_s: float = 1.0  # the API's Retry-After
 
 
 class HypervisorUnavailable(Retryable):
@@ -36,6 +37,14 @@ class HypervisorTimeout(HypervisorUnavailable):
     Same code as its parent, as clients see it the same way."""
 
 
+class RedisUnavailable(Retryable):
+    """Redis refused the connection, timed out or is loading: the API answers 503 with
+    Retry-After, and the next request tries again (redis-py reconnects by itself)."""
+
+    code = "redis_unavailable"
+    retry_after_s = 2.0
+
+
 class RetryLater(Retryable):
     """A step asks to be run again after `delay_s` (deliberate control flow, not a failure)."""
 
@@ -44,6 +53,7 @@ class RetryLater(Retryable):
     def __init__(self, message: str, delay_s: float):
         super().__init__(message)
         self.delay_s = delay_s
+        self.retry_after_s = delay_s
 
 
 # --- permanent ----------------------------------------------------------------------------
@@ -76,6 +86,17 @@ class AbortRequested(Permanent):
 class BadRequest(Permanent):
     code = "bad_request"
     http_status = 400
+
+
+class BadJson(BadRequest):
+    """The body is not JSON we read: not UTF-8, not JSON, too deep, or a number too long."""
+
+    code = "bad_json"
+
+
+class UnsupportedMediaType(BadRequest):
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 class ValidationFailed(BadRequest):

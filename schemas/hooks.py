@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, HttpUrl, field_validator
 
 from schemas.base import Frozen, Name
 
@@ -38,11 +38,22 @@ class SubmitJobAction(Frozen):
     request: dict[str, Any]
 
 
+_URL_MAX = 2083  # HttpUrl's own limit, which it applies to the text it is given
+
+
+def _fits_when_stored(url: HttpUrl) -> HttpUrl:
+    # The URL is stored normalized ("é" becomes "%C3%A9"): one that grows past the limit
+    # would be accepted here and then fail to load, taking every hook listing down with it.
+    if len(str(url)) > _URL_MAX:
+        raise ValueError(f"must be at most {_URL_MAX} characters once percent-encoded")
+    return url
+
+
 class WebhookAction(Frozen):
     """POST the event (CloudEvents JSON) to `url`, signed with HMAC-SHA256 of the body."""
 
     kind: Literal["webhook"]
-    url: HttpUrl
+    url: Annotated[HttpUrl, AfterValidator(_fits_when_stored)]
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3
 

@@ -147,4 +147,19 @@ JobRequest = Annotated[
 # Kinds vmorch submits itself (hooks); the API refuses them.
 INTERNAL_KINDS = frozenset({"vm.ha_restart"})
 
+ClientJobRequest = Annotated[
+    CreateFromTemplate
+    | StartVm
+    | StopVm
+    | KillVm
+    | RestartVm
+    | SuspendVm
+    | ResumeVm
+    | DeleteVm
+    | Noop,
+    Field(discriminator="kind"),
+]
+"""JobRequest less INTERNAL_KINDS: the body `POST /v1/jobs` documents, so that a client
+following the document does not send a kind the API refuses."""
+
 job_request_adapter: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)

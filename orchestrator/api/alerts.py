@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.http import respond, respond_list, services
+from orchestrator.api.http import params, respond, respond_list, services
 from orchestrator.api.middleware import caller
 
 
 async def list_alerts(request: web.Request) -> web.Response:
-    everything = request.query.get("all", "") in ("1", "true")
+    everything: bool = params(request)["all"]
     return respond_list(await services(request).alerts.all(include_acknowledged=everything))
 
 

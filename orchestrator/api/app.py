@@ -10,7 +10,14 @@ from redis.asyncio import Redis
 
 from orchestrator.api.events import setup_streams
 from orchestrator.api.http import SERVICES
-from orchestrator.api.middleware import MAX_BODY, ROUTE_ROLES, auth_middleware, errors_middleware
+from orchestrator.api.middleware import (
+    MAX_BODY,
+    ROUTE_ROLES,
+    ROUTE_TABLE,
+    auth_middleware,
+    errors_middleware,
+    params_middleware,
+)
 from orchestrator.api.openapi import build_openapi
 from orchestrator.api.routes import routes
 from orchestrator.services import Services, connect
@@ -20,11 +27,13 @@ from orchestrator.settings import Settings
 def make_app(settings: Settings, *, redis: Redis | None = None) -> web.Application:
     """Build the API. Connections open on startup and close on cleanup, not at import."""
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[errors_middleware, auth_middleware]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[errors_middleware, auth_middleware, params_middleware],
     )
     table = routes()
     spec = build_openapi(table, version("vmorch"))
     app[ROUTE_ROLES] = {(r.method, r.path): r.role for r in table}
+    app[ROUTE_TABLE] = {(r.method, r.path): r for r in table}
     app[MAX_BODY] = settings.max_body_bytes
 
     async def openapi(_: web.Request) -> web.Response:

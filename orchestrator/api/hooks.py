@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, HttpUrl, ValidationError
 
-from orchestrator.api.http import invalid, json_body, query_int, respond, respond_list, services
+from orchestrator.api.http import invalid, json_body, params, respond, respond_list, services
 from orchestrator.api.middleware import caller
 from orchestrator.errors import ValidationFailed
 from schemas.api import HookCreated, Role
@@ -20,7 +20,7 @@ def _parse(model: type[M], body: Any) -> M:
     if not isinstance(body, dict):
         raise ValidationFailed("a JSON object is required", details=[(["body"], "not an object")])
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, strict=True)  # the document's types, no coercion
     except ValidationError as e:
         raise invalid("hook", e) from None
 
@@ -62,6 +62,6 @@ async def delete_hook(request: web.Request) -> web.Response:
 
 async def hook_runs(request: web.Request) -> web.Response:
     runs = await services(request).hooks.runs(
-        request.match_info["hook_id"], query_int(request, "limit", 100, 1, 1000)
+        request.match_info["hook_id"], params(request)["limit"]
     )
     return respond_list(runs)

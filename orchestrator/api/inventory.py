@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.http import query_int, respond, respond_list, services
+from orchestrator.api.http import params, respond, respond_list, services
 from orchestrator.errors import NotFound, ValidationFailed
 from schemas.api import Page, VmView
 from schemas.inventory import Vm
 
 
 async def list_vms(request: web.Request) -> web.Response:
-    after = request.query.get("cursor") or None
-    limit = query_int(request, "limit", 100, 1, 1000)
+    q = params(request)
     try:
-        vms, nxt = await services(request).inventory.vms(limit=limit, after=after)
+        vms, nxt = await services(request).inventory.vms(
+            limit=q["limit"], after=q["cursor"] or None
+        )
     except NotFound as e:
         raise ValidationFailed(e.message, details=[(["query", "cursor"], e.message)]) from None
     return respond(Page[Vm](items=vms, next_cursor=nxt))

@@ -5,15 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from orchestrator.api.http import invalid, json_body, query_int, respond, services
+from orchestrator.api.http import invalid, json_body, params, respond, services
 from orchestrator.api.middleware import caller
-from orchestrator.errors import BadRequest, Forbidden, ValidationFailed
+from orchestrator.errors import Forbidden
 from orchestrator.store.jobs import JobStore
 from schemas.api import AbortRequest, Page, Role
 from schemas.jobs import Job, JobState
 from schemas.requests import Noop, job_request_adapter
-
-_IDEM_MAX = 200
 
 
 async def _with_position(jobs: JobStore, job: Job) -> Job:
@@ -32,16 +30,12 @@ async def _with_position(jobs: JobStore, job: Job) -> Job:
 async def submit_job(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
-        req = job_request_adapter.validate_python(body)
+        # strict: the types the document gives ("2" is not 2, 0 is not false)
+        req = job_request_adapter.validate_python(body, strict=True)
     except ValidationError as e:
         tag = body.get("kind") if isinstance(body, dict) else None
         raise invalid("job request", e, tag=tag) from None
-    idem = request.headers.get("Idempotency-Key")
-    if idem is not None and not (0 < len(idem) <= _IDEM_MAX and idem.isprintable()):
-        raise BadRequest(
-            "Idempotency-Key must be 1-200 printable characters",
-            details=[(["header", "Idempotency-Key"], "bad value")],
-        )
+    idem = params(request)["Idempotency-Key"]
     who = caller(request)
     if isinstance(req, Noop) and not who.role.allows(Role.ADMIN):
         raise Forbidden("noop jobs (engine drills) are for admins only")
@@ -55,28 +49,17 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    q, svc = request.query, services(request)
-    state = q.get("state")
-    if state is not None and state not in JobState.__members__.values():
-        raise ValidationFailed(
-            "unknown state",
-            details=[
-                (["query", "state"], "must be one of " + ", ".join(s.value for s in JobState))
-            ],
-        )
-    cursor = q.get("cursor")
-    if cursor is not None and not JobStore.valid_cursor(cursor):
-        raise ValidationFailed("bad cursor", details=[(["query", "cursor"], "not a cursor")])
+    q, svc = params(request), services(request)  # checked against the route's schemas
     vm_id = None
-    if q.get("vm"):
+    if q["vm"]:
         vm = await svc.inventory.find_vm(q["vm"])
         vm_id = vm.id if vm else q["vm"]
     jobs, nxt = await svc.jobs.list(
-        state=state,
-        kind=q.get("kind"),
+        state=q["state"],
+        kind=q["kind"] or None,
         vm_id=vm_id,
-        cursor=cursor,
-        limit=query_int(request, "limit", 50, 1, 500),
+        cursor=q["cursor"],
+        limit=q["limit"],
     )
     return respond(Page[Job](items=jobs, next_cursor=nxt))
 
@@ -90,6 +73,10 @@ async def get_job(request: web.Request) -> web.Response:
 async def abort_job(request: web.Request) -> web.Response:
     reason = ""
     if await request.read():
-        reason = AbortRequest.model_validate(await json_body(request)).reason
+        body = await json_body(request)
+        try:
+            reason = AbortRequest.model_validate(body, strict=True).reason
+        except ValidationError as e:
+            raise invalid("abort request", e) from None
     job = await services(request).submitter.abort(request.match_info["job_id"], reason)
     return respond(job, 202)

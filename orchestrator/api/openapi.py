@@ -19,8 +19,11 @@ _ERRORS = {
     "404": "not found",
     "409": "conflict",
     "413": "body too large",
+    "415": "body not sent as application/json",
     "422": "validation error",
+    "503": "Redis unavailable: try again after Retry-After seconds",
 }
+_BODY_ONLY = {"413", "415"}  # answers about a request body, on routes that take one
 
 
 def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +68,7 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": r.body_required,
                 "content": {"application/json": {"schema": _schema(r.body, defs)}},
             }
         responses: dict[str, Any] = {str(r.status): {"description": "success"}}
@@ -74,12 +77,18 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
                 "application/json": {"schema": _schema(r.response, defs)}
             }
         for code, text in _ERRORS.items():
-            if code in ("401", "403") and r.role is None:
+            if (code in ("401", "403") and r.role is None) or (
+                code in _BODY_ONLY and r.body is None
+            ):
                 continue
             responses[code] = {
                 "description": text,
                 "content": {"application/json": {"schema": err_ref}},
             }
+            if code == "503":
+                responses[code]["headers"] = {
+                    "Retry-After": {"schema": {"type": "integer", "minimum": 1}}
+                }
         op["responses"] = responses
         if r.role is not None:
             op["security"] = [{"bearer": []}]

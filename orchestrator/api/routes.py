@@ -3,21 +3,38 @@ and the OpenAPI document its schemas."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.api import alerts, events, hooks, inventory, jobs, queue
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
 from schemas.api import AbortRequest, EventPage, HookCreated, Page, QueueStatus, Role, VmView
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import Server, ServerPool, Template, Vm
-from schemas.jobs import Job
-from schemas.requests import JobRequest
+from schemas.jobs import Job, JobState
+from schemas.requests import ClientJobRequest
 
 VIEWER, OPERATOR, ADMIN = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+
+
+def _limit(hi: int, default: int) -> Query:
+    schema = {"type": "integer", "minimum": 1, "maximum": hi, "default": default}
+    return Query("limit", f"page size (1-{hi})", schema)
+
+
+def _text(max_length: int = 200) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length}
+
+
 _EVENT_FILTERS = (
     Query("type", "event type, an fnmatch glob (vm.lifecycle.*)"),
-    Query("subject", "exact subject (a job or VM id)"),
-    Query("source", "exact source (libvirt://server-1)"),
-    Query("after", "stream_id to start after (exclusive); SSE: new events only without it"),
+    Query("subject", "exact subject (a job or VM id)", _text()),
+    Query("source", "exact source (libvirt://server-1)", _text()),
+    Query(
+        "after",
+        "stream_id to start after (exclusive); SSE: new events only without it",
+        {"type": "string", "pattern": "^([0-9]{1,20}(-[0-9]{1,20})?)?$"},
+    ),
 )
 
 
@@ -29,10 +46,16 @@ def _jobs() -> list[Route]:
             jobs.submit_job,
             "Submit a job",
             OPERATOR,
-            body=JobRequest,
+            body=ClientJobRequest,
             response=Job,
             status=202,
-            headers=(Query("Idempotency-Key", "same key and body return the same job"),),
+            headers=(
+                Query(
+                    "Idempotency-Key",
+                    "same key and body return the same job (1-200 printable ASCII characters)",
+                    {"type": "string", "pattern": "^[ -~]{1,200}$"},
+                ),
+            ),
         ),
         Route(
             "GET",
@@ -42,11 +65,23 @@ def _jobs() -> list[Route]:
             VIEWER,
             response=Page[Job],
             query=(
-                Query("state", "filter by state"),
-                Query("kind", "filter by kind"),
-                Query("vm", "VM id or name"),
-                Query("limit", "page size (1-500)", {"type": "integer"}),
-                Query("cursor", "next_cursor of the previous page"),
+                Query(
+                    "state",
+                    "filter by state",
+                    {"type": "string", "enum": [s.value for s in JobState]},
+                ),
+                Query(
+                    "kind",
+                    "filter by kind (vm.start)",
+                    {"type": "string", "pattern": "^[a-z0-9._-]{0,64}$"},
+                ),
+                Query("vm", "VM id or name", _text(100)),
+                _limit(500, 50),
+                Query(
+                    "cursor",
+                    "next_cursor of the previous page (<created µs>-<job id>)",
+                    {"type": "string", "pattern": "^[0-9]{1,20}(-[0-9a-f-]{36})?$"},
+                ),
             ),
         ),
         Route(
@@ -59,6 +94,7 @@ def _jobs() -> list[Route]:
             "Abort a job",
             OPERATOR,
             body=AbortRequest,
+            body_required=False,
             response=Job,
             status=202,
         ),
@@ -82,8 +118,8 @@ def _inventory() -> list[Route]:
             VIEWER,
             response=Page[Vm],
             query=(
-                Query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                Query("cursor", "next_cursor of the previous page"),
+                _limit(1000, 100),
+                Query("cursor", "next_cursor of the previous page", _text(100)),
             ),
         ),
         Route(
@@ -139,7 +175,7 @@ def _events() -> list[Route]:
             "Events oldest first, filtered, paged by next_after",
             VIEWER,
             response=EventPage,
-            query=(*_EVENT_FILTERS, Query("limit", "page size (1-1000)", {"type": "integer"})),
+            query=(*_EVENT_FILTERS, _limit(1000, 100)),
         ),
         Route(
             "GET",
@@ -187,14 +223,22 @@ def _hooks() -> list[Route]:
             "A hook's firings, newest first: event, action, outcome",
             VIEWER,
             response=list[HookRun],
+            query=(_limit(1000, 100),),
         ),
         Route(
             "GET",
             "/v1/alerts",
             alerts.list_alerts,
-            "Alerts not yet acknowledged (all=1: every alert)",
+            "Alerts not yet acknowledged (all=true: every alert)",
             VIEWER,
             response=list[Alert],
+            query=(
+                Query(
+                    "all",
+                    "every alert, acknowledged ones too",
+                    {"type": "boolean", "default": False},
+                ),
+            ),
         ),
         Route(
             "POST",
