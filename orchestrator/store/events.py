@@ -49,6 +49,17 @@ class StreamInfo:
     max_deleted_id: str  # the newest entry ever trimmed or deleted ("0-0": none)
     length: int
 
+    def lost_after(self, after: str) -> bool:
+        """True when entries after `after` were trimmed: a reader resuming there has a gap.
+        Only trimming counts (an id older than the first entry kept, with deletions after
+        it), not an XDEL further on, which no vmorch process does."""
+        return stream_after(self.max_deleted_id, after) and (
+            self.first_id is None or stream_after(self.first_id, after)
+        )
+
+
+MAX_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest entry id: nothing can come after it
+
 
 class EventLog:
     """Appends events to the stream and keeps it bounded without losing unhandled entries."""
@@ -125,16 +136,32 @@ class EventReader:
             raw = await self.redis.xinfo_stream(keys.EVENTS)
         except ResponseError:  # no stream yet
             return StreamInfo(None, "0-0", 0)
-        first = raw.get("first-entry")
-        return StreamInfo(
-            first_id=str(first[0]) if first else None,
-            max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
-            length=int(raw.get("length", 0)),
-        )
+        return _info(raw)
 
     async def after(self, start: str, count: int) -> list[Entry]:
         """Raw entries after `start` (exclusive), oldest first."""
+        if start == MAX_ID:  # Redis refuses an interval after the largest id
+            return []
         return list(await self.redis.xrange(keys.EVENTS, f"({start}", "+", count=count))
+
+    async def after_checked(self, start: str, count: int) -> tuple[StreamInfo, list[Entry]]:
+        """`after` with the stream's info read in the same MULTI, so `info.lost_after(start)`
+        tells whether entries between `start` and these were trimmed (a trim between two
+        separate calls could otherwise go unnoticed)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xinfo_stream(keys.EVENTS)
+        if start != MAX_ID:
+            pipe.xrange(keys.EVENTS, f"({start}", "+", count=count)
+        raw, *entries = await pipe.execute(raise_on_error=False)
+        if entries and isinstance(entries[0], Exception):
+            raise entries[0]
+        if isinstance(raw, ResponseError):  # no stream yet
+            info = StreamInfo(None, "0-0", 0)
+        elif isinstance(raw, Exception):
+            raise raw
+        else:
+            info = _info(raw)
+        return info, list(entries[0]) if entries else []
 
     def decode(self, sid: str, fields: dict[str, str]) -> Event | None:
         """The event of an entry, or None for an entry that is not one (see `dead_letter`)."""
@@ -152,3 +179,12 @@ class EventReader:
             maxlen=DEAD_LETTERS_KEPT,
             approximate=True,
         )
+
+
+def _info(raw: dict[str, Any]) -> StreamInfo:
+    first = raw.get("first-entry")
+    return StreamInfo(
+        first_id=str(first[0]) if first else None,
+        max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
+        length=int(raw.get("length", 0)),
+    )
