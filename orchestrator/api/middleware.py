@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from orchestrator.api.http import services, validation_details
-from orchestrator.errors import Forbidden, Unauthorized, VmorchError
+from orchestrator.errors import Forbidden, TooManyRequests, Unauthorized, VmorchError
 from schemas.api import ErrorBody, ErrorDetail, ErrorResponse, Role, TokenInfo
 
 log = logging.getLogger("vmorch.api")
@@ -37,7 +38,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except VmorchError as e:
         details = [ErrorDetail(loc=list(loc), msg=msg) for loc, msg in e.details]
-        return error_response(e.http_status, e.code, e.message, details)
+        resp = error_response(e.http_status, e.code, e.message, details)
+        if isinstance(e, TooManyRequests):
+            resp.headers["Retry-After"] = str(math.ceil(e.retry_after_s))
+        return resp
     except ValidationError as e:
         return error_response(
             422, "validation_error", "the request is not valid", validation_details(e)
