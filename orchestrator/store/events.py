@@ -46,16 +46,26 @@ def _parts(x: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class StreamInfo:
     first_id: str | None  # the oldest entry still in the stream
-    max_deleted_id: str  # the newest entry ever trimmed or deleted ("0-0": none)
+    max_deleted_id: str  # the newest entry deleted by XDEL ("0-0": none); trims do not set it
     length: int
+    entries_added: int = 0  # entries ever appended; more than `length`: some were removed
+    last_id: str = "0-0"  # the newest id ever appended (the entry may have been removed)
 
     def lost_after(self, after: str) -> bool:
-        """True when entries after `after` were trimmed: a reader resuming there has a gap.
-        Only trimming counts (an id older than the first entry kept, with deletions after
-        it), not an XDEL further on, which no vmorch process does."""
-        return stream_after(self.max_deleted_id, after) and (
+        """True when entries after `after` were removed: a reader resuming there has a gap.
+
+        Redis records the newest XDEL'd id, but a trim only moves the first entry (it does
+        not touch max_deleted_id, by design: redis/redis#13473). So a trim shows as: entries
+        were removed, and `after` is older than the first entry kept (or, in a stream
+        trimmed empty, than the newest id). In one case this says "gap" although nothing
+        after `after` was lost: when `after` is itself the newest entry trimmed."""
+        if stream_after(self.max_deleted_id, after) and (
             self.first_id is None or stream_after(self.first_id, after)
-        )
+        ):
+            return True
+        if self.entries_added <= self.length:
+            return False  # nothing was ever removed
+        return stream_after(self.first_id or self.last_id, after)
 
 
 MAX_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest entry id: nothing can come after it
@@ -187,4 +197,6 @@ def _info(raw: dict[str, Any]) -> StreamInfo:
         first_id=str(first[0]) if first else None,
         max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
         length=int(raw.get("length", 0)),
+        entries_added=int(raw.get("entries-added", 0)),  # Redis 7.0 and later
+        last_id=str(raw.get("last-generated-id") or "0-0"),
     )
