@@ -201,9 +201,13 @@ class EventHub:
                 yield d
 
     def stats(self) -> dict[str, int]:
+        """Open streams, entries queued (in all, and for the stream with the most), streams
+        behind (reading from Redis, or not yet back to it), and overflows of open streams."""
         return {
             "streams": len(self._subs),
             "queued": sum(len(s.queue) for s in self._subs),
+            "max_queued": max((len(s.queue) for s in self._subs), default=0),
+            "behind": sum(s.behind for s in self._subs),
             "overflows": sum(s.overflows for s in self._subs),
         }
 

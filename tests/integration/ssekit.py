@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import redis.asyncio as aredis
@@ -24,6 +25,10 @@ from orchestrator.store.events import make_event
 APP_CONNECTION = f"vmorch-test-app-{os.getpid()}"  # the in-process app's shared pool
 
 
+class Lines(Protocol):
+    async def readline(self) -> bytes: ...
+
+
 @dataclass
 class Sse:
     id: str | None
@@ -34,12 +39,12 @@ class Sse:
 class SseReader:
     """Reads one text/event-stream response, event by event; comments are kept apart."""
 
-    def __init__(self, resp: aiohttp.ClientResponse):
-        self.resp = resp
+    def __init__(self, lines: Lines):
+        self.lines = lines
         self.comments: list[str] = []
 
     async def line(self) -> str | None:
-        raw = await self.resp.content.readline()
+        raw = await self.lines.readline()
         return raw.decode().rstrip("\r\n") if raw else None
 
     async def comment(self, timeout_s: float = 20) -> str:
@@ -122,10 +127,45 @@ async def app_server(redis_url: str, r: aredis.Redis, **settings: Any) -> AsyncI
 
 
 async def emit(
-    r: aredis.Redis, type_: str, subject: str | None = None, source: str = "t://a"
+    r: aredis.Redis, type_: str, subject: str | None = None, source: str = "t://a", pad: int = 0
 ) -> str:
-    event = make_event(type_, source, subject, {"n": time.monotonic_ns()})
+    """Append an event (with `pad` characters of data, to make it that much bigger)."""
+    data: dict[str, Any] = {"n": time.monotonic_ns(), **({"pad": "x" * pad} if pad else {})}
+    event = make_event(type_, source, subject, data)
     return str(await r.xadd(keys.EVENTS, {"e": event.model_dump_json()}))
+
+
+async def emit_many(r: aredis.Redis, n: int, type_: str = "test.many", pad: int = 0) -> list[str]:
+    """Append n events in one pipelined round trip; their ids, in order."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        data: dict[str, Any] = {"i": i, **({"pad": "x" * pad} if pad else {})}
+        pipe.xadd(keys.EVENTS, {"e": make_event(type_, "t://a", None, data).model_dump_json()})
+    return [str(i) for i in await pipe.execute()]
+
+
+@contextlib.asynccontextmanager
+async def raw_stream(
+    srv: TestServer, path: str, token: str, rcvbuf: int = 4096
+) -> AsyncIterator[SseReader]:
+    """An SSE request over a plain socket with a small receive buffer (HTTP/1.0: no chunked
+    framing): a client that can stop reading, and make the server's writes block."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (str(srv.host), int(srv.port or 0)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status = await reader.readline()
+            assert b" 200 " in status, status
+            while (await reader.readline()).strip():
+                pass  # the headers
+        yield SseReader(reader)
+    finally:
+        writer.close()
 
 
 async def sse(
@@ -136,4 +176,4 @@ async def sse(
     assert resp.headers["Content-Type"] == "text/event-stream"
     assert resp.headers["Cache-Control"] == "no-cache"
     assert resp.headers["X-Accel-Buffering"] == "no"
-    return resp, SseReader(resp)
+    return resp, SseReader(resp.content)
