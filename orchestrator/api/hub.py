@@ -9,8 +9,9 @@ stream whose filter it matches. Streams read history from Redis only to resume.
 A stream whose queue is full does not grow: its queue is emptied and it is marked behind,
 and it reads from Redis again from the last entry it handled, in batches, before taking
 queued entries again (skipping those it has sent). A slow client therefore costs at most
-`sse_queue_max` queued references and misses nothing; a client that stops reading altogether
-is left to the stream's write timeout.
+`sse_queue_max` queued references (to entries shared by all streams) and one history read of
+HISTORY_BATCH entries, and misses nothing; a client that stops reading altogether is left to
+the stream's write timeout.
 
 The hub also keeps the caps on open streams (per token and per process), and ends the streams
 of revoked tokens (one lookup per distinct token every TOKEN_RECHECK_S) and of gone clients.
@@ -42,7 +43,10 @@ from schemas.events import Event
 
 log = logging.getLogger("vmorch.api.hub")
 
-BATCH = 500  # entries per XREAD of the hub and per history read of a stream
+BATCH = 500  # entries per XREAD of the hub
+# entries per history read of one stream: a stream whose client stalls in the middle of one
+# holds it (not shared), so this bounds a stalled stream's memory with sse_queue_max
+HISTORY_BATCH = 100
 BLOCK_MAX_MS = 1000  # one XREAD BLOCK (less when the socket timeout is short)
 READ_RETRY_S = 1.0  # after a failed read
 GONE_POLL_S = 0.5  # how often the hub looks for streams whose client has gone
@@ -181,7 +185,7 @@ class EventHub:
             if sub.behind:
                 sub.behind = False  # from here on new entries are queued again
                 while sub.ended is None:
-                    info, batch = await self._reader.after_checked(pos, BATCH)
+                    info, batch = await self._reader.after_checked(pos, HISTORY_BATCH)
                     if info.lost_after(pos):
                         yield EventGap(after=pos, first_id=info.first_id)
                     for sid, fields in batch:
@@ -189,7 +193,7 @@ class EventHub:
                         ev = read_matching(sid, fields, sub.filter, Event)
                         if ev is not None:
                             yield Delivered(sid, ev, fields["e"])
-                    if len(batch) < BATCH:
+                    if len(batch) < HISTORY_BATCH:
                         break
                 continue
             d = await sub.next(idle_s)

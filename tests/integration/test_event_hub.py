@@ -191,7 +191,7 @@ async def test_resume_across_history_and_live_sends_every_event_once_in_order(
 ) -> None:
     """queue_max 1000: one seam, history then live. 10: the stream falls behind again and
     again while it reads history, and catches up from Redis each time."""
-    monkeypatch.setattr(hub_module, "BATCH", 50)  # many history reads, live entries between
+    monkeypatch.setattr(hub_module, "HISTORY_BATCH", 50)  # many history reads, live entries between
     start = await emit(redis, "test.start")
     await emit_many(redis, 600, "test.backlog")
     (token, _) = await viewer(redis)
