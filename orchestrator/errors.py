@@ -56,6 +56,29 @@ class RetryLater(Retryable):
         self.retry_after_s = delay_s
 
 
+class TooManyRequests(Retryable):
+    """A limit on concurrent use was reached (429); `retry_after_s` is sent as Retry-After."""
+
+    code = "too_many_requests"
+    http_status = 429
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float,
+        *,
+        details: list[tuple[list[str | int], str]] | None = None,
+    ):
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyStreams(TooManyRequests):
+    """An event stream past the per-token or per-process cap (sse_max_per_token/_total)."""
+
+    code = "too_many_streams"
+
+
 # --- permanent ----------------------------------------------------------------------------
 class Permanent(VmorchError):
     code = "failed"

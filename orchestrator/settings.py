@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     ha_window_s: float = Field(default=3600.0, gt=0)
     # ...and move a VM to another server only once its own has been unreachable this long.
     ha_relocate_after_s: float = Field(default=60.0, ge=0)
+    # SSE (each api process): open event streams per token and in total; past either a new
+    # stream is refused with 429 and Retry-After, so viewers cannot exhaust the api.
+    sse_max_per_token: int = Field(default=8, ge=1)
+    sse_max_total: int = Field(default=256, ge=1)
+    # Matching events queued for one SSE stream at most: a stream further behind drops its
+    # queue and catches up from Redis instead (bounded memory, nothing lost).
+    sse_queue_max: int = Field(default=1000, ge=1)
 
     lab_dir: Path = Path(".vmorch")
     # The CLI's API and token (else `vmorch up`'s, from <lab_dir>/vmorch.json)

@@ -98,8 +98,23 @@ class StreamEvent(Event):
     stream_id: str = Field(description="Redis stream entry id: pass it as `after` or Last-Event-ID")
 
 
+class EventGap(Frozen):
+    """Entries after `after` were trimmed from the stream before this reader got them: what
+    came between `after` and `first_id` is gone. Sent as the `events.gap` event's data on SSE
+    and as `gap` in a listing's page."""
+
+    after: str = Field(description="the stream_id the reader asked to read after")
+    first_id: str | None = Field(
+        description="the oldest stream_id still kept (null: the stream is empty now)"
+    )
+
+
 class EventPage(Frozen):
     items: list[StreamEvent]
     next_after: str | None = Field(
         default=None, description="`after` of the next page; null at the end of the stream"
+    )
+    gap: EventGap | None = Field(
+        default=None,
+        description="set when entries after the requested `after` were trimmed (lost)",
     )

@@ -6,7 +6,7 @@ Types are dotted names; hooks and filters match them with fnmatch globs (`vm.lif
 from __future__ import annotations
 
 # --- sources (CloudEvents `source`) ---------------------------------------------------------
-SOURCE_API = "vmorch://api"  # jobs submitted or aborted over HTTP
+SOURCE_API = "vmorch://api"  # jobs submitted or aborted over HTTP; gaps told to SSE readers
 SOURCE_ENGINE = "vmorch://engine"  # job transitions made by workers; alerts
 SOURCE_ROUTER = "vmorch://router"  # bookkeeping of the event path (gaps, dead letters)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
@@ -34,4 +34,10 @@ class Event(Frozen):
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("an event envelope is a JSON object")
-        return cls.model_validate({k: v for k, v in doc.items() if k in cls.model_fields})
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], **extra: Any) -> Self:
+        """`read` for an envelope already parsed (readers that filter on the raw attributes
+        first); `extra` adds fields of a subclass, such as StreamEvent's stream_id."""
+        return cls.model_validate({k: v for k, v in doc.items() if k in cls.model_fields} | extra)

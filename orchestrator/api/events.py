@@ -1,61 +1,66 @@
 """The event stream over HTTP: a filtered listing, Server-Sent Events, and one job followed live.
 
-Each SSE stream blocks in XREAD on its own Redis connection (a pool of one cloned from the app's
-client, closed when the stream ends), not on the shared client: redis-py's pool holds at most 100
-connections, which blocked streams would take from every other request, and times reads out
-after 5 s. A stream ends when its client goes (looked at every POLL_S) or the app shuts down.
+Streams take their entries from the process's one EventHub (`orchestrator.api.hub`), not from
+a Redis connection each; they read from Redis themselves only to resume. The hub refuses a
+stream past `sse_max_per_token` or `sse_max_total` (429, Retry-After), and ends streams whose
+token is revoked or whose client has gone; a stream also ends when its client has taken no
+data for WRITE_STALL_S, and when the app shuts down.
+
+A reader resuming after an entry that has since been trimmed is told so, before anything
+else: SSE sends an `events.gap` event (no id; its data is an envelope whose `data` is an
+EventGap), and a listing page carries `gap`. Without it a client could not tell a quiet
+stream from lost events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
-import json
 import logging
 import re
-import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
-import redis.asyncio as aredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from orchestrator.api.http import query_int, respond, services
+from orchestrator.api.eventfilter import EventFilter, read_matching
+from orchestrator.api.http import SERVICES, query_int, respond, services
+from orchestrator.api.hub import HUB, EventHub, Subscriber
+from orchestrator.api.middleware import caller
 from orchestrator.errors import ValidationFailed
-from orchestrator.store import keys
-from schemas.api import EventPage, StreamEvent
+from orchestrator.store.events import EventReader, make_event
+from schemas.api import EventGap, EventPage, StreamEvent
+from schemas.event_types import EVENTS_GAP, SOURCE_API
 from schemas.events import Event
 from schemas.jobs import JobState
 
 log = logging.getLogger("vmorch.api.streams")
 
-BLOCK_MS = 15_000  # one XREAD BLOCK; a keep-alive comment follows each one that times out
-KEEPALIVE_S = 15.0  # also sent when only filtered-out events came for this long
-POLL_S = 0.5  # how often a blocked stream looks for a gone client
+KEEPALIVE_S = 15.0  # a comment after this long without anything to send
+WRITE_STALL_S = 30.0  # a client that takes no data for this long is disconnected
 SCAN_MAX = 5000  # stream entries one listing call reads at most
 BATCH = 500
-STOPPING = web.AppKey("vmorch_streams_stopping", asyncio.Event)
-Entry = tuple[str, dict[str, str]]
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _U64 = 2**64 - 1
-_POOL_OWNED = {  # redis-py 8 puts objects bound to the shared pool among the kwargs
-    "maint_notifications_pool_handler",
-    "oss_cluster_maint_notifications_handler",
-    "orig_socket_timeout",
-}
 _TERMINAL = {f"job.{s.value}" for s in JobState if s.terminal}
 
 
 def setup_streams(app: web.Application) -> None:
-    """Call before startup: open streams then end at once on shutdown, not after aiohttp's
-    shutdown timeout (60 s in run_app) has run out and cancelled them."""
-    app[STOPPING] = stop = asyncio.Event()
+    """Call after the services' cleanup context: the hub starts after them and stops before.
+    Open streams end on shutdown at once, not after aiohttp's shutdown timeout (60 s in
+    run_app) has run out and cancelled them."""
 
-    async def stopping(_: web.Application) -> None:
-        stop.set()
+    async def hub(app: web.Application) -> AsyncIterator[None]:
+        app[HUB] = EventHub(app[SERVICES])
+        await app[HUB].start()
+        yield
+        await app[HUB].stop()
 
+    async def stopping(app: web.Application) -> None:
+        if HUB in app:
+            app[HUB].end_all("shutdown")
+
+    app.cleanup_ctx.append(hub)
     app.on_shutdown.append(stopping)
 
 
@@ -75,47 +80,34 @@ def _start(request: web.Request, header: bool = True) -> str | None:
     return f"{int(m[1])}-{int(m[2] or 0)}"
 
 
-def _matcher(request: web.Request) -> Callable[[Event], bool]:
-    glob, subject, source = (request.query.get(k) or None for k in ("type", "subject", "source"))
-    return lambda ev: (
-        (glob is None or fnmatch.fnmatchcase(ev.type, glob))
-        and subject in (None, ev.subject)
-        and source in (None, ev.source)
-    )
-
-
-def _decode(eid: str, fields: dict[str, str]) -> StreamEvent | None:
-    try:
-        return StreamEvent.model_validate({**json.loads(fields["e"]), "stream_id": eid})
-    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
-        log.warning("skipping unreadable event %s: %s", eid, e)
-        return None
-
-
 async def list_events(request: web.Request) -> web.Response:
-    match = _matcher(request)
+    """Matching events after `after`, oldest first. Entries are matched on their raw
+    attributes and only matching ones are validated; a call reads at most SCAN_MAX."""
+    flt = EventFilter.from_query(request)
     limit = query_int(request, "limit", 100, 1, 1000)
     after = _start(request, header=False)
-    if after == f"{_U64}-{_U64}":  # the largest id: Redis refuses an interval after it
-        return respond(EventPage(items=[]))
-    start = f"({after}" if after else "-"
-    redis = services(request).redis
+    reader = EventReader(services(request).redis)
+    pos, gap = after or "0-0", None  # no entry has id 0-0
     items: list[StreamEvent] = []
-    scanned, last = 0, ""
+    scanned = 0
     while scanned < SCAN_MAX:
         count = min(BATCH, SCAN_MAX - scanned)
-        entries: list[Entry] = await redis.xrange(keys.EVENTS, min=start, max="+", count=count)
-        for eid, fields in entries:
-            scanned, last = scanned + 1, eid
-            ev = _decode(eid, fields)
-            if ev is not None and match(ev):
+        if after is not None and scanned == 0:
+            info, entries = await reader.after_checked(pos, count)
+            if info.lost_after(pos):
+                gap = EventGap(after=pos, first_id=info.first_id)
+        else:
+            entries = await reader.after(pos, count)
+        for sid, fields in entries:
+            scanned, pos = scanned + 1, sid
+            ev = read_matching(sid, fields, flt, StreamEvent, stream_id=sid)
+            if ev is not None:
                 items.append(ev)
                 if len(items) == limit:
-                    return respond(EventPage(items=items, next_after=eid))
+                    return respond(EventPage(items=items, next_after=sid, gap=gap))
         if len(entries) < count:
-            return respond(EventPage(items=items))
-        start = f"({last}"
-    return respond(EventPage(items=items, next_after=last))
+            return respond(EventPage(items=items, gap=gap))
+    return respond(EventPage(items=items, next_after=pos, gap=gap))
 
 
 def _sse(eid: str | None, type_: str, data: str) -> bytes:
@@ -125,90 +117,64 @@ def _sse(eid: str | None, type_: str, data: str) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def _last_id(redis: aredis.Redis) -> str:
-    newest = await redis.xrevrange(keys.EVENTS, count=1)
-    return str(newest[0][0]) if newest else "0-0"
+def _gap(gap: EventGap) -> bytes:
+    """No id: the client's Last-Event-ID stays the last real entry it got."""
+    event = make_event(EVENTS_GAP, SOURCE_API, None, gap.model_dump())
+    return _sse(None, event.type, event.model_dump_json())
 
 
-def _dedicated(shared: aredis.Redis) -> aredis.Redis:
-    pool = shared.connection_pool
-    kw = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
-    kw.update(socket_timeout=BLOCK_MS / 1000 + 10, decode_responses=True)
-    own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **kw)
-    return aredis.Redis.from_pool(own)
-
-
-async def _gone(request: web.Request, stop: asyncio.Event) -> None:
-    """Return once the client has disconnected or the app is shutting down."""
-    while not stop.is_set():
+def _gone(request: web.Request) -> Callable[[], bool]:
+    def gone() -> bool:
         transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), POLL_S)
+        return transport is None or transport.is_closing()
+
+    return gone
 
 
-def _entries(reply: Any) -> list[Entry]:  # XREAD's reply for one stream, RESP2 or RESP3
-    return list(next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1])
-
-
-async def _tail(request: web.Request, after: str) -> AsyncGenerator[list[Entry]]:
-    """Batches of entries after `after`; an empty batch when a block timed out. Ends when the
-    client is gone or the app stops; closing it releases the connection and the tasks."""
-    client = _dedicated(services(request).redis)
-    gone = asyncio.ensure_future(_gone(request, request.app.get(STOPPING) or asyncio.Event()))
-    read: asyncio.Future[Any] | None = None
+async def _write(request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+    """Write, or raise ConnectionResetError once the client has taken nothing for
+    WRITE_STALL_S (its connection is then dropped: it would hold a stream slot for ever)."""
     try:
-        while not gone.done():
-            xread = client.xread({keys.EVENTS: after}, count=BATCH, block=BLOCK_MS)
-            read = asyncio.ensure_future(xread)
-            await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                return
-            batch = _entries(read.result()) if read.result() else []
-            if batch:
-                after = batch[-1][0]
-            yield batch
-    finally:
-        pending = [t for t in (gone, read) if t is not None and not t.done()]
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        await client.aclose()
+        async with asyncio.timeout(WRITE_STALL_S):
+            await resp.write(data)
+    except TimeoutError:
+        log.info("closing an event stream whose client took no data for %.0f s", WRITE_STALL_S)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stalled") from None
 
 
 async def _follow(
     request: web.Request,
+    sub: Subscriber,
     after: str,
-    match: Callable[[Event], bool],
     until: Callable[[Event], bool] = lambda _: False,
     first: bytes = b": connected\n\n",
     follow: bool = True,
 ) -> web.StreamResponse:
-    """Answer with SSE: `first`, then the matching events after `after` until `until(event)`,
-    the client goes or the app stops."""
+    """Answer with SSE: `first`, then what the hub gives `sub` after `after` until
+    `until(event)`, or the hub ends the stream."""
     resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     resp.content_type = "text/event-stream"
     await resp.prepare(request)
     try:
-        await resp.write(first)  # sends the headers now, not with the first event
-        written = time.monotonic()
+        await _write(request, resp, first)  # sends the headers now, not with the first event
         if follow:
-            async with contextlib.aclosing(_tail(request, after)) as batches:
-                async for batch in batches:
-                    for eid, fields in batch:
-                        ev = _decode(eid, fields)
-                        if ev is None or not match(ev):
-                            continue
-                        await resp.write(_sse(eid, ev.type, fields["e"]))
-                        written = time.monotonic()
-                        if until(ev):
-                            await resp.write_eof()
-                            return resp
-                    if not batch or time.monotonic() - written >= KEEPALIVE_S:
-                        await resp.write(b": keep-alive\n\n")
-                        written = time.monotonic()
+            items = request.app[HUB].entries(sub, after, KEEPALIVE_S)
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    if item is None:
+                        await _write(request, resp, b": keep-alive\n\n")
+                    elif isinstance(item, EventGap):
+                        await _write(request, resp, _gap(item))
+                    else:
+                        await _write(request, resp, _sse(item.sid, item.event.type, item.raw))
+                        if until(item.event):
+                            break
+        if sub.ended == "gone":
+            return resp
+        if sub.ended == "revoked":
+            await _write(request, resp, b": token revoked\n\n")
         await resp.write_eof()
     except ConnectionResetError:
         pass  # the client went away while we wrote
@@ -220,21 +186,31 @@ async def _follow(
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
-    match = _matcher(request)
-    after = _start(request) or await _last_id(services(request).redis)
-    return await _follow(request, after, match)
+    flt, after = EventFilter.from_query(request), _start(request)
+    hub = request.app[HUB]
+    sub, after = await hub.open(caller(request).id, flt, _gone(request), after)
+    try:
+        return await _follow(request, sub, after)
+    finally:
+        hub.close(sub)
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
     """Duplicates: events after `after` that the snapshot already shows are sent as well."""
-    store, job_id = services(request).jobs, request.match_info["job_id"]
-    after = await _last_id(store.redis)  # before the snapshot: no transition falls in between
-    job = await store.get(job_id)  # NotFound: 404
-    return await _follow(
-        request,
-        after,
-        lambda ev: ev.subject == job_id,
-        lambda ev: ev.type in _TERMINAL,
-        first=_sse(None, "job.snapshot", job.model_dump_json()),
-        follow=not job.state.terminal,
+    store, job_id, hub = services(request).jobs, request.match_info["job_id"], request.app[HUB]
+    # registered and positioned before the snapshot: no transition falls in between
+    sub, after = await hub.open(
+        caller(request).id, EventFilter(subject=job_id), _gone(request), None
     )
+    try:
+        job = await store.get(job_id)  # NotFound: 404
+        return await _follow(
+            request,
+            sub,
+            after,
+            lambda ev: ev.type in _TERMINAL,
+            first=_sse(None, "job.snapshot", job.model_dump_json()),
+            follow=not job.state.terminal,
+        )
+    finally:
+        hub.close(sub)

@@ -53,8 +53,29 @@ def _parts(x: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class StreamInfo:
     first_id: str | None  # the oldest entry still in the stream
-    max_deleted_id: str  # the newest entry ever trimmed or deleted ("0-0": none)
+    max_deleted_id: str  # the newest entry deleted by XDEL ("0-0": none); trims do not set it
     length: int
+    entries_added: int = 0  # entries ever appended; more than `length`: some were removed
+    last_id: str = "0-0"  # the newest id ever appended (the entry may have been removed)
+
+    def lost_after(self, after: str) -> bool:
+        """True when entries after `after` were removed: a reader resuming there has a gap.
+
+        Redis records the newest XDEL'd id, but a trim only moves the first entry (it does
+        not touch max_deleted_id, by design: redis/redis#13473). So a trim shows as: entries
+        were removed, and `after` is older than the first entry kept (or, in a stream
+        trimmed empty, than the newest id). In one case this says "gap" although nothing
+        after `after` was lost: when `after` is itself the newest entry trimmed."""
+        if stream_after(self.max_deleted_id, after) and (
+            self.first_id is None or stream_after(self.first_id, after)
+        ):
+            return True
+        if self.entries_added <= self.length:
+            return False  # nothing was ever removed
+        return stream_after(self.first_id or self.last_id, after)
+
+
+MAX_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest entry id: nothing can come after it
 
 
 class EventLog:
@@ -153,16 +174,32 @@ class EventReader:
             raw = await self.redis.xinfo_stream(keys.EVENTS)
         except ResponseError:  # no stream yet
             return StreamInfo(None, "0-0", 0)
-        first = raw.get("first-entry")
-        return StreamInfo(
-            first_id=str(first[0]) if first else None,
-            max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
-            length=int(raw.get("length", 0)),
-        )
+        return _info(raw)
 
     async def after(self, start: str, count: int) -> list[Entry]:
         """Raw entries after `start` (exclusive), oldest first."""
+        if start == MAX_ID:  # Redis refuses an interval after the largest id
+            return []
         return list(await self.redis.xrange(keys.EVENTS, f"({start}", "+", count=count))
+
+    async def after_checked(self, start: str, count: int) -> tuple[StreamInfo, list[Entry]]:
+        """`after` with the stream's info read in the same MULTI, so `info.lost_after(start)`
+        tells whether entries between `start` and these were trimmed (a trim between two
+        separate calls could otherwise go unnoticed)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xinfo_stream(keys.EVENTS)
+        if start != MAX_ID:
+            pipe.xrange(keys.EVENTS, f"({start}", "+", count=count)
+        raw, *entries = await pipe.execute(raise_on_error=False)
+        if entries and isinstance(entries[0], Exception):
+            raise entries[0]
+        if isinstance(raw, ResponseError):  # no stream yet
+            info = StreamInfo(None, "0-0", 0)
+        elif isinstance(raw, Exception):
+            raise raw
+        else:
+            info = _info(raw)
+        return info, list(entries[0]) if entries else []
 
     def decode(self, sid: str, fields: dict[str, str]) -> Event | None:
         """The event of an entry, or None for an entry that is not one (see `dead_letter`)."""
@@ -180,3 +217,14 @@ class EventReader:
             maxlen=DEAD_LETTERS_KEPT,
             approximate=True,
         )
+
+
+def _info(raw: dict[str, Any]) -> StreamInfo:
+    first = raw.get("first-entry")
+    return StreamInfo(
+        first_id=str(first[0]) if first else None,
+        max_deleted_id=str(raw.get("max-deleted-entry-id") or "0-0"),
+        length=int(raw.get("length", 0)),
+        entries_added=int(raw.get("entries-added", 0)),  # Redis 7.0 and later
+        last_id=str(raw.get("last-generated-id") or "0-0"),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Collection
 
 from redis.asyncio import Redis
 
@@ -43,6 +44,15 @@ class TokenStore:
         shas = await self.redis.hvals(keys.TOKENS)
         docs = await self.redis.mget([keys.token(s) for s in shas]) if shas else []
         return [TokenInfo.model_validate_json(d) for d in docs if d is not None]
+
+    async def existing(self, token_ids: Collection[str]) -> set[str]:
+        """Which of `token_ids` still exist (not revoked), in one round trip however many:
+        open event streams are re-checked with this every few seconds."""
+        ids = list(token_ids)
+        if not ids:
+            return set()
+        shas = await self.redis.hmget(keys.TOKENS, ids)
+        return {i for i, sha in zip(ids, shas, strict=True) if sha is not None}
 
     async def revoke(self, token_id: str) -> None:
         sha = await self.redis.hget(keys.TOKENS, token_id)

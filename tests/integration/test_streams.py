@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -18,74 +17,10 @@ import redis.asyncio as aredis
 from aiohttp.test_utils import TestServer
 
 from orchestrator.api import events as streams
-from orchestrator.api.app import make_app
-from orchestrator.settings import Settings
-from orchestrator.store import keys
-from orchestrator.store.events import make_event
 from tests.integration.conftest import Api, Proc
+from tests.integration.ssekit import Sse, app_server, blocked_reads, emit, open_streams, sse, until
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Sse:
-    id: str | None
-    event: str
-    data: str
-
-
-class SseReader:
-    """Reads one text/event-stream response, event by event; comments are kept apart."""
-
-    def __init__(self, resp: aiohttp.ClientResponse):
-        self.resp = resp
-        self.comments: list[str] = []
-
-    async def line(self) -> str | None:
-        raw = await self.resp.content.readline()
-        return raw.decode().rstrip("\r\n") if raw else None
-
-    async def comment(self, timeout_s: float = 20) -> str:
-        """The next comment line (events before it are dropped)."""
-        async with asyncio.timeout(timeout_s):
-            while not (line := await self.line() or "").startswith(":"):
-                pass
-        return line
-
-    async def next(self, timeout_s: float = 20) -> Sse | None:
-        """The next event, or None once the server ended the stream."""
-        fields: dict[str, list[str]] = {}
-        async with asyncio.timeout(timeout_s):
-            while True:
-                line = await self.line()
-                if line is None:
-                    return None
-                if line.startswith(":"):
-                    self.comments.append(line)
-                elif line:
-                    name, _, value = line.partition(":")
-                    fields.setdefault(name, []).append(value.removeprefix(" "))
-                elif fields:
-                    ids, types = fields.get("id"), fields.get("event", ["message"])
-                    data = "\n".join(fields.get("data", []))
-                    return Sse(ids[-1] if ids else None, types[-1], data)
-
-    async def until(self, stop_id: str, timeout_s: float = 20) -> list[Sse]:
-        """Every event up to and including the one with id `stop_id`."""
-        got: list[Sse] = []
-        while not got or got[-1].id != stop_id:
-            ev = await self.next(timeout_s)
-            assert ev is not None, f"stream ended before {stop_id}; got {got}"
-            got.append(ev)
-        return got
-
-
-async def until(pred: Callable[[], Awaitable[Any]], timeout_s: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := await pred()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return value
 
 
 @pytest.fixture
@@ -95,47 +30,17 @@ async def redis(redis_url: str) -> AsyncIterator[aredis.Redis]:
     await r.aclose()
 
 
-async def blocked_reads(r: aredis.Redis, n: int) -> bool:
-    """Exactly n connections are in (or last ran) XREAD: the SSE streams' own connections
-    (other parts of vmorch read the stream with XREADGROUP)."""
-    return len([c for c in await r.client_list() if c["cmd"] == "xread"]) == n
-
-
 @pytest.fixture
 async def server(api: Api, redis_url: str, redis: aredis.Redis) -> AsyncIterator[TestServer]:
-    """The API with the stream routes, wired as app.py will wire them."""
-    app = make_app(Settings(redis_url=redis_url))  # with the stream routes
-    srv = TestServer(app, host="127.0.0.1")
-    await srv.start_server()
-    yield srv
-    await srv.close()
-    await until(lambda: blocked_reads(redis, 0), 10, "stream connections to close")
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    assert not left, left
+    """The API with the stream routes, wired as app.py wires them."""
+    async with app_server(redis_url, redis) as srv:
+        yield srv
 
 
 @pytest.fixture
 async def http(api: Api) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api.token}"}) as s:
         yield s
-
-
-async def emit(
-    r: aredis.Redis, type_: str, subject: str | None = None, source: str = "t://a"
-) -> str:
-    event = make_event(type_, source, subject, {"n": time.monotonic_ns()})
-    return str(await r.xadd(keys.EVENTS, {"e": event.model_dump_json()}))
-
-
-async def sse(
-    http: aiohttp.ClientSession, url: Any, headers: dict[str, str] | None = None
-) -> tuple[aiohttp.ClientResponse, SseReader]:
-    resp = await http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(sock_read=30))
-    assert resp.status == 200, await resp.text()
-    assert resp.headers["Content-Type"] == "text/event-stream"
-    assert resp.headers["Cache-Control"] == "no-cache"
-    assert resp.headers["X-Accel-Buffering"] == "no"
-    return resp, SseReader(resp)
 
 
 async def test_sse_resumes_with_last_event_id_missing_nothing(
@@ -149,8 +54,8 @@ async def test_sse_resumes_with_last_event_id_missing_nothing(
     assert [e.event for e in got] == ["test.a0", "test.a1", "test.a2"]
     first = json.loads(got[0].data)
     assert first["type"] == "test.a0" and first["subject"] == "s0" and "stream_id" not in first
-    resp.close()  # the client goes away; the server lets go of its Redis connection
-    await until(lambda: blocked_reads(redis, 0), 10, "the stream's connection to close")
+    resp.close()  # the client goes away; the hub lets go of its stream
+    await until(lambda: open_streams(server, 0), 10, "the stream to close")
 
     missed = [await emit(redis, f"test.b{i}") for i in range(4)]
     resp, reader = await sse(
@@ -191,13 +96,13 @@ async def test_sse_filters_by_type_glob_subject_and_source(
     resp.close()
 
 
-async def test_sse_sends_keep_alive_when_a_block_times_out(
+async def test_sse_sends_keep_alive_when_nothing_matching_came(
     server: TestServer,
     http: aiohttp.ClientSession,
     redis: aredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(streams, "BLOCK_MS", 100)
+    monkeypatch.setattr(streams, "KEEPALIVE_S", 0.3)
     resp, reader = await sse(http, server.make_url("/v1/events/stream").with_query(type="x"))
     assert await reader.comment() == ": connected"
     await emit(redis, "y")  # filtered out: nothing is written for it
@@ -209,7 +114,8 @@ async def test_sse_streams_end_when_the_app_shuts_down(
     server: TestServer, http: aiohttp.ClientSession, redis: aredis.Redis
 ) -> None:
     streams_open = [await sse(http, server.make_url(p)) for p in ("/v1/events/stream",) * 2]
-    await until(lambda: blocked_reads(redis, 2), 10, "the streams to block in XREAD")
+    await until(lambda: open_streams(server, 2), 10, "the streams to open")
+    assert await blocked_reads(redis, 1)  # one connection reads for both
     started = time.monotonic()
     await server.close()
     assert time.monotonic() - started < 5  # not aiohttp's 60 s shutdown timeout
