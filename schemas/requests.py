@@ -130,7 +130,8 @@ class Noop(Frozen):
     on_timeout: Literal["fail", "escalate"] = "fail"
 
 
-JobRequest = Annotated[
+# What clients may submit; vmorch itself submits the internal kinds too (hooks).
+_ClientKinds = (
     CreateFromTemplate
     | StartVm
     | StopVm
@@ -139,26 +140,13 @@ JobRequest = Annotated[
     | SuspendVm
     | ResumeVm
     | DeleteVm
-    | HaRestart
-    | Noop,
-    Field(discriminator="kind"),
-]
+    | Noop
+)
+ClientJobRequest = Annotated[_ClientKinds, Field(discriminator="kind")]
+JobRequest = Annotated[_ClientKinds | HaRestart, Field(discriminator="kind")]
 
 # Kinds vmorch submits itself (hooks); the API refuses them.
 INTERNAL_KINDS = frozenset({"vm.ha_restart"})
-
-ClientJobRequest = Annotated[
-    CreateFromTemplate
-    | StartVm
-    | StopVm
-    | KillVm
-    | RestartVm
-    | SuspendVm
-    | ResumeVm
-    | DeleteVm
-    | Noop,
-    Field(discriminator="kind"),
-]
 """JobRequest less INTERNAL_KINDS: the body `POST /v1/jobs` documents, so that a client
 following the document does not send a kind the API refuses."""
 

@@ -111,10 +111,10 @@ def env(redis_url: str) -> dict[str, str]:
     return {**os.environ, "VMORCH_REDIS_URL": redis_url, **ENGINE_ENV}
 
 
-@pytest.fixture(scope="session")
-def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
+def start_api(env: dict[str, str], log: Path) -> tuple[str, Proc]:
+    """A `vmorch api` process on a free port, once it answers /healthz ."""
     port = free_port("127.0.0.1")
-    proc = Proc(["api"], {**env, "VMORCH_API_PORT": str(port)}, workdir / "api.log")
+    proc = Proc(["api"], {**env, "VMORCH_API_PORT": str(port)}, log)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -125,7 +125,13 @@ def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
             assert proc.p.poll() is None, proc.output()
             return False
 
-    wait_until(up, 30, "api")
+    wait_until(up, 30, f"api ({log.name})")
+    return url, proc
+
+
+@pytest.fixture(scope="session")
+def api_url(env: dict[str, str], workdir: Path, lab: Any) -> Iterator[str]:
+    url, proc = start_api(env, workdir / "api.log")
     yield url
     proc.stop()
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.lab.process import free_port
 from orchestrator.lab.redis_server import RedisServer
 from schemas.api import Role
-from tests.integration.conftest import Proc, make_token, wait_until
+from tests.integration.conftest import Proc, make_token, start_api
 
 
 @dataclass(frozen=True)
@@ -59,26 +58,13 @@ def standalone_api(
     server = RedisServer(workdir / f"{name}-redis", appendonly=appendonly, require_password=True)
     redis_url = server.start()
     try:
-        port = free_port("127.0.0.1")
         env = {
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
-            "VMORCH_API_PORT": str(port),
             **{f"VMORCH_{k.upper()}": v for k, v in settings.items()},
         }
-        proc = Proc(["api"], env, workdir / f"{name}-api.log")
+        url, proc = start_api(env, workdir / f"{name}-api.log")
         try:
-            url = f"http://127.0.0.1:{port}"
-
-            def up() -> bool:
-                try:
-                    with urllib.request.urlopen(url + "/healthz", timeout=1):
-                        return True
-                except OSError:
-                    assert proc.p.poll() is None, proc.output()
-                    return False
-
-            wait_until(up, 30, f"api {name}")
             yield Standalone(url, server, redis_url, proc, make_token(redis_url, Role.ADMIN))
         finally:
             proc.stop()
