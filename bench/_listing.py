@@ -13,17 +13,13 @@ import aiohttp
 import redis.asyncio as aredis
 from _load import session
 from _procs import (
-    BENCH_DIR,
-    HOST,
     Config,
     Row,
     admin_headers,
-    free_port,
     note,
     percentile,
-    spawn,
+    start_api_and_baseline,
     start_redis,
-    vmorch_env,
 )
 
 from orchestrator.clock import now_ms
@@ -133,34 +129,13 @@ async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -
 def phase_listing(cfg: Config) -> list[Row]:
     with ExitStack() as stack:
         server = start_redis(stack, cfg, "redis-list")
-        api_port, base_port = free_port(), free_port()
-        api = spawn(
-            stack,
-            cfg,
-            "api-list",
-            ["-m", "orchestrator.cli", "api"],
-            vmorch_env(server.url, api_port),
-        )
-        base = spawn(
-            stack,
-            cfg,
-            "baseline-list",
-            [
-                str(BENCH_DIR / "baseline_app.py"),
-                "--port",
-                str(base_port),
-                "--redis-url",
-                server.url,
-            ],
-        )
-        api.wait_http(f"http://{HOST}:{api_port}/healthz")
-        base.wait_http(f"http://{HOST}:{base_port}/healthz")
+        _, _, api_url, base_url = start_api_and_baseline(stack, cfg, server, "list")
         headers = admin_headers(server.url)
         note(f"listing: storing {cfg.list_jobs} jobs of {cfg.steps} steps")
         rate = asyncio.run(store_jobs(server.url, cfg.list_jobs, cfg.steps))
         note(f"listing: stored at {rate:.0f} jobs/s; {cfg.list_requests} GETs each")
-        v = asyncio.run(time_gets(f"http://{HOST}:{api_port}/v1/jobs", headers, cfg.list_requests))
-        b = asyncio.run(time_gets(f"http://{HOST}:{base_port}/v1/jobs", headers, cfg.list_requests))
+        v = asyncio.run(time_gets(f"{api_url}/v1/jobs", headers, cfg.list_requests))
+        b = asyncio.run(time_gets(f"{base_url}/v1/jobs", headers, cfg.list_requests))
     n = cfg.list_jobs
     return [
         (f"HTTP GET /v1/jobs (50 newest), {n} jobs stored, p50 (ms)", *_p(v, b, 50), ".2f", False),

@@ -231,6 +231,31 @@ def vmorch_env(redis_url: str, api_port: int | None = None) -> dict[str, str]:
     return env
 
 
+def start_api_and_baseline(
+    stack: ExitStack, cfg: Config, server: RedisServer, tag: str
+) -> tuple[Proc, Proc, str, str]:
+    """A vmorch api and the bare baseline app on the same Redis, both answering; returns
+    them with their base URLs."""
+    api_port, base_port = free_port(), free_port()
+    api = spawn(
+        stack,
+        cfg,
+        f"api-{tag}",
+        ["-m", "orchestrator.cli", "api"],
+        vmorch_env(server.url, api_port),
+    )
+    base = spawn(
+        stack,
+        cfg,
+        f"baseline-{tag}",
+        [str(BENCH_DIR / "baseline_app.py"), "--port", str(base_port), "--redis-url", server.url],
+    )
+    api_url, base_url = f"http://{HOST}:{api_port}", f"http://{HOST}:{base_port}"
+    api.wait_http(f"{api_url}/healthz")
+    base.wait_http(f"{base_url}/healthz")
+    return api, base, api_url, base_url
+
+
 def admin_headers(redis_url: str) -> dict[str, str]:
     """Create an admin token in our Redis; the request headers that carry it."""
 

@@ -28,20 +28,16 @@ from _e2e import phase_e2e
 from _listing import phase_listing
 from _load import drive, session
 from _procs import (
-    BENCH_DIR,
-    HOST,
     Config,
     Row,
     admin_headers,
-    free_port,
     note,
     percentile,
     pid_cpu_s,
     redis_commands,
     render_table,
-    spawn,
+    start_api_and_baseline,
     start_redis,
-    vmorch_env,
 )
 
 from orchestrator.lab.redis_server import RedisServer
@@ -100,28 +96,7 @@ async def http_round(
 def phase_http(cfg: Config) -> list[Row]:
     with ExitStack() as stack:
         server = start_redis(stack, cfg, "redis-http")
-        api_port, base_port = free_port(), free_port()
-        api = spawn(
-            stack,
-            cfg,
-            "api-http",
-            ["-m", "orchestrator.cli", "api"],
-            vmorch_env(server.url, api_port),
-        )
-        base = spawn(
-            stack,
-            cfg,
-            "baseline-http",
-            [
-                str(BENCH_DIR / "baseline_app.py"),
-                "--port",
-                str(base_port),
-                "--redis-url",
-                server.url,
-            ],
-        )
-        api.wait_http(f"http://{HOST}:{api_port}/healthz")
-        base.wait_http(f"http://{HOST}:{base_port}/healthz")
+        api, base, api_url, base_url = start_api_and_baseline(stack, cfg, server, "http")
         headers = admin_headers(server.url)
         b, v = HttpStats(), HttpStats()
         for i in range(cfg.rounds):
@@ -129,12 +104,8 @@ def phase_http(cfg: Config) -> list[Row]:
                 f"HTTP round {i + 1}/{cfg.rounds}: baseline, then vmorch api "
                 f"({cfg.warmup} warm-up + {cfg.requests} requests each)"
             )
-            asyncio.run(
-                http_round(cfg, f"http://{HOST}:{base_port}/v1/jobs", headers, base.pid, server, b)
-            )
-            asyncio.run(
-                http_round(cfg, f"http://{HOST}:{api_port}/v1/jobs", headers, api.pid, server, v)
-            )
+            asyncio.run(http_round(cfg, f"{base_url}/v1/jobs", headers, base.pid, server, b))
+            asyncio.run(http_round(cfg, f"{api_url}/v1/jobs", headers, api.pid, server, v))
     return [
         (
             f"HTTP POST /v1/jobs, {cfg.clients} clients (req/s, median of {cfg.rounds} rounds)",
