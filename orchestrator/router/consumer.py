@@ -158,7 +158,7 @@ class EventConsumer:
         return not any(h.enabled and any_match(type_, h.match.types) for h in hooks)
 
     async def handle(
-        self, sid: str, event: Event, *, hooks: list[Any] | None = None, check_waits: bool = True
+        self, sid: str, event: Event, *, hooks: list[Hook] | None = None, check_waits: bool = True
     ) -> bool:
         """Act on one event. True when the entry may be acknowledged now."""
         svc = self.services

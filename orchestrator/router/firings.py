@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from orchestrator.globs import any_match
 from orchestrator.router.actions import ActionContext, ActionKind, Firing, registry
-from orchestrator.router.actions.webhook import WebhookAllowList, WebhookSender
+from orchestrator.router.actions.webhook import WebhookSender
 from orchestrator.router.hooks import matches
 from orchestrator.router.policies import ha
+from orchestrator.router.webhook_targets import WebhookAllowList
 from orchestrator.services import Services
 from schemas import event_types as et
 from schemas.events import Event

@@ -9,13 +9,13 @@ their fencing token: a worker whose lease has gone gets `fenced` and must stop.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from orchestrator.clock import now_ms
 from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
 from orchestrator.store import keys, lua
 from orchestrator.store.events import make_event
@@ -29,10 +29,6 @@ CURSOR_RE = re.compile(r"(?P<score>[0-9]{1,20})(?:-(?P<job_id>[0-9a-f-]{36}))?",
 CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
 Mutation = Callable[[Job], Job | None]
 Entries = list[tuple[str, int]]  # (job id, score) from an index
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _created_us(job: Job) -> int:

@@ -4,6 +4,7 @@ the api and router as processes, and real Celery worker processes (started per t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -155,7 +156,7 @@ def agents(
 
     def up(name: str) -> bool:
         assert procs[name].p.poll() is None, procs[name].output()
-        return f'"type":"server.up","subject":"{name}"' in _events_of(redis_url)
+        return bool(events(redis_url, "server.up", name))
 
     for name in procs:
         wait_until(lambda name=name: up(name), 30, f"agent {name} to connect")
@@ -164,12 +165,21 @@ def agents(
         p.stop()
 
 
-def _events_of(redis_url: str) -> str:
+def events(
+    redis_url: str, type_: str | None = None, subject: str | None = None
+) -> list[dict[str, Any]]:
+    """The events on the stream, decoded, of `type_` and about `subject` if given."""
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return " ".join(f["e"] for _, f in r.xrange(keys.EVENTS))
+        out = [json.loads(f["e"]) for _, f in r.xrange(keys.EVENTS)]
     finally:
         r.close()
+    return [
+        e
+        for e in out
+        if (type_ is None or e["type"] == type_)
+        and (subject is None or e.get("subject") == subject)
+    ]
 
 
 @pytest.fixture(scope="session")

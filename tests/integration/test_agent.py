@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from orchestrator.store import keys
 from schemas.inventory import Inventory
-from tests.integration.conftest import Api, Proc, find_domains, wait_until
+from tests.integration.conftest import Api, Proc, events, find_domains, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _events(redis_url: str, type_: str, subject: str) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        found = [json.loads(f["e"]) for _, f in r.xrange(keys.EVENTS)]
-    finally:
-        r.close()
-    return [e for e in found if e["type"] == type_ and e["subject"] == subject]
 
 
 def test_a_guest_that_shut_down_while_the_agent_was_away_is_not_restarted_by_ha(
@@ -59,7 +47,7 @@ def test_a_guest_that_shut_down_while_the_agent_was_away_is_not_restarted_by_ha(
     )
     # then it reports the stop with the reason libvirt gives for it
     stopped = wait_until(
-        lambda: _events(redis_url, "vm.lifecycle.stopped", vm_id), 20, "the missed stop"
+        lambda: events(redis_url, "vm.lifecycle.stopped", vm_id), 20, "the missed stop"
     )
     assert stopped[-1]["data"]["detail"] == "shutdown", stopped[-1]
     assert "observed_at" in stopped[-1]["data"]

@@ -15,26 +15,18 @@ from orchestrator.router.actions.webhook import verify
 from orchestrator.settings import Settings
 from orchestrator.store import keys
 from schemas.inventory import Inventory
-from tests.integration.conftest import Api, Proc, WebhookReceiver, find_domains, wait_until
+from tests.integration.conftest import (
+    Api,
+    Proc,
+    WebhookReceiver,
+    events,
+    find_domains,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 CREATE = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"}
-
-
-def events(
-    redis_url: str, type_: str | None = None, subject: str | None = None
-) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        out = [json.loads(f["e"]) for _, f in r.xrange(keys.EVENTS)]
-    finally:
-        r.close()
-    return [
-        e
-        for e in out
-        if (type_ is None or e["type"] == type_) and (subject is None or e["subject"] == subject)
-    ]
 
 
 def runs(api: Api, hook_id: str) -> list[dict[str, Any]]:

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
-import re
-import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from tenacity import (
     AsyncRetrying,
@@ -27,7 +23,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from orchestrator.errors import Forbidden
+from orchestrator.router.webhook_targets import CheckingResolver, WebhookAllowList, WebhookRefused
 from schemas.hooks import HookRun, WebhookAction
 
 if TYPE_CHECKING:
@@ -35,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmorch.webhooks")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "vmorch-webhook/1"
 
@@ -59,202 +53,6 @@ def verify(
     scheme, _, digest = header.partition("=")
     expected = sign(secret, timestamp, body)
     return scheme == "sha256" and hmac.compare_digest(digest.encode(), expected.encode())
-
-
-class WebhookRefused(Forbidden):
-    code = "webhook_refused"
-
-
-_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-
-
-def _ip(text: str) -> IPAddress | None:
-    """`text` as an address, with an IPv4-mapped or -compatible IPv6 form taken as the IPv4
-    address it embeds: that is where a connection to it goes, and what the rule must see."""
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
-        if addr in _V4_COMPATIBLE and not (addr.is_loopback or addr.is_unspecified):
-            return ipaddress.IPv4Address(int(addr))
-    return addr
-
-
-# Ranges refused by default that no stable stdlib property names. `is_private` is not used:
-# it leaves 100.64/10 out, lumps in documentation ranges, and its IPv6 ranges changed in
-# 3.12.4 and 3.13; listing the ranges keeps the rule the same on every Python version.
-_FORBIDDEN_NETWORKS: tuple[tuple[Network, str], ...] = tuple(
-    (ipaddress.ip_network(net), why)
-    for net, why in (
-        ("0.0.0.0/8", "this network"),  # Linux connects 0.0.0.0 to the local host
-        ("10.0.0.0/8", "private"),
-        ("172.16.0.0/12", "private"),
-        ("192.168.0.0/16", "private"),
-        ("100.64.0.0/10", "shared address space"),
-        ("255.255.255.255/32", "broadcast"),
-        ("fc00::/7", "unique local"),
-        ("fec0::/10", "site-local"),
-        ("64:ff9b::/96", "NAT64"),
-        ("64:ff9b:1::/48", "NAT64"),
-        ("2002::/16", "6to4"),
-        ("2001::/32", "Teredo"),
-    )
-)
-
-
-def forbidden_reason(addr: IPAddress) -> str | None:
-    """Why `addr` is refused as a webhook target by default, or None when it is not; an IP or
-    CIDR entry of the allow-list that covers it overrides this.
-
-    Each range reaches the orchestrator's own host or networks, or translates or tunnels to
-    an address that may (NAT64, 6to4 and Teredo embed an IPv4 address: 169.254.169.254 too).
-    `is_global` last catches the other special-purpose ranges (documentation, benchmarking)."""
-    if addr.is_loopback:
-        return "loopback"
-    if addr.is_unspecified:
-        return "unspecified"
-    if addr.is_link_local:
-        return "link-local"
-    if addr.is_multicast:
-        return "multicast"
-    for net, why in _FORBIDDEN_NETWORKS:
-        if addr in net:
-            return why
-    if addr.is_reserved:
-        return "reserved"
-    if not addr.is_global:
-        return "not globally reachable"
-    return None
-
-
-_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
-_BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
-
-
-def _port(text: str, raw: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: port must be 1-65535")
-    return int(text)
-
-
-def _parse_entry(raw: str) -> tuple[str | Network, int | None]:
-    """One allow-list entry as (host name or network, port or None for any port).
-
-    `host`, `host:port`, `1.2.3.4[:port]`, `::1` or `[::1][:port]`, `10.1.0.0/16[:port]`,
-    `fd00::/8` or `[fd00::/8][:port]`. An address is a network of one."""
-    entry = raw.strip()
-    port: int | None = None
-    if bracketed := _BRACKETED.fullmatch(entry):
-        host, port_text = bracketed.group(1), bracketed.group(2)
-        if ":" not in host:
-            raise ValueError(f"bad webhook allow-list entry {raw!r}: only IPv6 goes in brackets")
-        port = None if port_text is None else _port(port_text, raw)
-    elif entry.count(":") == 1:
-        host, _, port_text = entry.partition(":")
-        port = _port(port_text, raw)
-    else:
-        host = entry  # no port, or a bare IPv6 address or network (which cannot carry one)
-    if "/" in host:
-        try:
-            return ipaddress.ip_network(host, strict=True), port
-        except ValueError as exc:
-            raise ValueError(f"bad webhook allow-list entry {raw!r}: {exc}") from None
-    if (addr := _ip(host)) is not None:
-        return ipaddress.ip_network(addr), port
-    name = host.lower()
-    if ":" in name or not _NAME.fullmatch(name) or len(name) > 253:
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: not a host name or address")
-    if name.replace(".", "").isdigit():  # 2130706433, 127.1: aiohttp refuses these as URLs
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: not a canonical IPv4 address")
-    return name, port
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class WebhookAllowList:
-    """Operator-allowed targets (see `_parse_entry`); an entry without a port allows any.
-    Empty: deny all.
-
-    An address entry or CIDR allows the addresses it covers, whatever they are. A host name
-    entry allows the name only while every address it resolves to passes `forbidden_reason`
-    or is covered by an address entry. `check` is static (no I/O) and covers IP literals,
-    which aiohttp connects to without resolving. Addresses a name resolves to are checked by
-    `check_resolved`, which the sender's resolver calls on the very addresses it connects to,
-    so a DNS answer that changes between check and connect gains nothing."""
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        self.networks: list[tuple[Network, int | None]] = []
-        self.names: list[tuple[str, int | None]] = []
-        for raw in entries:
-            target, port = _parse_entry(raw)
-            if isinstance(target, str):
-                self.names.append((target, port))
-            else:
-                self.networks.append((target, port))
-
-    def covers(self, addr: IPAddress, port: int) -> bool:
-        """Whether an address entry allows `addr` on `port` explicitly."""
-        return any(addr in net and p in (None, port) for net, p in self.networks)
-
-    def check(self, url: str) -> None:
-        try:
-            parsed = URL(url)
-        except ValueError as exc:
-            raise WebhookRefused("webhook URL is not a valid URL") from exc
-        if parsed.scheme not in ("http", "https"):
-            raise WebhookRefused(f"webhook URL scheme {parsed.scheme!r} is not http or https")
-        if parsed.user is not None or parsed.password is not None:
-            raise WebhookRefused("webhook URL must not carry credentials")
-        if not parsed.raw_host or parsed.port is None:
-            raise WebhookRefused("webhook URL has no host")
-        host, port = parsed.raw_host, parsed.port
-        addr = _ip(host)
-        if addr is None:
-            if any(h == host.lower() and p in (None, port) for h, p in self.names):
-                return
-        elif self.covers(addr, port):
-            return
-        elif why := forbidden_reason(addr):
-            raise WebhookRefused(
-                f"webhook target {_hostport(host, port)} is a forbidden address ({why}); "
-                "only an IP or CIDR entry of the webhook allow-list can allow it"
-            )
-        raise WebhookRefused(
-            f"webhook target {_hostport(host, port)} is not allowed "
-            "(not in the operator's webhook allow-list)"
-        )
-
-    def check_resolved(self, host: str, results: Iterable[ResolveResult]) -> None:
-        """Refuse a name that resolves to a forbidden address no address entry covers."""
-        for r in results:
-            addr = _ip(r["host"])
-            if addr is None:
-                raise WebhookRefused(f"webhook host {host} resolves to {r['host']!r}")
-            if not self.covers(addr, r["port"]) and (why := forbidden_reason(addr)):
-                raise WebhookRefused(
-                    f"webhook host {host} resolves to a forbidden address {r['host']} ({why}); "
-                    "only an IP or CIDR entry of the webhook allow-list can allow it"
-                )
-
-
-class _CheckingResolver(AbstractResolver):
-    def __init__(self, allow_list: WebhookAllowList, inner: AbstractResolver) -> None:
-        self.allow_list, self.inner = allow_list, inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self.inner.resolve(host, port, family)
-        self.allow_list.check_resolved(host, results)
-        return results
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +89,7 @@ class WebhookSender:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._resolver = _CheckingResolver(
+            self._resolver = CheckingResolver(
                 self.allow_list, self._inner_resolver or DefaultResolver()
             )
             connector = aiohttp.TCPConnector(resolver=self._resolver, limit=100)
