@@ -4,6 +4,7 @@ submit-to-first-step latency of vmorch jobs."""
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
@@ -26,6 +27,7 @@ from _procs import (
     free_port,
     note,
     percentile,
+    pid_cpu_s,
     redis_commands,
     spawn,
     start_redis,
@@ -44,6 +46,7 @@ class Completion:
     n_99: int = 0  # 99% of the runs (rounded down)
     p99_s: float = 0.0  # first submit -> n_99 runs completed
     cpu_s: float = 0.0  # worker process group CPU over the run
+    others_cpu_s: dict[str, float] = field(default_factory=dict)  # api, router, redis, bench
     redis_cmds: int = 0  # commands Redis executed over the run
 
     def rate(self, until_99: bool = False) -> float:
@@ -125,8 +128,23 @@ def busy_drops(worker: Proc) -> int:
     return worker.output().count("s: 'busy'")
 
 
+def own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_of(procs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    return {name: f() for name, f in procs.items()}
+
+
 async def vmorch_e2e(
-    cfg: Config, base_url: str, headers: dict[str, str], redis_url: str, worker: Proc, router: Proc
+    cfg: Config,
+    base_url: str,
+    headers: dict[str, str],
+    redis_url: str,
+    worker: Proc,
+    router: Proc,
+    others: dict[str, Callable[[], float]],
 ) -> VmorchE2E:
     url, out = f"{base_url}/v1/jobs", VmorchE2E()
     r = aredis.Redis.from_url(redis_url, decode_responses=True)
@@ -148,6 +166,7 @@ async def vmorch_e2e(
             busy0, cmds0 = busy_drops(worker), redis_commands(redis_url)
             mem0, stream0 = used_memory(redis_url), await stream_bytes(r)
             cpu0, t0 = worker.cpu_s(), time.perf_counter()
+            others0 = cpu_of(others)
             sub = await drive(
                 http,
                 url,
@@ -160,6 +179,7 @@ async def vmorch_e2e(
             )
             out.run = await track(done, cfg.warm_jobs, cfg.workflows, t0, t0 + cfg.e2e_max_s)
             out.run.cpu_s = worker.cpu_s() - cpu0
+            out.run.others_cpu_s = {k: v - others0[k] for k, v in cpu_of(others).items()}
             out.run.redis_cmds = redis_commands(redis_url) - cmds0
             out.busy_e2e = busy_drops(worker) - busy0
             out.memory_b = used_memory(redis_url) - mem0
@@ -193,7 +213,9 @@ async def vmorch_e2e(
     return out
 
 
-def celery_e2e(cfg: Config, redis_url: str, worker: Proc) -> Completion:
+def celery_e2e(
+    cfg: Config, redis_url: str, worker: Proc, others: dict[str, Callable[[], float]]
+) -> Completion:
     """Raw Celery chains of no-op tasks, published from this process."""
     app = bc.make_app(redis_url)
     r = redis.Redis.from_url(redis_url)
@@ -209,10 +231,12 @@ def celery_e2e(cfg: Config, redis_url: str, worker: Proc) -> Completion:
             raise RuntimeError(f"warm-up chains did not finish; see {worker.log}")
         note(f"E2E: raw Celery, {cfg.workflows} chains x {cfg.steps} tasks")
         cmds0, cpu0, t0 = redis_commands(redis_url), worker.cpu_s(), time.perf_counter()
+        others0 = cpu_of(others)
         for _ in range(cfg.workflows):
             bc.send_chain(app, cfg.steps)
         res = asyncio.run(track(done, cfg.warm_jobs, cfg.workflows, t0, t0 + cfg.e2e_max_s))
         res.cpu_s = worker.cpu_s() - cpu0
+        res.others_cpu_s = {k: v - others0[k] for k, v in cpu_of(others).items()}
         res.redis_cmds = redis_commands(redis_url) - cmds0
     finally:
         r.close()
@@ -238,7 +262,13 @@ def phase_e2e(cfg: Config) -> list[Row]:
         api.wait_http(f"{base_url}/healthz")
         worker.wait_output(" ready.")
         headers = admin_headers(server.url)
-        vm = asyncio.run(vmorch_e2e(cfg, base_url, headers, server.url, worker, router))
+        others = {
+            "api": api.cpu_s,
+            "router": router.cpu_s,
+            "redis-server": lambda: pid_cpu_s(server.pid),
+            "bench (clients)": own_cpu_s,
+        }
+        vm = asyncio.run(vmorch_e2e(cfg, base_url, headers, server.url, worker, router, others))
         worker.stop()  # free the CPUs for the baseline
         router.stop()
         bworker = spawn(
@@ -254,7 +284,8 @@ def phase_e2e(cfg: Config) -> list[Row]:
             ],
         )
         bworker.wait_output(" ready.")
-        ch = celery_e2e(cfg, server.url, bworker)
+        bothers = {k: others[k] for k in ("redis-server", "bench (clients)")}
+        ch = celery_e2e(cfg, server.url, bworker, bothers)
     n, m = vm.run.done, len(vm.first_step_seq_ms)
     return [
         (
@@ -262,86 +293,96 @@ def phase_e2e(cfg: Config) -> list[Row]:
             vm.run.rate(),
             ch.rate(),
             ".1f",
-            True,
+            0.9,
         ),
-        ("E2E workflows/s, to 99% done", vm.run.rate(True), ch.rate(True), ".1f", True),
+        ("E2E workflows/s, to 99% done", vm.run.rate(True), ch.rate(True), ".1f", 0.9),
         (
             "E2E worker CPU per workflow (ms)",
             vm.run.per_run(vm.run.cpu_s * 1000),
             ch.per_run(ch.cpu_s * 1000),
             ".1f",
-            False,
+            None,
+        ),
+        *(
+            (
+                f"E2E {name} CPU per workflow (ms)",
+                vm.run.per_run(cpu * 1000),
+                ch.per_run(ch.others_cpu_s[name] * 1000) if name in ch.others_cpu_s else None,
+                ".1f",
+                None,
+            )
+            for name, cpu in vm.run.others_cpu_s.items()
         ),
         (
             "E2E Redis commands per workflow (incl. in Lua)",
             vm.run.per_run(vm.run.redis_cmds),
             ch.per_run(ch.redis_cmds),
             ".0f",
-            False,
+            None,
         ),
         (
             "Redis memory per finished workflow, used_memory delta (bytes; aim <= 2048)",
             vm.run.per_run(vm.memory_b),
             None,
             ".0f",
-            False,
+            None,
         ),
         (
             "  of which its job record (MEMORY USAGE job:<id>)",
             vm.run.per_run(vm.records_b),
             None,
             ".0f",
-            False,
+            None,
         ),
         (
             "  of which its events on the stream (bounded by maxlen)",
             vm.run.per_run(vm.stream_b),
             None,
             ".0f",
-            False,
+            None,
         ),
         (
             "  the rest: index entries, fence key, keyspace",
             vm.run.per_run(vm.memory_b - vm.records_b - vm.stream_b),
             None,
             ".0f",
-            False,
+            None,
         ),
-        ("E2E advance msgs dropped 'busy' (lease race)", vm.busy_e2e, None, "d", False),
+        ("E2E advance msgs dropped 'busy' (lease race)", vm.busy_e2e, None, "d", None),
         (
             "router re-dispatches (whole vmorch E2E + latency run)",
             vm.redispatched,
             None,
             "d",
-            False,
+            None,
         ),
         (
             f"submit->first step p50, {m} sequential jobs (ms)",
             percentile(vm.first_step_seq_ms, 50),
             None,
             ".1f",
-            False,
+            None,
         ),
         (
             f"submit->first step p99, {m} sequential jobs (ms)",
             percentile(vm.first_step_seq_ms, 99),
             None,
             ".1f",
-            False,
+            None,
         ),
-        (f"advance msgs dropped 'busy', {m} sequential jobs", vm.busy_seq, None, "d", False),
+        (f"advance msgs dropped 'busy', {m} sequential jobs", vm.busy_seq, None, "d", None),
         (
             f"submit->first step p50, the {n} E2E jobs, queued (ms)",
             percentile(vm.first_step_load_ms, 50),
             None,
             ".1f",
-            False,
+            None,
         ),
         (
             f"submit->first step p99, the {n} E2E jobs, queued (ms)",
             percentile(vm.first_step_load_ms, 99),
             None,
             ".1f",
-            False,
+            None,
         ),
     ]

@@ -34,8 +34,9 @@ HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-Row = tuple[str, float | None, float | None, str, bool]
-"""One table row: metric, vmorch value, baseline value (None: none), format, show the ratio."""
+Row = tuple[str, float | None, float | None, str, float | None]
+"""One table row: metric, vmorch value, baseline value (None: none), format, and the aim
+for vmorch/baseline (None: no ratio shown)."""
 
 
 @dataclass(frozen=True)

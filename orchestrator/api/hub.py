@@ -132,6 +132,7 @@ class EventHub:
         self._per_token: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self.position: str | None = None  # entries after it reach the subscribers
+        self._wanted = asyncio.Event()  # set while some stream is open
 
     # --- the streams' side ------------------------------------------------------------------
     async def open(
@@ -158,6 +159,7 @@ class EventHub:
         sub = Subscriber(token_id, flt, gone, settings.sse_queue_max)
         self._subs.add(sub)
         self._per_token[token_id] += 1
+        self._wanted.set()
         if after is not None:
             sub.behind = True
             return sub, after
@@ -173,6 +175,8 @@ class EventHub:
             self._per_token[sub.token_id] -= 1
             if self._per_token[sub.token_id] <= 0:
                 del self._per_token[sub.token_id]
+        if not self._subs:
+            self._wanted.clear()
 
     async def entries(
         self, sub: Subscriber, after: str, idle_s: float
@@ -238,9 +242,16 @@ class EventHub:
     async def _read(self) -> None:
         """Read the stream for ever on the dedicated connection and fan each entry out.
         After a failed read, entries trimmed meanwhile put every stream behind, so each reads
-        from Redis and reports its gap; nothing is skipped silently."""
+        from Redis and reports its gap; nothing is skipped silently. With no stream open it
+        reads nothing; streams opened while it idled read from Redis up to its new position."""
         reader, failed = EventReader(self._client), False
         while True:
+            if not self._subs:
+                # nobody to fan out to: read nothing (every entry would be parsed for no
+                # one), and take the newest position again once a stream opens
+                self.position = None
+                await self._wanted.wait()
+                continue
             try:
                 if self.position is None:
                     self.position = await reader.position()

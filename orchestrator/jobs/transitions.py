@@ -73,6 +73,24 @@ def step_done(job: Job, idx: int, out: Outputs) -> Job:
     return succeeded(job) if last and job.state == JobState.RUNNING else job
 
 
+def next_running(job: Job, idx: int) -> Job:
+    """Step `idx` running (first attempt) in the same write that ended the step before it or
+    started the job, when it may start at once: the job runs, no abort or error is
+    recorded, and the step is fresh (pending, never tried, no backoff). Otherwise the job
+    unchanged, and the runner looks at it again as after any write."""
+    if (
+        job.state != JobState.RUNNING
+        or job.abort_requested
+        or job.error is not None
+        or idx >= len(job.steps)
+    ):
+        return job
+    rec = job.steps[idx]
+    if rec.state != StepState.PENDING or rec.attempts or rec.retry_at is not None:
+        return job
+    return step_running(job, idx, 1)
+
+
 def step_waiting(job: Job, idx: int, info: WaitInfo, outputs: Outputs) -> Job:
     job = with_step(job, idx, state=StepState.WAITING, outputs=outputs)
     state = JobState.WAITING if job.state == JobState.RUNNING else job.state

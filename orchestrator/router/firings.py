@@ -115,9 +115,11 @@ class HookEngine:
         await self.deliveries.close()
         await self.sender.close()
 
-    async def hooks(self) -> list[Hook]:
-        """The hooks, read again only when one changed (one GET per batch)."""
-        version = await self.services.hooks.version()
+    async def hooks(self, version: str | None = None) -> list[Hook]:
+        """The hooks, read again only when one changed: when their `version` (read here
+        unless given) is not the one of the cached list."""
+        if version is None:
+            version = await self.services.hooks.version()
         if version != self._version:
             self._cache = await self.services.hooks.all()
             self._version = version

@@ -6,6 +6,7 @@ import secrets
 import uuid
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import keys, lua
@@ -114,6 +115,11 @@ class HookStore:
     async def version(self) -> str:
         """Changes whenever a hook is created, changed or deleted."""
         return str(await self.redis.get(keys.HOOKS_VERSION) or "0")
+
+    @staticmethod
+    def queue_version(pipe: Pipeline) -> None:
+        """Queue the read of `version()` on `pipe` (its reply: the version, or None for "0")."""
+        pipe.get(keys.HOOKS_VERSION)
 
     async def secret(self, hook_id: str) -> str | None:
         value: str | None = await self.redis.get(keys.hook_secret(hook_id))

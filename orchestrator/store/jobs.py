@@ -39,7 +39,7 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
     """The event for a job change: `job.<state>` on a transition, `job.step` otherwise.
 
     A step's event says which step and the state it went to, not the whole step list: a
-    job emits two events per step, and a list in each made the stream's share of a job grow
+    job emits an event or two per step, and a list in each made the stream's share of a job grow
     with the square of its steps (the journal is the job's, `GET /v1/jobs/{id}`)."""
     changed = old != job.state
     data: dict[str, Any] = {
@@ -59,6 +59,11 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         record = next((s for s in job.steps if s.name == step), None)
         if record is not None:
             data["step_state"] = record.state.value
+    # one write may end a step (or start the job) and start the next step: the runner's
+    # usual path, so the event names the step running now too
+    running = next((s.name for s in job.steps if s.state.value == "running"), None)
+    if running is not None and running != step:
+        data["running_step"] = running
     kind = f"job.{job.state.value}" if changed else "job.step"
     return make_event(kind, source, job.id, data).model_dump_json()
 

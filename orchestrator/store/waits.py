@@ -9,6 +9,8 @@ action and the registration still counts: registering scans the stream from that
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -17,7 +19,7 @@ from orchestrator.store import keys, lua
 from orchestrator.store.events import EventReader, stream_after
 from orchestrator.store.fence import Fence, transaction
 from schemas.events import Event
-from schemas.jobs import WaitInfo
+from schemas.jobs import JobState, WaitInfo
 
 SCAN_LIMIT = 5000  # stream entries a registration reads at most to find an early event
 
@@ -79,13 +81,33 @@ class Waits:
 
     async def subjects_waited_on(self, subjects: list[str | None]) -> set[str]:
         """Which of `subjects` some job waits on (one round trip for a batch of events)."""
-        wanted = sorted({s for s in subjects if s})
-        if not wanted:
+        if not any(subjects):
             return set()
         pipe = self.redis.pipeline(transaction=False)
+        waited_on = self.queue_waited_on(pipe, subjects)
+        return waited_on(await pipe.execute())
+
+    @staticmethod
+    def queue_any_waiting(pipe: Pipeline) -> None:
+        """Queue the count of jobs in state `waiting` on `pipe`. A job enters that state
+        before it registers its wait (`tasks.runner.waiting.begin`), so a count of 0 read
+        after an event was appended means no wait can be missed by skipping that event."""
+        pipe.zcard(keys.jobs_state(JobState.WAITING))
+
+    @staticmethod
+    def queue_waited_on(
+        pipe: Pipeline, subjects: list[str | None]
+    ) -> Callable[[list[Any]], set[str]]:
+        """Queue `subjects_waited_on` on `pipe`; the function returned reads the answer from
+        the replies of those commands (the pipeline's replies from there on)."""
+        wanted = sorted({s for s in subjects if s})
         for s in wanted:
             pipe.exists(keys.waits_on(s))
-        return {s for s, n in zip(wanted, await pipe.execute(), strict=True) if n}
+
+        def answer(replies: list[Any]) -> set[str]:
+            return {s for s, n in zip(wanted, replies[: len(wanted)], strict=True) if n}
+
+        return answer
 
     async def on_event(self, stream_id: str, event: Event) -> list[str]:
         """Mark the waits `event` satisfies; returns the ids of the jobs to resume."""

@@ -61,6 +61,8 @@ class Runner:
         self.t0 = time.monotonic()
         self.to_dispatch: list[str] = []  # published once the lease is released
         self.cur: Versioned | None = None  # the last version read or written
+        self.deadline = self.t0 + rt.settings.step_slice_ms / 1000  # of the steps run at once
+        self.started: int | None = None  # a step this runner marked running with the last write
 
     # -- helpers the step modules share --------------------------------------------------
     def update(
@@ -116,11 +118,21 @@ class Runner:
     def advance(self) -> None:
         """Run steps of the job while they end quickly: further steps run under the same
         lease until `step_slice_ms` has passed, then the rest goes back on the queue."""
-        deadline = self.t0 + self.rt.settings.step_slice_ms / 1000
         while self._advance_once():
-            if time.monotonic() >= deadline or self.hb.abort.is_set():
+            if self.started is None and not self.may_go_on():
                 self.to_dispatch.append(self.job_id)
                 return
+
+    def may_go_on(self) -> bool:
+        """Whether this runner may start another step under its lease now."""
+        return time.monotonic() < self.deadline and not self.hb.abort.is_set()
+
+    def _then_running(self, idx: int, steps: list[Step]) -> Callable[[Job], Job]:
+        """The mutation that also starts step `idx`, if this runner is to run it now; its
+        due time is then the dead-worker timer, as for any running step."""
+        if idx < len(steps) and self.may_go_on():
+            return lambda j: tr.next_running(j, idx)
+        return lambda j: j
 
     def _advance_once(self) -> bool:
         """One step (or the start, or the ending). True when the job may go on at once."""
@@ -168,22 +180,40 @@ class Runner:
                 # (and the router's timer checks again, should that message be lost).
                 return job
         records = [StepRecord(name=s.name, description=s.description) for s in steps]
-        job = self.update(lambda j: tr.started(j, records))
+        first = self._then_running(0, steps)
+
+        def start(j: Job) -> Job | None:
+            started = tr.started(j, records)
+            return None if started is None else first(started)
+
+        job = self.update(start, due_ms=due_in_ms(self.rt.settings.lease_ms))
         self.transition(job, "-", "queued", job.state.value)
+        self._note_started(job, steps, 0)
         return job
+
+    def _note_started(self, job: Job, steps: list[Step], idx: int) -> None:
+        """Remember step `idx` if the last write started it (it runs next, without a write
+        of its own: one write per step ends it and starts the next)."""
+        if idx < len(job.steps) and job.steps[idx].state == StepState.RUNNING:
+            self.started = idx
+            self.transition(job, steps[idx].name, "pending", "running", "attempt 1")
 
     # -- one step --------------------------------------------------------------------------
     def _run_step(self, job: Job, steps: list[Step], idx: int) -> bool:
         step = steps[idx]
-        attempt = job.steps[idx].attempts + 1
-        job = self.update(
-            lambda j: tr.step_running(j, idx, attempt),
-            step=step.name,
-            # the dead-worker timer: due when the lease would run out (the heartbeat keeps it
-            # ahead while this worker lives)
-            due_ms=due_in_ms(self.rt.settings.lease_ms),
-        )
-        self.transition(job, step.name, "pending", "running", f"attempt {attempt}")
+        if self.started == idx:  # marked running by this runner's last write
+            self.started = None
+            attempt = job.steps[idx].attempts
+        else:
+            attempt = job.steps[idx].attempts + 1
+            job = self.update(
+                lambda j: tr.step_running(j, idx, attempt),
+                step=step.name,
+                # the dead-worker timer: due when the lease would run out (the heartbeat
+                # keeps it ahead while this worker lives)
+                due_ms=due_in_ms(self.rt.settings.lease_ms),
+            )
+            self.transition(job, step.name, "pending", "running", f"attempt {attempt}")
         ctx = self.ctx(job, attempt, tr.outputs_of(job))
         error: BaseException | None = None
         try:
@@ -209,16 +239,21 @@ class Runner:
         return self.complete(steps, idx, out)
 
     def complete(self, steps: list[Step], idx: int, out: Outputs) -> bool:
-        """Record the step done (a waiting job runs again); the last step ends the job."""
+        """Record the step done (a waiting job runs again), and start the next one in the
+        same write when this runner goes on; the last step ends the job."""
+        s = self.rt.settings
+        then = self._then_running(idx + 1, steps)
+        going_on = idx + 1 < len(steps) and self.may_go_on()
         job = self.update(
-            lambda j: tr.step_done(j, idx, out),
+            lambda j: then(tr.step_done(j, idx, out)),
             step=steps[idx].name,
-            due_ms=due_in_ms(self.rt.settings.redispatch_after_s * 1000),
+            due_ms=due_in_ms(s.lease_ms if going_on else s.redispatch_after_s * 1000),
         )
         self.transition(job, steps[idx].name, "running", "done")
         if job.state == JobState.SUCCEEDED:
             self.transition(job, "-", "running", "succeeded")
             return False
+        self._note_started(job, steps, idx + 1)
         return True
 
     def _retry_or_fail(self, steps: list[Step], idx: int, e: Exception, attempt: int) -> None:

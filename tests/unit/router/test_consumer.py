@@ -15,6 +15,7 @@ from orchestrator.store.hooks import HookStore
 from schemas.events import Event
 from schemas.hooks import HookSpec
 from schemas.inventory import Vm, VmState
+from tasks.runner.advance import advance
 from tasks.testing import Engine
 
 
@@ -176,6 +177,7 @@ def test_an_unreadable_entry_is_set_aside_and_never_blocks_its_batch(engine: Eng
     engine.run(r.xadd(keys.EVENTS, {"e": make_event("t.x", "test://", "y", {}).model_dump_json()}))
     # when the router reads them
     assert engine.run(c.step(block_ms=10)) == 3
+    engine.run(c.flush_acks())  # (sent with the next read otherwise)
     # then all three are acknowledged, the bad one kept with its raw fields
     pending = engine.run(r.xpending(keys.EVENTS, c.group))
     assert pending["pending"] == 0
@@ -183,3 +185,56 @@ def test_an_unreadable_entry_is_set_aside_and_never_blocks_its_batch(engine: Eng
     assert dead["f.e"] == "{not json" and dead["reason"]
     # and the newer writer's event was read, its unknown attribute ignored
     assert Event.read(json.dumps({**newer, "traceparent": "x"})).type == "vm.lifecycle.started"
+
+
+def test_handled_entries_are_acknowledged_with_the_next_read(engine: Engine) -> None:
+    # given a router that handled two entries
+    c = EventConsumer(engine.services)
+    engine.run(c.setup())
+    r = engine.redis
+    for subject in ("a", "b"):
+        engine.run(
+            r.xadd(keys.EVENTS, {"e": make_event("t.x", "test://", subject, {}).model_dump_json()})
+        )
+    assert engine.run(c.step(block_ms=10)) == 2
+    # then they stay pending until its next read, which acknowledges them in the same trip
+    assert engine.run(r.xpending(keys.EVENTS, c.group))["pending"] == 2
+    assert engine.run(c.step(block_ms=10)) == 0
+    assert engine.run(r.xpending(keys.EVENTS, c.group))["pending"] == 0
+    assert c.acks == []
+
+
+def test_a_batch_asks_about_waits_only_while_some_job_waits(engine: Engine) -> None:
+    # given a router, and a job that will wait for `test.ping` about itself
+    c = EventConsumer(engine.services)
+    engine.run(c.setup())
+    asked: list[list[str | None]] = []
+    real = engine.services.waits.subjects_waited_on
+
+    async def spy(subjects: list[str | None]) -> set[str]:
+        asked.append(subjects)
+        return await real(subjects)
+
+    engine.services.waits.subjects_waited_on = spy  # type: ignore[method-assign]
+    job = engine.submit({"kind": "noop", "steps": 1, "wait_for": "test.ping"})
+    # while no job waits, a batch costs no waits lookup
+    engine.run(c.step(block_ms=10))
+    assert asked == []
+    advance(engine.rt, engine.broker.pop())  # the step starts waiting; the worker returns
+    assert engine.get(job.id).state.value == "waiting"
+    # once one waits, its event is looked up and resumes it through the router
+    engine.run(
+        engine.redis.xadd(
+            keys.EVENTS,
+            {
+                "e": make_event("test.ping", "test://", job.id, {}).model_dump_json(),
+                "t": "test.ping",
+                "s": job.id,
+            },
+        )
+    )
+    engine.run(c.step(block_ms=10))
+    assert any(job.id in a for a in asked)
+    assert engine.broker.pending() == [job.id]  # dispatched again by the router
+    engine.drain()
+    assert engine.get(job.id).state.value == "succeeded"

@@ -201,6 +201,69 @@ def test_quick_steps_run_in_one_message_within_the_slice() -> None:
         engine.close()
 
 
+def test_within_the_slice_one_write_ends_a_step_and_starts_the_next() -> None:
+    import json
+
+    from orchestrator.settings import Settings
+    from tasks.runner.advance import advance
+
+    engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=5000))
+    try:
+        job = engine.submit({"kind": "noop", "steps": 5})
+        advance(engine.rt, engine.broker.pop())
+        done = engine.get(job.id)
+        assert done.state == JobState.SUCCEEDED
+        # every step ran once, in order, each started before it ended
+        assert [s.attempts for s in done.steps] == [1] * 5
+        for a, b in zip(done.steps, done.steps[1:], strict=False):
+            assert a.started_at and a.ended_at and b.started_at
+            assert a.started_at <= a.ended_at <= b.started_at
+        # and the job wrote 7 times, not 12: queued, running with step 1 running, four
+        # writes that each end a step and start the next, and the last one ending the job
+        entries = engine.run(engine.redis.xrange("vmorch:events"))
+        events = [json.loads(f["e"]) for _, f in entries if f.get("s") == job.id]
+        assert [e["type"] for e in events] == [
+            "job.queued",
+            "job.running",
+            *["job.step"] * 4,
+            "job.succeeded",
+        ]
+        assert events[1]["data"]["running_step"] == "noop-1"
+        assert [(e["data"]["step"], e["data"]["running_step"]) for e in events[2:6]] == [
+            (f"noop-{i}", f"noop-{i + 1}") for i in range(1, 5)
+        ]
+    finally:
+        engine.close()
+
+
+def test_an_abort_seen_at_a_step_end_starts_no_further_step() -> None:
+    from orchestrator.settings import Settings
+    from tasks.runner.advance import advance
+
+    engine = Engine(Settings(redis_url="redis://unused", step_slice_ms=5000))
+    job = engine.submit({"kind": "noop", "steps": 3, "step_delay_ms": 1})
+    # given an abort requested while the first step acts
+    aborted: list[bool] = []
+
+    def abort_once() -> None:
+        if not aborted:
+            aborted.append(True)
+            engine.run(engine.submitter.abort(job.id))
+
+    real_sleep = StepContextSleep.patch(abort_once)
+    try:
+        advance(engine.rt, engine.broker.pop())
+        engine.drain()
+        done = engine.get(job.id)
+    finally:
+        real_sleep.restore()
+        engine.close()
+    # then the write that ended step 1 did not start step 2: it was undone, the rest skipped
+    assert done.state == JobState.ABORTED
+    assert states(done) == ["undone", "skipped", "skipped"]
+    assert done.steps[1].attempts == 0
+
+
 def test_a_slice_ends_by_putting_the_rest_back_on_the_queue() -> None:
     from orchestrator.settings import Settings
     from tasks.runner.advance import advance
