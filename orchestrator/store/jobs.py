@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from orchestrator.clock import now_ms
 from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
-from orchestrator.store import keys, lua
+from orchestrator.store import jobdoc, keys, lua
 from orchestrator.store.events import make_event
 from schemas.base import utcnow
 from schemas.inventory import Vm
@@ -178,7 +178,7 @@ class JobStore:
         doc, version = await self.redis.hmget(keys.job(job_id), ["doc", "version"])
         if doc is None:
             return None
-        return Versioned(Job.model_validate_json(doc), version)
+        return Versioned(jobdoc.decode(doc), version)
 
     async def get(self, job_id: str) -> Job:
         v = await self.get_versioned(job_id)
@@ -187,7 +187,7 @@ class JobStore:
         return v.job
 
     async def get_many(self, job_ids: list[str]) -> list[Job]:
-        return [Job.model_validate_json(d) for d in await self._docs(job_ids) if d is not None]
+        return [jobdoc.decode(d) for d in await self._docs(job_ids) if d is not None]
 
     async def _docs(self, job_ids: list[str]) -> list[str | None]:
         """The stored docs of `job_ids`, in one round trip (None for a job that is gone)."""
@@ -321,13 +321,13 @@ class JobStore:
     @staticmethod
     def stored_doc(job: Job) -> str:
         """The record's `doc` field: the job without the fields that hold their defaults
-        (nulls, empty lists, zero counts: about a fifth of a finished job's record), which
-        reads back as the same Job. Its request and wait are kept whole, so that a default
+        (nulls, empty lists, zero counts), which reads back as the same Job, deflated
+        (`jobdoc`). Its request and wait are kept whole, so that a default
         changed in a later version does not change what a stored job asked for."""
         rest = job.model_dump_json(exclude_defaults=True, exclude={"request", "wait"})
         wait = "" if job.wait is None else f',"wait":{job.wait.model_dump_json()}'
         # `rest` is an object with `id` at least: splice the two fields in after its brace
-        return f'{{"request":{job.request.model_dump_json()}{wait},{rest[1:]}'
+        return jobdoc.encode_json(f'{{"request":{job.request.model_dump_json()}{wait},{rest[1:]}')
 
     @staticmethod
     def valid_cursor(cursor: str) -> bool:
@@ -379,7 +379,7 @@ class JobStore:
                 pos = Position(score, jid)
                 if doc is None:
                     continue  # deleted between the two reads
-                job = Job.model_validate_json(doc)  # only as many as the page takes
+                job = jobdoc.decode(doc)  # only as many as the page takes
                 if (
                     (state and job.state != state)
                     or (kind and job.kind != kind)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from orchestrator.clock import now_ms
-from orchestrator.store import keys, lua
-from schemas.jobs import Job, JobState, WaitInfo
+from orchestrator.store import jobdoc, keys, lua
+from schemas.jobs import JobState, WaitInfo
 
 log = logging.getLogger("vmorch.retention")
 
@@ -100,7 +100,7 @@ class JobRetention:
         kind = vm_jobs = queued = expect = waits_on_doc = waits_on = none
         if doc is not None:
             try:
-                job = Job.model_validate_json(doc)
+                job = jobdoc.decode(doc)
             except ValueError:
                 log.warning("job=%s unreadable record deleted; its kind/vm indexes keep it", job_id)
             else:

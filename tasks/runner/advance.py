@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from orchestrator.clock import due_in_ms
 from orchestrator.errors import AbortRequested, LeaseLost, NotFound, Retryable, VmorchError
 from orchestrator.jobs import transitions as tr
+from orchestrator.store import jobdoc
 from orchestrator.store.fence import Fence
 from orchestrator.store.jobs import Versioned
 from schemas.base import utcnow
@@ -294,7 +295,7 @@ def advance(rt: Runtime, job_id: str) -> str:
     try:
         with Heartbeat(rt, job_id, token) as hb:
             runner = Runner(rt, job_id, token, hb)
-            runner.cur = Versioned(Job.model_validate_json(doc), version)
+            runner.cur = Versioned(jobdoc.decode(doc), version)
             runner.advance()
     except LeaseLost:
         log.warning("job=%s lease lost: stopped without recording", job_id)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from orchestrator.errors import Conflict
+from orchestrator.store import jobdoc
 from schemas.jobs import TRANSITIONS, Job, JobState
 from tasks.testing import Engine
 
@@ -80,7 +81,9 @@ def test_a_record_is_stored_without_defaults_and_reads_back_whole(engine: Engine
     queued = engine.submit({"kind": "noop"}, idem_key="k", idem_scope="s")
     for job_id in (done.id, failed.id, waiting.id, queued.id):
         job = engine.get(job_id)
-        stored = json.loads(engine.run(engine.redis.hget(f"vmorch:job:{job_id}", "doc")))
+        raw = engine.run(engine.redis.hget(f"vmorch:job:{job_id}", "doc"))
+        assert raw.startswith(jobdoc.PREFIX)  # deflated
+        stored = json.loads(jobdoc.decode_json(raw))
         # then: no null or empty default is stored, but the request is whole...
         assert "abort_requested" not in stored and "undone_steps" not in stored
         assert all("retry_at" not in s for s in stored.get("steps", []))
@@ -90,6 +93,24 @@ def test_a_record_is_stored_without_defaults_and_reads_back_whole(engine: Engine
         assert set(json.loads(job.model_dump_json())) == set(Job.model_fields)
     assert engine.get(waiting.id).wait is not None
     assert engine.get(failed.id).error is not None
+
+
+def test_a_record_is_deflated_to_a_fraction_and_plain_json_records_still_read(
+    engine: Engine,
+) -> None:
+    # given a finished 5-step job
+    job = engine.submit({"kind": "noop", "steps": 5})
+    engine.drain()
+    raw = engine.run(engine.redis.hget(f"vmorch:job:{job.id}", "doc"))
+    plain = jobdoc.decode_json(raw)
+    # then its record is under a third of its JSON (the memory a finished job keeps)
+    assert len(raw) * 3 < len(plain), (len(raw), len(plain))
+    # and a record written by an older version (plain JSON) reads back the same
+    engine.run(engine.redis.hset(f"vmorch:job:{job.id}", "doc", plain))
+    assert engine.get(job.id) == jobdoc.decode(raw)
+    # and a damaged record is a ValueError (retention deletes it and says so), not a crash
+    with pytest.raises(ValueError):
+        jobdoc.decode(jobdoc.PREFIX + "AAAA")
 
 
 def test_a_step_event_names_its_step_and_the_state_it_went_to(engine: Engine) -> None:
