@@ -39,13 +39,13 @@ from _procs import BENCH_DIR, Proc, note, percentile, pid_cpu_s, render_table, w
 from orchestrator.lab.lab import Lab, LabSpec
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.settings import Settings
-from orchestrator.store import keys
+from orchestrator.store import jobdoc, keys
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.inventory import InventoryStore
 from schemas.hooks import HookMatch, HookSpec, SubmitJobAction
 from schemas.inventory import Inventory
 
-AIM_P99_MS = 20.0
+AIM_P99_MS = 10.0  # issue 6: action-to-hook p99 under 10 ms
 HOOK_TYPES = ["vm.lifecycle.suspended", "vm.lifecycle.resumed"]
 JOB_REQUEST = {"kind": "noop", "steps": 1}
 BASE_STREAM, BASE_GROUP, BASE_RESULTS = "bench:stream", "bench", "bench:results"
@@ -284,7 +284,7 @@ def act_and_wait(
         if e["type"] != "job.queued":
             continue
         doc = r.hget(keys.job(e["subject"]), "doc")
-        job = json.loads(doc) if doc else {}
+        job = json.loads(jobdoc.decode_json(doc)) if doc else {}
         if job.get("links", {}).get("event_id") == event[1]["id"]:
             return Sample(t0, t1, ts(event[1]["time"]), event[0], ts(job["created_at"]), seen)
 
@@ -456,7 +456,7 @@ def latency_rows(cfg: Config, m: Measured, base: list[float]) -> list[Row]:
             "   c. agent event -> entry on the stream",
             both(ms(lambda x: x.event_seen - x.event_time)),
             "-",
-            "attribution HGETALL, JSON, XADD, tap wake-up",
+            "JSON, one script: expectations EXISTS + XADD, tap wake-up",
         ),
         (
             "   d. entry on the stream -> router creates the job",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
 from orchestrator.jobs.transitions import abort_requested
 from orchestrator.store import keys
@@ -78,43 +78,22 @@ class Submitter:
         sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
         # keys are per caller: another token's key neither replays nor reveals its job
         scoped = f"{idem_scope}:{idem_key}" if idem_key else None
-        if scoped:
-            # a replay answers with the original job before anything else is checked: the
-            # VM it worked on may be gone by now (a replayed vm.delete)
-            known = await self.jobs.idempotent_job(scoped)
-            if known is not None:
-                if known[1] != sha:
-                    raise Conflict(f"Idempotency-Key was used for job {known[0]} with another body")
-                return await self._replayed(known[0]), True
         job_id = str(uuid.uuid4())
-        reserve: Vm | None = None
-        link_update: dict[str, str] = {}
-        queue = keys.DEFAULT_QUEUE
-        if isinstance(req, CreateFromTemplate):
-            await self._check_create(req)
-            tmpl = await self.inventory.template(req.template)
-            reserve = Vm(
-                id=str(uuid.uuid4()),
-                name=req.name,
-                pool=req.pool,
-                state=VmState.PROVISIONING,
-                vcpus=req.vcpus or tmpl.vcpus,
-                memory_mib=req.memory_mib or tmpl.memory_mib,
-                ha=req.ha,
-                labels=req.labels,
-                created_by_job=job_id,
-            )
-            link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}
-            queue = keys.pool_queue(req.pool)
-        elif isinstance(req, VmOperation):
-            try:
-                vm = await self.inventory.vm(req.vm)
-            except NotFound as e:
-                raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
-            link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
-            queue = keys.pool_queue(vm.pool)
-        elif isinstance(req, Noop):
-            queue = keys.NOOP_QUEUE
+        try:
+            queue, link_update, reserve = await self._place(req, job_id)
+        except VmorchError:
+            # a replay answers with the original job before anything else is checked: the
+            # VM it worked on may be gone by now (a replayed vm.delete), or its name taken
+            # by the VM it made. (Otherwise the create script finds the key itself.)
+            if scoped:
+                known = await self.jobs.idempotent_job(scoped)
+                if known is not None:
+                    if known[1] != sha:
+                        raise Conflict(
+                            f"Idempotency-Key was used for job {known[0]} with another body"
+                        ) from None
+                    return await self._replayed(known[0]), True
+            raise
         now = utcnow()
         job = Job(
             id=job_id,
@@ -144,6 +123,38 @@ class Submitter:
                 details=[(["body", "name"], "name is taken")],
             )
         return job, False
+
+    async def _place(self, req: JobRequest, job_id: str) -> tuple[str, dict[str, str], Vm | None]:
+        """The job's queue and links from the inventory, and the VM a create reserves."""
+        reserve: Vm | None = None
+        link_update: dict[str, str] = {}
+        queue = keys.DEFAULT_QUEUE
+        if isinstance(req, CreateFromTemplate):
+            await self._check_create(req)
+            tmpl = await self.inventory.template(req.template)
+            reserve = Vm(
+                id=str(uuid.uuid4()),
+                name=req.name,
+                pool=req.pool,
+                state=VmState.PROVISIONING,
+                vcpus=req.vcpus or tmpl.vcpus,
+                memory_mib=req.memory_mib or tmpl.memory_mib,
+                ha=req.ha,
+                labels=req.labels,
+                created_by_job=job_id,
+            )
+            link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}
+            queue = keys.pool_queue(req.pool)
+        elif isinstance(req, VmOperation):
+            try:
+                vm = await self.inventory.vm(req.vm)
+            except NotFound as e:
+                raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
+            link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
+            queue = keys.pool_queue(vm.pool)
+        elif isinstance(req, Noop):
+            queue = keys.NOOP_QUEUE
+        return queue, link_update, reserve
 
     async def _replayed(self, job_id: str) -> Job:
         """The job an Idempotency-Key was used for. A key outlives its job when retention

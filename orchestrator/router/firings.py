@@ -78,8 +78,7 @@ class Deliveries:
                 run = action.result()
             except TimeoutError:
                 run = firing.run("failed", f"delivery cut off after {s.webhook_delivery_max_s:g} s")
-            await hooks.record(run)
-            await hooks.finish_firing(firing.hook, firing.event, firing.subject)
+            await hooks.settle(run, firing.hook, firing.event, firing.subject)
             return True
         except Exception:
             log.exception("hook=%s action failed; the firing is given back", firing.hook.id)
@@ -161,8 +160,7 @@ class HookEngine:
             return claim == "done"
         skipped = await self._skip(firing, caused_by)
         if skipped is not None:
-            await hooks.record(skipped)
-            await hooks.finish_firing(hook, event, subject)
+            await hooks.settle(skipped, hook, event, subject)
             return True
         kind = self.actions[hook.action.kind]
         if kind.background:
@@ -171,8 +169,7 @@ class HookEngine:
                 await hooks.release_firing(hook, event, subject)
                 return False
             return task
-        await hooks.record(await kind.act(self.ctx, firing))
-        await hooks.finish_firing(hook, event, subject)
+        await hooks.settle(await kind.act(self.ctx, firing), hook, event, subject)
         return True
 
     async def _skip(self, firing: Firing, caused_by: str | None) -> HookRun | None:

@@ -84,6 +84,7 @@ class EventLog:
     def __init__(self, redis: Redis):
         self.redis = redis
         self._forget_consumer = redis.register_script(lua.FORGET_CONSUMER)
+        self._publish_unexpected = redis.register_script(lua.PUBLISH_UNEXPECTED)
 
     async def publish(self, event: Event) -> str:
         entry_id: str = await self.redis.xadd(keys.EVENTS, entry_fields(event))
@@ -97,6 +98,20 @@ class EventLog:
         for event in events:
             pipe.xadd(keys.EVENTS, entry_fields(event))
         return [str(i) for i in await pipe.execute()]
+
+    async def publish_unexpected(self, events: Sequence[Event]) -> int:
+        """Append the leading events of a batch that no job can have caused, in order, in
+        one round trip: up to the first VM event whose VM has an expectation recorded
+        (`orchestrator.store.expectations`). Returns how many were appended; the caller
+        attributes the rest and appends them after (`publish_many`)."""
+        if not events:
+            return 0
+        expect = [
+            keys.expectations(e.subject) if e.subject and e.type.startswith("vm.") else lua.NONE_KEY
+            for e in events
+        ]
+        args = [x for e in events for x in entry_fields(e).values()]
+        return int(await self._publish_unexpected(keys=[keys.EVENTS, *expect], args=args))
 
     async def trim(self, group: str, maxlen: int) -> int:
         """Trim to about `maxlen` entries, but never past the oldest entry the consumer

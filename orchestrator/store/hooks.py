@@ -144,10 +144,14 @@ class HookStore:
         key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
         await self._release(keys=[key])
 
-    async def finish_firing(self, hook: Hook, event: Event, subject: str) -> None:
-        await self.redis.set(
-            keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=self.firing_ttl_s
-        )
+    async def settle(self, run: HookRun, hook: Hook, event: Event, subject: str) -> None:
+        """Record what a firing did and mark it done, in one round trip: a firing is acted
+        on once (another router finds it `done`), and its run is kept for `runs()`."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(keys.hook_runs(run.hook_id), run.model_dump_json())
+        pipe.ltrim(keys.hook_runs(run.hook_id), 0, RUNS_KEPT - 1)
+        pipe.set(keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=self.firing_ttl_s)
+        await pipe.execute()
 
     async def within_window(self, hook: Hook, subject: str, firing: str) -> bool:
         """Flood control: True (and counted) when the hook fired for `subject` recently for
@@ -160,12 +164,6 @@ class HookStore:
             return False
         await self.redis.incr(keys.hook_suppressed(hook.id))
         return True
-
-    async def record(self, run: HookRun) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(keys.hook_runs(run.hook_id), run.model_dump_json())
-        pipe.ltrim(keys.hook_runs(run.hook_id), 0, RUNS_KEPT - 1)
-        await pipe.execute()
 
     async def runs(self, hook_id: str, limit: int = 100) -> list[HookRun]:
         await self.get(hook_id)

@@ -77,31 +77,38 @@ class InventoryStore:
             pipe.hgetall(keys.vm_state(i))
             pipe.get(keys.vm_desired(i))
         replies = await pipe.execute()
-        out = []
-        for doc, obs, desired in zip(docs, replies[::2], replies[1::2], strict=True):
-            if doc is None:
-                continue
-            vm = Vm.model_validate_json(doc)
-            if desired:
-                vm = vm.model_copy(update={"desired_state": VmState(desired)})
-            if obs:
-                vm = vm.model_copy(
-                    update={
-                        "state": VmState(obs["state"]),
-                        "observed_at": obs["observed_at"],
-                    }
-                )
-            out.append(vm)
-        return out
+        return [
+            self._vm(doc, obs, desired)
+            for doc, obs, desired in zip(docs, replies[::2], replies[1::2], strict=True)
+            if doc is not None
+        ]
+
+    @staticmethod
+    def _vm(doc: str, obs: dict[str, str], desired: str | None) -> Vm:
+        """A VM record with its observed state (agent) and desired state (workflows)."""
+        vm = Vm.model_validate_json(doc)
+        if desired:
+            vm = vm.model_copy(update={"desired_state": VmState(desired)})
+        if obs:
+            vm = vm.model_copy(
+                update={"state": VmState(obs["state"]), "observed_at": obs["observed_at"]}
+            )
+        return vm
 
     async def vm(self, ref: str) -> Vm:
-        """A VM by id or by name."""
-        vm_id = ref
-        doc = await self.redis.get(keys.vm(ref))
-        if doc is None:
-            vm_id = await self.redis.get(keys.vm_name(ref)) or ""
-            doc = await self.redis.get(keys.vm(vm_id)) if vm_id else None
-        found = await self._with_state([doc], [vm_id])
+        """A VM by id or by name. One round trip by id (events and hooks name VMs by id) and
+        for a ref that is neither (a domain vmorch does not manage): the record and states
+        are read as if `ref` were an id, and the name index beside them."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.vm(ref))
+        pipe.hgetall(keys.vm_state(ref))
+        pipe.get(keys.vm_desired(ref))
+        pipe.get(keys.vm_name(ref))
+        doc, obs, desired, vm_id = await pipe.execute()
+        if doc is not None:
+            return self._vm(doc, obs, desired)
+        doc = await self.redis.get(keys.vm(vm_id)) if vm_id else None
+        found = await self._with_state([doc], [vm_id]) if vm_id and doc else []
         if not found:
             raise NotFound(f"vm {ref!r} not found")
         return found[0]

@@ -220,3 +220,16 @@ CONSUME_EXPECTATION = """
 -- An expectation is used up by one event: whoever deletes it first attributes that event.
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
+
+PUBLISH_UNEXPECTED = """
+-- KEYS: events, then one expectations key per event (NONE_KEY: cannot be expected)
+-- ARGV: then three per event: envelope, type, subject
+-- Appends the events in order up to the first whose VM has an expectation recorded; returns
+-- how many it appended (the caller attributes the rest, then appends them).
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return i - 2 end
+  local a = (i - 2) * 3
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[a + 1], 't', ARGV[a + 2], 's', ARGV[a + 3])
+end
+return #KEYS - 1
+"""

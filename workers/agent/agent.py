@@ -161,8 +161,7 @@ class ServerWatch:
     async def _publish(self, evs: Sequence[DomainEvent], flag: str | None = None) -> None:
         """Publish `evs` in order, in one round trip, then record the states they leave."""
 
-        async def attributed(ev: DomainEvent) -> Event:
-            event = make_event(ev.type, self.source, ev.uuid, self._data(ev, flag))
+        async def attributed(event: Event) -> Event:
             # the job whose recorded expectation explains this event, if any: decided now,
             # while that job is still running, and carried by the event
             caused_by = await self.expectations.attribute(event, self.jobs)
@@ -172,8 +171,12 @@ class ServerWatch:
                 )
             return event
 
-        # each event on its own, all at once: their reads share a round trip (`coalesce`)
-        events = await asyncio.gather(*(attributed(ev) for ev in evs))
+        # events about VMs that no job expects anything of go at once, in one round trip;
+        # from the first that may be expected on, each is attributed on its own, all at
+        # once (their reads share a round trip: `coalesce`), and then appended
+        plain = [make_event(ev.type, self.source, ev.uuid, self._data(ev, flag)) for ev in evs]
+        n = await self.events.publish_unexpected(plain)
+        events = await asyncio.gather(*(attributed(e) for e in plain[n:]))
         await self.events.publish_many(events)
         final = {ev.uuid: ev.state for ev in evs if ev.state is not None}
         if not final:

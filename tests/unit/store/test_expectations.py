@@ -81,3 +81,32 @@ def test_recording_the_same_expectation_twice_expects_one_event(engine: Engine) 
         engine.run(exp.expect(VM, job.id, [et.VM_STOPPED]))
     assert attribute(engine, lifecycle(et.VM_STOPPED)) == job.id
     assert attribute(engine, lifecycle(et.VM_STOPPED)) is None
+
+
+def test_events_no_job_can_have_caused_go_at_once_up_to_the_first_that_may(
+    store_engine: Engine,
+) -> None:
+    # given a VM with an expectation recorded, and one without
+    engine, other = store_engine, "99999999-2222-3333-4444-555555555555"
+    job = engine.submit({"kind": "noop"})
+    engine.run(engine.services.expectations.expect(VM, job.id, [et.VM_STOPPED]))
+
+    def on(vm: str, type_: str) -> Event:
+        return make_event(type_, "libvirt://s1", vm, {"vm_id": vm})
+
+    batch = [
+        on(other, et.VM_SUSPENDED),
+        make_event("server.up", "libvirt://s1", "s1", {}),
+        on(VM, et.VM_STOPPED),  # may be the job's: attributed by the caller
+        on(other, et.VM_RESUMED),  # after it: kept for the caller too, so order holds
+    ]
+    # when the batch is published without attribution
+    n = engine.run(engine.services.events.publish_unexpected(batch))
+    # then the two leading events are on the stream, in order, and the rest are not
+    assert n == 2
+    entries = engine.run(engine.redis.xrange("vmorch:events"))
+    ids = [Event.read(f["e"]).id for _, f in entries]
+    assert ids[-2:] == [batch[0].id, batch[1].id]
+    assert batch[2].id not in ids and batch[3].id not in ids
+    # and a batch with no expected VM goes whole
+    assert engine.run(engine.services.events.publish_unexpected([on(other, et.VM_STOPPED)])) == 1

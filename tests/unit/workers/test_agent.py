@@ -104,16 +104,18 @@ async def _deliver(conn: FakeConnection, evs: Sequence[DomainEvent]) -> None:
 
 
 def _gate(services: Services) -> tuple[asyncio.Event, list[int]]:
-    """Hold every publish until the gate opens; record the batch sizes."""
+    """Hold every publish until the gate opens; record the batch sizes. (A batch goes to
+    `publish_unexpected` whole, its events from the first one a job may have caused on
+    to `publish_many`.)"""
     gate, sizes = asyncio.Event(), []
-    publish_many = services.events.publish_many
+    publish_unexpected = services.events.publish_unexpected
 
-    async def gated(events: Sequence[Event]) -> list[str]:
+    async def gated(events: Sequence[Event]) -> int:
         await gate.wait()
         sizes.append(len(events))
-        return await publish_many(events)
+        return await publish_unexpected(events)
 
-    services.events.publish_many = gated  # type: ignore[method-assign]
+    services.events.publish_unexpected = gated  # type: ignore[method-assign]
     return gate, sizes
 
 
