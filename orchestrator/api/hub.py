@@ -159,11 +159,17 @@ class EventHub:
         sub = Subscriber(token_id, flt, gone, settings.sse_queue_max)
         self._subs.add(sub)
         self._per_token[token_id] += 1
-        self._wanted.set()
-        if after is not None:
-            sub.behind = True
-            return sub, after
         try:
+            if self.position is None:
+                # the hub idles: it goes on from the newest entry now, taken before this
+                # stream's own start, so every entry after that start reaches its queue
+                pos = await self._reader.position()
+                if self.position is None:
+                    self.position = pos
+            self._wanted.set()
+            if after is not None:
+                sub.behind = True
+                return sub, after
             return sub, await self._reader.position()
         except BaseException:
             self.close(sub)
@@ -243,12 +249,12 @@ class EventHub:
         """Read the stream for ever on the dedicated connection and fan each entry out.
         After a failed read, entries trimmed meanwhile put every stream behind, so each reads
         from Redis and reports its gap; nothing is skipped silently. With no stream open it
-        reads nothing; streams opened while it idled read from Redis up to its new position."""
+        reads nothing; the stream that opens then sets where it goes on from."""
         reader, failed = EventReader(self._client), False
         while True:
             if not self._subs:
                 # nobody to fan out to: read nothing (every entry would be parsed for no
-                # one), and take the newest position again once a stream opens
+                # one); the next stream to open takes the newest position (`open`)
                 self.position = None
                 await self._wanted.wait()
                 continue

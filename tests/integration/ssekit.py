@@ -100,6 +100,13 @@ async def blocked_reads(r: aredis.Redis, n: int) -> bool:
     return len([c for c in clients if c["name"] == HUB_CONNECTION and c["cmd"] == "xread"]) == n
 
 
+async def hub_idle(r: aredis.Redis, idle_s: int = 2) -> bool:
+    """The hub's connection sent nothing for `idle_s` (longer than one blocking XREAD) and is
+    not blocked: the hub has stopped reading."""
+    hub = [c for c in await r.client_list() if c["name"] == HUB_CONNECTION]
+    return bool(hub) and all(int(c["idle"]) >= idle_s and "b" not in c["flags"] for c in hub)
+
+
 async def open_streams(server: TestServer, n: int) -> bool:
     return int(server.app[HUB].stats()["streams"]) == n
 

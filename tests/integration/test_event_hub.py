@@ -38,6 +38,7 @@ from tests.integration.ssekit import (
     blocked_reads,
     emit,
     emit_many,
+    hub_idle,
     open_streams,
     raw_stream,
     sse,
@@ -74,17 +75,20 @@ async def get(s: aiohttp.ClientSession, url: Any) -> tuple[int, Any, dict[str, s
 async def test_twenty_streams_share_one_redis_connection(
     redis_url: str, redis: aredis.Redis
 ) -> None:
-    # given: the api in this process, its pool used once (a listing), no stream open
+    # given: the api in this process, its pool used once (a listing), one stream open
     tokens = [(await viewer(redis, f"v{i}"))[0] for i in range(3)]  # 8 streams per token at most
     async with app_server(redis_url, redis) as srv:
         sessions = [session(t) for t in tokens]
         try:
             assert (await get(sessions[0], srv.make_url("/v1/events")))[0] == 200
+            first = await sse(sessions[0], srv.make_url(TESTS))
             await until(lambda: blocked_reads(redis, 1), 10, "the hub to block in XREAD")
             before = await app_connections(redis)
 
-            # when: 20 clients open a stream each
-            opened = [await sse(sessions[i % 3], srv.make_url(TESTS)) for i in range(20)]
+            # when: 19 more clients open a stream each
+            opened = [first] + [
+                await sse(sessions[i % 3], srv.make_url(TESTS)) for i in range(1, 20)
+            ]
             await until(lambda: open_streams(srv, 20), 10, "20 open streams")
             during = await app_connections(redis)
 
@@ -99,6 +103,14 @@ async def test_twenty_streams_share_one_redis_connection(
                 resp.close()
             await until(lambda: open_streams(srv, 0), 10, "the streams to close")
             assert (await app_connections(redis))[HUB_CONNECTION] == 1
+            # and with no stream open the hub stops reading (its last XREAD ends, no new one)
+            await emit(redis, "test.nobody")
+            await until(lambda: hub_idle(redis), 10, "the hub to stop reading")
+            # a stream opened now still gets what comes after it
+            resp, reader = await sse(sessions[0], srv.make_url(TESTS))
+            eid = await emit(redis, "test.again")
+            assert [e.id for e in await reader.until(eid)] == [eid]
+            resp.close()
         finally:
             for s in sessions:
                 await s.close()
