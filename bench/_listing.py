@@ -1,5 +1,5 @@
 """Phase 4: `GET /v1/jobs` latency with many jobs stored (vmorch vs a bare aiohttp app that
-does the same Redis reads and returns the stored docs unparsed)."""
+does the same Redis reads and returns the stored docs inflated, unparsed)."""
 
 from __future__ import annotations
 

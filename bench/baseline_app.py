@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aredis
 from aiohttp import web
 
+from orchestrator.store import jobdoc
+
 REDIS = web.AppKey("redis", aredis.Redis)
 
 
@@ -33,7 +35,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     pipe = redis.pipeline(transaction=False)
     for job_id in ids:
         pipe.hget(f"vmorch:job:{job_id}", "doc")
-    docs = [d for d in await pipe.execute() if d is not None]
+    # inflated (the stored form, `jobdoc`), not parsed
+    docs = [jobdoc.decode_json(d) for d in await pipe.execute() if d is not None]
     body = '{"items":[' + ",".join(docs) + '],"next_cursor":null}'
     return web.Response(text=body, content_type="application/json")
 

@@ -195,7 +195,7 @@ def header(cfg: Config) -> str:
             "their records and of the stream",
             f"listing : {cfg.list_jobs} finished {cfg.steps}-step jobs stored (record and indexes, "
             f"by a Lua loop); {cfg.list_requests} GET /v1/jobs one at a time; baseline = bare "
-            "aiohttp app doing the same Redis reads, docs returned unparsed",
+            "aiohttp app doing the same Redis reads, docs inflated, not parsed",
             f"vmorch  : defaults: lease_ms={s.lease_ms} sweep_interval_s={s.sweep_interval_s} "
             f"redispatch_after_s={s.redispatch_after_s} log_level={s.log_level}; "
             "a private redis-server per phase, appendonly no",
