@@ -71,7 +71,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.lab.lab import LabSpec
     from orchestrator.lab.stack import up
 
-    spec = LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool)
+    spec = LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool, kind=args.kind)
     return up(settings, spec, args.port, keep_state=args.keep_state)
 
 
@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Redis, the lab, api, worker, router and agents")
     up.add_argument("--pools", type=int, default=2)
     up.add_argument("--servers-per-pool", type=int, default=2)
+    up.add_argument(
+        "--kind",
+        choices=["test", "qemu"],
+        default="test",
+        help="test: libvirt's test driver (fast, no guests run); qemu: real QEMU guests "
+        "(TCG), installed by `scripts/install --qemu`",
+    )
     up.add_argument("--port", type=int, default=None, help="API port (default 8080, or a free one)")
     up.add_argument(
         "--keep-state",

@@ -7,15 +7,17 @@ would look) holding the pool's templates. The fast kind serves libvirt's test dr
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orchestrator.lab.libvirtd import LibvirtDaemon
+from orchestrator.lab.libvirtd import NOBODY_ID, LibvirtDaemon
 from schemas.inventory import (
     Inventory,
     Network,
@@ -28,14 +30,23 @@ from schemas.inventory import (
 from workers.hypervisor.adapter import Hypervisor, KeptOpen, silence_libvirt_errors
 
 GIB = 1024**3
+MIB = 1024**2
+
+
+LabKind = Literal["test", "qemu"]
+TINY_MIB = 96  # a QEMU lab VM: enough for SeaBIOS (and the guest kernel of the messaging issue)
 
 
 class LabSpec(BaseModel):
     pools: int = Field(default=2, ge=1, le=26)
     servers_per_pool: int = Field(default=2, ge=1, le=16)
+    # test: libvirt's test driver in each daemon (fast, no guests run); qemu: the same
+    # daemons' QEMU session driver, real guests under TCG
+    kind: LabKind = "test"
 
 
 def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
+    qemu = spec.kind == "qemu"
     pools, templates = [], []
     for letter in string.ascii_lowercase[: spec.pools]:
         servers = [f"srv-{letter}{i}" for i in range(1, spec.servers_per_pool + 1)]
@@ -48,13 +59,15 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
                 servers=servers,
             )
         )
+        # QEMU guests are tiny: real memory, and disks that are real (sparse) files
+        root, data = (16 * MIB, 8 * MIB) if qemu else (GIB, GIB // 2)
         templates.append(
             Template(
                 name=f"tmpl-{letter}",
                 repository=repo.name,
                 vcpus=1,
-                memory_mib=512,
-                disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB)],
+                memory_mib=TINY_MIB if qemu else 512,
+                disks=[TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=root)],
             )
         )
         templates.append(
@@ -62,10 +75,10 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
                 name=f"tmpl-{letter}-2disk",
                 repository=repo.name,
                 vcpus=2,
-                memory_mib=1024,
+                memory_mib=2 * TINY_MIB if qemu else 1024,
                 disks=[
-                    TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=GIB),
-                    TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=GIB // 2),
+                    TemplateDisk(volume=f"tmpl-{letter}-root.img", capacity_bytes=root),
+                    TemplateDisk(volume=f"tmpl-{letter}-data.img", capacity_bytes=data),
                 ],
             )
         )
@@ -78,6 +91,34 @@ def _seed_server(hv: Hypervisor, pool: ServerPool, repo_path: Path) -> None:
     for net in pool.networks:
         hv.ensure_network(net.name)
     hv.ensure_dir_pool(pool.repository.name, str(repo_path))
+
+
+QEMU = "qemu-system-x86_64"
+QEMU_DRIVER_GLOB = "/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so"
+
+
+def check_qemu() -> None:
+    """Fail with what to do when QEMU or libvirt's QEMU driver is not installed."""
+    missing = []
+    if shutil.which(QEMU) is None:
+        missing.append(QEMU)
+    if not glob.glob(QEMU_DRIVER_GLOB):
+        missing.append("libvirt's QEMU driver")
+    if missing:
+        raise RuntimeError(
+            f"the qemu lab needs {' and '.join(missing)}: run `scripts/install --qemu` "
+            "(Debian packages qemu-system-x86 and libvirt-daemon-driver-qemu)"
+        )
+
+
+def _make_repo_dir(path: Path) -> None:
+    """A pool's repository directory, shared by its servers (as shared storage would be);
+    owned by the daemons' user, since QEMU servers write real volume files into it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(path.parent, NOBODY_ID, NOBODY_ID)
+        os.chown(path, NOBODY_ID, NOBODY_ID)
 
 
 class Lab:
@@ -96,6 +137,8 @@ class Lab:
         self._layout: tuple[dict[str, ServerPool], list[Template]] = ({}, [])
 
     def start(self) -> Inventory:
+        if self.spec.kind == "qemu":
+            check_qemu()
         # libvirt prints every error to stderr; seeding expects "not found" while it checks
         silence_libvirt_errors()
         pools, templates = _layout(self.spec)
@@ -104,7 +147,9 @@ class Lab:
         try:
             for pool in pools:
                 for name in pool.servers:
-                    self.daemons[name] = LibvirtDaemon(name, self.base_dir / name)
+                    self.daemons[name] = LibvirtDaemon(
+                        name, self.base_dir / name, reaper=self.spec.kind == "qemu"
+                    )
                     servers.append(self._start_server(pool, name))
         except BaseException:
             self.stop()
@@ -114,16 +159,19 @@ class Lab:
     def _start_server(self, pool: ServerPool, name: str) -> Server:
         """Start one server's daemon and seed it as a member of `pool`."""
         info = self.daemons[name].start()
-        hv = Hypervisor(info.uri)
+        uri = info.qemu_uri if self.spec.kind == "qemu" else info.uri
+        hv = Hypervisor(uri)
         self.keepers[name] = hv.keep_open()
-        _seed_server(hv, pool, self.base_dir / "repos" / pool.repository.name)
+        repo_path = self.base_dir / "repos" / pool.repository.name
+        _make_repo_dir(repo_path)
+        _seed_server(hv, pool, repo_path)
         for t in self._layout[1]:
             if t.repository == pool.repository.name:
                 for d in t.disks:
                     hv.create_volume(t.repository, d.volume, d.capacity_bytes)
         node = hv.memory_mib()
         hv.close()
-        return Server(name=name, pool=pool.name, uri=info.uri, memory_mib=node, cpus=16)
+        return Server(name=name, pool=pool.name, uri=uri, memory_mib=node, cpus=16)
 
     def kill_server(self, name: str) -> None:
         """SIGKILL a server's daemon (a crashed hypervisor, for chaos tests)."""

@@ -10,18 +10,23 @@ a Ctrl-C on the parent's terminal does not reach it directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from orchestrator.lab import reaper as reaper_module
 from orchestrator.lab.process import spawn, terminate, wait_ready
+from orchestrator.lab.reaper import kill_orphans
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 NOBODY_ID = 65534
@@ -41,7 +46,7 @@ class DaemonInfo:
     uri: str  # libvirt test driver; its state is shared by all connections
     qemu_uri: str  # qemu session driver of the same daemon
     host_uuid: str
-    pid: int
+    pid: int  # of the process the lab started: libvirtd, or its reaper (kind qemu)
 
 
 def _check_traversable_by_nobody(directory: Path) -> None:
@@ -68,9 +73,12 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 class LibvirtDaemon:
-    """Start, stop and kill one lab libvirtd living in ``directory``."""
+    """Start, stop and kill one lab libvirtd living in ``directory``.
 
-    def __init__(self, name: str, directory: Path) -> None:
+    `reaper`: run it under `orchestrator.lab.reaper` (the QEMU servers: their QEMU
+    processes are reaped at once, and end with the server when the lab stops it)."""
+
+    def __init__(self, name: str, directory: Path, *, reaper: bool = False) -> None:
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ValueError(f"invalid server name {name!r}: want 1-63 [A-Za-z0-9_-]")
         self.name = name
@@ -83,7 +91,10 @@ class LibvirtDaemon:
         self.uri = f"test+unix:///default?socket={sock}"
         self.qemu_uri = f"qemu+unix:///session?socket={sock}"
         self.log_path = self.directory / "libvirtd.log"
+        self.pid_file = self.directory / "run" / "libvirt" / "libvirtd.pid"
+        self.reaper = reaper
         self._proc: subprocess.Popen[bytes] | None = None
+        self._orphaned: list[subprocess.Popen[bytes]] = []  # reapers of killed daemons
         self._info: DaemonInfo | None = None
 
     @property
@@ -133,7 +144,10 @@ class LibvirtDaemon:
             _chown_tree(self.directory, NOBODY_ID, NOBODY_ID)
             argv = [setpriv, f"--reuid={NOBODY_ID}", f"--regid={NOBODY_ID}",
                     "--clear-groups", LIBVIRTD]  # fmt: skip
-        # setpriv execs libvirtd, so the child's PID is the daemon's PID.
+        # setpriv execs libvirtd, so the child's PID is the daemon's PID (or the reaper's,
+        # whose child libvirtd is: its PID is in the pid file)
+        if self.reaper:
+            argv = [sys.executable, reaper_module.__file__, *argv]
         self._proc = spawn(argv, self.log_path, env=env, cwd=self.directory)
         try:
             self._wait_for_socket(timeout_s)
@@ -161,14 +175,41 @@ class LibvirtDaemon:
         wait_ready(self._proc, f"libvirtd {self.name!r}", accepts, timeout_s, self.log_path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the daemon by PID, wait ``timeout_s``, then SIGKILL. Idempotent."""
+        """SIGTERM the daemon by PID, wait ``timeout_s``, then SIGKILL. Idempotent. The
+        guests of a killed daemon go too (their reaper is told to end them)."""
         proc, self._proc = self._proc, None
+        orphaned, self._orphaned = self._orphaned, []
+        for p in orphaned:
+            kill_orphans(p.pid)
+            terminate(p, timeout_s)
         terminate(proc, timeout_s)
         self._remove_stale_sockets()
 
+    def daemon_pid(self) -> int:
+        """The PID of libvirtd itself (under a reaper, the reaper's child)."""
+        if not self.reaper:
+            return self.info.pid
+        return int(self.pid_file.read_text().strip())
+
     def kill(self) -> None:
-        """SIGKILL the daemon (chaos testing); leaves its stale socket behind."""
+        """SIGKILL the daemon (chaos testing); leaves its stale socket behind. Under a
+        reaper only libvirtd is killed: its guests keep running, as on a real host."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is None or proc.poll() is not None:
+            return
+        if not self.reaper:
             proc.kill()
             proc.wait()
+            return
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
+        self._orphaned.append(proc)  # it ends when its guests do (or when fenced)
+
+    def kill_guests(self) -> list[int]:
+        """SIGKILL every guest process of this server, also of a killed libvirtd (the lab's
+        fence action: the host powered off). Returns their PIDs."""
+        procs = [p for p in (self._proc, *self._orphaned) if p is not None and p.poll() is None]
+        killed = []
+        for p in procs:
+            killed += kill_orphans(p.pid)
+        return killed

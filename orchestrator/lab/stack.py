@@ -196,7 +196,8 @@ def up(settings: Settings, spec: LabSpec, port: int | None, keep_state: bool = F
         try:
             state = stack.start()
             print(
-                f"vmorch is up\n  api:         {state['api_url']}\n"
+                f"vmorch is up ({spec.kind} lab: {spec.pools} pools of "
+                f"{spec.servers_per_pool} servers)\n  api:         {state['api_url']}\n"
                 f"  admin token: {state['admin_token']}\n  details:     {lab_dir.state_path}\n"
                 "Ctrl-C (or `vmorch down`) stops everything.",
                 flush=True,

@@ -364,3 +364,19 @@ class WebhookReceiver:
     @property
     def deliveries(self) -> list[str]:
         return [h["X-Vmorch-Delivery"] for h, _ in self.got]
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Any]:
+    """Start `vmorch up` with flags (`tests.integration.upkit.Up`); all stopped at the end."""
+    from tests.integration.upkit import Up
+
+    started: list[Up] = []
+
+    def start(*flags: str, umask: int = 0o022) -> Up:
+        started.append(Up(tmp_path / "lab", *flags, umask=umask))
+        return started[-1]
+
+    yield start
+    for up in started:
+        up.close()

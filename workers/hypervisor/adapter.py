@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 from tenacity import (
@@ -168,8 +169,15 @@ class Hypervisor:
 
     def define(self, spec: DomainSpec) -> None:
         """Define (or redefine, same uuid: the same spec gives the same XML) a persistent
-        domain, rendered for this server's driver."""
-        xml = domain_xml(replace(spec, domain_type=self.domain_type()))
+        domain, rendered for this server's driver. On a QEMU server whose network for a vNIC
+        is defined but not active (an unprivileged daemon cannot make bridges), the vNIC
+        uses QEMU's user-mode networking."""
+        dtype = self.domain_type()
+        nics = spec.nics
+        if dtype == "qemu" and nics:
+            active = set(self._call("listNetworks", lambda c: c.listNetworks()))
+            nics = [replace(n, user_mode=n.network not in active) for n in nics]
+        xml = domain_xml(replace(spec, domain_type=dtype, nics=nics))
         self._call("defineXML", lambda c: c.defineXML(xml))
 
     def undefine(self, uuid: str) -> None:
@@ -276,15 +284,20 @@ class Hypervisor:
 
     # --- server setup (the lab seeds its servers with these) ----------------------------
     def ensure_network(self, name: str) -> None:
-        """Ensure an isolated network `name` is defined and active."""
+        """Ensure an isolated network `name` is defined and active. An unprivileged
+        (session) daemon cannot start one (no bridge): it stays defined, inactive, and
+        `define` gives its vNICs user-mode networking."""
 
         def ensure(c: libvirt.virConnect) -> None:
             if name in c.listNetworks():
                 return
-            if name in c.listDefinedNetworks():
+            if name not in c.listDefinedNetworks():
+                c.networkDefineXML(network_xml(name))
+            try:
                 c.networkLookupByName(name).create()
-            else:
-                c.networkDefineXML(network_xml(name)).create()
+            except libvirt.libvirtError:
+                if urlsplit(c.getURI()).path != "/session":
+                    raise
 
         self._call("ensure_network", ensure)
 

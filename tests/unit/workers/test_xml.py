@@ -29,3 +29,50 @@ def test_domain_xml_escapes_and_carries_the_shape() -> None:
         ).text
         == "j&1"
     )
+
+
+def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> None:
+    """libvirt's own `virt-xml-validate` (its RelaxNG schemas) on each shape we render."""
+    import subprocess
+    from pathlib import Path
+
+    base = {
+        "uuid": "6f1c0e0e-0000-4000-8000-000000000002",
+        "name": "v1",
+        "vcpus": 1,
+        "memory_mib": 96,
+        "disks": [DiskSpec("/r/v1-root.img", "vda"), DiskSpec("/r/v1-data.img", "vdb")],
+        "metadata": {"job": "j1", "pool": "pool-a"},
+    }
+    shapes = {
+        "test": DomainSpec(**base, nics=[NicSpec("net-a", "52:54:00:00:00:01")]),
+        "qemu": DomainSpec(
+            **base, domain_type="qemu", nics=[NicSpec("net-a", "52:54:00:00:00:02")]
+        ),
+        "qemu-user-nic": DomainSpec(
+            **base, domain_type="qemu", nics=[NicSpec("net-a", "52:54:00:00:00:03", user_mode=True)]
+        ),
+        "bare": DomainSpec(uuid=base["uuid"], name="v2", vcpus=2, memory_mib=64),
+    }
+    for name, spec in shapes.items():
+        path = Path(str(tmp_path)) / f"{name}.xml"
+        path.write_text(domain_xml(spec))
+        res = subprocess.run(
+            ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
+        )
+        assert res.returncode == 0, (name, res.stdout, res.stderr, path.read_text())
+
+
+def test_a_user_mode_nic_has_no_network_source() -> None:
+    spec = DomainSpec(
+        uuid="6f1c0e0e-0000-4000-8000-000000000003",
+        name="v3",
+        vcpus=1,
+        memory_mib=96,
+        domain_type="qemu",
+        nics=[NicSpec("net-a", "52:54:00:00:00:04", user_mode=True)],
+    )
+    nic = ET.fromstring(domain_xml(spec)).find("devices/interface")
+    assert nic is not None and nic.attrib["type"] == "user"
+    assert nic.find("source") is None
+    assert nic.find("mac").attrib["address"] == "52:54:00:00:00:04"
