@@ -95,6 +95,12 @@ class NoCapacity(Permanent):
     http_status = 409
 
 
+class MigrationRefused(Permanent):
+    """A migration's pre-check failed: the message says which and why."""
+
+    code = "migration_refused"
+
+
 class LeaseLost(Permanent):
     """This worker no longer holds the job's lease: it must stop without recording anything."""
 

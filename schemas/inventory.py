@@ -19,6 +19,11 @@ class Server(Frozen):
     uri: Annotated[str, Field(min_length=1, max_length=1024)]
     memory_mib: Annotated[int, Field(ge=0)] = 0
     cpus: Annotated[int, Field(ge=0)] = 0
+    migration_host: Annotated[str | None, Field(max_length=253)] = Field(
+        default=None,
+        description="the address other servers send this server's incoming live "
+        "migrations to (libvirt's default, the server's hostname, when not set)",
+    )
 
 
 class Repository(Frozen):
@@ -26,6 +31,12 @@ class Repository(Frozen):
 
     name: Name
     path: str = ""
+    assume_shared: bool = Field(
+        default=False,
+        description="every server of the pool sees this storage at the same path, though "
+        "libvirt cannot tell (a local directory of servers on one host, as in the lab): "
+        "live migration then skips libvirt's shared-storage check",
+    )
 
 
 class Network(Frozen):

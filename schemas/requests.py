@@ -97,6 +97,22 @@ class DeleteVm(VmOperation):
     force: bool = False
 
 
+class MigrateVm(VmOperation):
+    """Move the VM to another server of its pool: live (it keeps running) when it runs,
+    cold (its definition moves; its disks are on the pool's shared repository) when not."""
+
+    kind: Literal["vm.migrate"]
+    target_server: Name | None = Field(
+        default=None, description="the server to move to (placement chooses when not set)"
+    )
+    live: bool | None = Field(
+        default=None, description="live migration; default: live when the VM runs"
+    )
+    bandwidth_mib_s: Annotated[int | None, Field(ge=1, le=100_000)] = Field(
+        default=None, description="a bandwidth limit for a live migration, MiB/s"
+    )
+
+
 class HaRestart(VmOperation):
     """Restart an HA VM that stopped unexpectedly: on its server, or, when that server is
     down, on another server of its pool (cold). Submitted by the built-in HA hook."""
@@ -140,6 +156,7 @@ _ClientKinds = (
     | SuspendVm
     | ResumeVm
     | DeleteVm
+    | MigrateVm
     | Noop
 )
 ClientJobRequest = Annotated[_ClientKinds, Field(discriminator="kind")]

@@ -15,7 +15,14 @@ from schemas.base import utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import Vm, VmState
 from schemas.jobs import Job, JobLinks, JobState
-from schemas.requests import INTERNAL_KINDS, CreateFromTemplate, JobRequest, Noop, VmOperation
+from schemas.requests import (
+    INTERNAL_KINDS,
+    CreateFromTemplate,
+    JobRequest,
+    MigrateVm,
+    Noop,
+    VmOperation,
+)
 
 
 class Submitter:
@@ -152,6 +159,19 @@ class Submitter:
                 raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
             link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
             queue = keys.pool_queue(vm.pool)
+            if isinstance(req, MigrateVm) and req.target_server:
+                pool = await self.inventory.pool(vm.pool)
+                if req.target_server not in pool.servers:
+                    raise ValidationFailed(
+                        "the request does not fit the inventory",
+                        details=[
+                            (
+                                ["body", "target_server"],
+                                f"{req.target_server!r} is not a server of pool {vm.pool} "
+                                "(a move to another pool is a cold migration, not built yet)",
+                            )
+                        ],
+                    )
         elif isinstance(req, Noop):
             queue = keys.NOOP_QUEUE
         return queue, link_update, reserve

@@ -34,6 +34,7 @@ MIB = 1024**2
 
 
 LabKind = Literal["test", "qemu"]
+LOOPBACK = "127.0.0.1"
 TINY_MIB = 96  # a QEMU lab VM: enough for SeaBIOS (and the guest kernel of the messaging issue)
 
 
@@ -50,7 +51,8 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
     pools, templates = [], []
     for letter in string.ascii_lowercase[: spec.pools]:
         servers = [f"srv-{letter}{i}" for i in range(1, spec.servers_per_pool + 1)]
-        repo = Repository(name=f"repo-{letter}")
+        # one directory on this host, seen by every server of the pool at the same path
+        repo = Repository(name=f"repo-{letter}", assume_shared=True)
         pools.append(
             ServerPool(
                 name=f"pool-{letter}",
@@ -171,7 +173,14 @@ class Lab:
                     hv.create_volume(t.repository, d.volume, d.capacity_bytes)
         node = hv.memory_mib()
         hv.close()
-        return Server(name=name, pool=pool.name, uri=uri, memory_mib=node, cpus=16)
+        return Server(
+            name=name,
+            pool=pool.name,
+            uri=uri,
+            memory_mib=node,
+            cpus=16,
+            migration_host=LOOPBACK,  # the servers' daemons all listen on this host
+        )
 
     def kill_server(self, name: str) -> None:
         """SIGKILL a server's daemon (a crashed hypervisor, for chaos tests)."""

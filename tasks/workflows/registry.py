@@ -6,12 +6,13 @@ from typing import Any
 
 from orchestrator.errors import BadRequest
 from tasks.step import Step, WorkflowBuilder
-from tasks.workflows import noop, vm_create, vm_ha, vm_lifecycle
+from tasks.workflows import noop, vm_create, vm_ha, vm_lifecycle, vm_migrate
 
 WORKFLOWS: dict[str, WorkflowBuilder] = {
     "noop": noop.steps,
     "vm.create_from_template": vm_create.steps,
     "vm.ha_restart": vm_ha.steps,
+    "vm.migrate": vm_migrate.steps,
     **vm_lifecycle.WORKFLOWS,
 }
 

@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 import pytest
+import redis
 
+from orchestrator.store import keys
 from tests.integration.conftest import wait_until
 from tests.integration.upkit import Up
 
@@ -87,3 +89,82 @@ def test_a_vm_made_from_a_template_runs_as_a_real_qemu_guest(start_up: Any) -> N
     # and `vmorch down` leaves no QEMU process of the lab behind
     assert up.down().returncode == 0
     assert not [u for u in qemu_processes() if u == vm["id"]]
+
+
+def router_caught_up(up: Up) -> bool:
+    """The routers' consumer group has read every entry and acknowledged all it read."""
+    r = redis.Redis.from_url(up.state()["redis_url"], decode_responses=True)
+    try:
+        [group] = r.xinfo_groups(keys.EVENTS)
+        return bool(group["lag"] == 0 and group["pending"] == 0)
+    finally:
+        r.close()
+
+
+def domains(uri: str) -> dict[str, bool]:
+    """uuid -> active, of every domain on the server at `uri`."""
+    conn = libvirt.open(uri)
+    try:
+        return {d.UUIDString(): bool(d.isActive()) for d in conn.listAllDomains()}
+    finally:
+        conn.close()
+
+
+def test_live_migration_moves_a_running_ha_vm_with_no_ha_restart(start_up: Any) -> None:
+    # given: a running HA VM on the qemu lab's pool of two servers
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "m1", "pool": "pool-a",
+         "template": "tmpl-a", "ha": True},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    source = up.api.call("GET", f"/v1/vms/{vm_id}")["server"]
+    [target] = [s for s in ("srv-a1", "srv-a2") if s != source]
+    pid = qemu_processes()[vm_id]
+    # when: it is migrated without naming a target
+    t0 = time.monotonic()
+    mig = up.api.run({"kind": "vm.migrate", "vm": "m1"}, timeout_s=120)
+    took_s = time.monotonic() - t0
+    assert mig["state"] == "succeeded", (mig["error"], mig["steps"])
+    # then: placement chose the other server, said why for each, and the VM runs there
+    plan = mig["steps"][0]["outputs"]
+    assert (plan["source"], plan["target"], plan["mode"]) == (source, target, "live")
+    assert "already" in plan["placement"][source], plan
+    assert "MiB free" in plan["placement"][target], plan
+    vm = up.api.call("GET", f"/v1/vms/{vm_id}")
+    assert vm["server"] == target and vm["state"] == "running", vm
+    assert domains(server_uri(up, target)) == {vm_id: True}
+    assert vm_id not in domains(server_uri(up, source))  # undefined on the source
+    assert qemu_processes()[vm_id] != pid  # a new QEMU process: the guest moved
+
+    # and once the router has handled the migration's events (the source's `stopped
+    # (migrated)` among them), no HA restart was submitted
+    wait_until(lambda: router_caught_up(up), 10, "the router to handle every event")
+    assert up.api.call("GET", "/v1/jobs?kind=vm.ha_restart")["items"] == []
+    # when: it is migrated back to a named target, then to the server it is on
+    back = up.api.run({"kind": "vm.migrate", "vm": "m1", "target_server": source}, timeout_s=120)
+    assert back["state"] == "succeeded", back["error"]
+    same = up.api.run({"kind": "vm.migrate", "vm": "m1", "target_server": source}, timeout_s=60)
+    # then: the second is refused with its reason, and the VM stays where it is
+    assert same["state"] == "failed" and same["error"]["code"] == "migration_refused"
+    assert "already" in same["error"]["message"], same["error"]
+    assert up.api.call("GET", f"/v1/vms/{vm_id}")["server"] == source
+    # and a target outside the VM's pool is refused at submission, naming the field
+    status, body = up.api.request(
+        "POST", "/v1/jobs", {"kind": "vm.migrate", "vm": "m1", "target_server": "srv-x9"}
+    )
+    assert status == 422 and body["error"]["details"][0]["loc"] == ["body", "target_server"]
+    # when: it is stopped and migrated cold
+    assert up.api.run({"kind": "vm.kill", "vm": "m1"})["state"] == "succeeded"
+    cold = up.api.run({"kind": "vm.migrate", "vm": "m1"}, timeout_s=60)
+    assert cold["state"] == "succeeded", cold["error"]
+    assert cold["steps"][0]["outputs"]["mode"] == "cold"
+    assert domains(server_uri(up, target)) == {vm_id: False}
+    assert vm_id not in domains(server_uri(up, source))
+    # and it starts on its new server, its disk still there (shared repository)
+    assert up.api.run({"kind": "vm.start", "vm": "m1"}, timeout_s=60)["state"] == "succeeded"
+    assert domains(server_uri(up, target)) == {vm_id: True}
+    print(f"live migration job, submit to succeeded: {took_s:.2f}s")
+    assert up.down().returncode == 0

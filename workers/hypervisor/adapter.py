@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
@@ -33,7 +33,7 @@ from orchestrator.settings import Settings
 from schemas.inventory import VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
 from workers.hypervisor.errors import classify, silence_libvirt_errors
-from workers.hypervisor.events import Keepalive
+from workers.hypervisor.events import Keepalive, open_connection
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import DomainSpec, dir_pool_xml, domain_xml, network_xml, volume_xml
 
@@ -237,6 +237,87 @@ class Hypervisor:
             self._act(uuid, "resume", lambda d: d.resume())
         elif state != VmState.RUNNING:
             raise HypervisorError(f"cannot resume a domain that is {state}")
+
+    def networks(self) -> set[str]:
+        """The names of the networks defined on the server (active or not)."""
+
+        def names(c: libvirt.virConnect) -> set[str]:
+            return set(c.listNetworks()) | set(c.listDefinedNetworks())
+
+        return self._call("listNetworks", names)
+
+    def storage_pools(self) -> set[str]:
+        """The names of the server's active storage pools."""
+        return set(self._call("listStoragePools", lambda c: c.listStoragePools()))
+
+    # --- migration ---------------------------------------------------------------------
+    def migrate_live(
+        self,
+        uuid: str,
+        dest_uri: str,
+        *,
+        dest_host: str | None = None,
+        assume_shared: bool = False,
+        bandwidth_mib_s: int | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Live-migrate the running domain to the server at `dest_uri`: it keeps running
+        there, persistent, and is undefined here. This process drives the migration over
+        its own connection to the destination (no daemon-to-daemon credentials needed).
+        Its storage must be shared; `assume_shared` skips libvirt's check of that (storage
+        it cannot recognise as shared). Interrupted (abort, lost lease, deadline), the
+        libvirt migration job is aborted: the domain keeps running here."""
+        params: dict[str, Any] = {}
+        if dest_host:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{dest_host}"
+        if bandwidth_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib_s
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+            | (libvirt.VIR_MIGRATE_UNSAFE if assume_shared else 0)
+        )
+        keepalive = self._link.limits.keepalive
+
+        def migrate(c: libvirt.virConnect) -> None:
+            dconn = open_connection(dest_uri, keepalive)
+            try:
+                self._lookup(c, uuid).migrate3(dconn, params, flags)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dconn.close()
+
+        try:
+            self._link_call("migrate3", migrate, timeout_s)
+        except BaseException:
+            self.abort_job(uuid)
+            raise
+
+    def abort_job(self, uuid: str) -> None:
+        """Abort the domain's libvirt job (a migration), if it has one. Never raises."""
+        try:
+            self._link.call(lambda c: self._lookup(c, uuid).abortJob(), timeout_s=10)
+        except Exception as e:  # no job, gone, or the server does not answer
+            log.info("domain %s: no libvirt job aborted (%s)", uuid, e)
+
+    def job_stats(self, uuid: str) -> dict[str, Any]:
+        """The domain's current libvirt job statistics ({} without a job)."""
+        try:
+            return dict(self._call("jobStats", lambda c: self._lookup(c, uuid).jobStats()))
+        except NotFound:
+            return {}
+
+    def _link_call(
+        self, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float | None
+    ) -> T:
+        """`fn(conn)` once, without retries (not to be repeated blindly: a migration)."""
+        try:
+            return self._link.call(fn, timeout_s=timeout_s, check=self._check)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+        except HypervisorTimeout as e:
+            raise HypervisorTimeout(f"{what}: {e.message}") from e
 
     # --- storage -----------------------------------------------------------------------
     def _ensure_volume(
