@@ -73,6 +73,14 @@ class StepRecord(Frozen):
     error: ErrorInfo | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
     retry_at: datetime | None = None
+    progress: float | None = Field(
+        default=None, ge=0, le=1, description="how far a running step is (0-1), if it says"
+    )
+    detail: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what a running step last reported (a migration: data processed, "
+        "remaining, dirty rate)",
+    )
 
 
 class WaitInfo(Frozen):

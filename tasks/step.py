@@ -72,6 +72,8 @@ class StepContext:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     abort_seen: threading.Event = field(default_factory=threading.Event)
     token: int | None = None  # the fencing token of the lease this worker holds
+    # records how far the step is (0-1) and what it last saw, in the job (and its event)
+    reporter: Callable[[float, dict[str, Any]], None] | None = None
 
     @property
     def request(self) -> Any:
@@ -111,6 +113,11 @@ class StepContext:
         return self.runtime.hypervisors.get(
             srv.uri, retry_s=probe_s, check=self.check, timeout_s=probe_s
         )
+
+    def report(self, fraction: float, detail: dict[str, Any] | None = None) -> None:
+        """Say how far the step is: the job's progress and a `job.step` event show it."""
+        if self.reporter is not None:
+            self.reporter(fraction, detail or {})
 
     def check(self) -> None:
         """A safe point: stop here if the lease is gone or an abort was asked for."""

@@ -20,11 +20,20 @@ UNDO_DONE = "_undo_done"  # a failed step's outputs: its undo ran (internal; not
 
 
 def with_step(job: Job, idx: int, **update: object) -> Job:
-    """The job with step `idx` changed, and progress recounted."""
+    """The job with step `idx` changed, and progress recounted: done steps, and the part a
+    running step reported of itself."""
     steps = list(job.steps)
     steps[idx] = steps[idx].model_copy(update=update)
-    done = sum(1 for s in steps if s.state == StepState.DONE)
+    done = sum(1.0 for s in steps if s.state == StepState.DONE)
+    done += sum(s.progress or 0.0 for s in steps if s.state == StepState.RUNNING)
     return job.model_copy(update={"steps": steps, "progress": round(done / len(steps), 4)})
+
+
+def step_progress(job: Job, idx: int, fraction: float, detail: dict[str, Any]) -> Job | None:
+    """A running step reports how far it is; None (no write) once it is not running."""
+    if job.steps[idx].state != StepState.RUNNING:
+        return None
+    return with_step(job, idx, progress=round(min(max(fraction, 0.0), 1.0), 4), detail=detail)
 
 
 def outputs_of(job: Job) -> Outputs:
@@ -59,14 +68,23 @@ def succeeded(job: Job) -> Job:
 
 def step_running(job: Job, idx: int, attempt: int) -> Job:
     return with_step(
-        job, idx, state=StepState.RUNNING, attempts=attempt, started_at=utcnow(), retry_at=None
+        job,
+        idx,
+        state=StepState.RUNNING,
+        attempts=attempt,
+        started_at=utcnow(),
+        retry_at=None,
+        progress=None,
+        detail={},
     )
 
 
 def step_done(job: Job, idx: int, out: Outputs) -> Job:
     """The step is done (a waiting job runs again); the last step's record ends the job:
     one write, no extra message."""
-    job = with_step(job, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None)
+    job = with_step(
+        job, idx, state=StepState.DONE, ended_at=utcnow(), outputs=out, error=None, progress=None
+    )
     if job.state == JobState.WAITING:
         job = job.model_copy(update={"state": JobState.RUNNING, "wait": None})
     last = all(s.state == StepState.DONE for s in job.steps)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -97,6 +97,14 @@ class Runner:
             abort_seen=self.hb.abort if abortable else threading.Event(),
             token=self.token,
         )
+
+    def _reporter(self, idx: int, name: str) -> Callable[[float, dict[str, Any]], None]:
+        """What `StepContext.report` does for step `idx`: a fenced write of its progress."""
+
+        def report(fraction: float, detail: dict[str, Any]) -> None:
+            self.update(lambda j: tr.step_progress(j, idx, fraction, detail), step=name)
+
+        return report
 
     def transition(self, job: Job, step: str, frm: str, to: str, note: str = "") -> None:
         self.middlewares.after_transition(job, step, frm, to, time.monotonic() - self.t0, note)
@@ -216,6 +224,7 @@ class Runner:
             )
             self.transition(job, step.name, "pending", "running", f"attempt {attempt}")
         ctx = self.ctx(job, attempt, tr.outputs_of(job))
+        ctx.reporter = self._reporter(idx, step.name)
         error: BaseException | None = None
         try:
             self.middlewares.before_step(ctx, step)

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from orchestrator.errors import HypervisorError, MigrationRefused
 from schemas import event_types as et
@@ -74,14 +74,25 @@ def _migrate(ctx: StepContext) -> Outputs:
             ctx.expect(vm.id, [et.VM_STARTED])
             ctx.expect(vm.id, [et.VM_RESUMED])
             dest = ctx.run(ctx.runtime.inventory.server(target))
-            src.migrate_live(
-                vm.id,
-                dest.uri,
-                dest_host=dest.migration_host,
-                assume_shared=pool.repository.assume_shared,
-                bandwidth_mib_s=req.bandwidth_mib_s,
-                timeout_s=ctx.runtime.settings.libvirt_copy_timeout_s,
-            )
+            try:
+                src.migrate_live(
+                    vm.id,
+                    dest.uri,
+                    dest_host=dest.migration_host,
+                    assume_shared=pool.repository.assume_shared,
+                    bandwidth_mib_s=req.bandwidth_mib_s,
+                    timeout_s=ctx.runtime.settings.libvirt_copy_timeout_s,
+                    on_progress=lambda stats: _report(ctx, stats),
+                )
+            except Exception:
+                # interrupted (an abort, a deadline) or failed: libvirt's migration job was
+                # aborted, but it may have completed first. Where the domain is decides.
+                if not _moved_anyway(ctx, vm.id, source, target):
+                    _drop_incoming(ctx, vm.id, source, target)
+                    raise
+                moved = vm.model_copy(update={"server": target})
+                ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
+                return {"server": target, "completed_before_abort": True}
         else:
             ctx.expect(vm.id, ["vm.lifecycle.defined"])
             ctx.expect(vm.id, ["vm.lifecycle.undefined"])
@@ -93,6 +104,40 @@ def _migrate(ctx: StepContext) -> Outputs:
     ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
     state = observe(ctx, moved, dst)
     return {"server": target, "state": state.value if state else None}
+
+
+def _moved_anyway(ctx: StepContext, vm_id: str, source: str, target: str) -> bool:
+    """Whether the domain runs on `target` and is gone from `source`, asked without the
+    step's interrupt (an abort must not stop this look)."""
+    hvs = ctx.runtime.hypervisors
+    src = hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri)
+    dst = hvs.get(ctx.run(ctx.runtime.inventory.server(target)).uri)
+    return dst.domain_state(vm_id) in ACTIVE and src.domain_state(vm_id) is None
+
+
+def _drop_incoming(ctx: StepContext, vm_id: str, source: str, target: str) -> None:
+    """After a migration that did not complete: a copy of the domain left on the target
+    (an incoming QEMU libvirt did not clean up) is removed, while the source still has the
+    domain (it is the VM). Asked without the step's interrupt, as in `_moved_anyway`."""
+    hvs = ctx.runtime.hypervisors
+    src = hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri)
+    dst = hvs.get(ctx.run(ctx.runtime.inventory.server(target)).uri)
+    if src.domain_state(vm_id) is not None and dst.domain_state(vm_id) is not None:
+        dst.undefine(vm_id)
+
+
+def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
+    """libvirt's statistics of the migration job as the step's progress and detail."""
+    total = int(stats.get("data_total") or 0)
+    processed = int(stats.get("data_processed") or 0)
+    detail = {
+        "data_processed_bytes": processed,
+        "data_remaining_bytes": int(stats.get("data_remaining") or 0),
+        "data_total_bytes": total,
+        "memory_dirty_rate_pages_s": int(stats.get("memory_dirty_rate") or 0),
+        "elapsed_ms": int(stats.get("time_elapsed") or 0),
+    }
+    ctx.report(processed / total if total else 0.0, detail)
 
 
 def steps(_req: MigrateVm) -> list[Step]:

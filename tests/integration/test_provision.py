@@ -134,3 +134,27 @@ def test_vm_state_follows_changes_made_outside_vmorch(
         )
     finally:
         agent.stop()
+
+
+def test_cold_migration_between_test_driver_servers(
+    api: Api, worker: Proc, fleet: Inventory
+) -> None:
+    # given: a stopped VM on one of pool-a's test-driver servers
+    job = create(api, "mig1", start=False)
+    assert job["state"] == "succeeded", job
+    [(source, _)] = find_domains(fleet, "mig1")
+    # when: it is migrated (stopped: cold by default), then live (refused: not running)
+    cold = api.run({"kind": "vm.migrate", "vm": "mig1"})
+    live = api.run({"kind": "vm.migrate", "vm": "mig1", "live": True})
+    # then: it is defined on the pool's other server only, and its record says so
+    assert cold["state"] == "succeeded", cold["error"]
+    target = cold["steps"][0]["outputs"]["target"]
+    assert target != source and cold["steps"][0]["outputs"]["mode"] == "cold"
+    assert [s for s, _ in find_domains(fleet, "mig1")] == [target]
+    assert api.request("GET", "/v1/vms/mig1")[1]["server"] == target
+    assert live["state"] == "failed" and live["error"]["code"] == "migration_refused"
+    assert "needs it running" in live["error"]["message"]
+    # and it starts there
+    assert api.run({"kind": "vm.start", "vm": "mig1"})["state"] == "succeeded"
+    [(_, dom)] = find_domains(fleet, "mig1")
+    assert dom.isActive()

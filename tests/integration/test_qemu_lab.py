@@ -4,6 +4,9 @@ test-driver lab."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -167,4 +170,62 @@ def test_live_migration_moves_a_running_ha_vm_with_no_ha_restart(start_up: Any) 
     assert up.api.run({"kind": "vm.start", "vm": "m1"}, timeout_s=60)["state"] == "succeeded"
     assert domains(server_uri(up, target)) == {vm_id: True}
     print(f"live migration job, submit to succeeded: {took_s:.2f}s")
+    assert up.down().returncode == 0
+
+
+def qemu_pids(vm_id: str) -> set[int]:
+    """The PIDs of every qemu-system process of the VM (two while it migrates)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-uuid" in argv and argv[argv.index(b"-uuid") + 1].decode() == vm_id:
+            out.add(int(entry.name))
+    return out
+
+
+def test_an_aborted_live_migration_leaves_the_vm_running_on_its_source(start_up: Any) -> None:
+    # given: a running VM
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "a1", "pool": "pool-a", "template": "tmpl-a"},
+        timeout_s=120,
+    )
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    source = up.api.call("GET", f"/v1/vms/{vm_id}")["server"]
+    [target] = [s for s in ("srv-a1", "srv-a2") if s != source]
+    [guest] = qemu_pids(vm_id)
+    # when: its migration runs (throttled), reporting libvirt's job statistics...
+    mig = up.api.submit({"kind": "vm.migrate", "vm": "a1", "bandwidth_mib_s": 1})
+
+    def reported() -> dict[str, Any] | None:
+        steps = up.api.job(mig["id"])["steps"]
+        step = steps[1] if len(steps) > 1 else {"detail": {}}
+        return step if step["detail"].get("data_total_bytes") else None
+
+    step = wait_until(reported, 30, "the migration to report its statistics")
+    assert step["state"] == "running" and step["detail"]["data_total_bytes"] >= 96 * 2**20
+    # ...its target's incoming QEMU is frozen (SIGSTOP), so that it stalls in flight...
+    [incoming] = qemu_pids(vm_id) - {guest}
+    os.kill(incoming, signal.SIGSTOP)
+    try:
+        # ...and the job is aborted
+        up.api.call("POST", f"/v1/jobs/{mig['id']}/abort", {"reason": "test"})
+        ended = up.api.wait(mig["id"], timeout_s=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(incoming, signal.SIGCONT)
+    # then: the job is aborted, the VM still runs on its source (the same QEMU process),
+    # and nothing of it is left on the target
+    assert ended["state"] == "aborted", (ended["error"], ended["steps"])
+    assert domains(server_uri(up, source)) == {vm_id: True}
+    assert guest in qemu_pids(vm_id)
+    wait_until(lambda: vm_id not in domains(server_uri(up, target)), 30, "the target to let go")
+    vm = up.api.call("GET", f"/v1/vms/{vm_id}")
+    assert vm["server"] == source and vm["state"] == "running", vm
     assert up.down().returncode == 0

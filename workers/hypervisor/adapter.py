@@ -37,6 +37,9 @@ from workers.hypervisor.events import Keepalive, open_connection
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import DomainSpec, dir_pool_xml, domain_xml, network_xml, volume_xml
 
+PROGRESS_S = 0.5  # how often a migration's job statistics are read
+ABORT_WAIT_S = 30.0  # how long an aborted migration may take to end in libvirt
+
 __all__ = ["CallLimits", "Hypervisor", "Hypervisors", "KeptOpen", "silence_libvirt_errors"]
 
 log = logging.getLogger(__name__)
@@ -260,13 +263,15 @@ class Hypervisor:
         assume_shared: bool = False,
         bandwidth_mib_s: int | None = None,
         timeout_s: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Live-migrate the running domain to the server at `dest_uri`: it keeps running
         there, persistent, and is undefined here. This process drives the migration over
         its own connection to the destination (no daemon-to-daemon credentials needed).
         Its storage must be shared; `assume_shared` skips libvirt's check of that (storage
         it cannot recognise as shared). Interrupted (abort, lost lease, deadline), the
-        libvirt migration job is aborted: the domain keeps running here."""
+        libvirt migration job is aborted: the domain keeps running here. `on_progress`
+        gets libvirt's job statistics about every PROGRESS_S while it runs."""
         params: dict[str, Any] = {}
         if dest_host:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{dest_host}"
@@ -288,11 +293,36 @@ class Hypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     dconn.close()
 
+        # the migration runs on a thread of its own; this one watches it: progress from
+        # libvirt's job statistics, and the interrupt check (an abort stops it in libvirt)
+        done, failed = threading.Event(), []
+
+        def run() -> None:
+            try:
+                self._link_call("migrate3", migrate, timeout_s)
+            except BaseException as e:
+                failed.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="libvirt-migrate", daemon=True).start()
         try:
-            self._link_call("migrate3", migrate, timeout_s)
+            while not done.wait(PROGRESS_S):
+                if self._check is not None:
+                    self._check()
+                if on_progress is not None:
+                    with contextlib.suppress(HypervisorError, HypervisorUnavailable):
+                        stats = self.job_stats(uuid)
+                        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != (
+                            libvirt.VIR_DOMAIN_JOB_NONE
+                        ):
+                            on_progress(stats)
         except BaseException:
             self.abort_job(uuid)
+            done.wait(ABORT_WAIT_S)  # the domain keeps running here
             raise
+        if failed:
+            raise failed[0]
 
     def abort_job(self, uuid: str) -> None:
         """Abort the domain's libvirt job (a migration), if it has one. Never raises."""
