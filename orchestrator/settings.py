@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     ha_window_s: float = Field(default=3600.0, gt=0)
     # ...and move a VM to another server only once its own has been unreachable this long.
     ha_relocate_after_s: float = Field(default=60.0, ge=0)
+    # Fencing before HA starts a VM elsewhere (review C1): the command that powers a server
+    # off, run with `{server}` replaced by its name (e.g. an IPMI or Redfish fence agent that
+    # keeps its credentials in its own configuration); exit 0 means the server's guests are
+    # off. Without one (or when it fails), only an operator's acknowledgement
+    # (`POST /v1/servers/{name}/fence`) lets HA relocate; it raises an alert and waits.
+    fence_command: list[str] = Field(default_factory=list)
+    fence_timeout_s: float = Field(default=60.0, gt=0)
+    ha_fence_wait_s: float = Field(default=3600.0, gt=0)
     # SSE (each api process): open event streams per token and in total; past either a new
     # stream is refused with 429 and Retry-After, so viewers cannot exhaust the api.
     sse_max_per_token: int = Field(default=8, ge=1)

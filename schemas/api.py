@@ -79,6 +79,19 @@ class AbortRequest(Frozen):
     reason: Annotated[str, Field(max_length=500)] = ""
 
 
+class FenceAck(Frozen):
+    """An operator's acknowledgement that an unreachable server's guests are off (powered
+    off by hand, or the host is gone): HA may then start its VMs elsewhere."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class FenceRecord(Frozen):
+    server: str
+    by: str
+    reason: str
+
+
 class VmView(Vm):
     """A VM with its operation queue (job ids, the running one first)."""
 

@@ -8,7 +8,17 @@ from typing import Any
 from orchestrator.api import alerts, events, hooks, inventory, jobs, queue
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
-from schemas.api import AbortRequest, EventPage, HookCreated, Page, QueueStatus, Role, VmView
+from schemas.api import (
+    AbortRequest,
+    EventPage,
+    FenceAck,
+    FenceRecord,
+    HookCreated,
+    Page,
+    QueueStatus,
+    Role,
+    VmView,
+)
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
@@ -145,6 +155,16 @@ def _inventory() -> list[Route]:
             "List servers",
             VIEWER,
             response=list[Server],
+        ),
+        Route(
+            "POST",
+            "/v1/servers/{server}/fence",
+            inventory.fence_server,
+            "Acknowledge that a down server's guests are off (HA may move its VMs)",
+            ADMIN,
+            body=FenceAck,
+            response=FenceRecord,
+            status=202,
         ),
         Route(
             "GET",

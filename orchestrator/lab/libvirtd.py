@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from orchestrator.lab import reaper as reaper_module
+from orchestrator.lab.fence import record_pid
 from orchestrator.lab.process import spawn, terminate, wait_ready
 from orchestrator.lab.reaper import kill_orphans
 
@@ -149,6 +150,7 @@ class LibvirtDaemon:
         if self.reaper:
             argv = [sys.executable, reaper_module.__file__, *argv]
         self._proc = spawn(argv, self.log_path, env=env, cwd=self.directory)
+        record_pid(self.directory, "reaper" if self.reaper else "libvirtd", self._proc.pid)
         try:
             self._wait_for_socket(timeout_s)
         except BaseException:

@@ -10,6 +10,7 @@ address, admin token, Redis URL with its password, every server's URI, PIDs) go 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -112,6 +113,10 @@ class Stack:
         if not port_is_free(host, port):
             port = free_port(host)
         env = {
+            # the lab's fence action, unless the user gave one
+            "VMORCH_FENCE_COMMAND": json.dumps(
+                [sys.executable, "-m", "orchestrator.lab.fence", str(self.lab.base_dir), "{server}"]
+            ),
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
             "VMORCH_API_HOST": host,

@@ -1,13 +1,19 @@
-"""HA bookkeeping: each VM's restart budget, and since when a server has been unreachable."""
+"""HA bookkeeping: each VM's restart budget, since when a server has been unreachable, and
+the proof that an unreachable server's guests are off (fencing)."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from orchestrator.clock import now_ms
 from orchestrator.store import keys
+from orchestrator.store.events import entry_fields, make_event
 from orchestrator.store.fence import Fence, transaction
+from schemas import event_types as et
 
 
 class HaStore:
@@ -35,7 +41,28 @@ class HaStore:
         await self.redis.set(keys.server_down(server), now_ms(), nx=True)
 
     async def mark_server_up(self, server: str) -> None:
-        await self.redis.delete(keys.server_down(server))
+        """The server answers again: it is not down, and an old fencing proof no longer
+        says anything about its guests."""
+        await self.redis.delete(keys.server_down(server), keys.server_fenced(server))
+
+    async def mark_fenced(
+        self, server: str, proof: dict[str, Any], source: str, *, fence: Fence | None = None
+    ) -> None:
+        """Record proof that the server's guests are off (HA may then start them elsewhere),
+        and publish it as a `server.fenced` event (waiting HA jobs resume on it)."""
+        event = make_event(et.SERVER_FENCED, source, server, {"server": server, **proof})
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.server_fenced(server), json.dumps({**proof, "at": now_ms()}))
+            pipe.xadd(keys.EVENTS, entry_fields(event))
+
+        await transaction(self.redis, fence, write)
+
+    async def fenced(self, server: str) -> dict[str, Any] | None:
+        """The proof that the server's guests are off, if any was recorded since it was
+        last seen up."""
+        raw = await self.redis.get(keys.server_fenced(server))
+        return None if raw is None else dict(json.loads(raw))
 
     async def server_down_for_s(self, server: str) -> float:
         """How long the server's agent has found it unreachable (0: it is not down)."""

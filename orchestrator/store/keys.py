@@ -226,6 +226,12 @@ def ha_restarts(vm_id: str) -> str:
     return f"{PREFIX}harestarts:{vm_id}"
 
 
+def server_fenced(server_name: str) -> str:
+    """JSON: proof that the server's guests are off (a fence command's outcome, or an
+    operator's acknowledgement); deleted when the server answers again."""
+    return f"{PREFIX}serverfenced:{server_name}"
+
+
 def server_down(server_name: str) -> str:
     return f"{PREFIX}serverdown:{server_name}"
 

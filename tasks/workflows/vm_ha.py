@@ -4,12 +4,21 @@ Restart it on its server; if that server is down, define it on another server of
 (cold: its disks are on the pool's shared repository) and start it there. At most
 `ha_max_restarts` per `ha_window_s`: past that the VM is left stopped and an alert waits
 for an operator.
+
+A server that does not answer may still run its guests (its libvirtd crashed, its
+management network is down): starting the VM elsewhere then gives two copies writing one
+disk (review C1). So the VM moves only with proof that the old copy is off (`ha_fence`):
+the configured fence command powered the server off, or an operator acknowledged that it
+is down (`POST /v1/servers/{name}/fence`). Without either, HA raises a `server.unfenced`
+alert and waits, holding no worker, for that proof or for the server to answer again.
 """
 
 from __future__ import annotations
 
 from orchestrator.errors import HypervisorUnavailable, Permanent, RetryLater
-from tasks.step import Outputs, Step, StepContext
+from schemas import event_types as et
+from tasks.step import Outputs, Step, StepContext, Wait
+from tasks.steps.fencing import run_fence
 from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
 
@@ -50,17 +59,84 @@ def _down_long_enough(ctx: StepContext, server: str) -> None:
         )
 
 
+def _answers(ctx: StepContext, server: str) -> bool:
+    try:
+        ctx.hypervisor(server, probe_s=PROBE_RETRY_S).memory_mib()
+        return True
+    except HypervisorUnavailable:
+        return False
+
+
+def _proof(ctx: StepContext, home: str) -> Outputs | None:
+    """What says the VM's copy on `home` is off: `home` answers (the VM restarts there),
+    or a fencing proof recorded since it was last up."""
+    if not home or _answers(ctx, home):
+        return {"home_answers": bool(home)}
+    proof = ctx.run(ctx.runtime.services.ha.fenced(home))
+    return None if proof is None else {"fenced": proof}
+
+
+def _fence(ctx: StepContext) -> Outputs | Wait:
+    """Before the VM may start elsewhere: proof that its copy on its unreachable server is
+    off. The fence command runs once per outage (its proof serves every VM of the server);
+    without a command, or when it fails, an alert asks an operator, and the step waits."""
+    vm = vm_of(ctx)
+    home = vm.server or ""
+    since = ctx.stream_position()  # before looking: a proof given meanwhile still counts
+    found = _proof(ctx, home)
+    if found is not None:
+        return found
+    _down_long_enough(ctx, home)
+    s, ha = ctx.runtime.settings, ctx.runtime.services.ha
+    outcome = None
+    if s.fence_command:
+        outcome = run_fence(s.fence_command, home, s.fence_timeout_s)
+        if outcome["ok"]:
+            proof = {"by": "fence_command", **outcome}
+            ctx.run(ha.mark_fenced(home, proof, et.SOURCE_ENGINE, fence=ctx.fence))
+            return {"fenced": proof}
+    why = (
+        "no fence command is configured"
+        if outcome is None
+        else (f"the fence command failed (exit {outcome['exit_code']}: {outcome['output'][:200]})")
+    )
+    ctx.run(
+        ctx.runtime.services.alerts.raise_alert(
+            et.SERVER_UNFENCED,
+            home,
+            f"vm {vm.name} is not started elsewhere: server {home} does not answer and "
+            f"{why}; power it off and acknowledge (POST /v1/servers/{home}/fence), or "
+            "bring it back",
+            job_id=ctx.job.id,
+            fence=ctx.fence,
+        )
+    )
+    return Wait(
+        types=[et.SERVER_FENCED, et.SERVER_UP],
+        subject=home,
+        since=since,
+        timeout_s=s.ha_fence_wait_s,
+        outputs={"fence_command": outcome} if outcome else {},
+    )
+
+
+def _fence_settled(ctx: StepContext) -> Outputs | None:
+    vm = vm_of(ctx)
+    return _proof(ctx, vm.server or "")
+
+
 def _place(ctx: StepContext) -> Outputs:
-    """Keep the VM on its server if that server answers; otherwise define it on the pool's
-    server with the most free memory. Defining the same domain again changes nothing."""
+    """Keep the VM on its server if that server answers; otherwise, with the proof that
+    its copy there is off, define it on the pool's server with the most free memory.
+    Defining the same domain again changes nothing."""
     vm = vm_of(ctx)
     home = vm.server or ""
     if home:
-        try:
-            ctx.hypervisor(home, probe_s=PROBE_RETRY_S).domain_state(vm.id)
+        if _answers(ctx, home):
             return {"server": home, "relocated": False}
-        except HypervisorUnavailable:
-            _down_long_enough(ctx, home)
+        if ctx.run(ctx.runtime.services.ha.fenced(home)) is None:
+            # it answered when `ha_fence` ran, and does not now: look again from the start
+            raise RetryLater(f"server {home} stopped answering; fencing it first", delay_s=1)
     placed = choose_server(ctx, vm.pool, vm.memory_mib, exclude=[home])
     target = placed["server"]
     hv = ctx.hypervisor(target)
@@ -78,6 +154,13 @@ def _place(ctx: StepContext) -> Outputs:
 def steps(_req: object) -> list[Step]:
     return [
         Step("ha_budget", _budget, None, "count the restart against the VM's HA budget"),
+        Step(
+            "ha_fence",
+            _fence,
+            None,
+            "if its server is down: proof that the VM's copy there is off",
+            settled=_fence_settled,
+        ),
         Step("ha_place", _place, None, "keep the VM on its server, or move it if that is down"),
         START,
     ]

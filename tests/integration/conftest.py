@@ -373,8 +373,8 @@ def start_up(tmp_path: Path) -> Iterator[Any]:
 
     started: list[Up] = []
 
-    def start(*flags: str, umask: int = 0o022) -> Up:
-        started.append(Up(tmp_path / "lab", *flags, umask=umask))
+    def start(*flags: str, umask: int = 0o022, env: dict[str, str] | None = None) -> Up:
+        started.append(Up(tmp_path / "lab", *flags, umask=umask, env=env))
         return started[-1]
 
     yield start

@@ -288,8 +288,40 @@ def test_ha_vms_of_a_server_that_went_down_are_relocated(
         )
         assert [r["subject"] for r in fired] == [ha["links"]["vm_id"]]
         assert fired[0]["event_type"] == "server.down"
-        moved = api.wait(fired[0]["job_id"], timeout_s=60)
+        # ...but not before there is proof that its copy on srv-a1 is off: with no fence
+        # command configured, the job waits and an alert asks an operator
+        job_id = fired[0]["job_id"]
+        waiting = api.wait(job_id, {"waiting"}, timeout_s=30)
+        assert [s["state"] for s in waiting["steps"]][:2] == ["done", "waiting"], waiting
+        alerts = wait_until(
+            lambda: [
+                a
+                for a in api.request("GET", "/v1/alerts")[1]
+                if a["type"] == "server.unfenced" and a["subject"] == "srv-a1"
+            ],
+            10,
+            "the server.unfenced alert",
+        )
+        assert "no fence command" in alerts[0]["message"]
+        others = Inventory(servers=[s for s in fleet.servers if s.name != "srv-a1"])
+        assert find_domains(others, "mover") == []  # not started elsewhere meanwhile
+        # an acknowledgement is refused for a server that is up, and needs a reason
+        status, err = api.request("POST", "/v1/servers/srv-a2/fence", {"reason": "x"})
+        assert status == 409, err
+        status, err = api.request("POST", "/v1/servers/srv-a1/fence", {})
+        assert status == 422 and err["error"]["details"][0]["loc"] == ["body", "reason"], err
+        # when an operator acknowledges that srv-a1 is off
+        status, ack = api.request(
+            "POST", "/v1/servers/srv-a1/fence", {"reason": "powered off at the rack"}
+        )
+        assert status == 202 and ack["by"].startswith("operator:"), ack
+        moved = api.wait(job_id, timeout_s=60)
         assert moved["state"] == "succeeded", moved
+        fenced = next(s for s in moved["steps"] if s["name"] == "ha_fence")
+        out = fenced["outputs"]  # resumed by the server.fenced event, or found the proof
+        assert out.get("event", {}).get("type") == "server.fenced" or out["fenced"][
+            "by"
+        ].startswith("operator:"), out
         place = next(s for s in moved["steps"] if s["name"] == "ha_place")
         assert place["outputs"]["relocated"] is True and place["outputs"]["server"] == "srv-a2"
         [(server, dom)] = [

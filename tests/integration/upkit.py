@@ -70,12 +70,19 @@ def group_members(pgid: int) -> set[int]:
 class Up:
     """One `vmorch up` subprocess with its lab directory; `down()` stops it as a user would."""
 
-    def __init__(self, lab_dir: Path, *flags: str, umask: int = 0o022) -> None:
+    def __init__(
+        self,
+        lab_dir: Path,
+        *flags: str,
+        umask: int = 0o022,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.lab_dir = lab_dir
         self.state_path = lab_dir / "vmorch.json"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("VMORCH_")},
             "VMORCH_LAB_DIR": str(lab_dir),
+            **(env or {}),
         }
         out = lab_dir.parent / f"up-{time.time_ns()}"
         self.stdout_path, self.stderr_path = out.with_suffix(".out"), out.with_suffix(".err")

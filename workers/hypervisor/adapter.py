@@ -359,14 +359,22 @@ class Hypervisor:
     ) -> str:
         """The path of volume `name` in `pool`, made by `make` if it does not exist yet."""
 
-        def ensure(c: libvirt.virConnect) -> str:
-            sp = c.storagePoolLookupByName(pool)
+        def lookup(sp: libvirt.virStoragePool) -> str | None:
             try:
                 return str(sp.storageVolLookupByName(name).path())
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise
-            return str(make(sp).path())
+            return None
+
+        def ensure(c: libvirt.virConnect) -> str:
+            sp = c.storagePoolLookupByName(pool)
+            found = lookup(sp)
+            if found is None:
+                # on shared storage another server may have made it since this one looked
+                sp.refresh(0)
+                found = lookup(sp)
+            return found if found is not None else str(make(sp).path())
 
         return self._call("ensure_volume", ensure, timeout_s)
 
