@@ -48,7 +48,6 @@ VM_JOB_COMPLETED = "vm.job.completed"  # a libvirt job (migration, dump) ended
 SERVER_UP = "server.up"
 SERVER_DOWN = "server.down"
 SERVER_FENCED = "server.fenced"  # proof that an unreachable server's guests are off
-VM_STALE_COPY_REMOVED = "vm.stale_copy_removed"  # a returning server's copy of a moved VM
 
 # --- alerts (subject: what the alert is about) ----------------------------------------------
 VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent
