@@ -48,6 +48,8 @@ VM_JOB_COMPLETED = "vm.job.completed"  # a libvirt job (migration, dump) ended
 SERVER_UP = "server.up"
 SERVER_DOWN = "server.down"
 SERVER_FENCED = "server.fenced"  # proof that an unreachable server's guests are off
+# a server that came back had a copy of a VM placed elsewhere meanwhile: it was removed
+VM_STALE_COPY_REMOVED = "vm.stale_copy_removed"
 
 # --- alerts (subject: what the alert is about) ----------------------------------------------
 VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent

@@ -87,9 +87,12 @@ def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
     return pools, templates
 
 
-def _seed_server(hv: Hypervisor, pool: ServerPool, repo_path: Path) -> None:
-    """Make a fresh test-driver server look like a member of `pool` (idempotent)."""
-    hv.remove_all_domains()  # the test driver's preloaded demo domain
+def _seed_server(hv: Hypervisor, pool: ServerPool, repo_path: Path, *, fresh: bool) -> None:
+    """Make a server look like a member of `pool` (idempotent). `fresh`: remove every
+    domain first (the test driver's preloaded demo domain); a QEMU server keeps its
+    domains across a restart of its libvirtd, as a real host does."""
+    if fresh:
+        hv.remove_all_domains()
     for net in pool.networks:
         hv.ensure_network(net.name)
     hv.ensure_dir_pool(pool.repository.name, str(repo_path))
@@ -166,7 +169,7 @@ class Lab:
         self.keepers[name] = hv.keep_open()
         repo_path = self.base_dir / "repos" / pool.repository.name
         _make_repo_dir(repo_path)
-        _seed_server(hv, pool, repo_path)
+        _seed_server(hv, pool, repo_path, fresh=self.spec.kind == "test")
         for t in self._layout[1]:
             if t.repository == pool.repository.name:
                 for d in t.disks:

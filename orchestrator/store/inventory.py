@@ -119,6 +119,10 @@ class InventoryStore:
         except NotFound:
             return None
 
+    async def vms_by_id(self, ids: list[str]) -> list[Vm]:
+        """The VMs of `ids` that vmorch has records of (in one round trip for the records)."""
+        return await self._many(ids)
+
     async def _many(self, ids: list[str]) -> list[Vm]:
         if not ids:
             return []

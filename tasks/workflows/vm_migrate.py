@@ -88,7 +88,6 @@ def _migrate(ctx: StepContext) -> Outputs:
                 # interrupted (an abort, a deadline) or failed: libvirt's migration job was
                 # aborted, but it may have completed first. Where the domain is decides.
                 if not _moved_anyway(ctx, vm.id, source, target):
-                    _drop_incoming(ctx, vm.id, source, target)
                     raise
                 moved = vm.model_copy(update={"server": target})
                 ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
@@ -113,17 +112,6 @@ def _moved_anyway(ctx: StepContext, vm_id: str, source: str, target: str) -> boo
     src = hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri)
     dst = hvs.get(ctx.run(ctx.runtime.inventory.server(target)).uri)
     return dst.domain_state(vm_id) in ACTIVE and src.domain_state(vm_id) is None
-
-
-def _drop_incoming(ctx: StepContext, vm_id: str, source: str, target: str) -> None:
-    """After a migration that did not complete: a copy of the domain left on the target
-    (an incoming QEMU libvirt did not clean up) is removed, while the source still has the
-    domain (it is the VM). Asked without the step's interrupt, as in `_moved_anyway`."""
-    hvs = ctx.runtime.hypervisors
-    src = hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri)
-    dst = hvs.get(ctx.run(ctx.runtime.inventory.server(target)).uri)
-    if src.domain_state(vm_id) is not None and dst.domain_state(vm_id) is not None:
-        dst.undefine(vm_id)
 
 
 def _report(ctx: StepContext, stats: dict[str, Any]) -> None:

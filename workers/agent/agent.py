@@ -36,6 +36,7 @@ from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
 from orchestrator.store.events import make_event
+from schemas import event_types as et
 from schemas.events import Event
 from schemas.inventory import Server, VmState
 from workers.agent.coalesce import CoalescingRedis
@@ -335,6 +336,41 @@ class ServerWatch:
                 asyncio.to_thread(conn.close), self.settings.libvirt_call_timeout_s
             )
 
+    async def _remove_stale_copies(self, conn: EventConnection) -> None:
+        """Before this server's reports count again: a domain here of a VM that vmorch has
+        placed on another server (moved, fenced, while this one did not answer) is a stale
+        copy on the same disks. It is destroyed and undefined, and an event says so."""
+        timeout_s = self.settings.libvirt_call_timeout_s
+        here = await asyncio.wait_for(asyncio.to_thread(conn.domain_states), timeout_s)
+        for vm in await self.inventory.vms_by_id(sorted(here)):
+            if not vm.server or vm.server == self.server.name:
+                continue
+            removed = await asyncio.wait_for(
+                asyncio.to_thread(conn.remove_domain, vm.id), timeout_s
+            )
+            if not removed:
+                continue
+            log.warning(
+                "server=%s removed a stale copy of vm %s (placed on %s)",
+                self.server.name,
+                vm.name,
+                vm.server,
+            )
+            await self.events.publish(
+                make_event(
+                    et.VM_STALE_COPY_REMOVED,
+                    self.source,
+                    vm.id,
+                    {
+                        "vm_id": vm.id,
+                        "vm_name": vm.name,
+                        "server": self.server.name,
+                        "placed_on": vm.server,
+                        "state_before": here[vm.id].state.value,
+                    },
+                )
+            )
+
     async def _compared(self, cause: Cause) -> None:
         item = _Compare(cause)
         await self.queue.put(item)
@@ -350,6 +386,7 @@ class ServerWatch:
                     self.closed.clear()
                     conn = await self._connect()
                     backoff_s = 0.2
+                    await self._remove_stale_copies(conn)
                     await self._compared("reconnect" if was_up else "start")
                     await self._server_event("server.up")
                     was_up, down_sent = True, False

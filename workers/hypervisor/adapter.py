@@ -319,7 +319,10 @@ class Hypervisor:
                             on_progress(stats)
         except BaseException:
             self.abort_job(uuid)
-            done.wait(ABORT_WAIT_S)  # the domain keeps running here
+            # libvirt ends the migration's protocol itself (the domain keeps running here,
+            # or, when the abort came too late, runs on the destination): never cut it off,
+            # as closing the destination connection mid-way can drop the only live copy
+            done.wait(ABORT_WAIT_S)
             raise
         if failed:
             raise failed[0]

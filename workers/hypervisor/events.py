@@ -207,6 +207,32 @@ class EventConnection:
             out[d.UUIDString()] = DomainStatus(d.name(), state, reason)
         return out
 
+    def remove_domain(self, uuid: str) -> bool:
+        """Destroy (if it runs) and undefine the domain; False when it was already gone."""
+        conn = self._conn
+        if conn is None:
+            raise HypervisorUnavailable(f"{self.uri}: not connected")
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            if dom.isActive():
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError as e:
+                    # stopped meanwhile (a daemon that just restarted may still settle it)
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+            if dom.isPersistent():
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
+        except libvirt.libvirtError as e:
+            err = classify(e)
+            if isinstance(err, NotFound):
+                return False
+            raise err from e
+        return True
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
