@@ -4,10 +4,8 @@ test-driver lab."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -189,34 +187,6 @@ def qemu_pids(vm_id: str) -> set[int]:
     return out
 
 
-class Throttled:
-    """Give a process the CPU for `run_s` in every `run_s + stop_s` (SIGSTOP / SIGCONT from
-    a thread), until the block ends; then it runs freely again."""
-
-    def __init__(self, pid: int, run_s: float = 0.01, stop_s: float = 0.19) -> None:
-        self.pid, self.run_s, self.stop_s = pid, run_s, stop_s
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._cycle, daemon=True)
-
-    def _cycle(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            while not self.done.is_set():
-                os.kill(self.pid, signal.SIGSTOP)
-                self.done.wait(self.stop_s)
-                os.kill(self.pid, signal.SIGCONT)
-                self.done.wait(self.run_s)
-
-    def __enter__(self) -> Throttled:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.done.set()
-        self.thread.join(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGCONT)
-
-
 def test_an_abort_during_a_live_migration_leaves_one_copy_where_the_record_says(
     start_up: Any,
 ) -> None:
@@ -259,4 +229,44 @@ def test_an_abort_during_a_live_migration_leaves_one_copy_where_the_record_says(
     else:  # it completed first: the step's outputs say where it moved the VM
         mstep = ended["steps"][1]
         assert mstep["outputs"]["server"] == target, mstep
+    assert up.down().returncode == 0
+
+
+def test_ha_moves_a_vm_off_a_crashed_libvirtd_only_after_the_fence_killed_its_guest(
+    start_up: Any,
+) -> None:
+    # given: an HA VM running on srv-a1 of the qemu lab (whose fence action is the lab's)
+    up: Up = start_up(
+        "--servers-per-pool", "2", "--kind", "qemu", env={"VMORCH_HA_RELOCATE_AFTER_S": "2"}
+    )
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "h1", "pool": "pool-a",
+         "template": "tmpl-a", "ha": True, "server": "srv-a1"},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    [guest] = qemu_pids(vm_id)
+    # when: srv-a1's libvirtd is SIGKILLed; its guest runs on, as on a real host
+    sock = Path(parse_qs(urlsplit(server_uri(up, "srv-a1")).query)["socket"][0])
+    libvirtd = int((sock.parent / "libvirtd.pid").read_text())
+    os.kill(libvirtd, signal.SIGKILL)
+    assert guest in qemu_pids(vm_id)
+
+    # then: HA restarts the VM on srv-a2, after the fence command killed the old guest
+    def ha_job() -> dict[str, Any] | None:
+        items = up.api.call("GET", "/v1/jobs?kind=vm.ha_restart")["items"]
+        return items[0] if items and items[0]["state"] in ("succeeded", "failed") else None
+
+    ha = wait_until(ha_job, 90, "the HA restart to end")
+    assert ha["state"] == "succeeded", (ha["error"], ha["steps"])
+    steps = {s["name"]: s for s in ha["steps"]}
+    proof = steps["ha_fence"]["outputs"]["fenced"]
+    assert proof["by"] == "fence_command" and proof["exit_code"] == 0, proof
+    assert f"guest {guest}" in proof["output"], proof
+    assert steps["ha_place"]["outputs"]["server"] == "srv-a2"
+    # and never were two copies running: the old guest is gone, one QEMU runs the VM
+    assert guest not in qemu_pids(vm_id) and len(qemu_pids(vm_id)) == 1
+    assert domains(server_uri(up, "srv-a2")) == {vm_id: True}
+    assert up.api.call("GET", f"/v1/vms/{vm_id}")["server"] == "srv-a2"
     assert up.down().returncode == 0
