@@ -160,17 +160,18 @@ class EventHub:
         self._subs.add(sub)
         self._per_token[token_id] += 1
         try:
+            start = None
             if self.position is None:
-                # the hub idles: it goes on from the newest entry now, taken before this
-                # stream's own start, so every entry after that start reaches its queue
-                pos = await self._reader.position()
+                # the hub idles: it goes on from the newest entry now, and so does this
+                # stream (unless it resumes), so every entry after its start reaches it
+                start = await self._reader.position()
                 if self.position is None:
-                    self.position = pos
+                    self.position = start
             self._wanted.set()
             if after is not None:
                 sub.behind = True
                 return sub, after
-            return sub, await self._reader.position()
+            return sub, start or await self._reader.position()
         except BaseException:
             self.close(sub)
             raise

@@ -21,7 +21,7 @@ from orchestrator.store import jobdoc, keys, lua
 from orchestrator.store.events import make_event
 from schemas.base import utcnow
 from schemas.inventory import Vm
-from schemas.jobs import TRANSITIONS, Job, JobState
+from schemas.jobs import TRANSITIONS, Job, JobState, StepState
 
 MAX_SCAN = 2000  # job records one listing call reads at most
 # a listing cursor: created µs, then (optional, from this version on) the job id there
@@ -61,7 +61,7 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
             data["step_state"] = record.state.value
     # one write may end a step (or start the job) and start the next step: the runner's
     # usual path, so the event names the step running now too
-    running = next((s.name for s in job.steps if s.state.value == "running"), None)
+    running = next((s.name for s in job.steps if s.state == StepState.RUNNING), None)
     if running is not None and running != step:
         data["running_step"] = running
     kind = f"job.{job.state.value}" if changed else "job.step"

@@ -22,9 +22,9 @@ from tests.integration.upkit import Up
 pytestmark = [pytest.mark.integration, pytest.mark.qemu, pytest.mark.timeout(240)]
 
 
-def qemu_processes() -> dict[str, int]:
-    """VM uuid -> PID of each running qemu-system process (from its `-uuid` argument)."""
-    found = {}
+def qemu_guests() -> list[tuple[str, int]]:
+    """(VM uuid, PID) of every running qemu-system process (from its `-uuid` argument)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -33,8 +33,18 @@ def qemu_processes() -> dict[str, int]:
         except OSError:
             continue
         if argv and argv[0].endswith(b"qemu-system-x86_64") and b"-uuid" in argv:
-            found[argv[argv.index(b"-uuid") + 1].decode()] = int(entry.name)
+            found.append((argv[argv.index(b"-uuid") + 1].decode(), int(entry.name)))
     return found
+
+
+def qemu_processes() -> dict[str, int]:
+    """VM uuid -> PID of its qemu-system process."""
+    return dict(qemu_guests())
+
+
+def qemu_pids(vm_id: str) -> set[int]:
+    """The PIDs of every qemu-system process of the VM (two while it migrates)."""
+    return {pid for uuid, pid in qemu_guests() if uuid == vm_id}
 
 
 def server_uri(up: Up, name: str) -> str:
@@ -170,21 +180,6 @@ def test_live_migration_moves_a_running_ha_vm_with_no_ha_restart(start_up: Any) 
     assert domains(server_uri(up, target)) == {vm_id: True}
     print(f"live migration job, submit to succeeded: {took_s:.2f}s")
     assert up.down().returncode == 0
-
-
-def qemu_pids(vm_id: str) -> set[int]:
-    """The PIDs of every qemu-system process of the VM (two while it migrates)."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-uuid" in argv and argv[argv.index(b"-uuid") + 1].decode() == vm_id:
-            out.add(int(entry.name))
-    return out
 
 
 def test_an_abort_during_a_live_migration_leaves_one_copy_where_the_record_says(

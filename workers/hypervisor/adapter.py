@@ -113,9 +113,15 @@ class Hypervisor:
             time.sleep(min(left, POLL_S))
 
     def _call(
-        self, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float | None = None
+        self,
+        what: str,
+        fn: Callable[[libvirt.virConnect], T],
+        timeout_s: float | None = None,
+        *,
+        retry: bool = True,
     ) -> T:
-        """`fn(conn)` as one libvirt call named `what` (in logs and errors)."""
+        """`fn(conn)` as one libvirt call named `what` (in logs and errors); transient
+        errors are tried again unless `retry` is off (a call not to repeat blindly)."""
 
         shorter = [x for x in (timeout_s, self._timeout_s) if x]
         limit_s = min(shorter) if shorter else None
@@ -128,7 +134,7 @@ class Hypervisor:
             except HypervisorTimeout as e:
                 raise HypervisorTimeout(f"{what}: {e.message}") from e
 
-        return self._retrying(attempt)
+        return self._retrying(attempt) if retry else attempt()
 
     def close(self) -> None:
         self._link.close()
@@ -299,7 +305,7 @@ class Hypervisor:
 
         def run() -> None:
             try:
-                self._link_call("migrate3", migrate, timeout_s)
+                self._call("migrate3", migrate, timeout_s, retry=False)
             except BaseException as e:
                 failed.append(e)
             finally:
@@ -340,17 +346,6 @@ class Hypervisor:
             return dict(self._call("jobStats", lambda c: self._lookup(c, uuid).jobStats()))
         except NotFound:
             return {}
-
-    def _link_call(
-        self, what: str, fn: Callable[[libvirt.virConnect], T], timeout_s: float | None
-    ) -> T:
-        """`fn(conn)` once, without retries (not to be repeated blindly: a migration)."""
-        try:
-            return self._link.call(fn, timeout_s=timeout_s, check=self._check)
-        except libvirt.libvirtError as e:
-            raise classify(e) from e
-        except HypervisorTimeout as e:
-            raise HypervisorTimeout(f"{what}: {e.message}") from e
 
     # --- storage -----------------------------------------------------------------------
     def _ensure_volume(
