@@ -26,6 +26,7 @@ from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
 from orchestrator.store.retention import JobRetention, RetentionPolicy
+from orchestrator.store.servers import ServerStates
 from orchestrator.store.tokens import TokenStore
 from orchestrator.store.waits import Waits
 
@@ -62,6 +63,7 @@ class Services:
     tokens: TokenStore
     fleet: FleetStore
     ha: HaStore
+    servers: ServerStates
     dispatcher: Dispatcher
     submitter: Submitter
 
@@ -92,6 +94,7 @@ class Services:
             tokens=TokenStore(redis),
             fleet=FleetStore(redis),
             ha=HaStore(redis, max_restarts=settings.ha_max_restarts, window_s=settings.ha_window_s),
+            servers=ServerStates(redis),
             dispatcher=dispatcher,
             submitter=Submitter(jobs, inventory, dispatcher),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,17 @@ class Settings(BaseSettings):
     fence_command: list[str] = Field(default_factory=list)
     fence_timeout_s: float = Field(default=60.0, gt=0)
     ha_fence_wait_s: float = Field(default=3600.0, gt=0)
+    # Migrations: at most this many at once in a pool, and leaving one server (KubeVirt's
+    # defaults); others wait for a slot (without a worker) for migration_slot_wait_s.
+    migrations_per_pool: int = Field(default=5, ge=1)
+    migrations_per_server: int = Field(default=2, ge=1)
+    migration_slot_wait_s: float = Field(default=3600.0, gt=0)
+    # A live migration must end within this per GiB of the VM's memory and make
+    # progress (less data remaining) at least this often; else migration_on_timeout runs:
+    # abort (the VM keeps running on the source), pause (it converges) or postcopy.
+    migration_completion_per_gib_s: float = Field(default=800.0, gt=0)
+    migration_progress_timeout_s: float = Field(default=150.0, gt=0)
+    migration_on_timeout: Literal["abort", "pause", "postcopy"] = "abort"
     # SSE (each api process): open event streams per token and in total; past either a new
     # stream is refused with 429 and Retry-After, so viewers cannot exhaust the api.
     sse_max_per_token: int = Field(default=8, ge=1)

@@ -45,5 +45,23 @@ MemoryMiB = Annotated[int, Field(ge=16, le=4 * 1024 * 1024)]
 VcpuCount = Annotated[int, Field(ge=1, le=256)]
 
 
+def _canonical_pinning(value: dict[str, list[int]]) -> dict[str, list[int]]:
+    # one form for one meaning: vCPUs in order, each one's physical CPUs sorted, once each
+    return {k: sorted(set(value[k])) for k in sorted(value, key=int)}
+
+
+CpuSet = Annotated[list[Annotated[int, Field(ge=0, le=4095)]], Field(min_length=1, max_length=256)]
+Pinning = Annotated[
+    dict[Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,2})$")], CpuSet],
+    Field(
+        min_length=1,
+        max_length=256,
+        description='vCPU number -> the physical CPUs it may run on ({"0": [2], "1": [3, 4]})',
+    ),
+    AfterValidator(_canonical_pinning),
+]
+"""Hard partitioning: each vCPU mapped to one or more physical CPUs of its server."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

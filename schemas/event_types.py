@@ -19,6 +19,8 @@ def source_libvirt(server: str) -> str:
 # --- jobs (subject: the job id) -------------------------------------------------------------
 JOB_PREFIX = "job."
 JOB_STEP = "job.step"  # a step changed state; the job did not
+# a job submitted by another job (an evacuation's migrations) ended; subject: the parent
+JOB_CHILD_ENDED = "job.child_ended"
 
 
 def job_state(state: str) -> str:
@@ -48,6 +50,8 @@ VM_JOB_COMPLETED = "vm.job.completed"  # a libvirt job (migration, dump) ended
 SERVER_UP = "server.up"
 SERVER_DOWN = "server.down"
 SERVER_FENCED = "server.fenced"  # proof that an unreachable server's guests are off
+SERVER_MAINTENANCE = "server.maintenance"  # placement skips it (an evacuation may follow)
+SERVER_ACTIVATED = "server.activated"  # out of maintenance
 # a server that came back had a copy of a VM placed elsewhere meanwhile: it was removed
 VM_STALE_COPY_REMOVED = "vm.stale_copy_removed"
 

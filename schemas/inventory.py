@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from schemas.base import Frozen, MemoryMiB, Name, VcpuCount
+from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
 
 
 class Server(Frozen):
@@ -119,3 +119,7 @@ class Vm(Frozen):
     )
     created_by_job: str | None = None
     observed_at: datetime | None = None
+    pinning: Pinning | None = Field(
+        default=None,
+        description="hard partitioning: vCPU -> physical CPUs of its server (vm.pin_vcpus)",
+    )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
-from schemas.base import Frozen, MemoryMiB, Name, VcpuCount
+from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
 
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
@@ -97,6 +97,9 @@ class DeleteVm(VmOperation):
     force: bool = False
 
 
+MigrationTimeoutAction = Literal["abort", "pause", "postcopy"]
+
+
 class MigrateVm(VmOperation):
     """Move the VM to another server of its pool: live (it keeps running) when it runs,
     cold (its definition moves; its disks are on the pool's shared repository) when not."""
@@ -108,9 +111,87 @@ class MigrateVm(VmOperation):
     live: bool | None = Field(
         default=None, description="live migration; default: live when the VM runs"
     )
+    shutdown: bool = Field(
+        default=False,
+        description="a running VM: shut it down, move it cold, start it on the target "
+        "(instead of a live migration)",
+    )
     bandwidth_mib_s: Annotated[int | None, Field(ge=1, le=100_000)] = Field(
         default=None, description="a bandwidth limit for a live migration, MiB/s"
     )
+    pinning: Pinning | None = Field(
+        default=None,
+        description="a pinned VM: its pinning on the target (checked against the target's "
+        "CPUs); without it or drop_pinning a pinned VM is not live-migrated",
+    )
+    drop_pinning: bool = Field(default=False, description="a pinned VM: run unpinned there")
+    completion_timeout_per_gib_s: Annotated[float | None, Field(gt=0, le=86_400)] = Field(
+        default=None,
+        description="a live migration must end within this many seconds per GiB of the "
+        "VM's memory (default: the setting migration_completion_per_gib_s)",
+    )
+    progress_timeout_s: Annotated[float | None, Field(gt=0, le=86_400)] = Field(
+        default=None,
+        description="...and make progress (less data remaining) at least this often "
+        "(default: the setting migration_progress_timeout_s)",
+    )
+    on_timeout: MigrationTimeoutAction | None = Field(
+        default=None,
+        description="what a missed deadline does: abort (the VM keeps running on the "
+        "source), pause the VM so that the migration converges, or switch to post-copy "
+        "(default: the setting migration_on_timeout)",
+    )
+
+    @model_validator(mode="after")
+    def _one_pinning_choice(self) -> MigrateVm:
+        if self.pinning is not None and self.drop_pinning:
+            raise ValueError("give pinning (the target's) or drop_pinning, not both")
+        if self.shutdown and self.live:
+            raise ValueError("shutdown moves the VM cold: it cannot be combined with live=true")
+        return self
+
+
+class PinVcpus(VmOperation):
+    """Hard partitioning: pin each vCPU to physical CPUs of the VM's server (live and in
+    its persistent definition); `pinning: null` removes the pinning."""
+
+    kind: Literal["vm.pin_vcpus"]
+    pinning: Pinning | None
+
+
+EvacuationStrategy = Literal["migrate", "restart_elsewhere", "stop"]
+
+
+class ServerMaintenance(Frozen):
+    """Put a server into maintenance: placement skips it from now on, and its VMs leave,
+    at most `parallel` at a time. Strategies: migrate (a running VM live, a stopped one
+    cold), restart_elsewhere (shut down, move cold, start there), stop (shut down, left
+    on the server). `dry_run` returns the plan and changes nothing."""
+
+    kind: Literal["server.maintenance"]
+    server: Name
+    dry_run: bool = False
+    strategy: EvacuationStrategy = "migrate"
+    vms: Annotated[dict[VmRef, EvacuationStrategy], Field(max_length=1000)] = Field(
+        default_factory=dict, description="a strategy per VM (id or name), over `strategy`"
+    )
+    parallel: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=2, description="VMs moved at once (the pool's migration limits hold too)"
+    )
+    pinned_vms: Literal["refuse", "keep", "drop"] = Field(
+        default="refuse",
+        description="pinned VMs: not moved live (refuse), moved with the same pinning "
+        "where the target's CPUs allow it (keep), or moved unpinned (drop)",
+    )
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class ServerActivate(Frozen):
+    """End a server's maintenance: placement may choose it again."""
+
+    kind: Literal["server.activate"]
+    server: Name
+    reason: Annotated[str, Field(max_length=200)] = ""
 
 
 class HaRestart(VmOperation):
@@ -157,6 +238,9 @@ _ClientKinds = (
     | ResumeVm
     | DeleteVm
     | MigrateVm
+    | PinVcpus
+    | ServerMaintenance
+    | ServerActivate
     | Noop
 )
 ClientJobRequest = Annotated[_ClientKinds, Field(discriminator="kind")]

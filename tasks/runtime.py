@@ -14,6 +14,7 @@ from orchestrator.store.expectations import Expectations
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
+from orchestrator.store.servers import ServerStates
 from orchestrator.store.waits import Waits
 from workers.hypervisor.adapter import Hypervisors, silence_libvirt_errors
 
@@ -56,6 +57,10 @@ class Runtime:
     @property
     def waits(self) -> Waits:
         return self.services.waits
+
+    @property
+    def servers(self) -> ServerStates:
+        return self.services.servers
 
     @property
     def expectations(self) -> Expectations:

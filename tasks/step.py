@@ -50,6 +50,11 @@ class Step:
     # whose event was missed still ends; `escalate` runs at the deadline if asked to.
     settled: Callable[[StepContext], Outputs | None] | None = None
     escalate: Callable[[StepContext], Outputs] | None = None
+    # A step that waits in rounds (an evacuation's migrations, a migration's turn for a
+    # slot): `resume` runs each time its wait ends (its event came, or at a recheck; no
+    # worker is held between rounds) and returns the step's outputs, or the next Wait.
+    # The Wait's deadline is that round's.
+    resume: Callable[[StepContext], Outputs | Wait] | None = None
     # Undo a step that failed, too: right when a failure can leave part of its effect behind
     # (a clone of disk 0 of 2); wrong when the target state may have held before the step
     # (undoing a failed "ensure running" would power off a VM this job never started).

@@ -21,6 +21,9 @@ from schemas.requests import (
     JobRequest,
     MigrateVm,
     Noop,
+    PinVcpus,
+    ServerActivate,
+    ServerMaintenance,
     VmOperation,
 )
 
@@ -159,6 +162,18 @@ class Submitter:
                 raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
             link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
             queue = keys.pool_queue(vm.pool)
+            if isinstance(req, PinVcpus) and req.pinning:
+                extra = sorted(int(k) for k in req.pinning if int(k) >= vm.vcpus)
+                if extra:
+                    raise ValidationFailed(
+                        "the request does not fit the VM",
+                        details=[
+                            (
+                                ["body", "pinning", str(extra[0])],
+                                f"vm {vm.name} has {vm.vcpus} vCPU(s): 0-{vm.vcpus - 1}",
+                            )
+                        ],
+                    )
             if isinstance(req, MigrateVm) and req.target_server:
                 pool = await self.inventory.pool(vm.pool)
                 if req.target_server not in pool.servers:
@@ -172,6 +187,13 @@ class Submitter:
                             )
                         ],
                     )
+        elif isinstance(req, ServerMaintenance | ServerActivate):
+            try:
+                server = await self.inventory.server(req.server)
+            except NotFound as e:
+                raise NotFound(e.message, details=[(["body", "server"], e.message)]) from e
+            link_update = {"pool": server.pool}
+            queue = keys.pool_queue(server.pool)
         elif isinstance(req, Noop):
             queue = keys.NOOP_QUEUE
         return queue, link_update, reserve

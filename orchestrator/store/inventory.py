@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -91,7 +92,10 @@ class InventoryStore:
             vm = vm.model_copy(update={"desired_state": VmState(desired)})
         if obs:
             vm = vm.model_copy(
-                update={"state": VmState(obs["state"]), "observed_at": obs["observed_at"]}
+                update={
+                    "state": VmState(obs["state"]),
+                    "observed_at": datetime.fromisoformat(obs["observed_at"]),
+                }
             )
         return vm
 

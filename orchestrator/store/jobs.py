@@ -19,6 +19,7 @@ from orchestrator.clock import now_ms
 from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
 from orchestrator.store import jobdoc, keys, lua
 from orchestrator.store.events import make_event
+from schemas import event_types as et
 from schemas.base import utcnow
 from schemas.inventory import Vm
 from schemas.jobs import TRANSITIONS, Job, JobState, StepState
@@ -66,6 +67,19 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["running_step"] = running
     kind = f"job.{job.state.value}" if changed else "job.step"
     return make_event(kind, source, job.id, data).model_dump_json()
+
+
+def _child_ended(old: Job, after: Job, source: str) -> tuple[str, str]:
+    """A child job's end as an event about its parent (`job.child_ended`, subject the
+    parent's id), written with the end itself: a parent waiting for its children (an
+    evacuation) is woken by it. ("", "") for any other change."""
+    parent = after.links.parent_job
+    if not parent or old.state.terminal or not after.state.terminal:
+        return "", ""
+    data = {"job_id": after.id, "kind": after.kind, "state": after.state.value}
+    if after.links.vm_id:
+        data["vm_id"] = after.links.vm_id
+    return make_event(et.JOB_CHILD_ENDED, source, parent, data).model_dump_json(), parent
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,7 @@ class JobStore:
                 "" if due_ms is None else str(due_ms),
                 now_ms(),
                 f"job.{after.state.value}" if old.state != after.state else "job.step",
+                *_child_ended(old, after, source),
             ],
         )
         return status, head

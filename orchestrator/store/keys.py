@@ -232,6 +232,16 @@ def server_fenced(server_name: str) -> str:
     return f"{PREFIX}serverfenced:{server_name}"
 
 
+def server_maintenance(server_name: str) -> str:
+    """JSON: the server is in maintenance (since, by which job or caller, why)."""
+    return f"{PREFIX}servermaint:{server_name}"
+
+
+def migration_slots(pool: str) -> str:
+    """Hash: job id -> source server of each migration running in the pool now."""
+    return f"{PREFIX}migrations:{pool}"
+
+
 def server_down(server_name: str) -> str:
     return f"{PREFIX}serverdown:{server_name}"
 

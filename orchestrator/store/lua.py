@@ -54,6 +54,7 @@ COMMIT_JOB = (
     """
 -- KEYS: job lease events state_old state_new queued vmq due ended
 -- ARGV: version fence doc state event id created_us terminal due now_ms event_type
+--       child_event parent_id (a child job's end, an event about its parent job)
 local h = redis.call('HMGET', KEYS[1], 'version', 'state')
 if not h[1] then return {'missing', ''} end
 if h[1] ~= ARGV[1] then return {'conflict', ''} end
@@ -66,6 +67,9 @@ if h[2] ~= ARGV[4] then
 end
 if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[5], 't', ARGV[11], 's', ARGV[6])
+end
+if ARGV[12] ~= '' then
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[12], 't', 'job.child_ended', 's', ARGV[13])
 end
 local head = ''
 if ARGV[8] == '1' then

@@ -44,7 +44,11 @@ def begin(runner: Runner, job: Job, steps: list[Step], idx: int, w: Wait) -> boo
     )
     runner.transition(job, steps[idx].name, "running", "waiting", f"{w.types} on {w.subject}")
     # registering also finds an event that came between the action and now
-    runner.rt.loop.run(runner.rt.waits.register(job.id, info, fence=runner.fence))
+    early = runner.rt.loop.run(runner.rt.waits.register(job.id, info, fence=runner.fence))
+    if steps[idx].resume is not None:  # its next round runs when the job comes back
+        if early is not None:
+            runner.to_dispatch.append(job.id)
+        return False
     return check(runner, job, steps, idx)
 
 
@@ -57,6 +61,8 @@ def check(runner: Runner, job: Job, steps: list[Step], idx: int) -> bool:
     deadline fail it or escalate; otherwise leave it waiting (no worker held)."""
     step, rec = steps[idx], job.steps[idx]
     info = runner.rt.loop.run(runner.rt.waits.get(job.id)) or job.wait
+    if step.resume is not None:
+        return _next_round(runner, job, steps, idx, info)
     ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs})
     out: Outputs | None = None
     if info is not None and info.matched is not None:
@@ -96,3 +102,50 @@ def check(runner: Runner, job: Job, steps: list[Step], idx: int) -> bool:
     if info is not None:
         end(runner, job, info)
     return runner.complete(steps, idx, out)
+
+
+def _next_round(
+    runner: Runner, job: Job, steps: list[Step], idx: int, info: WaitInfo | None
+) -> bool:
+    """A step that waits in rounds: its `resume` decides, each time the job comes back,
+    whether it is done or waits again (a new registration, scanned back from its `since`)."""
+    step, rec = steps[idx], job.steps[idx]
+    if info is not None and info.matched is None and utcnow() >= info.deadline:
+        end(runner, job, info)
+        runner.fail_step(steps, idx, Permanent(f"no {info.types} event before the deadline"))
+        return False
+    ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs})
+    assert step.resume is not None
+    try:
+        out = step.resume(ctx)
+    except LeaseLost:
+        raise
+    except runner.RETRYABLE:
+        if info is not None:
+            runner.rt.loop.run(runner.rt.jobs.set_due(job.id, recheck_ms(runner, info)))
+        return False
+    except Exception as e:
+        if info is not None:
+            end(runner, job, info)
+        runner.fail_step(steps, idx, e)
+        return False
+    if info is not None:
+        end(runner, job, info)
+    if not isinstance(out, Wait):
+        return runner.complete(steps, idx, out)
+    nxt = WaitInfo(
+        step=idx,
+        types=out.types,
+        subject=out.subject,
+        since=out.since,
+        deadline=utcnow() + timedelta(seconds=out.timeout_s),
+        on_timeout=out.on_timeout,
+    )
+    job = runner.update(
+        lambda j: tr.step_waiting(j, idx, nxt, out.outputs),
+        step=step.name,
+        due_ms=recheck_ms(runner, nxt),
+    )
+    if runner.rt.loop.run(runner.rt.waits.register(job.id, nxt, fence=runner.fence)):
+        runner.to_dispatch.append(job.id)  # its event came already: the next round now
+    return False

@@ -18,8 +18,8 @@ def choose_server(
     exclude: Iterable[str] = (),
 ) -> Outputs:
     """The server of `pool` (or of `candidates`) with the most free memory that fits
-    `need_mib`. Servers that cannot be reached are skipped, never fatal while another has
-    room; the outputs record why each server was or was not chosen.
+    `need_mib`. Servers that cannot be reached or are in maintenance are skipped, never
+    fatal while another has room; the outputs record why each server was or was not chosen.
 
     Pure choice: nothing changes on a hypervisor, so running it again is harmless.
     """
@@ -29,11 +29,15 @@ def choose_server(
         else ctx.run(ctx.runtime.inventory.pool(pool)).servers
     )
     skipped = set(exclude)
+    maintenance = ctx.run(ctx.runtime.servers.in_maintenance(servers))
     best: tuple[int, str] | None = None
     considered: dict[str, str] = {}
     for name in servers:
         if name in skipped:
             considered[name] = "excluded"
+            continue
+        if name in maintenance:
+            considered[name] = "in maintenance"
             continue
         try:
             free = ctx.hypervisor(name).memory_free_mib()

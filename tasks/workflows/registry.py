@@ -6,13 +6,24 @@ from typing import Any
 
 from orchestrator.errors import BadRequest
 from tasks.step import Step, WorkflowBuilder
-from tasks.workflows import noop, vm_create, vm_ha, vm_lifecycle, vm_migrate
+from tasks.workflows import (
+    noop,
+    server_maintenance,
+    vm_create,
+    vm_ha,
+    vm_lifecycle,
+    vm_migrate,
+    vm_pin,
+)
 
 WORKFLOWS: dict[str, WorkflowBuilder] = {
     "noop": noop.steps,
     "vm.create_from_template": vm_create.steps,
     "vm.ha_restart": vm_ha.steps,
     "vm.migrate": vm_migrate.steps,
+    "vm.pin_vcpus": vm_pin.steps,
+    "server.maintenance": server_maintenance.maintenance_steps,
+    "server.activate": server_maintenance.activate_steps,
     **vm_lifecycle.WORKFLOWS,
 }
 

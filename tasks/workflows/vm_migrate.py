@@ -2,28 +2,40 @@
 
 1. `migration_plan`: the source (the server the VM is on), the mode (live when the VM runs,
    unless the request says otherwise) and the target: the one asked for, or the server
-   with most free memory that passes every pre-check. Pure choice: changes nothing.
-2. `migrate`: live, libvirt migrates the running domain (shared storage: no disk copy) and
-   undefines it on the source; cold, the domain is defined on the target and undefined on
-   the source. The events this causes on both servers are expected, so they are the
-   job's: no HA restart for the source's `stopped (migrated)`. Then the VM's record names
-   the target. Converges: a domain already on the target (a re-run after a crash) is not
-   migrated again.
+   with most free memory that passes every pre-check (`judge`). Pure choice.
+2. `migration_slot`: a slot under the pool's and the source's migration limits; while none
+   is free the job waits (no worker held) for a migration holding one to end, and says
+   which.
+3. (`shutdown`: stop the VM first.)
+4. `migrate`: live, libvirt migrates the running domain (shared storage: no disk copy) and
+   undefines it on the source, watched by the completion and no-progress deadlines; cold,
+   the domain is defined on the target and undefined on the source. The events this
+   causes on both servers are expected, so they are the job's: no HA restart for the
+   source's `stopped (migrated)`. Then the VM's record names the target. Converges: a
+   domain already on the target (a re-run after a crash) is not migrated again.
+5. (`shutdown`: start it on the target.)
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 from orchestrator.errors import HypervisorError, MigrationRefused
 from schemas import event_types as et
 from schemas.inventory import VmState
 from schemas.requests import MigrateVm
-from tasks.step import Outputs, Step, StepContext
-from tasks.steps.migration import judge
-from tasks.steps.vm import domain_spec_of, observe, vm_of
+from tasks.step import Outputs, Step, StepContext, Wait
+from tasks.steps.migration import Deadlines, PinningWish, as_pinning, judge, target_pinning
+from tasks.steps.vm import START, domain_spec_of, observe, stop_step, vm_of
 
 ACTIVE = (VmState.RUNNING, VmState.SUSPENDED)
+SHUTDOWN_TIMEOUT_S = 120.0  # shutdown=true: then the VM is powered off
+ENDED = [et.job_state(s) for s in ("succeeded", "failed", "aborted")]
+
+
+def _wish(req: MigrateVm) -> PinningWish:
+    return "drop" if req.drop_pinning else req.pinning
 
 
 def _plan(ctx: StepContext) -> Outputs:
@@ -35,14 +47,23 @@ def _plan(ctx: StepContext) -> Outputs:
     state = ctx.hypervisor(vm.server).domain_state(vm.id)
     if state is None:
         raise HypervisorError(f"vm {vm.name} is not defined on its server {vm.server}")
-    live = req.live if req.live is not None else state in ACTIVE
+    live = not req.shutdown and (req.live if req.live is not None else state in ACTIVE)
     if live and state not in ACTIVE:
         raise MigrationRefused(
             f"vm {vm.name} is {state.value}: a live migration needs it running "
             "(live=false moves it cold)"
         )
+    if not live and not req.shutdown and state in ACTIVE:
+        raise MigrationRefused(
+            f"vm {vm.name} is {state.value}: a cold migration needs it stopped "
+            "(shutdown=true stops it first and starts it on the target)"
+        )
     candidates = [req.target_server] if req.target_server else pool.servers
-    verdicts = [judge(ctx, vm, pool, s, live=live) for s in candidates]
+    maintenance = ctx.run(ctx.runtime.servers.in_maintenance(candidates))
+    verdicts = [
+        judge(ctx, vm, pool, s, live=live, pinning=_wish(req), maintenance=maintenance)
+        for s in candidates
+    ]
     placement = {v.server: v.reason for v in verdicts}
     fit = [v for v in verdicts if v.ok]
     if not fit:
@@ -53,27 +74,100 @@ def _plan(ctx: StepContext) -> Outputs:
         "source": vm.server,
         "target": best.server,
         "mode": "live" if live else "cold",
+        "pinning": target_pinning(vm, _wish(req), live=live),
         "placement": placement,
     }
 
 
+def _slot(ctx: StepContext) -> Outputs | Wait:
+    """Take a migration slot, or wait for a migration holding one to end (then try again:
+    `resume`). A re-run finds its own slot held."""
+    s = ctx.runtime.settings
+    vm = vm_of(ctx)
+    since = ctx.stream_position()
+    answer = ctx.run(
+        ctx.runtime.servers.take_migration_slot(
+            vm.pool,
+            ctx.job.id,
+            str(ctx.outputs["source"]),
+            per_pool=s.migrations_per_pool,
+            per_server=s.migrations_per_server,
+        )
+    )
+    if answer.taken:
+        return {"slot": vm.pool}
+    holders = answer.holders or {}
+    if answer.limit == "server":
+        source = str(ctx.outputs["source"])
+        ahead = sorted(j for j, srv in holders.items() if srv == source)
+        limit = s.migrations_per_server
+        why = f"{len(ahead)} migration(s) leave {source} already (limit {limit})"
+    else:
+        ahead = sorted(holders)
+        limit = s.migrations_per_pool
+        why = f"{len(ahead)} migration(s) run in pool {vm.pool} already (limit {limit})"
+    return Wait(
+        types=ENDED,
+        subject=ahead[0],
+        since=since,
+        timeout_s=s.migration_slot_wait_s,
+        outputs={"waiting_for_slot": why, "migrations_ahead": ahead},
+    )
+
+
+def _free_slot(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    ctx.run(ctx.runtime.servers.release_migration_slot(vm.pool, ctx.job.id))
+
+
 def _migrate(ctx: StepContext) -> Outputs:
+    out = _move(ctx)
+    _free_slot(ctx)  # at once, not at the job's end: a migration waiting for it goes on
+    return out
+
+
+def _start_again(ctx: StepContext) -> None:
+    """Undo of the stop before a cold move: the VM is started where its record says (the
+    move failed: on the source)."""
+    vm = vm_of(ctx)
+    if vm.server:
+        ctx.expect(vm.id, [et.VM_STARTED])
+        ctx.hypervisor(vm.server).start(vm.id)
+
+
+def _move(ctx: StepContext) -> Outputs:
     req = cast(MigrateVm, ctx.request)
     vm = vm_of(ctx)
     source, target = str(ctx.outputs["source"]), str(ctx.outputs["target"])
+    pinning = ctx.outputs.get("pinning") or None
     if vm.server == target:  # done before (a re-run after the record was written)
         return {"server": target}
     src, dst = ctx.hypervisor(source), ctx.hypervisor(target)
+    moved = vm.model_copy(update={"server": target, "pinning": pinning})
+    out: Outputs = {"server": target}
     already = dst.domain_state(vm.id)
     if already is None:
         pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))
         if ctx.outputs["mode"] == "live":
-            ctx.expect(vm.id, [et.VM_SUSPENDED])
-            ctx.expect(vm.id, [et.VM_STOPPED])
-            ctx.expect(vm.id, ["vm.lifecycle.defined"])
-            ctx.expect(vm.id, [et.VM_STARTED])
+            for types in ([et.VM_SUSPENDED], [et.VM_STOPPED], [et.VM_DEFINED], [et.VM_STARTED]):
+                ctx.expect(vm.id, types)
             ctx.expect(vm.id, [et.VM_RESUMED])
             dest = ctx.run(ctx.runtime.inventory.server(target))
+            s = ctx.runtime.settings
+            action = req.on_timeout or s.migration_on_timeout
+            per_gib = req.completion_timeout_per_gib_s or s.migration_completion_per_gib_s
+            deadlines = Deadlines(
+                completion_s=per_gib * vm.memory_mib / 1024,
+                progress_s=req.progress_timeout_s or s.migration_progress_timeout_s,
+                action=action,
+                pause=lambda: src.suspend(vm.id),
+                postcopy=lambda: src.start_postcopy(vm.id),
+            )
+
+            def progress(stats: dict[str, Any]) -> None:
+                _report(ctx, stats)
+                deadlines.watch(stats)
+
             try:
                 src.migrate_live(
                     vm.id,
@@ -81,28 +175,34 @@ def _migrate(ctx: StepContext) -> Outputs:
                     dest_host=dest.migration_host,
                     assume_shared=pool.repository.assume_shared,
                     bandwidth_mib_s=req.bandwidth_mib_s,
-                    timeout_s=ctx.runtime.settings.libvirt_copy_timeout_s,
-                    on_progress=lambda stats: _report(ctx, stats),
+                    timeout_s=s.libvirt_copy_timeout_s,
+                    on_progress=progress,
+                    pinning=None if pinning is None and not vm.pinning else as_pinning(pinning),
+                    postcopy=action == "postcopy",
                 )
             except Exception:
                 # interrupted (an abort, a deadline) or failed: libvirt's migration job was
                 # aborted, but it may have completed first. Where the domain is decides.
                 if not _moved_anyway(ctx, vm.id, source, target):
                     raise
-                moved = vm.model_copy(update={"server": target})
                 ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
                 return {"server": target, "completed_before_abort": True}
+            if deadlines.fired:
+                out["deadlines"] = deadlines.fired
+            if any(f["action"] == "pause" for f in deadlines.fired):
+                # paused to converge: it was running, so it runs on the target
+                ctx.expect(vm.id, [et.VM_RESUMED])
+                dst.resume(vm.id)
         else:
-            ctx.expect(vm.id, ["vm.lifecycle.defined"])
-            ctx.expect(vm.id, ["vm.lifecycle.undefined"])
-            dst.define(domain_spec_of(vm, {"job": ctx.job.id, "pool": vm.pool}))
+            ctx.expect(vm.id, [et.VM_DEFINED])
+            ctx.expect(vm.id, [et.VM_UNDEFINED])
+            dst.define(domain_spec_of(moved, {"job": ctx.job.id, "pool": vm.pool}))
             src.undefine(vm.id)
     elif src.domain_state(vm.id) is not None and ctx.outputs["mode"] == "cold":
         src.undefine(vm.id)  # defined on the target by an earlier attempt
-    moved = vm.model_copy(update={"server": target})
     ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
     state = observe(ctx, moved, dst)
-    return {"server": target, "state": state.value if state else None}
+    return {**out, "state": state.value if state else None}
 
 
 def _moved_anyway(ctx: StepContext, vm_id: str, source: str, target: str) -> bool:
@@ -128,8 +228,19 @@ def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
     ctx.report(processed / total if total else 0.0, detail)
 
 
-def steps(_req: MigrateVm) -> list[Step]:
-    return [
-        Step("migration_plan", _plan, None, "check the servers, choose the target"),
-        Step("migrate", _migrate, None, "move the VM to the target"),
-    ]
+PLAN = Step("migration_plan", _plan, None, "check the servers, choose the target")
+SLOT = Step(
+    "migration_slot",
+    _slot,
+    _free_slot,
+    "take a slot under the migration limits (or wait for one)",
+    resume=_slot,
+)
+MIGRATE = Step("migrate", _migrate, None, "move the VM to the target")
+
+
+def steps(req: MigrateVm) -> list[Step]:
+    if req.shutdown:
+        stop = replace(stop_step(lambda ctx: SHUTDOWN_TIMEOUT_S), undo=_start_again)
+        return [PLAN, SLOT, stop, MIGRATE, START]
+    return [PLAN, SLOT, MIGRATE]

@@ -35,7 +35,15 @@ from workers.hypervisor.connection import POLL_S, CallLimits, Connection
 from workers.hypervisor.errors import classify, silence_libvirt_errors
 from workers.hypervisor.events import Keepalive, open_connection
 from workers.hypervisor.states import vm_state
-from workers.hypervisor.xml import DomainSpec, dir_pool_xml, domain_xml, network_xml, volume_xml
+from workers.hypervisor.xml import (
+    DomainSpec,
+    dir_pool_xml,
+    domain_xml,
+    network_xml,
+    repin_domain_xml,
+    vcpu_pins,
+    volume_xml,
+)
 
 PROGRESS_S = 0.5  # how often a migration's job statistics are read
 ABORT_WAIT_S = 30.0  # how long an aborted migration may take to end in libvirt
@@ -247,6 +255,62 @@ class Hypervisor:
         elif state != VmState.RUNNING:
             raise HypervisorError(f"cannot resume a domain that is {state}")
 
+    # --- vCPU pinning (hard partitioning) --------------------------------------------------
+    def host_cpus(self) -> int:
+        """How many physical CPUs the server has (pinning refers to them by number)."""
+
+        def count(c: libvirt.virConnect) -> int:
+            try:
+                return int(c.getCPUMap()[0])
+            except libvirt.libvirtError:  # a driver without a CPU map
+                return int(c.getInfo()[2])
+
+        return self._call("getCPUMap", count)
+
+    def pin_vcpus(self, uuid: str, pinning: dict[int, list[int]], vcpus: int) -> None:
+        """Pin the domain's vCPUs as `pinning` says (a vCPU not in it, and every vCPU for an
+        empty pinning, may run on any CPU): the persistent definition is redefined with
+        that `<cputune>`, and a running domain is pinned live too. Converges."""
+        ncpus = self.host_cpus()
+        inactive = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+
+        def pin(c: libvirt.virConnect) -> None:
+            dom = self._lookup(c, uuid)
+            c.defineXML(repin_domain_xml(dom.XMLDesc(inactive), pinning))
+            if not dom.isActive():
+                return
+            for v in range(vcpus):
+                allowed = set(pinning.get(v, range(ncpus)))
+                cpumap = tuple(i in allowed for i in range(ncpus))
+                try:
+                    dom.pinVcpuFlags(v, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                        raise
+                    dom.pinVcpu(v, cpumap)  # a driver that takes no flags (test): live
+
+        self._call("pinVcpu", pin)
+
+    def vcpu_pinning(self, uuid: str, *, live: bool = False) -> dict[int, list[int]]:
+        """The domain's pinning as libvirt reports it, in its persistent definition (its
+        `<cputune>`) or, `live`, on the running domain: vCPU -> CPUs, for the vCPUs not
+        allowed on every CPU."""
+        if not live:
+            xml = self._call(
+                "XMLDesc",
+                lambda c: self._lookup(c, uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+            )
+            return vcpu_pins(xml)
+
+        def info(c: libvirt.virConnect) -> list[tuple[bool, ...]]:
+            return list(self._lookup(c, uuid).vcpuPinInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+        out: dict[int, list[int]] = {}
+        for v, cpumap in enumerate(self._call("vcpuPinInfo", info)):
+            if not all(cpumap):
+                out[v] = [i for i, on in enumerate(cpumap) if on]
+        return out
+
     def networks(self) -> set[str]:
         """The names of the networks defined on the server (active or not)."""
 
@@ -270,6 +334,8 @@ class Hypervisor:
         bandwidth_mib_s: int | None = None,
         timeout_s: float | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        pinning: dict[int, list[int]] | None = None,
+        postcopy: bool = False,
     ) -> None:
         """Live-migrate the running domain to the server at `dest_uri`: it keeps running
         there, persistent, and is undefined here. This process drives the migration over
@@ -277,7 +343,10 @@ class Hypervisor:
         Its storage must be shared; `assume_shared` skips libvirt's check of that (storage
         it cannot recognise as shared). Interrupted (abort, lost lease, deadline), the
         libvirt migration job is aborted: the domain keeps running here. `on_progress`
-        gets libvirt's job statistics about every PROGRESS_S while it runs."""
+        gets libvirt's job statistics about every PROGRESS_S while it runs (and may call
+        `suspend` or `start_postcopy` to make it converge, or raise to abort it).
+        `pinning`: the domain's vCPU pinning on the destination (empty: unpinned) instead
+        of its pinning here. `postcopy`: allow a switch to post-copy (`start_postcopy`)."""
         params: dict[str, Any] = {}
         if dest_host:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{dest_host}"
@@ -288,13 +357,23 @@ class Hypervisor:
             | libvirt.VIR_MIGRATE_PERSIST_DEST
             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
             | (libvirt.VIR_MIGRATE_UNSAFE if assume_shared else 0)
+            | (libvirt.VIR_MIGRATE_POSTCOPY if postcopy else 0)
         )
         keepalive = self._link.limits.keepalive
 
         def migrate(c: libvirt.virConnect) -> None:
             dconn = open_connection(dest_uri, keepalive)
             try:
-                self._lookup(c, uuid).migrate3(dconn, params, flags)
+                dom = self._lookup(c, uuid)
+                if pinning is not None:
+                    secure = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+                    xml = dom.XMLDesc(secure)
+                    params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = repin_domain_xml(xml, pinning)
+                    inactive = secure | libvirt.VIR_DOMAIN_XML_INACTIVE
+                    params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = repin_domain_xml(
+                        dom.XMLDesc(inactive), pinning
+                    )
+                dom.migrate3(dconn, params, flags)
             finally:
                 with contextlib.suppress(libvirt.libvirtError):
                     dconn.close()
@@ -332,6 +411,15 @@ class Hypervisor:
             raise
         if failed:
             raise failed[0]
+
+    def start_postcopy(self, uuid: str) -> None:
+        """Switch the domain's running migration (started with `postcopy`) to post-copy:
+        it runs on the destination at once and fetches the rest of its memory from here."""
+        self._call(
+            "migrateStartPostCopy",
+            lambda c: self._lookup(c, uuid).migrateStartPostCopy(0),
+            retry=False,
+        )
 
     def abort_job(self, uuid: str) -> None:
         """Abort the domain's libvirt job (a migration), if it has one. Never raises."""

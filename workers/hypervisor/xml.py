@@ -34,6 +34,60 @@ class DomainSpec:
     disks: list[DiskSpec] = field(default_factory=list)
     nics: list[NicSpec] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    pinning: dict[int, list[int]] = field(default_factory=dict)  # vCPU -> physical CPUs
+
+
+def cpuset(cpus: list[int]) -> str:
+    """libvirt's cpuset syntax for a list of CPUs: "2,3,5"."""
+    return ",".join(str(c) for c in sorted(set(cpus)))
+
+
+def _cputune(dom: ET.Element, pinning: dict[int, list[int]]) -> None:
+    """Replace the domain's vCPU pins (`<cputune><vcpupin>`) with `pinning`."""
+    tune = dom.find("cputune")
+    if tune is not None:
+        for pin in tune.findall("vcpupin"):
+            tune.remove(pin)
+    if pinning:
+        if tune is None:
+            tune = ET.Element("cputune")
+            # after <vcpu>, as libvirt writes it (its schema does not mind the order)
+            vcpu = dom.find("vcpu")
+            dom.insert(list(dom).index(vcpu) + 1 if vcpu is not None else len(dom), tune)
+        for v in sorted(pinning):
+            _sub(tune, "vcpupin", vcpu=str(v), cpuset=cpuset(pinning[v]))
+    elif tune is not None and len(tune) == 0:
+        dom.remove(tune)
+
+
+def repin_domain_xml(xml: str, pinning: dict[int, list[int]]) -> str:
+    """A domain's XML (from libvirt) with its vCPU pinning replaced (none: unpinned): the
+    destination definition of a live migration that changes or drops the pinning."""
+    ET.register_namespace("vmorch", VMORCH_NS)
+    dom = ET.fromstring(xml)
+    _cputune(dom, pinning)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def _cpus(spec: str) -> list[int]:
+    """libvirt's cpuset syntax ("0-2,^1,4") as a list of CPUs."""
+    on: set[int] = set()
+    off: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        target = off if part.startswith("^") else on
+        part = part.lstrip("^")
+        lo, _, hi = part.partition("-")
+        target.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(on - off)
+
+
+def vcpu_pins(xml: str) -> dict[int, list[int]]:
+    """The `<vcpupin>` entries of a domain's XML: vCPU -> CPUs."""
+    tune = ET.fromstring(xml).find("cputune")
+    if tune is None:
+        return {}
+    return {int(p.get("vcpu", "0")): _cpus(p.get("cpuset", "")) for p in tune.findall("vcpupin")}
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -54,6 +108,7 @@ def domain_xml(spec: DomainSpec) -> str:
             ET.SubElement(vm, f"{{{VMORCH_NS}}}{k}").text = v
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
+    _cputune(dom, spec.pinning)
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm")
     devices = _sub(dom, "devices")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from workers.hypervisor.xml import DiskSpec, DomainSpec, NicSpec, domain_xml
+from workers.hypervisor.xml import (
+    DiskSpec,
+    DomainSpec,
+    NicSpec,
+    domain_xml,
+    repin_domain_xml,
+    vcpu_pins,
+)
 
 
 def test_domain_xml_escapes_and_carries_the_shape() -> None:
@@ -53,6 +60,9 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
             **base, domain_type="qemu", nics=[NicSpec("net-a", "52:54:00:00:00:03", user_mode=True)]
         ),
         "bare": DomainSpec(uuid=base["uuid"], name="v2", vcpus=2, memory_mib=64),
+        "pinned": DomainSpec(
+            **{**base, "vcpus": 2}, domain_type="qemu", pinning={0: [1], 1: [0, 2]}
+        ),
     }
     for name, spec in shapes.items():
         path = Path(str(tmp_path)) / f"{name}.xml"
@@ -61,6 +71,32 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
             ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
         )
         assert res.returncode == 0, (name, res.stdout, res.stderr, path.read_text())
+    # a migration's destination definition, repinned from the pinned shape, is valid too
+    for name, pinning in {"repinned": {1: [3]}, "unpinned": {}}.items():
+        path = Path(str(tmp_path)) / f"{name}.xml"
+        path.write_text(repin_domain_xml(domain_xml(shapes["pinned"]), pinning))
+        res = subprocess.run(
+            ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
+        )
+        assert res.returncode == 0, (name, res.stdout, res.stderr, path.read_text())
+
+
+def test_pinning_is_written_as_cputune_and_read_back() -> None:
+    spec = DomainSpec(
+        uuid="6f1c0e0e-0000-4000-8000-000000000009",
+        name="p1",
+        vcpus=2,
+        memory_mib=96,
+        pinning={1: [3, 2], 0: [5]},
+    )
+    xml = domain_xml(spec)
+    pins = ET.fromstring(xml).findall("cputune/vcpupin")
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in pins] == [("0", "5"), ("1", "2,3")]
+    assert vcpu_pins(xml) == {0: [5], 1: [2, 3]}
+    assert vcpu_pins(repin_domain_xml(xml, {0: [1]})) == {0: [1]}
+    assert ET.fromstring(repin_domain_xml(xml, {})).find("cputune") is None
+    # libvirt's own syntax, ranges and exclusions
+    assert vcpu_pins(xml.replace('cpuset="5"', 'cpuset="0-3,^1"')) == {0: [0, 2, 3], 1: [2, 3]}
 
 
 def test_a_user_mode_nic_has_no_network_source() -> None:

@@ -1,0 +1,132 @@
+"""Server bookkeeping beside the inventory: maintenance, and the migrations running now.
+
+Maintenance is a mark that placement and migration pre-checks read (a server in maintenance
+takes no new VM); entering and leaving it are events (`server.maintenance`,
+`server.activated`). Migration slots bound how many migrations run at once per pool and
+how many leave one server: a migration holds a slot (its job id) from before libvirt starts
+until its migrate step ends; a slot whose job has ended is freed by the next look, so a
+worker that died holding one does not hold it for ever.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from orchestrator.clock import now_ms
+from orchestrator.store import keys
+from orchestrator.store.events import entry_fields, make_event
+from orchestrator.store.fence import Fence, transaction
+from schemas import event_types as et
+from schemas.jobs import JobState
+
+# KEYS: the pool's slots (hash job -> source server). ARGV: job, source, max pool, max server
+_TAKE_SLOT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {1, ''} end
+local all = redis.call('HGETALL', KEYS[1])
+local total, here = 0, 0
+for i = 1, #all, 2 do
+  total = total + 1
+  if all[i + 1] == ARGV[2] then here = here + 1 end
+end
+if total >= tonumber(ARGV[3]) then return {0, 'pool'} end
+if here >= tonumber(ARGV[4]) then return {0, 'server'} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1, ''}
+"""
+
+_ENDED = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.ABORTED.value}
+
+
+@dataclass(frozen=True)
+class SlotAnswer:
+    taken: bool
+    limit: str = ""  # "pool" or "server": the limit that is reached
+    holders: dict[str, str] | None = None  # job id -> source server, when not taken
+
+
+class ServerStates:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+        self._take = redis.register_script(_TAKE_SLOT)
+
+    # -- maintenance -------------------------------------------------------------------------
+    async def enter_maintenance(
+        self, server: str, info: dict[str, Any], source: str, *, fence: Fence | None = None
+    ) -> None:
+        """Mark the server in maintenance (kept if it is already: the first mark's `since`
+        stays) and publish `server.maintenance`."""
+        event = make_event(et.SERVER_MAINTENANCE, source, server, {"server": server, **info})
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(
+                keys.server_maintenance(server), json.dumps({**info, "since": now_ms()}), nx=True
+            )
+            pipe.xadd(keys.EVENTS, entry_fields(event))
+
+        await transaction(self.redis, fence, write)
+
+    async def leave_maintenance(
+        self, server: str, info: dict[str, Any], source: str, *, fence: Fence | None = None
+    ) -> bool:
+        """End the server's maintenance; False if it was not in maintenance."""
+        event = make_event(et.SERVER_ACTIVATED, source, server, {"server": server, **info})
+        if not await self.redis.exists(keys.server_maintenance(server)):
+            return False
+
+        def write(pipe: Pipeline) -> None:
+            pipe.delete(keys.server_maintenance(server))
+            pipe.xadd(keys.EVENTS, entry_fields(event))
+
+        await transaction(self.redis, fence, write)
+        return True
+
+    async def maintenance(self, server: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(keys.server_maintenance(server))
+        return None if raw is None else dict(json.loads(raw))
+
+    async def in_maintenance(self, servers: list[str]) -> set[str]:
+        """Which of `servers` are in maintenance (one round trip)."""
+        if not servers:
+            return set()
+        flags = await self.redis.mget([keys.server_maintenance(s) for s in servers])
+        return {s for s, f in zip(servers, flags, strict=True) if f is not None}
+
+    # -- migration slots ---------------------------------------------------------------------
+    async def take_migration_slot(
+        self, pool: str, job_id: str, source: str, *, per_pool: int, per_server: int
+    ) -> SlotAnswer:
+        """Take a slot for `job_id`'s migration out of `source` (again: already held), if
+        fewer than `per_pool` migrations run in the pool and fewer than `per_server` leave
+        `source`. Slots of jobs that have ended are freed first."""
+        key = keys.migration_slots(pool)
+        await self._free_ended(key)
+        taken, limit = await self._take(keys=[key], args=[job_id, source, per_pool, per_server])
+        if int(taken):
+            return SlotAnswer(True)
+        return SlotAnswer(False, str(limit), dict(await self.redis.hgetall(key)))
+
+    async def release_migration_slot(self, pool: str, job_id: str) -> None:
+        await self.redis.hdel(keys.migration_slots(pool), job_id)
+
+    async def migrations(self, pool: str) -> dict[str, str]:
+        """The migrations holding a slot in the pool: job id -> source server."""
+        key = keys.migration_slots(pool)
+        await self._free_ended(key)
+        return dict(await self.redis.hgetall(key))
+
+    async def _free_ended(self, key: str) -> None:
+        holders = list(await self.redis.hkeys(key))
+        if not holders:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in holders:
+            pipe.hget(keys.job(job_id), "state")
+        states = await pipe.execute()
+        ended = [j for j, s in zip(holders, states, strict=True) if s is None or s in _ENDED]
+        if ended:
+            await self.redis.hdel(key, *ended)
