@@ -223,6 +223,7 @@ def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
         "data_remaining_bytes": int(stats.get("data_remaining") or 0),
         "data_total_bytes": total,
         "memory_dirty_rate_pages_s": int(stats.get("memory_dirty_rate") or 0),
+        "memory_iteration": int(stats.get("memory_iteration") or 0),
         "elapsed_ms": int(stats.get("time_elapsed") or 0),
     }
     ctx.report(processed / total if total else 0.0, detail)

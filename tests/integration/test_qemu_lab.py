@@ -116,8 +116,14 @@ def router_caught_up(up: Up) -> bool:
 def domains(uri: str) -> dict[str, bool]:
     """uuid -> active, of every domain on the server at `uri`."""
     conn = libvirt.open(uri)
+    out = {}
     try:
-        return {d.UUIDString(): bool(d.isActive()) for d in conn.listAllDomains()}
+        for d in conn.listAllDomains():
+            try:
+                out[d.UUIDString()] = bool(d.isActive())
+            except libvirt.libvirtError:  # gone since the listing (an ended incoming one)
+                continue
+        return out
     finally:
         conn.close()
 

@@ -127,16 +127,20 @@ class Hypervisor:
         timeout_s: float | None = None,
         *,
         retry: bool = True,
+        interruptible: bool = True,
     ) -> T:
         """`fn(conn)` as one libvirt call named `what` (in logs and errors); transient
-        errors are tried again unless `retry` is off (a call not to repeat blindly)."""
+        errors are tried again unless `retry` is off (a call not to repeat blindly). Not
+        `interruptible`: an abort does not stop the wait for it (its caller stops it in
+        libvirt and waits for it to end: a migration)."""
 
         shorter = [x for x in (timeout_s, self._timeout_s) if x]
         limit_s = min(shorter) if shorter else None
 
         def attempt() -> T:
+            check = self._check if interruptible else None
             try:
-                return self._link.call(fn, timeout_s=limit_s, check=self._check)
+                return self._link.call(fn, timeout_s=limit_s, check=check)
             except libvirt.libvirtError as e:
                 raise classify(e) from e
             except HypervisorTimeout as e:
@@ -384,7 +388,9 @@ class Hypervisor:
 
         def run() -> None:
             try:
-                self._call("migrate3", migrate, timeout_s, retry=False)
+                # not interruptible: an abort is this thread's caller's to carry out (it
+                # aborts libvirt's job, then waits for this call to return)
+                self._call("migrate3", migrate, timeout_s, retry=False, interruptible=False)
             except BaseException as e:
                 failed.append(e)
             finally:
