@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # They are published in batches of up to agent_batch_max, one round trip each.
     agent_queue_max: int = Field(default=10_000, ge=1)
     agent_batch_max: int = Field(default=200, ge=1)
+    # ...and record what their server has (CPUs, memory free, networks, storage pools) when
+    # they connect and this often: the API's server views and migration targets read it.
+    agent_facts_interval_s: float = Field(default=10.0, gt=0)
 
     # Fault injection for chaos drills and tests (off by default): sleep before every step,
     # and fail for good the steps named "<job kind>:<step name>".

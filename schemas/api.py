@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from schemas.base import Frozen, Name
 from schemas.events import Event
 from schemas.hooks import Hook
-from schemas.inventory import Vm
+from schemas.inventory import Server, ServerFacts, Vm
 
 T = TypeVar("T")
 
@@ -90,6 +90,35 @@ class FenceRecord(Frozen):
     server: str
     by: str
     reason: str
+
+
+class ServerView(Server):
+    """A server with what vmorch knows of its state: maintenance (since when, by which
+    job, why), whether its agent finds it unreachable, and what its agent last read from
+    libvirt."""
+
+    maintenance: dict[str, object] | None = None
+    down_for_s: float = Field(default=0.0, description="unreachable this long (0: it answers)")
+    facts: ServerFacts | None = None
+
+
+class MigrationTarget(Frozen):
+    server: str
+    ok: bool
+    reason: str = Field(description="why it cannot take the VM, or what it has")
+    facts_age_s: float | None = Field(
+        default=None, description="how old the facts this answer rests on are"
+    )
+
+
+class MigrationTargets(Frozen):
+    """Every server of the VM's pool, with why it can or cannot take the VM now (as its
+    agent last saw it; the migration's own pre-checks look again when it runs)."""
+
+    vm: str
+    server: str | None
+    live: bool
+    targets: list[MigrationTarget]
 
 
 class VmView(Vm):

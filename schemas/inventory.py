@@ -26,6 +26,19 @@ class Server(Frozen):
     )
 
 
+class ServerFacts(Frozen):
+    """What a server has, as libvirt reports it: read by a worker's pre-checks when it
+    acts, and recorded by the server's agent (when it connects, then every
+    `agent_facts_interval_s`) for the API's views."""
+
+    cpus: Annotated[int, Field(ge=0)] = 0
+    memory_mib: Annotated[int, Field(ge=0)] = 0
+    memory_free_mib: int = 0
+    networks: list[str] = Field(default_factory=list)
+    storage_pools: list[str] = Field(default_factory=list)
+    observed_at: datetime | None = None
+
+
 class Repository(Frozen):
     """Shared storage of a pool: a libvirt storage pool of this name exists on each server."""
 

@@ -8,9 +8,19 @@ from pydantic import ValidationError
 from orchestrator.api.http import invalid, json_body, params, respond, respond_list, services
 from orchestrator.api.middleware import caller
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from schemas.api import FenceAck, FenceRecord, Page, VmView
+from orchestrator.jobs.checks import assess
+from schemas.api import (
+    FenceAck,
+    FenceRecord,
+    MigrationTarget,
+    MigrationTargets,
+    Page,
+    ServerView,
+    VmView,
+)
+from schemas.base import utcnow
 from schemas.event_types import SOURCE_API
-from schemas.inventory import Vm
+from schemas.inventory import Server, Vm, VmState
 
 
 async def list_vms(request: web.Request) -> web.Response:
@@ -35,8 +45,63 @@ async def list_pools(request: web.Request) -> web.Response:
     return respond_list(await services(request).inventory.pools())
 
 
+async def _views(request: web.Request, servers: list[Server]) -> list[ServerView]:
+    svc = services(request)
+    names = [s.name for s in servers]
+    facts = await svc.servers.facts(names)
+    out = []
+    for s in servers:
+        out.append(
+            ServerView(
+                **s.model_dump(),
+                maintenance=await svc.servers.maintenance(s.name),
+                down_for_s=round(await svc.ha.server_down_for_s(s.name), 1),
+                facts=facts.get(s.name),
+            )
+        )
+    return out
+
+
 async def list_servers(request: web.Request) -> web.Response:
-    return respond_list(await services(request).inventory.servers())
+    return respond_list(await _views(request, await services(request).inventory.servers()))
+
+
+async def get_server(request: web.Request) -> web.Response:
+    server = await services(request).inventory.server(request.match_info["server"])
+    [view] = await _views(request, [server])
+    return respond(view)
+
+
+async def migration_targets(request: web.Request) -> web.Response:
+    """Every server of the VM's pool with why it can or cannot take the VM, judged by the
+    migration's own checks on the facts the agents recorded. `live` defaults to whether
+    the VM runs; a pinned VM is judged as a request without a pinning would be."""
+    svc = services(request)
+    vm = await svc.inventory.vm(request.match_info["vm"])
+    pool = await svc.inventory.pool(vm.pool)
+    q = params(request)
+    live = q["live"] if q["live"] is not None else vm.state in (VmState.RUNNING, VmState.SUSPENDED)
+    facts = await svc.servers.facts(pool.servers)
+    maintenance = await svc.servers.in_maintenance(pool.servers)
+    now = utcnow()
+    targets = []
+    for name in pool.servers:
+        f = facts.get(name)
+        down = await svc.ha.server_down_for_s(name)
+        unreachable = f"its agent finds it unreachable for {down:.0f} s" if down else None
+        if f is None and unreachable is None:
+            unreachable = "no facts recorded (no agent watches it)"
+        v = assess(
+            vm, pool, name, f, live=live, maintenance=name in maintenance, unreachable=unreachable
+        )
+        age = (now - f.observed_at).total_seconds() if f and f.observed_at else None
+        targets.append(
+            MigrationTarget(
+                server=name, ok=v.ok, reason=v.reason,
+                facts_age_s=None if age is None else round(age, 1),
+            )
+        )  # fmt: skip
+    return respond(MigrationTargets(vm=vm.id, server=vm.server, live=live, targets=targets))
 
 
 async def fence_server(request: web.Request) -> web.Response:

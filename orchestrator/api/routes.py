@@ -14,13 +14,15 @@ from schemas.api import (
     FenceAck,
     FenceRecord,
     HookCreated,
+    MigrationTargets,
     Page,
     QueueStatus,
     Role,
+    ServerView,
     VmView,
 )
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
-from schemas.inventory import Server, ServerPool, Template, Vm
+from schemas.inventory import ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
 from schemas.requests import ClientJobRequest
 
@@ -142,6 +144,21 @@ def _inventory() -> list[Route]:
         ),
         Route(
             "GET",
+            "/v1/vms/{vm}/migration-targets",
+            inventory.migration_targets,
+            "Every server of the VM's pool, with why it can or cannot take the VM",
+            VIEWER,
+            response=MigrationTargets,
+            query=(
+                Query(
+                    "live",
+                    "judge a live migration (default: when the VM runs) or a cold one",
+                    {"type": "boolean"},
+                ),
+            ),
+        ),
+        Route(
+            "GET",
             "/v1/pools",
             inventory.list_pools,
             "List server pools",
@@ -152,9 +169,17 @@ def _inventory() -> list[Route]:
             "GET",
             "/v1/servers",
             inventory.list_servers,
-            "List servers",
+            "List servers, with maintenance, reachability and what each has",
             VIEWER,
-            response=list[Server],
+            response=list[ServerView],
+        ),
+        Route(
+            "GET",
+            "/v1/servers/{server}",
+            inventory.get_server,
+            "A server, with maintenance, reachability and what it has",
+            VIEWER,
+            response=ServerView,
         ),
         Route(
             "POST",

@@ -237,6 +237,11 @@ def server_maintenance(server_name: str) -> str:
     return f"{PREFIX}servermaint:{server_name}"
 
 
+def server_facts(server_name: str) -> str:
+    """JSON ServerFacts: what the server's agent last read from libvirt."""
+    return f"{PREFIX}serverfacts:{server_name}"
+
+
 def migration_slots(pool: str) -> str:
     """Hash: job id -> source server of each migration running in the pool now."""
     return f"{PREFIX}migrations:{pool}"

@@ -22,6 +22,7 @@ from orchestrator.store import keys
 from orchestrator.store.events import entry_fields, make_event
 from orchestrator.store.fence import Fence, transaction
 from schemas import event_types as et
+from schemas.inventory import ServerFacts
 from schemas.jobs import JobState
 
 # KEYS: the pool's slots (hash job -> source server). ARGV: job, source, max pool, max server
@@ -95,6 +96,24 @@ class ServerStates:
             return set()
         flags = await self.redis.mget([keys.server_maintenance(s) for s in servers])
         return {s for s, f in zip(servers, flags, strict=True) if f is not None}
+
+    # -- facts -------------------------------------------------------------------------------
+    async def record_facts(self, server: str, facts: ServerFacts, ttl_s: float) -> None:
+        """Keep what the agent read (for `ttl_s`: facts of a server no agent watches go)."""
+        await self.redis.set(
+            keys.server_facts(server), facts.model_dump_json(), ex=max(1, int(ttl_s))
+        )
+
+    async def facts(self, servers: list[str]) -> dict[str, ServerFacts]:
+        """The recorded facts of those of `servers` that have any (one round trip)."""
+        if not servers:
+            return {}
+        raws = await self.redis.mget([keys.server_facts(s) for s in servers])
+        return {
+            s: ServerFacts.model_validate_json(r)
+            for s, r in zip(servers, raws, strict=True)
+            if r is not None
+        }
 
     # -- migration slots ---------------------------------------------------------------------
     async def take_migration_slot(

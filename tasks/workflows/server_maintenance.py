@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from orchestrator.errors import Permanent
+from orchestrator.jobs.checks import PinningWish
 from schemas import event_types as et
 from schemas.inventory import Vm, VmState
 from schemas.jobs import JobLinks
@@ -33,7 +34,7 @@ from schemas.requests import (
     StopVm,
 )
 from tasks.step import Outputs, Step, StepContext, Wait
-from tasks.steps.migration import PinningWish, judge
+from tasks.steps.migration import judge
 
 ROUND_TIMEOUT_S = 6 * 3600.0  # a round of the evacuation: until one of its moves ends
 _ACTIVE = (VmState.RUNNING, VmState.SUSPENDED)

@@ -22,11 +22,12 @@ from dataclasses import replace
 from typing import Any, cast
 
 from orchestrator.errors import HypervisorError, MigrationRefused
+from orchestrator.jobs.checks import PinningWish, as_pinning, target_pinning
 from schemas import event_types as et
 from schemas.inventory import VmState
 from schemas.requests import MigrateVm
 from tasks.step import Outputs, Step, StepContext, Wait
-from tasks.steps.migration import Deadlines, PinningWish, as_pinning, judge, target_pinning
+from tasks.steps.migration import Deadlines, judge
 from tasks.steps.vm import START, domain_spec_of, observe, stop_step, vm_of
 
 ACTIVE = (VmState.RUNNING, VmState.SUSPENDED)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import cast
 
 from orchestrator.errors import HypervisorError, Permanent
+from orchestrator.jobs.checks import as_pinning, pinning_problem
 from schemas.requests import PinVcpus
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.migration import as_pinning, pinning_problem
 from tasks.steps.vm import hv_of, vm_of
 
 

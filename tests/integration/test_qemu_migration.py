@@ -4,6 +4,7 @@ throttled migration last as long as a test needs, deterministically."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -113,4 +114,142 @@ def test_a_migration_that_cannot_converge_is_aborted_in_flight_and_by_its_deadli
         assert conn.lookupByUUIDString(vm["id"]).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         conn.close()
+    assert up.down().returncode == 0
+
+
+def pins(uri: str, vm_id: str) -> tuple[list[list[int]], str]:
+    """A domain's live pinning (each vCPU's CPUs) and its persistent `<cputune>`, read
+    through libvirt."""
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByUUIDString(vm_id)
+        live = [[i for i, on in enumerate(m) if on] for m in dom.vcpuPinInfo(0)]
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return live, xml[
+            xml.find("<cputune>") : xml.find("</cputune>") + 11
+        ] if "<cputune>" in xml else ""
+    finally:
+        conn.close()
+
+
+def test_a_pinned_vm_moves_live_only_with_a_pinning_for_the_target_or_without_one(
+    start_up: Any,
+) -> None:
+    # given: a running VM on the qemu lab, its vCPU pinned to physical CPU 1
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "p1", "pool": "pool-a", "template": "tmpl-a"},
+        timeout_s=120,
+    )
+    assert job["state"] == "succeeded", job
+    vm_id = job["links"]["vm_id"]
+    pinned = up.api.run({"kind": "vm.pin_vcpus", "vm": "p1", "pinning": {"0": [1]}})
+    assert pinned["state"] == "succeeded", pinned["error"]
+    vm = up.api.call("GET", f"/v1/vms/{vm_id}")
+    source = vm["server"]
+    [target] = [s for s in ("srv-a1", "srv-a2") if s != source]
+    # then: the API shows it, and libvirt has it live and in the persistent definition
+    assert vm["pinning"] == {"0": [1]}
+    live, tune = pins(server_uri(up, source), vm_id)
+    assert live == [[1]] and "<vcpupin vcpu='0' cpuset='1'/>" in tune, tune
+    # when: it is migrated live without a word about its pinning, or with a pinning the
+    # target's CPUs cannot hold
+    refused = up.api.run({"kind": "vm.migrate", "vm": "p1"})
+    bad = up.api.run({"kind": "vm.migrate", "vm": "p1", "pinning": {"0": [64]}})
+    # then: both are refused, each saying why; the VM stays, pinned
+    assert refused["state"] == "failed" and refused["error"]["code"] == "migration_refused"
+    assert "pinned to physical CPUs" in refused["error"]["message"], refused["error"]
+    assert bad["state"] == "failed" and "physical CPU 64 does not exist" in bad["error"]["message"]
+    assert up.api.call("GET", f"/v1/vms/{vm_id}")["server"] == source
+    # when: it is migrated with a pinning for the target
+    moved = up.api.run({"kind": "vm.migrate", "vm": "p1", "pinning": {"0": [0]}}, timeout_s=120)
+    # then: it runs there, pinned as asked, live and persistent
+    assert moved["state"] == "succeeded", (moved["error"], moved["steps"])
+    vm = up.api.call("GET", f"/v1/vms/{vm_id}")
+    assert vm["server"] == target and vm["pinning"] == {"0": [0]}
+    live, tune = pins(server_uri(up, target), vm_id)
+    assert live == [[0]] and "<vcpupin vcpu='0' cpuset='0'/>" in tune, tune
+    # when: it is migrated back, its pinning dropped
+    back = up.api.run({"kind": "vm.migrate", "vm": "p1", "drop_pinning": True}, timeout_s=120)
+    assert back["state"] == "succeeded", (back["error"], back["steps"])
+    vm = up.api.call("GET", f"/v1/vms/{vm_id}")
+    assert vm["server"] == source and vm["pinning"] is None
+    live, tune = pins(server_uri(up, source), vm_id)
+    assert tune == "" and all(len(cpus) > 1 for cpus in live), (live, tune)
+    assert up.down().returncode == 0
+
+
+def test_maintenance_moves_every_vm_away_within_the_limits(start_up: Any) -> None:
+    # given: a pool of three QEMU servers where one migration at a time may leave a
+    # server; on srv-a1 three running VMs, a stopped one and a pinned one
+    up: Up = start_up(
+        "--servers-per-pool", "3", "--kind", "qemu", env={"VMORCH_MIGRATIONS_PER_SERVER": "1"}
+    )
+    names = ["e1", "e2", "e3", "e4", "e5"]
+    for n in names:
+        made = up.api.run(
+            {"kind": "vm.create_from_template", "name": n, "pool": "pool-a", "template": "tmpl-a",
+             "server": "srv-a1", "start": n != "e4"},
+            timeout_s=120,
+        )  # fmt: skip
+        assert made["state"] == "succeeded", made
+    assert up.api.run({"kind": "vm.pin_vcpus", "vm": "e5", "pinning": {"0": [1]}})["state"] == (
+        "succeeded"
+    )
+    ids = {n: up.api.call("GET", f"/v1/vms/{n}")["id"] for n in names}
+    # when: a dry run asks for the plan
+    dry = up.api.run({"kind": "server.maintenance", "server": "srv-a1", "dry_run": True})
+    # then: each VM has its move and target, the pinned one none (and why); nothing changed
+    assert dry["state"] == "succeeded", dry["error"]
+    plan = step(dry, "maintenance_plan")["outputs"]["plan"]
+    assert {plan[ids[n]]["action"] for n in ("e1", "e2", "e3", "e5")} == {"live"}
+    assert plan[ids["e4"]]["action"] == "cold"
+    assert all(plan[ids[n]]["target"] in ("srv-a2", "srv-a3") for n in ("e1", "e2", "e3", "e4"))
+    assert plan[ids["e5"]]["target"] is None and "pinned" in plan[ids["e5"]]["reason"]
+    assert up.api.call("GET", "/v1/servers/srv-a1")["maintenance"] is None
+    # when: maintenance starts, three moves at once, pinned VMs keeping their pinning
+    job = up.api.submit(
+        {"kind": "server.maintenance", "server": "srv-a1", "parallel": 3, "pinned_vms": "keep"}
+    )
+    seen_waiting: set[str] = set()
+
+    def watch() -> dict[str, Any] | None:
+        j = up.api.job(job["id"])
+        for child in up.api.call("GET", "/v1/jobs?kind=vm.migrate&state=waiting")["items"]:
+            why = [s["outputs"].get("waiting_for_slot") for s in child["steps"]]
+            seen_waiting.update(str(w) for w in why if w)
+        return j if j["state"] in ("succeeded", "failed", "aborted") else None
+
+    done = wait_until(watch, 240, "the evacuation")
+    # then: every VM left, the running ones still running, the pinned one pinned
+    assert done["state"] == "succeeded", (done["error"], done["steps"])
+    status = step(done, "evacuate")["outputs"]["vms"]
+    assert {status[ids[n]]["state"] for n in names} == {"succeeded"}
+    for n in names:
+        vm = up.api.call("GET", f"/v1/vms/{n}")
+        assert vm["server"] in ("srv-a2", "srv-a3"), vm
+        assert domains(server_uri(up, vm["server"]))[vm["id"]] is (n != "e4")
+    assert up.api.call("GET", "/v1/vms/e5")["pinning"] == {"0": [1]}
+    assert domains(server_uri(up, "srv-a1")) == {}
+    # and the limit held: the moves out of srv-a1 never overlapped, and the ones that had
+    # to wait said why
+    spans = []
+    for n in names:
+        child = up.api.job(status[ids[n]]["job"])
+        assert child["links"]["parent_job"] == job["id"]
+        m = step(child, "migrate")
+        spans.append((m["started_at"], m["ended_at"]))
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    assert any("leave srv-a1 already (limit 1)" in w for w in seen_waiting), seen_waiting
+    # and the server is in maintenance: placement skips it until it is activated
+    assert up.api.call("GET", "/v1/servers/srv-a1")["maintenance"]["job"] == job["id"]
+    new = up.api.run(
+        {"kind": "vm.create_from_template", "name": "e6", "pool": "pool-a", "template": "tmpl-a",
+         "server": "srv-a1"},
+        timeout_s=60,
+    )  # fmt: skip
+    assert new["state"] == "failed" and "srv-a1: in maintenance" in new["error"]["message"]
+    assert up.api.run({"kind": "server.activate", "server": "srv-a1"})["state"] == "succeeded"
+    assert up.api.call("GET", "/v1/servers/srv-a1")["maintenance"] is None
     assert up.down().returncode == 0

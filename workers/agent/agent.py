@@ -86,6 +86,7 @@ class ServerWatch:
         # attribution's reads, issued together by concurrent publishes, in one round trip
         self.expectations = Services.build(s, CoalescingRedis(services.redis)).expectations
         self.ha = services.ha
+        self.servers = services.servers
         self.keepalive = Keepalive(s.libvirt_keepalive_interval_s, s.libvirt_keepalive_count)
         self.batch_max = s.agent_batch_max
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=s.agent_queue_max)
@@ -371,6 +372,22 @@ class ServerWatch:
                 )
             )
 
+    async def _keep_facts(self, conn: EventConnection, stop: asyncio.Event) -> None:
+        """Until the connection closes (or the agent stops): record what the server has
+        now, and again every `agent_facts_interval_s` (for the API's views; kept three
+        intervals, so a server no agent watches loses them)."""
+        every_s = self.settings.agent_facts_interval_s
+        while not (stop.is_set() or self.closed.is_set()):
+            try:
+                facts = await asyncio.wait_for(
+                    asyncio.to_thread(conn.facts), self.settings.libvirt_call_timeout_s
+                )
+                await self.servers.record_facts(self.server.name, facts, ttl_s=3 * every_s)
+            except (HypervisorUnavailable, TimeoutError) as e:  # keepalive closes it if dead
+                log.info("server=%s facts not read: %s", self.server.name, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop.wait(), self.closed.wait()), every_s)
+
     async def _compared(self, cause: Cause) -> None:
         item = _Compare(cause)
         await self.queue.put(item)
@@ -390,7 +407,7 @@ class ServerWatch:
                     await self._compared("reconnect" if was_up else "start")
                     await self._server_event("server.up")
                     was_up, down_sent = True, False
-                    await _first(stop.wait(), self.closed.wait())
+                    await self._keep_facts(conn, stop)
                     if not stop.is_set():
                         await self._server_event("server.down")
                         down_sent = True

@@ -30,10 +30,11 @@ from tenacity import (
 
 from orchestrator.errors import HypervisorError, HypervisorTimeout, HypervisorUnavailable, NotFound
 from orchestrator.settings import Settings
-from schemas.inventory import VmState
+from schemas.inventory import ServerFacts, VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
 from workers.hypervisor.errors import classify, silence_libvirt_errors
 from workers.hypervisor.events import Keepalive, open_connection
+from workers.hypervisor.facts import host_cpus, memory_used_mib, read_facts
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import (
     DomainSpec,
@@ -161,12 +162,11 @@ class Hypervisor:
 
     def memory_free_mib(self) -> int:
         """Server memory less the memory of every active domain."""
+        return self.memory_mib() - self._call("listAllDomains", memory_used_mib)
 
-        def used(c: libvirt.virConnect) -> int:
-            doms = c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            return int(sum(d.maxMemory() for d in doms)) // 1024
-
-        return self.memory_mib() - self._call("listAllDomains", used)
+    def facts(self) -> ServerFacts:
+        """What the server has now: CPUs, memory free, networks, storage pools."""
+        return self._call("facts", read_facts)
 
     def domain_states(self) -> dict[str, tuple[str, VmState]]:
         """uuid -> (name, state) of every domain on the server."""
@@ -262,14 +262,7 @@ class Hypervisor:
     # --- vCPU pinning (hard partitioning) --------------------------------------------------
     def host_cpus(self) -> int:
         """How many physical CPUs the server has (pinning refers to them by number)."""
-
-        def count(c: libvirt.virConnect) -> int:
-            try:
-                return int(c.getCPUMap()[0])
-            except libvirt.libvirtError:  # a driver without a CPU map
-                return int(c.getInfo()[2])
-
-        return self._call("getCPUMap", count)
+        return self._call("getCPUMap", host_cpus)
 
     def pin_vcpus(self, uuid: str, pinning: dict[int, list[int]], vcpus: int) -> None:
         """Pin the domain's vCPUs as `pinning` says (a vCPU not in it, and every vCPU for an

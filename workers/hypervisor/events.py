@@ -20,8 +20,9 @@ from typing import Any
 import libvirt
 
 from orchestrator.errors import HypervisorUnavailable, NotFound
-from schemas.inventory import VmState
+from schemas.inventory import ServerFacts, VmState
 from workers.hypervisor.errors import classify, is_unsupported
+from workers.hypervisor.facts import read_facts
 from workers.hypervisor.states import lifecycle, observed_state
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,16 @@ class EventConnection:
             state, reason = observed_state(raw_state, raw_reason)
             out[d.UUIDString()] = DomainStatus(d.name(), state, reason)
         return out
+
+    def facts(self) -> ServerFacts:
+        """What the server has (`read_facts`)."""
+        conn = self._conn
+        if conn is None:
+            raise HypervisorUnavailable(f"{self.uri}: not connected")
+        try:
+            return read_facts(conn)
+        except libvirt.libvirtError as e:
+            raise _unavailable(e) from e
 
     def remove_domain(self, uuid: str) -> bool:
         """Destroy (if it runs) and undefine the domain; False when it was already gone."""

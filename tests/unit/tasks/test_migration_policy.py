@@ -8,9 +8,10 @@ import libvirt
 import pytest
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.jobs.checks import pinning_problem
 from orchestrator.settings import Settings
 from schemas.jobs import JobState
-from tasks.steps.migration import Deadlines, MigrationTimedOut, pinning_problem
+from tasks.steps.migration import Deadlines, MigrationTimedOut
 from tasks.testing import Engine
 from tests.unit.conftest import FLEET
 

@@ -16,7 +16,7 @@ from orchestrator.services import Services
 from orchestrator.settings import Settings
 from orchestrator.store import keys
 from schemas.events import Event
-from schemas.inventory import Server, VmState
+from schemas.inventory import Server, ServerFacts, VmState
 from schemas.requests import job_request_adapter
 from workers.agent import agent as agent_mod
 from workers.agent.agent import ServerWatch
@@ -42,6 +42,9 @@ class FakeConnection:
 
     def domain_states(self) -> dict[str, DomainStatus]:
         return dict(FakeConnection.states)
+
+    def facts(self) -> ServerFacts:
+        return ServerFacts(cpus=4, memory_mib=1024, memory_free_mib=512, networks=["n1"])
 
     def close(self) -> None:
         pass
