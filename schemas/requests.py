@@ -102,11 +102,22 @@ MigrationTimeoutAction = Literal["abort", "pause", "postcopy"]
 
 class MigrateVm(VmOperation):
     """Move the VM to another server of its pool: live (it keeps running) when it runs,
-    cold (its definition moves; its disks are on the pool's shared repository) when not."""
+    cold (its definition moves; its disks are on the pool's shared repository) when not;
+    or, with target_pool, cold to a server of another pool, its disks copied there."""
 
     kind: Literal["vm.migrate"]
     target_server: Name | None = Field(
         default=None, description="the server to move to (placement chooses when not set)"
+    )
+    target_pool: Name | None = Field(
+        default=None,
+        description="move to another server pool (cold: its disks are copied to that "
+        "pool's repository; a running VM needs shutdown=true)",
+    )
+    network_map: Annotated[dict[Name, Name], Field(max_length=16)] = Field(
+        default_factory=dict,
+        description="with target_pool: the VM's network -> the target pool's network for "
+        "its vNICs (a network not mapped must exist there by the same name)",
     )
     live: bool | None = Field(
         default=None, description="live migration; default: live when the VM runs"
@@ -115,6 +126,9 @@ class MigrateVm(VmOperation):
         default=False,
         description="a running VM: shut it down, move it cold, start it on the target "
         "(instead of a live migration)",
+    )
+    shutdown_timeout_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=120.0, description="shutdown=true: forced off when not stopped after this"
     )
     bandwidth_mib_s: Annotated[int | None, Field(ge=1, le=100_000)] = Field(
         default=None, description="a bandwidth limit for a live migration, MiB/s"
@@ -148,6 +162,10 @@ class MigrateVm(VmOperation):
             raise ValueError("give pinning (the target's) or drop_pinning, not both")
         if self.shutdown and self.live:
             raise ValueError("shutdown moves the VM cold: it cannot be combined with live=true")
+        if self.target_pool and self.live:
+            raise ValueError("a move to another pool is cold: it cannot be combined with live=true")
+        if self.network_map and not self.target_pool:
+            raise ValueError("network_map maps networks to another pool's: give target_pool")
         return self
 
 

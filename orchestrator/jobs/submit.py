@@ -174,19 +174,8 @@ class Submitter:
                             )
                         ],
                     )
-            if isinstance(req, MigrateVm) and req.target_server:
-                pool = await self.inventory.pool(vm.pool)
-                if req.target_server not in pool.servers:
-                    raise ValidationFailed(
-                        "the request does not fit the inventory",
-                        details=[
-                            (
-                                ["body", "target_server"],
-                                f"{req.target_server!r} is not a server of pool {vm.pool} "
-                                "(a move to another pool is a cold migration, not built yet)",
-                            )
-                        ],
-                    )
+            if isinstance(req, MigrateVm):
+                await self._check_migrate(req, vm)
         elif isinstance(req, ServerMaintenance | ServerActivate):
             try:
                 server = await self.inventory.server(req.server)
@@ -197,6 +186,44 @@ class Submitter:
         elif isinstance(req, Noop):
             queue = keys.NOOP_QUEUE
         return queue, link_update, reserve
+
+    async def _check_migrate(self, req: MigrateVm, vm: Vm) -> None:
+        """The target pool and server, and the network map, against the inventory."""
+        problems: list[tuple[list[str | int], str]] = []
+        pool_name = req.target_pool or vm.pool
+        if req.target_pool == vm.pool:
+            problems.append((["body", "target_pool"], f"vm {vm.name} is in pool {vm.pool} already"))
+        try:
+            pool = await self.inventory.pool(pool_name)
+        except NotFound as e:
+            raise ValidationFailed(e.message, details=[(["body", "target_pool"], e.message)]) from e
+        if req.target_server and req.target_server not in pool.servers:
+            hint = "" if req.target_pool else " (another pool's: give target_pool)"
+            problems.append(
+                (
+                    ["body", "target_server"],
+                    f"{req.target_server!r} is not a server of pool {pool.name}{hint}",
+                )
+            )
+        if req.target_pool:
+            there = {n.name for n in pool.networks}
+            for src, dst in req.network_map.items():
+                if dst not in there:
+                    problems.append(
+                        (["body", "network_map", src], f"pool {pool.name} has no network {dst!r}")
+                    )
+            for nic in vm.nics:
+                mapped = req.network_map.get(nic.network, nic.network)
+                if nic.network not in req.network_map and mapped not in there:
+                    problems.append(
+                        (
+                            ["body", "network_map"],
+                            f"vm {vm.name}'s network {nic.network!r} is not in pool "
+                            f"{pool.name}: map it to one of {sorted(there)}",
+                        )
+                    )
+        if problems:
+            raise ValidationFailed("the request does not fit the inventory", details=problems)
 
     async def _replayed(self, job_id: str) -> Job:
         """The job an Idempotency-Key was used for. A key outlives its job when retention

@@ -24,19 +24,26 @@ from typing import Any, cast
 from orchestrator.errors import HypervisorError, MigrationRefused
 from orchestrator.jobs.checks import PinningWish, as_pinning, target_pinning
 from schemas import event_types as et
-from schemas.inventory import VmState
+from schemas.inventory import Vm, VmDisk, VmState
 from schemas.requests import MigrateVm
 from tasks.step import Outputs, Step, StepContext, Wait
 from tasks.steps.migration import Deadlines, judge
 from tasks.steps.vm import START, domain_spec_of, observe, stop_step, vm_of
 
 ACTIVE = (VmState.RUNNING, VmState.SUSPENDED)
-SHUTDOWN_TIMEOUT_S = 120.0  # shutdown=true: then the VM is powered off
 ENDED = [et.job_state(s) for s in ("succeeded", "failed", "aborted")]
 
 
 def _wish(req: MigrateVm) -> PinningWish:
     return "drop" if req.drop_pinning else req.pinning
+
+
+def _mapped(vm: Vm, req: MigrateVm) -> Vm:
+    """The VM with its vNICs on the target pool's networks (`network_map`)."""
+    nics = [
+        n.model_copy(update={"network": req.network_map.get(n.network, n.network)}) for n in vm.nics
+    ]
+    return vm.model_copy(update={"nics": nics})
 
 
 def _plan(ctx: StepContext) -> Outputs:
@@ -48,7 +55,8 @@ def _plan(ctx: StepContext) -> Outputs:
     state = ctx.hypervisor(vm.server).domain_state(vm.id)
     if state is None:
         raise HypervisorError(f"vm {vm.name} is not defined on its server {vm.server}")
-    live = not req.shutdown and (req.live if req.live is not None else state in ACTIVE)
+    cold = req.shutdown or bool(req.target_pool)  # another pool's storage: a copy, cold
+    live = not cold and (req.live if req.live is not None else state in ACTIVE)
     if live and state not in ACTIVE:
         raise MigrationRefused(
             f"vm {vm.name} is {state.value}: a live migration needs it running "
@@ -59,10 +67,14 @@ def _plan(ctx: StepContext) -> Outputs:
             f"vm {vm.name} is {state.value}: a cold migration needs it stopped "
             "(shutdown=true stops it first and starts it on the target)"
         )
-    candidates = [req.target_server] if req.target_server else pool.servers
+    into = pool
+    if req.target_pool:  # judged as the VM will be there: on that pool's networks
+        into = ctx.run(ctx.runtime.inventory.pool(req.target_pool))
+        vm = _mapped(vm, req)
+    candidates = [req.target_server] if req.target_server else into.servers
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(candidates))
     verdicts = [
-        judge(ctx, vm, pool, s, live=live, pinning=_wish(req), maintenance=maintenance)
+        judge(ctx, vm, into, s, live=live, pinning=_wish(req), maintenance=maintenance)
         for s in candidates
     ]
     placement = {v.server: v.reason for v in verdicts}
@@ -73,7 +85,9 @@ def _plan(ctx: StepContext) -> Outputs:
     best = max(fit, key=lambda v: v.free_mib)  # the most free memory (live)
     return {
         "source": vm.server,
+        "source_pool": pool.name,
         "target": best.server,
+        "target_pool": into.name,
         "mode": "live" if live else "cold",
         "pinning": target_pinning(vm, _wish(req), live=live),
         "placement": placement,
@@ -88,7 +102,7 @@ def _slot(ctx: StepContext) -> Outputs | Wait:
     since = ctx.stream_position()
     answer = ctx.run(
         ctx.runtime.servers.take_migration_slot(
-            vm.pool,
+            str(ctx.outputs["source_pool"]),
             ctx.job.id,
             str(ctx.outputs["source"]),
             per_pool=s.migrations_per_pool,
@@ -117,8 +131,8 @@ def _slot(ctx: StepContext) -> Outputs | Wait:
 
 
 def _free_slot(ctx: StepContext) -> None:
-    vm = vm_of(ctx)
-    ctx.run(ctx.runtime.servers.release_migration_slot(vm.pool, ctx.job.id))
+    pool = str(ctx.outputs.get("source_pool") or vm_of(ctx).pool)
+    ctx.run(ctx.runtime.servers.release_migration_slot(pool, ctx.job.id))
 
 
 def _migrate(ctx: StepContext) -> Outputs:
@@ -230,6 +244,117 @@ def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
     ctx.report(processed / total if total else 0.0, detail)
 
 
+# --- cold, to another pool: copy the disks, define there, switch, delete the old disks ----
+
+
+def _pools(ctx: StepContext) -> tuple[str, str]:
+    """The repositories (libvirt storage pools) of the source and the target pool."""
+    inv = ctx.runtime.inventory
+    src = ctx.run(inv.pool(str(ctx.outputs["source_pool"]))).repository.name
+    dst = ctx.run(inv.pool(str(ctx.outputs["target_pool"]))).repository.name
+    return src, dst
+
+
+def _copy_disks(ctx: StepContext) -> Outputs:
+    """Copy each disk to the target pool's repository, from the source server to the
+    target server (libvirt streams). Converges: a re-run copies again."""
+    vm = vm_of(ctx)
+    src_repo, dst_repo = _pools(ctx)
+    source, target = str(ctx.outputs["source"]), str(ctx.outputs["target"])
+    dest = ctx.run(ctx.runtime.inventory.server(target))
+    src = ctx.hypervisor(source)
+    total = len(vm.disks) or 1
+    disks = []
+    for i, d in enumerate(vm.disks):
+
+        def progress(done: int, size: int, i: int = i, name: str = d.volume) -> None:
+            share = done / size if size else 1.0
+            ctx.report((i + share) / total, {"volume": name, "bytes_done": done, "bytes": size})
+
+        path = src.copy_volume_to(src_repo, d.volume, dest.uri, dst_repo, d.volume, progress)
+        disks.append({"volume": d.volume, "path": path, "target": d.target})
+    return {"disks": disks, "target_repository": dst_repo}
+
+
+def _remove_copies(ctx: StepContext) -> None:
+    """Undo: the copies (whole or half made) go from the target pool's repository."""
+    vm = vm_of(ctx)
+    _src_repo, dst_repo = _pools(ctx)
+    dst = ctx.hypervisor(str(ctx.outputs["target"]))
+    for d in vm.disks:
+        dst.delete_volume(dst_repo, d.volume)
+
+
+def _moved(ctx: StepContext, vm: Vm) -> Vm:
+    """The VM as it is to be on the target: its pool, server, disks and networks there."""
+    req = cast(MigrateVm, ctx.request)
+    disks = [VmDisk(**d) for d in ctx.outputs["disks"]]
+    return _mapped(vm, req).model_copy(
+        update={
+            "pool": ctx.outputs["target_pool"],
+            "server": ctx.outputs["target"],
+            "disks": disks,
+            "pinning": ctx.outputs.get("pinning") or None,
+        }
+    )
+
+
+def _define_target(ctx: StepContext) -> Outputs:
+    vm = vm_of(ctx)
+    if vm.pool == ctx.outputs["target_pool"]:  # switched already (a re-run)
+        return {}
+    moved = _moved(ctx, vm)
+    ctx.expect(vm.id, [et.VM_DEFINED])
+    ctx.hypervisor(moved.server or "").define(
+        domain_spec_of(moved, {"job": ctx.job.id, "pool": moved.pool})
+    )
+    return {}
+
+
+def _undefine_target(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    ctx.expect(vm.id, [et.VM_UNDEFINED])
+    ctx.hypervisor(str(ctx.outputs["target"])).undefine(vm.id)
+
+
+def _switch(ctx: StepContext) -> Outputs:
+    """The point of no return: undefined on the source, the record names the target."""
+    vm = vm_of(ctx)
+    if vm.pool != ctx.outputs["target_pool"]:
+        ctx.expect(vm.id, [et.VM_UNDEFINED])
+        ctx.hypervisor(str(ctx.outputs["source"])).undefine(vm.id)
+        ctx.run(ctx.runtime.inventory.save_vm(_moved(ctx, vm), fence=ctx.fence))
+    dst = ctx.hypervisor(str(ctx.outputs["target"]))
+    state = observe(ctx, vm_of(ctx), dst)
+    return {"server": ctx.outputs["target"], "state": state.value if state else None}
+
+
+def _delete_sources(ctx: StepContext) -> Outputs:
+    """Only now, with the VM defined on the target and its record there: the source
+    pool's copies of its disks go."""
+    src_repo, _dst_repo = _pools(ctx)
+    src = ctx.hypervisor(str(ctx.outputs["source"]))
+    names = [str(d["volume"]) for d in ctx.outputs["disks"]]
+    for name in names:
+        src.delete_volume(src_repo, name)
+    _free_slot(ctx)
+    return {"deleted_source_volumes": names}
+
+
+COPY = Step(
+    "copy_disks",
+    _copy_disks,
+    _remove_copies,
+    "copy the disks to the target pool's repository",
+)
+DEFINE_TARGET = Step(
+    "define_target", _define_target, _undefine_target, "define the VM on the target server"
+)
+SWITCH = Step("switch", _switch, None, "undefine it on the source; the record names the target")
+DELETE_SOURCES = Step(
+    "delete_source_disks", _delete_sources, None, "delete the disks left in the source pool"
+)
+
 PLAN = Step("migration_plan", _plan, None, "check the servers, choose the target")
 SLOT = Step(
     "migration_slot",
@@ -242,7 +367,12 @@ MIGRATE = Step("migrate", _migrate, None, "move the VM to the target")
 
 
 def steps(req: MigrateVm) -> list[Step]:
+    stop = replace(
+        stop_step(lambda ctx: cast(MigrateVm, ctx.request).shutdown_timeout_s), undo=_start_again
+    )
+    if req.target_pool:
+        move = [COPY, DEFINE_TARGET, SWITCH, DELETE_SOURCES]
+        return [PLAN, SLOT, stop, *move, START] if req.shutdown else [PLAN, SLOT, *move]
     if req.shutdown:
-        stop = replace(stop_step(lambda ctx: SHUTDOWN_TIMEOUT_S), undo=_start_again)
         return [PLAN, SLOT, stop, MIGRATE, START]
     return [PLAN, SLOT, MIGRATE]

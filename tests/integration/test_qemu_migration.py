@@ -5,6 +5,7 @@ throttled migration last as long as a test needs, deterministically."""
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from typing import Any
 
@@ -252,4 +253,50 @@ def test_maintenance_moves_every_vm_away_within_the_limits(start_up: Any) -> Non
     assert new["state"] == "failed" and "srv-a1: in maintenance" in new["error"]["message"]
     assert up.api.run({"kind": "server.activate", "server": "srv-a1"})["state"] == "succeeded"
     assert up.api.call("GET", "/v1/servers/srv-a1")["maintenance"] is None
+    assert up.down().returncode == 0
+
+
+def test_a_vm_moves_to_another_pool_with_its_disk_copied_holes_and_all(start_up: Any) -> None:
+    # given: the qemu lab's two pools of one server each (repositories neither sees of the
+    # other), and a running VM of pool-a with data at 1 MiB into its disk
+    up: Up = start_up("--pools", "2", "--kind", "qemu")
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "c1", "pool": "pool-a",
+         "template": "tmpl-a", "vnics": [{"network": "net-a"}]},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job
+    vm = up.api.call("GET", "/v1/vms/c1")
+    old_path = vm["disks"][0]["path"]
+    marker = b"vmorch: moved across pools"
+    with open(old_path, "r+b") as f:
+        f.seek(2**20)
+        f.write(marker)
+    move = {"kind": "vm.migrate", "vm": "c1", "target_pool": "pool-b",
+            "network_map": {"net-a": "net-b"}}  # fmt: skip
+    # when: it is moved without shutdown=true, then with it
+    refused = up.api.run(move)
+    moved = up.api.run({**move, "shutdown": True, "shutdown_timeout_s": 1}, timeout_s=120)
+    # then: the first is refused (it runs); the second stopped it (forced: no guest OS
+    # answers the shutdown request), copied its disk, and it
+    # runs on srv-b1 from pool-b's repository, its old disk gone
+    assert refused["state"] == "failed" and "shutdown=true" in refused["error"]["message"]
+    assert moved["state"] == "succeeded", (moved["error"], moved["steps"])
+    assert [s["name"] for s in moved["steps"]] == [
+        "migration_plan", "migration_slot", "stop", "copy_disks", "define_target", "switch",
+        "delete_source_disks", "start",
+    ]  # fmt: skip
+    after = up.api.call("GET", "/v1/vms/c1")
+    assert (after["pool"], after["server"], after["state"]) == ("pool-b", "srv-b1", "running")
+    new_path = after["disks"][0]["path"]
+    assert new_path != old_path and "repo-b" in new_path
+    assert not os.path.exists(old_path)
+    with open(new_path, "rb") as f:
+        f.seek(2**20)
+        assert f.read(len(marker)) == marker
+    st = os.stat(new_path)
+    assert st.st_size == 16 * 2**20 and st.st_blocks * 512 < 2**20, st  # holes stayed holes
+    assert domains(server_uri(up, "srv-b1")) == {after["id"]: True}
+    assert domains(server_uri(up, "srv-a1")) == {}
+    assert len(qemu_pids(after["id"])) == 1
     assert up.down().returncode == 0

@@ -129,9 +129,11 @@ def domain_xml(spec: DomainSpec) -> str:
 
 
 def volume_xml(name: str, capacity_bytes: int) -> str:
+    """A sparse volume (nothing allocated up front: thin, as Oracle VM's sparse disks)."""
     vol = ET.Element("volume")
     _sub(vol, "name", name)
     _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
+    _sub(vol, "allocation", "0", unit="bytes")
     return ET.tostring(vol, encoding="unicode")
 
 
