@@ -20,8 +20,7 @@ from orchestrator.errors import HypervisorUnavailable, Permanent
 from orchestrator.jobs.checks import PinningWish, Verdict, assess, precheck
 from schemas.inventory import ServerPool, Vm
 from tasks.step import StepContext
-
-PROBE_S = 5.0  # a target that does not answer within this is "unreachable"
+from tasks.steps.placement import PROBE_S
 
 
 def judge(

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from orchestrator.errors import HypervisorUnavailable, NoCapacity
 from tasks.step import Outputs, StepContext
 
+PROBE_S = 5.0  # a server that does not answer within this is skipped as "unreachable"
+
 
 def choose_server(
     ctx: StepContext,
@@ -40,7 +42,7 @@ def choose_server(
             considered[name] = "in maintenance"
             continue
         try:
-            free = ctx.hypervisor(name).memory_free_mib()
+            free = ctx.hypervisor(name, probe_s=PROBE_S).memory_free_mib()
         except HypervisorUnavailable as e:
             considered[name] = f"unreachable ({e.message[:120]})"
             continue

@@ -226,3 +226,32 @@ def test_ha_moves_a_vm_off_a_crashed_libvirtd_only_after_the_fence_killed_its_gu
     assert domains(server_uri(up, "srv-a2")) == {vm_id: True}
     assert up.api.call("GET", f"/v1/vms/{vm_id}")["server"] == "srv-a2"
     assert up.down().returncode == 0
+
+
+def test_a_create_lands_on_another_server_while_one_libvirtd_hangs(start_up: Any) -> None:
+    # given: the qemu lab's pool of two servers, srv-a2's libvirtd stopped (SIGSTOP: it
+    # accepts connections and never answers)
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    sock = Path(parse_qs(urlsplit(server_uri(up, "srv-a2")).query)["socket"][0])
+    libvirtd = int((sock.parent / "libvirtd.pid").read_text())
+    os.kill(libvirtd, signal.SIGSTOP)
+    try:
+        # when: a VM is created in the pool, no server named
+        t0 = time.monotonic()
+        job = up.api.run(
+            {"kind": "vm.create_from_template", "name": "hc1", "pool": "pool-a",
+             "template": "tmpl-a"},
+            timeout_s=120,
+        )  # fmt: skip
+        took_s = time.monotonic() - t0
+        # then: it runs on srv-a1, placement says why not srv-a2, and it took one probe
+        assert job["state"] == "succeeded", (job["error"], job["steps"])
+        place = next(s for s in job["steps"] if s["name"] == "place")["outputs"]
+        assert place["server"] == "srv-a1"
+        assert place["placement"]["srv-a2"].startswith("unreachable"), place
+        assert job["links"]["vm_id"] in qemu_processes()
+        assert took_s < 30, took_s
+        print(f"create with one hung server in the pool: {took_s:.1f}s")
+    finally:
+        os.kill(libvirtd, signal.SIGCONT)
+    assert up.down().returncode == 0
