@@ -73,6 +73,21 @@ class Template(Frozen):
     disks: list[TemplateDisk] = Field(default_factory=list)
 
 
+class CpuGroup(Frozen):
+    """Servers whose CPUs are compatible: a running VM moves live only inside its server's
+    group (Oracle VM's CPU compatibility groups)."""
+
+    name: Name
+    servers: list[Name] = Field(default_factory=list)
+
+
+class AntiAffinityGroup(Frozen):
+    """VMs (by name) that must not run on the same server."""
+
+    name: Name
+    vms: list[Name] = Field(default_factory=list)
+
+
 class ServerPool(Frozen):
     """Servers that share a repository and networks; VMs move live only inside one pool."""
 
@@ -80,6 +95,11 @@ class ServerPool(Frozen):
     repository: Repository
     networks: list[Network] = Field(default_factory=list)
     servers: list[Name] = Field(default_factory=list)
+    cpu_groups: list[CpuGroup] = Field(
+        default_factory=list,
+        description="CPU compatibility groups (none: every server of the pool is compatible)",
+    )
+    anti_affinity_groups: list[AntiAffinityGroup] = Field(default_factory=list)
 
 
 class Inventory(Frozen):

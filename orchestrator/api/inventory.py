@@ -91,9 +91,13 @@ async def migration_targets(request: web.Request) -> web.Response:
         unreachable = f"its agent finds it unreachable for {down:.0f} s" if down else None
         if f is None and unreachable is None:
             unreachable = "no facts recorded (no agent watches it)"
+        there: set[str] = set()
+        if any(vm.name in g.vms for g in pool.anti_affinity_groups):
+            there = {v.name for v in await svc.inventory.vms_on(name)}
         v = assess(
-            vm, pool, name, f, live=live, maintenance=name in maintenance, unreachable=unreachable
-        )
+            vm, pool, name, f, live=live, maintenance=name in maintenance,
+            unreachable=unreachable, vms_there=there,
+        )  # fmt: skip
         age = (now - f.observed_at).total_seconds() if f and f.observed_at else None
         targets.append(
             MigrationTarget(

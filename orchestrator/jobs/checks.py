@@ -55,6 +55,22 @@ def target_pinning(vm: Vm, wish: PinningWish, *, live: bool) -> dict[str, list[i
     return None if live else vm.pinning
 
 
+def cpu_group(pool: ServerPool, server: str | None) -> str | None:
+    """The CPU compatibility group of `server` in `pool`, if it is in one."""
+    return next((g.name for g in pool.cpu_groups if server in g.servers), None)
+
+
+def anti_affinity_clash(pool: ServerPool, vm: Vm, there: set[str]) -> str | None:
+    """A refusal if a VM named in one of `vm`'s anti-affinity groups is on the server
+    (`there`: the names of the VMs placed on it)."""
+    for g in pool.anti_affinity_groups:
+        if vm.name in g.vms:
+            clash = sorted(set(g.vms) & there - {vm.name})
+            if clash:
+                return f"anti-affinity group {g.name}: {', '.join(clash)} runs there"
+    return None
+
+
 def precheck(
     vm: Vm,
     pool: ServerPool,
@@ -63,14 +79,26 @@ def precheck(
     live: bool,
     pinning: PinningWish = None,
     maintenance: bool = False,
+    vms_there: set[str] | frozenset[str] = frozenset(),
 ) -> str | None:
-    """The refusals that need nothing from the server itself, or None."""
+    """The refusals that need nothing from the server itself, or None. `pool` is the
+    target's pool (the VM's own, but for a cold move to another pool)."""
     if server not in pool.servers:
         return f"not a server of pool {pool.name}"
     if server == vm.server:
         return "the VM is on this server already"
     if maintenance:
         return "in maintenance"
+    if live and pool.name == vm.pool:
+        have, want = cpu_group(pool, vm.server), cpu_group(pool, server)
+        if have != want:
+            return (
+                f"CPU compatibility group {want or '(none)'}, the VM's server is in "
+                f"{have or '(none)'}: a live migration stays inside one group"
+            )
+    clash = anti_affinity_clash(pool, vm, set(vms_there))
+    if clash:
+        return clash
     if target_pinning(vm, pinning, live=live) is None:
         return (
             "the VM is pinned to physical CPUs (hard partitioning): a live migration needs "
@@ -89,17 +117,21 @@ def assess(
     pinning: PinningWish = None,
     maintenance: bool = False,
     unreachable: str | None = None,
+    vms_there: set[str] | frozenset[str] = frozenset(),
 ) -> Verdict:
     """Can `server` take `vm` now (live or cold)? In order: a server of the VM's pool,
     not the one the VM is on, not in maintenance, the VM's pinning (a pinned VM moves live
     only with a pinning for the target, or with its pinning dropped; any pinning must fit
-    the target's CPUs), reachable, its networks defined there, its repository active
-    there, and (live) memory enough."""
+    the target's CPUs), the same CPU compatibility group (live), no VM of its
+    anti-affinity groups there (`vms_there`: names), reachable, its networks defined
+    there, its repository active there, and (live) memory enough."""
 
     def no(reason: str) -> Verdict:
         return Verdict(server, False, reason)
 
-    early = precheck(vm, pool, server, live=live, pinning=pinning, maintenance=maintenance)
+    early = precheck(
+        vm, pool, server, live=live, pinning=pinning, maintenance=maintenance, vms_there=vms_there
+    )
     if early:
         return no(early)
     if unreachable is not None or facts is None:

@@ -23,6 +23,14 @@ from tasks.step import StepContext
 from tasks.steps.placement import PROBE_S
 
 
+def vms_there(ctx: StepContext, pool: ServerPool, vm: Vm, server: str) -> set[str]:
+    """The names of the VMs on `server`, when an anti-affinity group names `vm` (else
+    nothing is read)."""
+    if not any(vm.name in g.vms for g in pool.anti_affinity_groups):
+        return set()
+    return {v.name for v in ctx.run(ctx.runtime.inventory.vms_on(server))}
+
+
 def judge(
     ctx: StepContext,
     vm: Vm,
@@ -32,15 +40,19 @@ def judge(
     live: bool,
     pinning: PinningWish = None,
     maintenance: set[str] | frozenset[str] = frozenset(),
+    planned_there: set[str] | frozenset[str] = frozenset(),
 ) -> Verdict:
     """`assess` with the server's facts read from libvirt now (a server that does not
     answer within PROBE_S is unreachable; the checks that need nothing from it come
-    first, so such a server is not asked)."""
-    in_maintenance = server in maintenance
-    if precheck(vm, pool, server, live=live, pinning=pinning, maintenance=in_maintenance):
-        return assess(
-            vm, pool, server, None, live=live, pinning=pinning, maintenance=in_maintenance
-        )
+    first, so such a server is not asked). `planned_there`: VMs a plan sends there."""
+    kw: dict[str, Any] = {
+        "live": live,
+        "pinning": pinning,
+        "maintenance": server in maintenance,
+        "vms_there": vms_there(ctx, pool, vm, server) | set(planned_there),
+    }
+    if precheck(vm, pool, server, **kw):
+        return assess(vm, pool, server, None, **kw)
     facts, unreachable = None, None
     try:
         facts = ctx.hypervisor(server, probe_s=PROBE_S).facts()
@@ -48,7 +60,7 @@ def judge(
         unreachable = e.message
     finally:
         ctx.check()
-    return assess(vm, pool, server, facts, live=live, pinning=pinning, unreachable=unreachable)
+    return assess(vm, pool, server, facts, unreachable=unreachable, **kw)
 
 
 class MigrationTimedOut(Permanent):

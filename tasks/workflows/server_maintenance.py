@@ -68,6 +68,7 @@ def _plan(ctx: StepContext) -> Outputs:
     others = [s for s in pool.servers if s != req.server]
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(others))
     planned: dict[str, int] = {}  # memory of the VMs planned to move live to each target
+    names_to: dict[str, set[str]] = {}  # ...and the names of all planned there
     plan: dict[str, dict[str, Any]] = {}
     for vm in vms:
         raw = states.get(vm.id)
@@ -86,9 +87,12 @@ def _plan(ctx: StepContext) -> Outputs:
         live = action == "live"
         wish = _pin_wish(req, vm)
         verdicts = [
-            judge(ctx, vm, pool, s, live=live, pinning=wish, maintenance=maintenance)
+            judge(
+                ctx, vm, pool, s, live=live, pinning=wish, maintenance=maintenance,
+                planned_there=names_to.get(s, set()),
+            )
             for s in others
-        ]
+        ]  # fmt: skip
         why = {v.server: v.reason for v in verdicts}
         fit = []
         for v in verdicts:
@@ -102,6 +106,7 @@ def _plan(ctx: StepContext) -> Outputs:
             plan[vm.id] = {**entry, "action": action, "target": None, "reason": detail}
             continue
         best = max(fit, key=lambda v: v.free_mib - planned.get(v.server, 0))
+        names_to.setdefault(best.server, set()).add(vm.name)
         if live:
             planned[best.server] = planned.get(best.server, 0) + vm.memory_mib
         plan[vm.id] = {**entry, "action": action, "target": best.server, "reason": why[best.server]}

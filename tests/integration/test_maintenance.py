@@ -216,3 +216,39 @@ def test_a_cold_migration_to_another_pool_copies_the_disks_or_leaves_the_source_
     assert not names & volumes(fleet, source, "repo-a")
     # and it starts there
     assert api.run({"kind": "vm.start", "vm": "x1"})["state"] == "succeeded"
+
+
+def test_anti_affinity_keeps_two_vms_apart_in_migration_and_its_targets(
+    api: Api, worker: Proc, fleet: Inventory, redis_url: str, agents: dict[str, Proc]
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from orchestrator.store.inventory import InventoryStore
+    from schemas.inventory import AntiAffinityGroup
+
+    # given: pool-a with an anti-affinity group of g1 and g2, g1 on srv-a1, g2 on srv-a2
+    group = AntiAffinityGroup(name="ha", vms=["g1", "g2"])
+    pools = [
+        p.model_copy(update={"anti_affinity_groups": [group]}) if p.name == "pool-a" else p
+        for p in fleet.pools
+    ]
+
+    async def load() -> None:
+        r = aredis.Redis.from_url(redis_url, decode_responses=True)
+        await InventoryStore(r).load(fleet.model_copy(update={"pools": pools}))
+        await r.aclose()
+
+    asyncio.run(load())
+    make(api, "g1", start=False, server="srv-a1")
+    make(api, "g2", start=False, server="srv-a2")
+    # when: g1 is migrated to srv-a2
+    refused = api.run({"kind": "vm.migrate", "vm": "g1", "target_server": "srv-a2"})
+    # then: refused, saying why; the targets listing says the same
+    assert refused["state"] == "failed", refused
+    assert "anti-affinity group ha: g2 runs there" in refused["error"]["message"]
+    t = wait_until(lambda: (t := targets(api, "g1"))["srv-a2"]["reason"] != "unreachable" and t,
+                   10, "facts")  # fmt: skip
+    assert t["srv-a2"]["reason"] == "anti-affinity group ha: g2 runs there"
+    assert not t["srv-a2"]["ok"]

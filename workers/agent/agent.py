@@ -383,8 +383,10 @@ class ServerWatch:
                     asyncio.to_thread(conn.facts), self.settings.libvirt_call_timeout_s
                 )
                 await self.servers.record_facts(self.server.name, facts, ttl_s=3 * every_s)
-            except (HypervisorUnavailable, TimeoutError) as e:  # keepalive closes it if dead
-                log.info("server=%s facts not read: %s", self.server.name, e)
+            except (HypervisorUnavailable, TimeoutError, aredis.RedisError) as e:
+                # a dead server's connection is closed by keepalive; Redis comes back: the
+                # next interval tries again (neither is a reason to reconnect to libvirt)
+                log.info("server=%s facts not recorded: %s", self.server.name, e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop.wait(), self.closed.wait()), every_s)
 

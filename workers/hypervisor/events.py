@@ -143,6 +143,7 @@ class EventConnection:
         self._conn: libvirt.virConnect | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._callbacks: list[int] = []  # domain event callback ids, deregistered at close
 
     # --- callbacks, on libvirt's event thread -------------------------------------------
     def _lifecycle(self, _c: Any, dom: libvirt.virDomain, event: int, detail: int, _o: Any) -> None:
@@ -175,12 +176,16 @@ class EventConnection:
             self._conn = conn
         try:
             conn.registerCloseCallback(self._closed_by_libvirt, None)
-            conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            self._callbacks.append(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+                )
             )
             for ev_id, type_ in _OTHER_EVENTS:
                 try:
-                    conn.domainEventRegisterAny(None, ev_id, self._other(type_), None)
+                    self._callbacks.append(
+                        conn.domainEventRegisterAny(None, ev_id, self._other(type_), None)
+                    )
                 except libvirt.libvirtError:
                     log.info("%s does not support %s events", self.uri, type_)
         except libvirt.libvirtError as e:
@@ -249,6 +254,13 @@ class EventConnection:
             self._closed = True
             conn, self._conn = self._conn, None
         if conn is not None:
+            # the event callbacks first: each holds a reference to the connection, so
+            # close() alone left it open and still delivering events beside the next one
+            # (every event twice after a reconnect)
+            for cb in self._callbacks:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.domainEventDeregisterAny(cb)
+            self._callbacks.clear()
             with contextlib.suppress(libvirt.libvirtError):
                 conn.unregisterCloseCallback()
             with contextlib.suppress(libvirt.libvirtError):
