@@ -125,4 +125,9 @@ class Deadlines:
             except Exception as e:  # no post-copy here (QEMU, kernel, flags): abort instead
                 self.fired[-1]["action"] = "abort"
                 self.fired[-1]["postcopy_error"] = str(e)[:200]
-        raise MigrationTimedOut(f"live migration {why}: aborted, the VM runs on the source")
+        instead = ""
+        if "postcopy_error" in self.fired[-1]:
+            instead = f" (post-copy could not be used: {self.fired[-1]['postcopy_error']})"
+        raise MigrationTimedOut(
+            f"live migration {why}: aborted, the VM runs on the source{instead}"
+        )

@@ -171,12 +171,19 @@ def _move(ctx: StepContext) -> Outputs:
             s = ctx.runtime.settings
             action = req.on_timeout or s.migration_on_timeout
             per_gib = req.completion_timeout_per_gib_s or s.migration_completion_per_gib_s
+            refused: list[str] = []  # why post-copy cannot be used here, if it cannot
+
+            def postcopy() -> None:
+                if refused:
+                    raise HypervisorError(f"post-copy refused by the hypervisor: {refused[0]}")
+                src.start_postcopy(vm.id)
+
             deadlines = Deadlines(
                 completion_s=per_gib * vm.memory_mib / 1024,
                 progress_s=req.progress_timeout_s or s.migration_progress_timeout_s,
                 action=action,
                 pause=lambda: src.suspend(vm.id),
-                postcopy=lambda: src.start_postcopy(vm.id),
+                postcopy=postcopy,
             )
 
             def progress(stats: dict[str, Any]) -> None:
@@ -194,6 +201,7 @@ def _move(ctx: StepContext) -> Outputs:
                     on_progress=progress,
                     pinning=None if pinning is None and not vm.pinning else as_pinning(pinning),
                     postcopy=action == "postcopy",
+                    on_postcopy_refused=refused.append,
                 )
             except Exception:
                 # interrupted (an abort, a deadline) or failed: libvirt's migration job was

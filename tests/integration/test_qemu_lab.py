@@ -252,6 +252,11 @@ def test_a_create_lands_on_another_server_while_one_libvirtd_hangs(start_up: Any
         assert job["links"]["vm_id"] in qemu_processes()
         assert took_s < 30, took_s
         print(f"create with one hung server in the pool: {took_s:.1f}s")
+        # and a migration to the hung server is refused, saying why
+        mig = up.api.run({"kind": "vm.migrate", "vm": "hc1", "target_server": "srv-a2"})
+        assert mig["state"] == "failed" and mig["error"]["code"] == "migration_refused", mig
+        assert "srv-a2: unreachable" in mig["error"]["message"], mig["error"]
+        assert up.api.call("GET", "/v1/vms/hc1")["server"] == "srv-a1"
     finally:
         os.kill(libvirtd, signal.SIGCONT)
     assert up.down().returncode == 0

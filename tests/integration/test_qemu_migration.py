@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -96,11 +97,37 @@ def test_a_migration_that_cannot_converge_is_aborted_in_flight_and_by_its_deadli
     assert up.api.call("GET", f"/v1/vms/{vm['id']}")["server"] == source
 
     # when: it is migrated with a completion deadline of about 4 s (40 s per GiB of its
-    # 96 MiB), action pause
+    # 96 MiB), action postcopy
+    wait_until(lambda: vm["id"] not in domains(server_uri(up, target)), 60, "target clean")
+    post = up.api.run(
+        {"kind": "vm.migrate", "vm": "busy1", "bandwidth_mib_s": BANDWIDTH,
+         "completion_timeout_per_gib_s": 40, "on_timeout": "postcopy"},
+        timeout_s=120,
+    )  # fmt: skip
+    # then: where QEMU may use post-copy the VM runs on the target; here its unprivileged
+    # guests get no userfaultfd, so the migration ran without it and the deadline aborted
+    # it, saying why, with the VM on the source
+    if post["state"] == "succeeded":
+        [fired] = step(post, "migrate")["outputs"]["deadlines"]
+        assert fired["action"] == "postcopy", fired
+        print("post-copy was used")
+        back = up.api.run({"kind": "vm.migrate", "vm": "busy1", "target_server": source,
+                           "on_timeout": "pause", "completion_timeout_per_gib_s": 40,
+                           "bandwidth_mib_s": BANDWIDTH}, timeout_s=120)  # fmt: skip
+        assert back["state"] == "succeeded", back["error"]
+    else:
+        assert post["error"]["code"] == "migration_timed_out", post["error"]
+        assert "post-copy could not be used" in post["error"]["message"], post["error"]
+        print(f"post-copy: {post['error']['message']}")
+        assert up.api.call("GET", f"/v1/vms/{vm['id']}")["server"] == source
+        wait_until(lambda: qemu_pids(vm["id"]) == {guest}, 60, "the target's QEMU to end")
+
+    # when: it is migrated with a completion deadline of about 2 s (20 s per GiB: inside
+    # its first pass over memory), action pause
     wait_until(lambda: vm["id"] not in domains(server_uri(up, target)), 60, "target clean")
     paused = up.api.run(
         {"kind": "vm.migrate", "vm": "busy1", "bandwidth_mib_s": BANDWIDTH,
-         "completion_timeout_per_gib_s": 40, "on_timeout": "pause"},
+         "completion_timeout_per_gib_s": 20, "on_timeout": "pause"},
         timeout_s=120,
     )  # fmt: skip
     # then: the paused guest converged, and runs (resumed) on the target
@@ -299,4 +326,42 @@ def test_a_vm_moves_to_another_pool_with_its_disk_copied_holes_and_all(start_up:
     assert domains(server_uri(up, "srv-b1")) == {after["id"]: True}
     assert domains(server_uri(up, "srv-a1")) == {}
     assert len(qemu_pids(after["id"])) == 1
+    assert up.down().returncode == 0
+
+
+def test_a_move_to_another_pool_that_fails_leaves_the_vm_running_where_it_was(
+    start_up: Any,
+) -> None:
+    # given: the qemu lab's two pools, where the move's switch step fails (injected)
+    up: Up = start_up(
+        "--pools", "2", "--kind", "qemu", env={"VMORCH_CHAOS_FAIL_STEPS": '["vm.migrate:switch"]'}
+    )
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "f1", "pool": "pool-a", "template": "tmpl-a"},
+        timeout_s=120,
+    )
+    assert job["state"] == "succeeded", job
+    vm = up.api.call("GET", "/v1/vms/f1")
+    repo_b = Path(vm["disks"][0]["path"]).parent.parent / "repo-b"
+    # when: it is moved to pool-b, shut down first
+    failed = up.api.run(
+        {"kind": "vm.migrate", "vm": "f1", "target_pool": "pool-b", "shutdown": True,
+         "shutdown_timeout_s": 1},
+        timeout_s=120,
+    )  # fmt: skip
+    # then: the copy and the definition there were undone, in reverse, and the VM was
+    # started again on its own server, its disk where it was; pool-b holds nothing of it
+    assert failed["state"] == "failed" and "injected" in failed["error"]["message"], failed
+    states = {s["name"]: s["state"] for s in failed["steps"]}
+    assert states == {
+        "migration_plan": "done", "migration_slot": "undone", "stop": "undone",
+        "copy_disks": "undone", "define_target": "undone", "switch": "failed",
+        "delete_source_disks": "skipped", "start": "skipped",
+    }, states  # fmt: skip
+    after = up.api.call("GET", "/v1/vms/f1")
+    assert (after["pool"], after["server"]) == ("pool-a", "srv-a1")
+    assert wait_until(lambda: domains(server_uri(up, "srv-a1")) == {vm["id"]: True}, 30, "runs")
+    assert domains(server_uri(up, "srv-b1")) == {}
+    assert os.path.exists(vm["disks"][0]["path"])
+    assert repo_b.is_dir() and not list(repo_b.glob("f1-*")), list(repo_b.iterdir())
     assert up.down().returncode == 0

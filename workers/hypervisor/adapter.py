@@ -333,6 +333,7 @@ class Hypervisor:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         pinning: dict[int, list[int]] | None = None,
         postcopy: bool = False,
+        on_postcopy_refused: Callable[[str], None] | None = None,
     ) -> None:
         """Live-migrate the running domain to the server at `dest_uri`: it keeps running
         there, persistent, and is undefined here. This process drives the migration over
@@ -343,7 +344,9 @@ class Hypervisor:
         gets libvirt's job statistics about every PROGRESS_S while it runs (and may call
         `suspend` or `start_postcopy` to make it converge, or raise to abort it).
         `pinning`: the domain's vCPU pinning on the destination (empty: unpinned) instead
-        of its pinning here. `postcopy`: allow a switch to post-copy (`start_postcopy`)."""
+        of its pinning here. `postcopy`: allow a switch to post-copy (`start_postcopy`);
+        where QEMU or the kernel refuses it (no userfaultfd for the guest's user), the
+        migration runs without, and `on_postcopy_refused` is told why."""
         params: dict[str, Any] = {}
         if dest_host:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{dest_host}"
@@ -370,7 +373,14 @@ class Hypervisor:
                     params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = repin_domain_xml(
                         dom.XMLDesc(inactive), pinning
                     )
-                dom.migrate3(dconn, params, flags)
+                try:
+                    dom.migrate3(dconn, params, flags)
+                except libvirt.libvirtError as e:
+                    if not (postcopy and "postcopy" in str(e).lower().replace("-", "")):
+                        raise
+                    if on_postcopy_refused is not None:
+                        on_postcopy_refused(str(e))
+                    dom.migrate3(dconn, params, flags & ~libvirt.VIR_MIGRATE_POSTCOPY)
             finally:
                 with contextlib.suppress(libvirt.libvirtError):
                     dconn.close()
