@@ -18,10 +18,12 @@ def choose_server(
     *,
     candidates: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
+    pinning: dict[str, list[int]] | None = None,
 ) -> Outputs:
     """The server of `pool` (or of `candidates`) with the most free memory that fits
-    `need_mib`. Servers that cannot be reached or are in maintenance are skipped, never
-    fatal while another has room; the outputs record why each server was or was not chosen.
+    `need_mib` (and whose CPUs hold `pinning`, a pinned VM's). Servers that cannot be
+    reached or are in maintenance are skipped, never fatal while another has room; the
+    outputs record why each server was or was not chosen.
 
     Pure choice: nothing changes on a hypervisor, so running it again is harmless.
     """
@@ -42,7 +44,12 @@ def choose_server(
             considered[name] = "in maintenance"
             continue
         try:
-            free = ctx.hypervisor(name, probe_s=PROBE_S).memory_free_mib()
+            hv = ctx.hypervisor(name, probe_s=PROBE_S)
+            top = max((c for cpus in (pinning or {}).values() for c in cpus), default=-1)
+            if top >= 0 and top >= (ncpus := hv.host_cpus()):
+                considered[name] = f"the VM's pinning uses CPU {top}, the server has {ncpus}"
+                continue
+            free = hv.memory_free_mib()
         except HypervisorUnavailable as e:
             considered[name] = f"unreachable ({e.message[:120]})"
             continue

@@ -7,7 +7,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from orchestrator.errors import ValidationFailed
+from orchestrator.errors import NoCapacity, ValidationFailed
 from orchestrator.jobs.checks import pinning_problem
 from orchestrator.settings import Settings
 from schemas.jobs import JobState
@@ -193,3 +193,15 @@ def test_maintenance_of_the_only_server_stops_what_it_may_and_keeps_placement_of
     # activated, it takes VMs again
     assert _run(fleet, {"kind": "server.activate", "server": "srv-u"}).state == JobState.SUCCEEDED
     _create(fleet, "m4")
+
+
+def test_placement_skips_a_server_whose_cpus_cannot_hold_the_pinning(fleet: Engine) -> None:
+    from tasks.step import StepContext
+    from tasks.steps.placement import choose_server
+
+    job = fleet.submit({"kind": "noop", "steps": 1})
+    ctx = StepContext(job=job, runtime=fleet.rt, attempt=1)
+    # the test driver's server has 8 CPUs (0-7)
+    assert choose_server(ctx, "pool-u", 64, pinning={"0": [7]})["server"] == "srv-u"
+    with pytest.raises(NoCapacity, match="pinning uses CPU 8, the server has 8"):
+        choose_server(ctx, "pool-u", 64, pinning={"0": [8]})
