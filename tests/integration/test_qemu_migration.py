@@ -189,6 +189,13 @@ def test_a_pinned_vm_moves_live_only_with_a_pinning_for_the_target_or_without_on
     assert "pinned to physical CPUs" in refused["error"]["message"], refused["error"]
     assert bad["state"] == "failed" and "physical CPU 64 does not exist" in bad["error"]["message"]
     assert up.api.call("GET", f"/v1/vms/{vm_id}")["server"] == source
+    # when: the target is in maintenance
+    enter = up.api.run({"kind": "server.maintenance", "server": target}, timeout_s=60)
+    assert enter["state"] == "succeeded", enter["error"]  # nothing on it to move
+    held = up.api.run({"kind": "vm.migrate", "vm": "p1", "pinning": {"0": [0]}})
+    # then: refused, saying so
+    assert held["state"] == "failed" and f"{target}: in maintenance" in held["error"]["message"]
+    assert up.api.run({"kind": "server.activate", "server": target})["state"] == "succeeded"
     # when: it is migrated with a pinning for the target
     moved = up.api.run({"kind": "vm.migrate", "vm": "p1", "pinning": {"0": [0]}}, timeout_s=120)
     # then: it runs there, pinned as asked, live and persistent
