@@ -25,6 +25,7 @@ from orchestrator.store.hooks import HookStore
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
+from orchestrator.store.macs import MacRange, MacStore
 from orchestrator.store.retention import JobRetention, RetentionPolicy
 from orchestrator.store.servers import ServerStates
 from orchestrator.store.tokens import TokenStore
@@ -64,6 +65,7 @@ class Services:
     fleet: FleetStore
     ha: HaStore
     servers: ServerStates
+    macs: MacStore
     dispatcher: Dispatcher
     submitter: Submitter
 
@@ -75,6 +77,7 @@ class Services:
             redispatch_after_s=settings.redispatch_after_s,
         )
         inventory = InventoryStore(redis)
+        macs = MacStore(redis, MacRange.parse(settings.mac_range))
         dispatcher = Dispatcher(redis, TaskMessages(producer_app()))
         events = EventLog(redis)
         return cls(
@@ -95,6 +98,7 @@ class Services:
             fleet=FleetStore(redis),
             ha=HaStore(redis, max_restarts=settings.ha_max_restarts, window_s=settings.ha_window_s),
             servers=ServerStates(redis),
+            macs=macs,
             dispatcher=dispatcher,
-            submitter=Submitter(jobs, inventory, dispatcher),
+            submitter=Submitter(jobs, inventory, dispatcher, macs),
         )

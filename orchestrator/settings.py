@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     fence_command: list[str] = Field(default_factory=list)
     fence_timeout_s: float = Field(default=60.0, gt=0)
     ha_fence_wait_s: float = Field(default=3600.0, gt=0)
+    # vNIC MACs are handed out from this range (both ends included), never twice across the
+    # fleet; a MAC a request names is checked against all in use. QEMU's 52:54:00 prefix.
+    mac_range: str = "52:54:00:00:00:00-52:54:00:ff:ff:ff"
     # Migrations: at most this many at once in a pool, and leaving one server (KubeVirt's
     # defaults); others wait for a slot (without a worker) for migration_slot_wait_s.
     migrations_per_pool: int = Field(default=5, ge=1)
@@ -130,3 +133,11 @@ class Settings(BaseSettings):
     token: str | None = None
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"
+
+    @field_validator("mac_range")
+    @classmethod
+    def _mac_range(cls, value: str) -> str:
+        from orchestrator.store.macs import MacRange  # the parser lives with the registry
+
+        MacRange.parse(value)
+        return value

@@ -11,9 +11,10 @@ from orchestrator.jobs.transitions import abort_requested
 from orchestrator.store import keys
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
+from orchestrator.store.macs import MacStore
 from schemas.base import utcnow
 from schemas.event_types import SOURCE_API
-from schemas.inventory import Vm, VmState
+from schemas.inventory import Vm, VmNic, VmState
 from schemas.jobs import Job, JobLinks, JobState
 from schemas.requests import (
     INTERNAL_KINDS,
@@ -29,10 +30,13 @@ from schemas.requests import (
 
 
 class Submitter:
-    def __init__(self, jobs: JobStore, inventory: InventoryStore, dispatcher: Dispatcher):
+    def __init__(
+        self, jobs: JobStore, inventory: InventoryStore, dispatcher: Dispatcher, macs: MacStore
+    ):
         self.jobs = jobs
         self.inventory = inventory
         self.dispatcher = dispatcher
+        self.macs = macs
 
     async def _check_create(self, req: CreateFromTemplate) -> None:
         try:
@@ -116,13 +120,20 @@ class Submitter:
             links=(links or JobLinks()).model_copy(update=link_update),
             idempotency_key=idem_key,
         )
-        res = await self.jobs.create(
-            job,
-            idem_key=scoped,
-            request_sha=sha,
-            reserve_vm=reserve,
-            message=self.dispatcher.message(job.id, job.queue),
-        )
+        try:
+            res = await self.jobs.create(
+                job,
+                idem_key=scoped,
+                request_sha=sha,
+                reserve_vm=reserve,
+                message=self.dispatcher.message(job.id, job.queue),
+            )
+        except BaseException:
+            if reserve is not None:
+                await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
+            raise
+        if res.status != "created" and reserve is not None:  # no VM was reserved: no MACs
+            await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
         if res.status == "exists":
             return await self._replayed(res.job_id), True
         if res.status == "mismatch":
@@ -142,9 +153,14 @@ class Submitter:
         if isinstance(req, CreateFromTemplate):
             await self._check_create(req)
             tmpl = await self.inventory.template(req.template)
+            vm_id = str(uuid.uuid4())
+            macs = await self.macs.claim(vm_id, [n.mac for n in req.vnics])
             reserve = Vm(
-                id=str(uuid.uuid4()),
+                id=vm_id,
                 name=req.name,
+                nics=[
+                    VmNic(network=n.network, mac=m) for n, m in zip(req.vnics, macs, strict=True)
+                ],
                 pool=req.pool,
                 state=VmState.PROVISIONING,
                 vcpus=req.vcpus or tmpl.vcpus,

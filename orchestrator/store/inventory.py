@@ -13,6 +13,7 @@ from redis.asyncio.client import Pipeline
 from orchestrator.errors import NotFound
 from orchestrator.store import keys, lua
 from orchestrator.store.fence import Fence, transaction
+from orchestrator.store.macs import MacStore
 from schemas.base import utcnow
 from schemas.inventory import Inventory, Server, ServerPool, Template, Vm, VmState
 
@@ -194,6 +195,7 @@ class InventoryStore:
         )
 
     async def delete_vm(self, vm_id: str, *, fence: Fence | None = None) -> None:
+        """Forget the VM: its record, name, indexes and states, and release its MACs."""
         doc = await self.redis.get(keys.vm(vm_id))
         vm = Vm.model_validate_json(doc) if doc is not None else None
 
@@ -202,6 +204,7 @@ class InventoryStore:
                 pipe.delete(keys.vm_name(vm.name))
                 if vm.server:
                     pipe.srem(keys.vms_on(vm.server), vm_id)
+                MacStore.queue_release(pipe, vm_id, [n.mac for n in vm.nics])  # its MACs
             pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
             pipe.zrem(keys.VMS, vm_id)
 

@@ -237,6 +237,10 @@ def server_maintenance(server_name: str) -> str:
     return f"{PREFIX}servermaint:{server_name}"
 
 
+MACS = f"{PREFIX}macs"  # hash: MAC (12 hex digits) -> the VM id holding it
+MACS_CURSOR = f"{PREFIX}macs:next"  # the next MAC of the range to try (an integer)
+
+
 def server_facts(server_name: str) -> str:
     """JSON ServerFacts: what the server's agent last read from libvirt."""
     return f"{PREFIX}serverfacts:{server_name}"

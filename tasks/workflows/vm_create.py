@@ -31,7 +31,8 @@ def _volume_name(ctx: StepContext, index: int) -> str:
 
 
 def mac_for(vm_id: str, index: int) -> str:
-    """A stable MAC per VM and NIC, so defining the domain twice gives the same XML."""
+    """A MAC per VM and NIC for a reservation made before MACs were claimed at submission
+    (stable, so defining the domain twice gives the same XML)."""
     h = hashlib.sha256(f"{vm_id}/{index}".encode()).digest()
     return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
 
@@ -93,7 +94,8 @@ def define_run(ctx: StepContext) -> Outputs:
     vm = vm_of(ctx)
     server = ctx.outputs["server"]
     hv = ctx.hypervisor(server)
-    nics = [
+    # the MACs were claimed with the reservation (a record of an older version has none)
+    nics = vm.nics or [
         VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
     ]
     # the reservation made at submission holds the shape (vcpus, memory, ha, labels)

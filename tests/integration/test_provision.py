@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 import libvirt
 import pytest
@@ -158,3 +159,32 @@ def test_cold_migration_between_test_driver_servers(
     assert api.run({"kind": "vm.start", "vm": "mig1"})["state"] == "succeeded"
     [(_, dom)] = find_domains(fleet, "mig1")
     assert dom.isActive()
+
+
+def test_fifty_concurrent_creates_never_share_a_mac(
+    api: Api, start_worker: Callable[..., Proc], fleet: Inventory
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # given: two workers, and 50 creates with a vNIC each sent at once
+    start_worker(concurrency=2)
+    start_worker(concurrency=2)
+
+    def submit(i: int) -> str:
+        return api.submit({"kind": "vm.create_from_template", "pool": "pool-a",
+                           "template": "tmpl-a", "name": f"mc{i}", "start": False,
+                           "vnics": [{"network": "net-a"}]})["id"]  # fmt: skip
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(submit, range(50)))
+    done = [api.wait(j, timeout_s=120) for j in ids]
+    assert {d["state"] for d in done} == {"succeeded"}, [d["error"] for d in done]
+    # then: 50 MACs, all different, in the records and in libvirt's domains
+    recorded = [api.request("GET", f"/v1/vms/mc{i}")[1]["nics"][0]["mac"] for i in range(50)]
+    assert len(set(recorded)) == 50
+    in_libvirt = set()
+    for i in range(50):
+        [(_, dom)] = find_domains(fleet, f"mc{i}")
+        [mac] = [m.attrib["address"] for m in ET.fromstring(dom.XMLDesc()).findall(".//mac")]
+        in_libvirt.add(mac)
+    assert in_libvirt == set(recorded)

@@ -228,3 +228,31 @@ def test_an_abort_interrupts_a_hung_hypervisor_call_and_the_undo_still_runs(
     assert [s.state.value for s in done.steps] == ["undone", "done", "undone", "undone", "failed"]
     assert "vm10" not in [d.name() for d in conn.listAllDomains()]
     assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
+
+
+def test_macs_are_claimed_at_submission_and_released_when_the_vm_goes(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    from orchestrator.errors import Conflict
+
+    macs = fleet.services.macs
+    job = create(fleet, "mac1")
+    vm = fleet.run(fleet.inventory.vm("mac1"))
+    [nic] = vm.nics
+    # the domain has the MAC the registry gave the VM
+    assert nic.mac in conn.lookupByName("mac1").XMLDesc()
+    assert fleet.run(macs.holder(nic.mac)) == job.links.vm_id
+    # another VM asking for it is refused at submission, naming the field
+    with pytest.raises(Conflict) as e:
+        vnics = [{"network": "default", "mac": nic.mac}]
+        fleet.submit({"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1",
+                      "name": "mac2", "vnics": vnics})  # fmt: skip
+    assert e.value.details[0][0] == ["body", "vnics", 0, "mac"]
+    assert fleet.run(fleet.inventory.find_vm("mac2")) is None
+    # a create that fails gives its MAC back; a deleted VM gives its MAC back
+    failed = create(fleet, "mac3", template="broken")
+    assert failed.state == JobState.FAILED
+    deleted = fleet.submit({"kind": "vm.delete", "vm": "mac1", "force": True})
+    fleet.drain()
+    assert fleet.get(deleted.id).state == JobState.SUCCEEDED
+    assert fleet.run(macs.in_use()) == 0
