@@ -246,6 +246,11 @@ def server_facts(server_name: str) -> str:
     return f"{PREFIX}serverfacts:{server_name}"
 
 
+def placements(server_name: str) -> str:
+    """Hash: VM id -> "MiB job" of each VM placed on the server and not yet running there."""
+    return f"{PREFIX}placements:{server_name}"
+
+
 def migration_slots(pool: str) -> str:
     """Hash: job id -> source server of each migration running in the pool now."""
     return f"{PREFIX}migrations:{pool}"

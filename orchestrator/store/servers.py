@@ -1,16 +1,20 @@
-"""Server bookkeeping beside the inventory: maintenance, and the migrations running now.
+"""Server bookkeeping beside the inventory: maintenance, the migrations running now, the
+facts agents read, and the VMs placed on a server and not yet running there.
 
 Maintenance is a mark that placement and migration pre-checks read (a server in maintenance
 takes no new VM); entering and leaving it are events (`server.maintenance`,
 `server.activated`). Migration slots bound how many migrations run at once per pool and
 how many leave one server: a migration holds a slot (its job id) from before libvirt starts
 until its migrate step ends; a slot whose job has ended is freed by the next look, so a
-worker that died holding one does not hold it for ever.
+worker that died holding one does not hold it for ever. A placement holds a new VM's
+memory on its server from the placement until it runs (or its job ends), so that
+concurrent creates never overcommit a server.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,23 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {1, ''}
 """
 
+# KEYS: the server's placements (hash vm -> "MiB job"). ARGV: vm, its entry, MiB it needs,
+# MiB free (what the server's active domains leave), then the ids of its active domains.
+_PLACE = """
+local active = {}
+for i = 5, #ARGV do active[ARGV[i]] = true end
+local held = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] and not active[all[i]] then
+    held = held + tonumber(string.match(all[i + 1], '^(%d+)'))
+  end
+end
+if held + tonumber(ARGV[3]) > tonumber(ARGV[4]) then return {0, held} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1, held}
+"""
+
 _ENDED = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.ABORTED.value}
 
 
@@ -54,6 +75,7 @@ class ServerStates:
     def __init__(self, redis: Redis):
         self.redis = redis
         self._take = redis.register_script(_TAKE_SLOT)
+        self._place = redis.register_script(_PLACE)
 
     # -- maintenance -------------------------------------------------------------------------
     async def enter_maintenance(
@@ -138,14 +160,53 @@ class ServerStates:
         await self._free_ended(key)
         return dict(await self.redis.hgetall(key))
 
-    async def _free_ended(self, key: str) -> None:
-        holders = list(await self.redis.hkeys(key))
-        if not holders:
+    async def _free_ended(self, key: str, job_of: Callable[[str, str], str] | None = None) -> None:
+        """Drop the entries of hash `key` whose job has ended (the field is the job id, or
+        `job_of(field, value)` says which job an entry is for)."""
+        entries = dict(await self.redis.hgetall(key))
+        if not entries:
             return
+        jobs = {f: (job_of(f, v) if job_of else f) for f, v in entries.items()}
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in holders:
+        for job_id in jobs.values():
             pipe.hget(keys.job(job_id), "state")
         states = await pipe.execute()
-        ended = [j for j, s in zip(holders, states, strict=True) if s is None or s in _ENDED]
+        ended = [
+            f
+            for (f, _j), st in zip(jobs.items(), states, strict=True)
+            if st is None or st in _ENDED
+        ]
         if ended:
             await self.redis.hdel(key, *ended)
+
+    # -- placements --------------------------------------------------------------------------
+    async def place(
+        self,
+        server: str,
+        vm_id: str,
+        job_id: str,
+        need_mib: int,
+        free_mib: int,
+        active: set[str],
+    ) -> tuple[bool, int]:
+        """Reserve `need_mib` on `server` for `vm_id` (placed by `job_id`), if the server's
+        free memory (`free_mib`, what its active domains leave) less what other placements
+        not yet running there (not in `active`) hold still has room; atomically, so that
+        concurrent creates never overcommit it. Returns (placed, MiB the others hold). A
+        placement lasts until its job ends, or until its VM runs (then libvirt counts it)."""
+        key = keys.placements(server)
+        await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
+        ok, held = await self._place(
+            keys=[key], args=[vm_id, f"{need_mib} {job_id}", need_mib, free_mib, *sorted(active)]
+        )
+        return bool(int(ok)), int(held)
+
+    async def placed(self, server: str, active: set[str]) -> int:
+        """MiB held on `server` by placements whose VM does not run there yet."""
+        key = keys.placements(server)
+        await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
+        entries = await self.redis.hgetall(key)
+        return sum(int(v.split(" ", 1)[0]) for vm, v in entries.items() if vm not in active)
+
+    async def unplace(self, server: str, vm_id: str) -> None:
+        await self.redis.hdel(keys.placements(server), vm_id)

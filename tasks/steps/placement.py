@@ -19,13 +19,20 @@ def choose_server(
     candidates: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     pinning: dict[str, list[int]] | None = None,
+    vcpus: int = 1,
+    place_vm: str | None = None,
 ) -> Outputs:
     """The server of `pool` (or of `candidates`) with the most free memory that fits
-    `need_mib` (and whose CPUs hold `pinning`, a pinned VM's). Servers that cannot be
-    reached or are in maintenance are skipped, never fatal while another has room; the
-    outputs record why each server was or was not chosen.
+    `need_mib`, with at least `vcpus` CPUs (and whose CPUs hold `pinning`, a pinned VM's).
+    Free memory is what the server's active domains leave, less what VMs placed there and
+    not yet running hold. With `place_vm`, the VM is placed there too: the memory is held
+    for it until its job ends or it runs, atomically, so concurrent creates never
+    overcommit a server. Servers that cannot be reached or are in maintenance are skipped,
+    never fatal while another has room; the outputs record why each server was or was not
+    chosen.
 
-    Pure choice: nothing changes on a hypervisor, so running it again is harmless.
+    Choice and a placement only: nothing changes on a hypervisor, so running it again is
+    harmless (a placement is the VM's own, held again).
     """
     servers = (
         list(candidates)
@@ -34,7 +41,7 @@ def choose_server(
     )
     skipped = set(exclude)
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(servers))
-    best: tuple[int, str] | None = None
+    fits: list[tuple[int, str, int, set[str]]] = []  # (free, server, base free, active)
     considered: dict[str, str] = {}
     for name in servers:
         if name in skipped:
@@ -46,19 +53,35 @@ def choose_server(
         try:
             hv = ctx.hypervisor(name, probe_s=PROBE_S)
             top = max((c for cpus in (pinning or {}).values() for c in cpus), default=-1)
-            if top >= 0 and top >= (ncpus := hv.host_cpus()):
+            ncpus = hv.host_cpus() if top >= 0 or vcpus > 1 else 0
+            if top >= 0 and top >= ncpus:
                 considered[name] = f"the VM's pinning uses CPU {top}, the server has {ncpus}"
                 continue
-            free = hv.memory_free_mib()
+            if vcpus > 1 and vcpus > ncpus:
+                considered[name] = f"{ncpus} CPUs, the VM has {vcpus} vCPUs"
+                continue
+            base, active = hv.memory_use()
         except HypervisorUnavailable as e:
             considered[name] = f"unreachable ({e.message[:120]})"
             continue
         finally:
             ctx.check()
-        considered[name] = f"{free} MiB free"
-        if free >= need_mib and (best is None or free > best[0]):
-            best = (free, name)
-    if best is None:
-        detail = "; ".join(f"{k}: {v}" for k, v in considered.items()) or "no servers"
-        raise NoCapacity(f"no server of pool {pool} has {need_mib} MiB free ({detail})")
-    return {"server": best[1], "placement": considered}
+        held = ctx.run(ctx.runtime.servers.placed(name, active))
+        free = base - held
+        considered[name] = f"{free} MiB free" + (
+            f" ({held} MiB placed, not yet running)" if held else ""
+        )
+        if free >= need_mib:
+            fits.append((free, name, base, active))
+    # the most free first; on a tie, the pool's order (sorted is stable)
+    for _free, name, base, active in sorted(fits, key=lambda f: -f[0]):
+        if place_vm is None:
+            return {"server": name, "placement": considered}
+        placed, held = ctx.run(
+            ctx.runtime.servers.place(name, place_vm, ctx.job.id, need_mib, base, active)
+        )
+        if placed:
+            return {"server": name, "placement": considered}
+        considered[name] = f"{base - held} MiB free once a concurrent placement took its share"
+    detail = "; ".join(f"{k}: {v}" for k, v in considered.items()) or "no servers"
+    raise NoCapacity(f"no server of pool {pool} has {need_mib} MiB free ({detail})")

@@ -29,11 +29,16 @@ def vm_of(ctx: StepContext) -> Vm:
     return ctx.run(ctx.runtime.inventory.vm(vm_id))
 
 
-def hv_of(ctx: StepContext, vm: Vm) -> Hypervisor:
+def hv_server(ctx: StepContext, vm: Vm) -> str:
+    """The server a step on `vm` acts on: the one an earlier step chose, or the VM's."""
     server = ctx.outputs.get("server") or vm.server
     if not server:
         raise HypervisorError(f"vm {vm.name} is not placed on a server")
-    return ctx.hypervisor(server)
+    return str(server)
+
+
+def hv_of(ctx: StepContext, vm: Vm) -> Hypervisor:
+    return ctx.hypervisor(hv_server(ctx, vm))
 
 
 def observe(ctx: StepContext, vm: Vm, hv: Hypervisor) -> VmState | None:
@@ -75,6 +80,8 @@ def start_run(ctx: StepContext) -> Outputs | Wait:
     ctx.expect(vm.id, STARTED)
     since = ctx.stream_position()
     hv.start(vm.id)
+    # it runs: libvirt counts its memory now, so a placement held for it goes
+    ctx.run(ctx.runtime.servers.unplace(hv_server(ctx, vm), vm.id))
     return Wait(types=STARTED, subject=vm.id, since=since, timeout_s=START_TIMEOUT_S)
 
 

@@ -51,10 +51,25 @@ def reserve_undo(ctx: StepContext) -> None:
 
 
 def place_run(ctx: StepContext) -> Outputs:
-    """Choose the server of the pool with the most free memory that fits the VM."""
+    """Choose the server of the pool with the most free memory that fits the VM, and
+    place the VM there (its memory held for it until this job ends or it runs)."""
     req = _req(ctx)
-    need = req.memory_mib or _template(ctx).memory_mib
-    return choose_server(ctx, req.pool, need, candidates=[req.server] if req.server else None)
+    tmpl = _template(ctx)
+    return choose_server(
+        ctx,
+        req.pool,
+        req.memory_mib or tmpl.memory_mib,
+        candidates=[req.server] if req.server else None,
+        vcpus=req.vcpus or tmpl.vcpus,
+        place_vm=ctx.job.links.vm_id,
+    )
+
+
+def place_undo(ctx: StepContext) -> None:
+    """The memory held for the VM goes (it would go at the job's end anyway)."""
+    server, vm_id = ctx.outputs.get("server"), ctx.job.links.vm_id
+    if server and vm_id:
+        ctx.run(ctx.runtime.servers.unplace(str(server), vm_id))
 
 
 def clone_run(ctx: StepContext) -> Outputs:
@@ -113,6 +128,8 @@ def define_run(ctx: StepContext) -> Outputs:
     hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name}))
     ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
+    if not req.start:  # it stays stopped: it holds no memory there
+        ctx.run(ctx.runtime.servers.unplace(server, vm.id))
     return {"server": server}
 
 
@@ -130,7 +147,7 @@ def define_undo(ctx: StepContext) -> None:
 def steps(req: CreateFromTemplate) -> list[Step]:
     out = [
         Step("reserve", reserve_run, reserve_undo, "check the VM record reserved at submission"),
-        Step("place", place_run, None, "choose a server of the pool with room"),
+        Step("place", place_run, place_undo, "choose a server of the pool with room, hold it"),
         Step("clone_disks", clone_run, clone_undo, "clone the template's disks in the repository"),
         Step("define", define_run, define_undo, "define the domain on the chosen server"),
     ]

@@ -137,7 +137,10 @@ def _place(ctx: StepContext) -> Outputs:
         if ctx.run(ctx.runtime.services.ha.fenced(home)) is None:
             # it answered when `ha_fence` ran, and does not now: look again from the start
             raise RetryLater(f"server {home} stopped answering; fencing it first", delay_s=1)
-    placed = choose_server(ctx, vm.pool, vm.memory_mib, exclude=[home], pinning=vm.pinning)
+    placed = choose_server(
+        ctx, vm.pool, vm.memory_mib, exclude=[home], pinning=vm.pinning, vcpus=vm.vcpus,
+        place_vm=vm.id,
+    )  # fmt: skip
     target = placed["server"]
     hv = ctx.hypervisor(target)
     pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))

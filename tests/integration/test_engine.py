@@ -71,9 +71,8 @@ def test_a_step_that_fails_for_good_leaves_no_orphan_volume_or_domain(
     job = api.run({**CREATE, "name": "orphan1"})
     # then the job failed, its done steps were undone in reverse
     assert job["state"] == "failed"
-    # the placement (a choice, nothing to undo) is kept as done
-    assert [s["state"] for s in job["steps"]] == ["undone", "done", "undone", "undone", "failed"]
-    assert job["undone_steps"] == ["reserve", "clone_disks", "define"]
+    assert [s["state"] for s in job["steps"]] == ["undone", "undone", "undone", "undone", "failed"]
+    assert job["undone_steps"] == ["reserve", "place", "clone_disks", "define"]
     # and libvirt holds no domain or volume of it on any server
     assert find_domains(fleet, "orphan1") == []
     for s in fleet.servers:

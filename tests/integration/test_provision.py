@@ -188,3 +188,45 @@ def test_fifty_concurrent_creates_never_share_a_mac(
         [mac] = [m.attrib["address"] for m in ET.fromstring(dom.XMLDesc()).findall(".//mac")]
         in_libvirt.add(mac)
     assert in_libvirt == set(recorded)
+
+
+def test_twenty_concurrent_creates_never_overcommit_a_server(
+    api: Api, start_worker: Callable[..., Proc], fleet: Inventory
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.conftest import hv
+
+    # given: pool-a's two servers, and 20 creates of 1 GiB VMs sent at once to four worker
+    # slots, more than the servers hold
+    start_worker(concurrency=2)
+    start_worker(concurrency=2)
+    total = {}
+    for s in ("srv-a1", "srv-a2"):
+        conn = hv(fleet, s)
+        total[s] = conn.getInfo()[1]
+        conn.close()
+    fit = sum(t // 1024 for t in total.values())
+    assert 2 <= fit < 20, total
+
+    def submit(i: int) -> str:
+        body = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+                "name": f"oc{i}", "memory_mib": 1024}  # fmt: skip
+        return str(api.submit(body)["id"])
+
+    with ThreadPoolExecutor(20) as pool:
+        ids = list(pool.map(submit, range(20)))
+    done = [api.wait(j, timeout_s=120) for j in ids]
+    # then: as many as fit succeeded, the others failed saying there was no room, and no
+    # server runs more memory than it has
+    ok = [d for d in done if d["state"] == "succeeded"]
+    refused = [d for d in done if d["state"] == "failed"]
+    assert len(ok) == fit and len(refused) == 20 - fit, [d["error"] for d in done]
+    assert {d["error"]["code"] for d in refused} == {"no_capacity"}
+    for s, t in total.items():
+        conn = hv(fleet, s)
+        try:
+            used = sum(d.maxMemory() for d in conn.listAllDomains(1)) // 1024
+        finally:
+            conn.close()
+        assert used <= t, (s, used, t)

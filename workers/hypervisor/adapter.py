@@ -34,7 +34,7 @@ from schemas.inventory import ServerFacts, VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
 from workers.hypervisor.errors import classify, silence_libvirt_errors
 from workers.hypervisor.events import Keepalive, open_connection
-from workers.hypervisor.facts import host_cpus, memory_used_mib, read_facts
+from workers.hypervisor.facts import active_memory, host_cpus, memory_used_mib, read_facts
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import (
     DomainSpec,
@@ -163,6 +163,11 @@ class Hypervisor:
     def memory_free_mib(self) -> int:
         """Server memory less the memory of every active domain."""
         return self.memory_mib() - self._call("listAllDomains", memory_used_mib)
+
+    def memory_use(self) -> tuple[int, set[str]]:
+        """(MiB free: what the active domains leave, the active domains' uuids)."""
+        used = self._call("listAllDomains", active_memory)
+        return self.memory_mib() - sum(used.values()) // 1024, set(used)
 
     def facts(self) -> ServerFacts:
         """What the server has now: CPUs, memory free, networks, storage pools."""

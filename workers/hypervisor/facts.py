@@ -18,10 +18,15 @@ def host_cpus(conn: libvirt.virConnect) -> int:
         return int(conn.getInfo()[2])
 
 
+def active_memory(conn: libvirt.virConnect) -> dict[str, int]:
+    """The active domains' uuids and memory (KiB)."""
+    active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    return {d.UUIDString(): int(d.maxMemory()) for d in active}
+
+
 def memory_used_mib(conn: libvirt.virConnect) -> int:
     """The memory of every active domain."""
-    active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-    return int(sum(d.maxMemory() for d in active)) // 1024
+    return sum(active_memory(conn).values()) // 1024
 
 
 def read_facts(conn: libvirt.virConnect) -> ServerFacts:

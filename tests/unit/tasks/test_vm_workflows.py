@@ -61,15 +61,15 @@ def test_a_failed_clone_leaves_no_volume_domain_or_record(
 ) -> None:
     job = create(fleet, "vm3", template="broken")
     assert job.state == JobState.FAILED
-    # the placement (a choice, nothing to undo) stays done; what made things is undone
+    # the placement held memory for it: undone too
     assert [s.state.value for s in job.steps] == [
         "undone",
-        "done",
+        "undone",
         "failed",
         "skipped",
         "skipped",
     ]
-    assert job.undone_steps == ["reserve"]
+    assert job.undone_steps == ["reserve", "place"]
     assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
     assert "vm3" not in [d.name() for d in conn.listAllDomains()]
     assert fleet.run(fleet.inventory.find_vm("vm3")) is None
@@ -137,7 +137,7 @@ def test_abort_of_a_create_midway_removes_what_it_made(
     # then it ends aborted with its steps undone in reverse, and nothing is left behind
     done = fleet.get(job.id)
     assert done.state == JobState.ABORTED
-    assert [s.state.value for s in done.steps] == ["undone", "done", "undone", "undone", "skipped"]
+    assert [s.state.value for s in done.steps] == ["undone"] * 4 + ["skipped"]
     assert "vm7" not in [d.name() for d in conn.listAllDomains()]
     assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
     assert fleet.run(fleet.inventory.find_vm("vm7")) is None
@@ -225,7 +225,7 @@ def test_an_abort_interrupts_a_hung_hypervisor_call_and_the_undo_still_runs(
     assert time.monotonic() - t0 < 5
     done = fleet.get(job.id)
     assert done.state == JobState.ABORTED, done.error
-    assert [s.state.value for s in done.steps] == ["undone", "done", "undone", "undone", "failed"]
+    assert [s.state.value for s in done.steps] == ["undone"] * 4 + ["failed"]
     assert "vm10" not in [d.name() for d in conn.listAllDomains()]
     assert conn.storagePoolLookupByName("repo-u").listVolumes() == ["base.img"]
 
