@@ -49,6 +49,14 @@ class CreateFromTemplate(Frozen):
     )
     start: bool = True
     ha: bool = False
+
+    @model_validator(mode="after")
+    def _macs_once(self) -> CreateFromTemplate:
+        macs = [n.mac.lower() for n in self.vnics if n.mac]
+        if len(macs) != len(set(macs)):
+            raise ValueError("vnics: each MAC at most once")
+        return self
+
     labels: Annotated[
         dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
         Field(max_length=20),

@@ -59,6 +59,9 @@ class Step:
     # (a clone of disk 0 of 2); wrong when the target state may have held before the step
     # (undoing a failed "ensure running" would power off a VM this job never started).
     undo_on_failure: bool = True
+    # A point of no return (a cold move's switch to the target): once it is done,
+    # compensation stops there, and the steps before it keep their effect.
+    no_return: bool = False
 
 
 WorkflowBuilder = Callable[[Any], list[Step]]

@@ -46,9 +46,14 @@ class Housekeeping:
             log.info("retention: deleted %d finished job(s)", purged)
 
     async def prune(self) -> None:
-        """Delete alerts acknowledged longer ago than the job retention, workers not seen
-        for worker_forget_after_s, and consumers idle router_consumer_idle_s."""
+        """Free the placements and migration slots of ended jobs; delete alerts
+        acknowledged longer ago than the job retention, workers not seen for
+        worker_forget_after_s, and consumers idle router_consumer_idle_s."""
         s, svc = self.settings, self.services
+        inv = svc.inventory
+        await svc.servers.sweep(
+            [x.name for x in await inv.servers()], [p.name for p in await inv.pools()]
+        )
         alerts = await svc.alerts.prune_acknowledged(s.job_retention_s)
         workers = await svc.fleet.forget_stale(s.worker_forget_after_s)
         consumers = await svc.events.forget_idle_consumers(

@@ -32,10 +32,15 @@ for i = 5, #ARGV do
   end
 end
 local out, made = {'ok'}, {}
+for i = 5, #ARGV do  -- the MACs asked for first, so that none is handed out from the range
+  if ARGV[i] ~= '' and redis.call('HSETNX', KEYS[1], ARGV[i], owner) == 1 then
+    table.insert(made, ARGV[i])
+  end
+end
 for i = 5, #ARGV do
   local m = ARGV[i]
   if m ~= '' then
-    if redis.call('HSETNX', KEYS[1], m, owner) == 1 then table.insert(made, m) end
+    -- asked for: claimed above
   else
     local cur = tonumber(redis.call('GET', KEYS[2]) or s)
     if cur < s or cur > e then cur = s end

@@ -7,8 +7,8 @@ takes no new VM); entering and leaving it are events (`server.maintenance`,
 how many leave one server: a migration holds a slot (its job id) from before libvirt starts
 until its migrate step ends; a slot whose job has ended is freed by the next look, so a
 worker that died holding one does not hold it for ever. A placement holds a new VM's
-memory on its server from the placement until it runs (or its job ends), so that
-concurrent creates never overcommit a server.
+memory on its server until its job ends (not counted while the VM runs: libvirt counts
+it then), so that concurrent creates never overcommit a server.
 """
 
 from __future__ import annotations
@@ -193,7 +193,9 @@ class ServerStates:
         free memory (`free_mib`, what its active domains leave) less what other placements
         not yet running there (not in `active`) hold still has room; atomically, so that
         concurrent creates never overcommit it. Returns (placed, MiB the others hold). A
-        placement lasts until its job ends, or until its VM runs (then libvirt counts it)."""
+        placement lasts until its job ends; while its VM runs it is not counted (libvirt
+        counts the VM). It is not removed when the VM starts: another placement may be
+        judging from a list of active domains taken before that start."""
         key = keys.placements(server)
         await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
         ok, held = await self._place(
@@ -207,6 +209,14 @@ class ServerStates:
         await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
         entries = await self.redis.hgetall(key)
         return sum(int(v.split(" ", 1)[0]) for vm, v in entries.items() if vm not in active)
+
+    async def sweep(self, servers: list[str], pools: list[str]) -> None:
+        """Free the placements and migration slots of jobs that have ended (each look does
+        it for its own server or pool; this is for those nobody looks at)."""
+        for server in servers:
+            await self._free_ended(keys.placements(server), lambda _vm, v: v.split(" ", 1)[1])
+        for pool in pools:
+            await self._free_ended(keys.migration_slots(pool))
 
     async def unplace(self, server: str, vm_id: str) -> None:
         await self.redis.hdel(keys.placements(server), vm_id)

@@ -1,10 +1,11 @@
 """Compensation: after a permanent failure or an abort, undo in reverse, then end the job.
 
 Undone are the done steps (a step without an undo keeps its effect and stays `done`), a
-step left half-done by a retry or a dead worker, and the
-failed step when its effect may be partial. Compensation stops at an undo that fails: what
-came before it stays in place (undoing it could strand what the failed undo left behind,
-e.g. the volumes of a domain that could not be undefined).
+step left half-done by a retry or a dead worker, and the failed step when its effect may
+be partial. Compensation stops at a done point of no return (`Step.no_return`: a cold
+move's switch to its target), and at an undo that fails: what came before it stays in
+place (undoing it could strand what the failed undo left behind, e.g. the volumes of a
+domain that could not be undefined).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def compensate(runner: Runner, job: Job, steps: list[Step]) -> None:
         )
         if not (rec.state == StepState.DONE or half_done or failed_needs_undo):
             continue
+        if rec.state == StepState.DONE and step.no_return:
+            break  # a point of no return: it and what came before it stay
         if rec.state == StepState.DONE and step.undo is None:
             continue  # nothing to undo: its effect is kept, and the step says done
         job, ok = _undo(runner, job, steps, idx, keep_failed=rec.state == StepState.FAILED)

@@ -129,16 +129,34 @@ def _next_round(
             end(runner, job, info)
         runner.fail_step(steps, idx, e)
         return False
+    if not isinstance(out, Wait):
+        if info is not None:
+            end(runner, job, info)
+        return runner.complete(steps, idx, out)
+    woken = info is not None and info.matched is not None
+    if (
+        info is not None
+        and not woken
+        and (out.types, out.subject, out.outputs) == (info.types, info.subject, rec.outputs)
+    ):
+        # a recheck that changed nothing: the same wait goes on, its deadline kept
+        runner.rt.loop.run(runner.rt.jobs.set_due(job.id, recheck_ms(runner, info)))
+        return False
     if info is not None:
         end(runner, job, info)
-    if not isinstance(out, Wait):
-        return runner.complete(steps, idx, out)
+    # a new round after an event starts its own deadline; after a recheck it keeps the
+    # round's (a wait that is only looked at again never runs out otherwise)
+    deadline = (
+        info.deadline
+        if info is not None and not woken
+        else utcnow() + timedelta(seconds=out.timeout_s)
+    )
     nxt = WaitInfo(
         step=idx,
         types=out.types,
         subject=out.subject,
         since=out.since,
-        deadline=utcnow() + timedelta(seconds=out.timeout_s),
+        deadline=deadline,
         on_timeout=out.on_timeout,
     )
     job = runner.update(

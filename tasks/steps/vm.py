@@ -80,8 +80,6 @@ def start_run(ctx: StepContext) -> Outputs | Wait:
     ctx.expect(vm.id, STARTED)
     since = ctx.stream_position()
     hv.start(vm.id)
-    # it runs: libvirt counts its memory now, so a placement held for it goes
-    ctx.run(ctx.runtime.servers.unplace(hv_server(ctx, vm), vm.id))
     return Wait(types=STARTED, subject=vm.id, since=since, timeout_s=START_TIMEOUT_S)
 
 

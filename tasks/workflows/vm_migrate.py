@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, cast
 
-from orchestrator.errors import HypervisorError, MigrationRefused
+from orchestrator.errors import HypervisorError, MigrationRefused, RetryLater
 from orchestrator.jobs.checks import PinningWish, as_pinning, target_pinning
 from schemas import event_types as et
 from schemas.inventory import Vm, VmDisk, VmState
@@ -112,6 +112,8 @@ def _slot(ctx: StepContext) -> Outputs | Wait:
     if answer.taken:
         return {"slot": vm.pool}
     holders = answer.holders or {}
+    if not holders:  # the holders ended between the answer and the look: try again soon
+        raise RetryLater("a migration slot was freed meanwhile", delay_s=0.1)
     if answer.limit == "server":
         source = str(ctx.outputs["source"])
         ahead = sorted(j for j, srv in holders.items() if srv == source)
@@ -145,7 +147,7 @@ def _start_again(ctx: StepContext) -> None:
     """Undo of the stop before a cold move: the VM is started where its record says (the
     move failed: on the source)."""
     vm = vm_of(ctx)
-    if vm.server:
+    if vm.server:  # (a move switched to the target never comes back here: no_return)
         ctx.expect(vm.id, [et.VM_STARTED])
         ctx.hypervisor(vm.server).start(vm.id)
 
@@ -207,6 +209,10 @@ def _move(ctx: StepContext) -> Outputs:
                 # interrupted (an abort, a deadline) or failed: libvirt's migration job was
                 # aborted, but it may have completed first. Where the domain is decides.
                 if not _moved_anyway(ctx, vm.id, source, target):
+                    if any(f["action"] == "pause" for f in deadlines.fired):
+                        # paused to converge, then aborted: it runs on, on the source
+                        hvs = ctx.runtime.hypervisors
+                        hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri).resume(vm.id)
                     raise
                 ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
                 return {"server": target, "completed_before_abort": True}
@@ -284,9 +290,17 @@ def _copy_disks(ctx: StepContext) -> Outputs:
     return {"disks": disks, "target_repository": dst_repo}
 
 
+def _switched(ctx: StepContext, vm: Vm) -> bool:
+    """The record names the target pool: the copies and the definition there are the VM's
+    only ones, never to be undone."""
+    return vm.pool == ctx.outputs.get("target_pool")
+
+
 def _remove_copies(ctx: StepContext) -> None:
     """Undo: the copies (whole or half made) go from the target pool's repository."""
     vm = vm_of(ctx)
+    if _switched(ctx, vm):
+        return
     _src_repo, dst_repo = _pools(ctx)
     dst = ctx.hypervisor(str(ctx.outputs["target"]))
     for d in vm.disks:
@@ -309,7 +323,7 @@ def _moved(ctx: StepContext, vm: Vm) -> Vm:
 
 def _define_target(ctx: StepContext) -> Outputs:
     vm = vm_of(ctx)
-    if vm.pool == ctx.outputs["target_pool"]:  # switched already (a re-run)
+    if _switched(ctx, vm):  # a re-run
         return {}
     moved = _moved(ctx, vm)
     ctx.expect(vm.id, [et.VM_DEFINED])
@@ -321,17 +335,21 @@ def _define_target(ctx: StepContext) -> Outputs:
 
 def _undefine_target(ctx: StepContext) -> None:
     vm = vm_of(ctx)
+    if _switched(ctx, vm):
+        return
     ctx.expect(vm.id, [et.VM_UNDEFINED])
     ctx.hypervisor(str(ctx.outputs["target"])).undefine(vm.id)
 
 
 def _switch(ctx: StepContext) -> Outputs:
-    """The point of no return: undefined on the source, the record names the target."""
+    """The point of no return: the record names the target (where the VM is defined),
+    then the source's definition goes. Converges: a re-run finds the record switched
+    and makes sure the source's definition is gone."""
     vm = vm_of(ctx)
     if vm.pool != ctx.outputs["target_pool"]:
-        ctx.expect(vm.id, [et.VM_UNDEFINED])
-        ctx.hypervisor(str(ctx.outputs["source"])).undefine(vm.id)
         ctx.run(ctx.runtime.inventory.save_vm(_moved(ctx, vm), fence=ctx.fence))
+    ctx.expect(vm.id, [et.VM_UNDEFINED])
+    ctx.hypervisor(str(ctx.outputs["source"])).undefine(vm.id)
     dst = ctx.hypervisor(str(ctx.outputs["target"]))
     state = observe(ctx, vm_of(ctx), dst)
     return {"server": ctx.outputs["target"], "state": state.value if state else None}
@@ -358,7 +376,14 @@ COPY = Step(
 DEFINE_TARGET = Step(
     "define_target", _define_target, _undefine_target, "define the VM on the target server"
 )
-SWITCH = Step("switch", _switch, None, "undefine it on the source; the record names the target")
+SWITCH = Step(
+    "switch",
+    _switch,
+    None,
+    "the record names the target; undefine it on the source",
+    undo_on_failure=False,
+    no_return=True,  # a failure after it (the start there) leaves the VM where it went
+)
 DELETE_SOURCES = Step(
     "delete_source_disks", _delete_sources, None, "delete the disks left in the source pool"
 )

@@ -12,6 +12,7 @@ from typing import cast
 
 from orchestrator.errors import HypervisorError, Permanent
 from orchestrator.jobs.checks import as_pinning, pinning_problem
+from schemas.inventory import VmState
 from schemas.requests import PinVcpus
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.vm import hv_of, vm_of
@@ -34,6 +35,10 @@ def _pin(ctx: StepContext) -> Outputs:
     got = hv.vcpu_pinning(vm.id)
     if got != wanted:
         raise HypervisorError(f"libvirt reports pinning {got} after pinning {wanted}")
+    if hv.domain_state(vm.id) in (VmState.RUNNING, VmState.SUSPENDED):
+        live = hv.vcpu_pinning(vm.id, live=True)
+        if live != wanted:
+            raise HypervisorError(f"the running VM is pinned {live} after pinning {wanted}")
     ctx.run(
         ctx.runtime.inventory.save_vm(
             vm.model_copy(update={"pinning": req.pinning or None}), fence=ctx.fence

@@ -252,3 +252,25 @@ def test_anti_affinity_keeps_two_vms_apart_in_migration_and_its_targets(
                    10, "facts")  # fmt: skip
     assert t["srv-a2"]["reason"] == "anti-affinity group ha: g2 runs there"
     assert not t["srv-a2"]["ok"]
+
+
+def test_a_failure_after_the_switch_to_another_pool_leaves_the_vm_there(
+    api: Api, start_worker: Callable[..., Proc], fleet: Inventory
+) -> None:
+    # given: a stopped VM of pool-a, and a worker on which the start after a move fails
+    start_worker(chaos_fail_steps='["vm.migrate:start"]')
+    made = api.run({"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+                    "name": "nr1", "start": False})  # fmt: skip
+    assert made["state"] == "succeeded", made
+    names = {d["volume"] for d in api.request("GET", "/v1/vms/nr1")[1]["disks"]}
+    # when: it is moved to pool-b and started there, and the start fails
+    job = api.run({"kind": "vm.migrate", "vm": "nr1", "target_pool": "pool-b", "shutdown": True})
+    # then: the job failed, but nothing before the switch was undone: the VM is defined in
+    # pool-b with its copied disks (its only ones now), not sent back to a source it left
+    assert job["state"] == "failed" and "injected" in job["error"]["message"], job
+    assert [s["state"] for s in job["steps"]] == ["done"] * 7 + ["failed"], job["steps"]
+    vm = api.request("GET", "/v1/vms/nr1")[1]
+    assert vm["pool"] == "pool-b"
+    [(where, _dom)] = find_domains(fleet, "nr1")
+    assert where == vm["server"]
+    assert names <= volumes(fleet, where, "repo-b")

@@ -527,7 +527,12 @@ class Hypervisor:
             try:
                 dsp = dconn.storagePoolLookupByName(dest_pool)
                 with contextlib.suppress(libvirt.libvirtError):
-                    dsp.storageVolLookupByName(dest_name).delete(0)
+                    old = dsp.storageVolLookupByName(dest_name)
+                    if old.path() == src.path():  # the same storage under two names
+                        raise HypervisorError(
+                            f"{dest_pool}/{dest_name} is {pool}/{name} itself: not copied"
+                        )
+                    old.delete(0)
                 dvol = dsp.createXML(volume_xml(dest_name, capacity), 0)
                 try:
                     _stream_volume(c, src, dconn, dvol, capacity, check, on_progress)

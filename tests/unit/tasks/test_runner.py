@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 from orchestrator.errors import LeaseLost
 from schemas.jobs import JobState, StepState
 from tasks.testing import Engine
@@ -384,3 +388,44 @@ class StepContextSleep:
         from tasks.step import StepContext
 
         StepContext.sleep = self.original  # type: ignore[method-assign]
+
+
+def test_a_step_waiting_in_rounds_keeps_its_deadline_across_rechecks(
+    settings: Any, monkeypatch: Any
+) -> None:
+    """A resume that finds nothing new (no event, the same wait) neither moves the
+    deadline nor rewrites the job: the step fails at the round's deadline."""
+    import fakeredis
+
+    from tasks.step import Step, Wait
+    from tasks.testing import Engine
+    from tasks.workflows import registry
+
+    rounds: list[int] = []
+
+    def wait(ctx: Any) -> Wait:
+        rounds.append(1)
+        return Wait(types=["never.*"], subject=ctx.job.id, since="0-0", timeout_s=0.5)
+
+    step = Step("rounds", wait, None, "waits in rounds", resume=wait)
+    monkeypatch.setitem(registry.WORKFLOWS, "noop", lambda req: [step])
+    quick = settings.model_copy(update={"wait_recheck_s": 0.05})
+    e = Engine(quick, lambda: fakeredis.FakeAsyncRedis(decode_responses=True))
+    try:
+        job = e.submit({"kind": "noop", "steps": 1})
+        t0 = time.monotonic()
+        e.drain(horizon_s=2.0)
+        took = time.monotonic() - t0
+        done = e.get(job.id)
+        assert done.state == JobState.FAILED, done
+        assert "before the deadline" in (done.error.message if done.error else "")
+        assert took < 1.5, took
+        assert len(rounds) >= 4  # looked at again and again, each time the same wait
+        events = e.run(e.redis.xrange("vmorch:events"))
+        mine = [f for _id, f in events if f.get("s") == job.id]
+        waits = [f for f in mine if f["t"] == "job.waiting"]
+        steps = [json.loads(f["e"])["data"].get("step_state") for f in mine if f["t"] == "job.step"]
+        # one wait, written once: no write (nor event) per recheck
+        assert len(waits) == 1 and "waiting" not in steps, (len(waits), steps)
+    finally:
+        e.close()
