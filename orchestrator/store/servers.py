@@ -14,7 +14,6 @@ it then), so that concurrent creates never overcommit a server.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +60,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {1, held}
 """
 
+PLACEMENT_GRACE_S = 60.0  # a placement outlives its job this long (see _free_placements)
 _ENDED = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.ABORTED.value}
 
 
@@ -160,22 +160,16 @@ class ServerStates:
         await self._free_ended(key)
         return dict(await self.redis.hgetall(key))
 
-    async def _free_ended(self, key: str, job_of: Callable[[str, str], str] | None = None) -> None:
-        """Drop the entries of hash `key` whose job has ended (the field is the job id, or
-        `job_of(field, value)` says which job an entry is for)."""
-        entries = dict(await self.redis.hgetall(key))
-        if not entries:
+    async def _free_ended(self, key: str) -> None:
+        """Drop the entries of hash `key` (fields: job ids) whose job has ended."""
+        holders = list(await self.redis.hkeys(key))
+        if not holders:
             return
-        jobs = {f: (job_of(f, v) if job_of else f) for f, v in entries.items()}
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in jobs.values():
+        for job_id in holders:
             pipe.hget(keys.job(job_id), "state")
         states = await pipe.execute()
-        ended = [
-            f
-            for (f, _j), st in zip(jobs.items(), states, strict=True)
-            if st is None or st in _ENDED
-        ]
+        ended = [j for j, st in zip(holders, states, strict=True) if st is None or st in _ENDED]
         if ended:
             await self.redis.hdel(key, *ended)
 
@@ -197,7 +191,6 @@ class ServerStates:
         counts the VM). It is not removed when the VM starts: another placement may be
         judging from a list of active domains taken before that start."""
         key = keys.placements(server)
-        await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
         ok, held = await self._place(
             keys=[key], args=[vm_id, f"{need_mib} {job_id}", need_mib, free_mib, *sorted(active)]
         )
@@ -205,18 +198,41 @@ class ServerStates:
 
     async def placed(self, server: str, active: set[str]) -> int:
         """MiB held on `server` by placements whose VM does not run there yet."""
-        key = keys.placements(server)
-        await self._free_ended(key, lambda _vm, value: value.split(" ", 1)[1])
-        entries = await self.redis.hgetall(key)
+        entries = await self.redis.hgetall(keys.placements(server))
         return sum(int(v.split(" ", 1)[0]) for vm, v in entries.items() if vm not in active)
 
     async def sweep(self, servers: list[str], pools: list[str]) -> None:
         """Free the placements and migration slots of jobs that have ended (each look does
         it for its own server or pool; this is for those nobody looks at)."""
         for server in servers:
-            await self._free_ended(keys.placements(server), lambda _vm, v: v.split(" ", 1)[1])
+            await self._free_placements(keys.placements(server))
         for pool in pools:
             await self._free_ended(keys.migration_slots(pool))
+
+    async def _free_placements(self, key: str) -> None:
+        """Drop the placements of jobs gone, or ended more than PLACEMENT_GRACE_S ago. Not
+        at once: a placement being judged may hold a list of active domains taken before
+        that job's VM started, and must still count it (a stopped or failed VM's placement
+        is released by its own job)."""
+        entries = dict(await self.redis.hgetall(key))
+        if not entries:
+            return
+        jobs = {vm: v.split(" ", 1)[1] for vm, v in entries.items()}
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in jobs.values():
+            pipe.hget(keys.job(job_id), "state")
+            pipe.zscore(keys.JOBS_ENDED, job_id)
+        replies = await pipe.execute()
+        cutoff = now_ms() - PLACEMENT_GRACE_S * 1000
+        old = [
+            vm
+            for (vm, _j), state, ended in zip(
+                jobs.items(), replies[::2], replies[1::2], strict=True
+            )
+            if state is None or (state in _ENDED and ended is not None and ended < cutoff)
+        ]
+        if old:
+            await self.redis.hdel(key, *old)
 
     async def unplace(self, server: str, vm_id: str) -> None:
         await self.redis.hdel(keys.placements(server), vm_id)

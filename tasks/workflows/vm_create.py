@@ -128,6 +128,9 @@ def define_run(ctx: StepContext) -> Outputs:
     hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name}))
     ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
+    if not req.start:  # it stays stopped: it holds no memory there (and never will run
+        # from this job, so no placement can be counting on it as running)
+        ctx.run(ctx.runtime.servers.unplace(server, vm.id))
     return {"server": server}
 
 
