@@ -57,3 +57,24 @@ def test_maintenance_is_marked_once_and_announced(store_engine: Engine) -> None:
         ("server.maintenance", "s1"),
         ("server.activated", "s1"),
     ]
+
+
+def test_placements_hold_memory_and_outlive_their_job_by_the_grace(store_engine: Engine) -> None:
+    from orchestrator.clock import now_ms
+
+    servers, run, r = store_engine.services.servers, store_engine.run, store_engine.redis
+    for j in ("j1", "j2", "j3"):
+        _set_state(store_engine, j, "running")
+    # 1000 MiB free: two 400 MiB VMs fit, a third does not; a running one is not counted
+    assert run(servers.place("s", "vm1", "j1", 400, 1000, set())) == (True, 0)
+    assert run(servers.place("s", "vm2", "j2", 400, 1000, set())) == (True, 400)
+    assert run(servers.place("s", "vm3", "j3", 400, 1000, set())) == (False, 800)
+    assert run(servers.place("s", "vm3", "j3", 400, 1000, {"vm1"})) == (True, 400)
+    assert run(servers.placed("s", set())) == 1200
+    # jobs that ended just now keep their holds; long ago, or gone, they go
+    _set_state(store_engine, "j1", "succeeded")
+    _set_state(store_engine, "j2", "succeeded")
+    run(r.zadd(keys.JOBS_ENDED, {"j1": now_ms(), "j2": now_ms() - 120_000}))
+    run(r.delete(keys.job("j3")))
+    run(servers.sweep(["s"], []))
+    assert run(servers.placed("s", set())) == 400  # vm1's only
