@@ -61,7 +61,7 @@ return {1, held}
 """
 
 PLACEMENT_GRACE_S = 60.0  # a placement outlives its job this long (see _free_placements)
-_ENDED = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.ABORTED.value}
+_ENDED = {s.value for s in JobState if s.terminal}
 
 
 @dataclass(frozen=True)

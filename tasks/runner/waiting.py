@@ -8,7 +8,7 @@ escalates.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from orchestrator.clock import due_in_ms
@@ -28,13 +28,18 @@ def recheck_ms(runner: Runner, info: WaitInfo) -> int:
     return min(deadline_ms, due_in_ms(runner.rt.settings.wait_recheck_s * 1000))
 
 
-def begin(runner: Runner, job: Job, steps: list[Step], idx: int, w: Wait) -> bool:
+def _store(
+    runner: Runner, steps: list[Step], idx: int, w: Wait, deadline: datetime | None = None
+) -> tuple[Job, bool]:
+    """Record step `idx` waiting for `w` (until `deadline`, else `w.timeout_s` from now)
+    and register the wait. Returns the job, and whether its event is on the stream already
+    (registering scans from `w.since`: an event between the action and now counts)."""
     info = WaitInfo(
         step=idx,
         types=w.types,
         subject=w.subject,
         since=w.since,
-        deadline=utcnow() + timedelta(seconds=w.timeout_s),
+        deadline=deadline or utcnow() + timedelta(seconds=w.timeout_s),
         on_timeout=w.on_timeout,
     )
     job = runner.update(
@@ -42,11 +47,15 @@ def begin(runner: Runner, job: Job, steps: list[Step], idx: int, w: Wait) -> boo
         step=steps[idx].name,
         due_ms=recheck_ms(runner, info),
     )
-    runner.transition(job, steps[idx].name, "running", "waiting", f"{w.types} on {w.subject}")
-    # registering also finds an event that came between the action and now
     early = runner.rt.loop.run(runner.rt.waits.register(job.id, info, fence=runner.fence))
+    return job, early is not None
+
+
+def begin(runner: Runner, job: Job, steps: list[Step], idx: int, w: Wait) -> bool:
+    job, early = _store(runner, steps, idx, w)
+    runner.transition(job, steps[idx].name, "running", "waiting", f"{w.types} on {w.subject}")
     if steps[idx].resume is not None:  # its next round runs when the job comes back
-        if early is not None:
+        if early:
             runner.to_dispatch.append(job.id)
         return False
     return check(runner, job, steps, idx)
@@ -146,24 +155,7 @@ def _next_round(
         end(runner, job, info)
     # a new round after an event starts its own deadline; after a recheck it keeps the
     # round's (a wait that is only looked at again never runs out otherwise)
-    deadline = (
-        info.deadline
-        if info is not None and not woken
-        else utcnow() + timedelta(seconds=out.timeout_s)
-    )
-    nxt = WaitInfo(
-        step=idx,
-        types=out.types,
-        subject=out.subject,
-        since=out.since,
-        deadline=deadline,
-        on_timeout=out.on_timeout,
-    )
-    job = runner.update(
-        lambda j: tr.step_waiting(j, idx, nxt, out.outputs),
-        step=step.name,
-        due_ms=recheck_ms(runner, nxt),
-    )
-    if runner.rt.loop.run(runner.rt.waits.register(job.id, nxt, fence=runner.fence)):
+    job, early = _store(runner, steps, idx, out, None if woken or info is None else info.deadline)
+    if early:
         runner.to_dispatch.append(job.id)  # its event came already: the next round now
     return False

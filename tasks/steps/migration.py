@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 from orchestrator.errors import HypervisorUnavailable, Permanent
 from orchestrator.jobs.checks import PinningWish, Verdict, assess, precheck
-from schemas.inventory import ServerPool, Vm
+from schemas.inventory import ServerFacts, ServerPool, Vm
+from schemas.requests import MigrateVm
 from tasks.step import StepContext
 from tasks.steps.placement import PROBE_S
+from tasks.steps.vm import vm_of
 
 
 def vms_there(ctx: StepContext, pool: ServerPool, vm: Vm, server: str) -> set[str]:
@@ -41,10 +43,12 @@ def judge(
     pinning: PinningWish = None,
     maintenance: set[str] | frozenset[str] = frozenset(),
     planned_there: set[str] | frozenset[str] = frozenset(),
+    seen: dict[str, tuple[ServerFacts | None, str | None]] | None = None,
 ) -> Verdict:
     """`assess` with the server's facts read from libvirt now (a server that does not
     answer within PROBE_S is unreachable; the checks that need nothing from it come
-    first, so such a server is not asked). `planned_there`: VMs a plan sends there."""
+    first, so such a server is not asked). `planned_there`: VMs a plan sends there.
+    `seen`: facts read before, by server (a plan judging many VMs reads each server once)."""
     kw: dict[str, Any] = {
         "live": live,
         "pinning": pinning,
@@ -53,14 +57,37 @@ def judge(
     }
     if precheck(vm, pool, server, **kw):
         return assess(vm, pool, server, None, **kw)
-    facts, unreachable = None, None
+    if seen is not None and server in seen:
+        facts, unreachable = seen[server]
+    else:
+        facts, unreachable = _probe(ctx, server)
+        if seen is not None:
+            seen[server] = (facts, unreachable)
+    return assess(vm, pool, server, facts, unreachable=unreachable, **kw)
+
+
+def _probe(ctx: StepContext, server: str) -> tuple[ServerFacts | None, str | None]:
+    """The server's facts, or why it could not be asked within PROBE_S."""
     try:
-        facts = ctx.hypervisor(server, probe_s=PROBE_S).facts()
+        return ctx.hypervisor(server, probe_s=PROBE_S).facts(), None
     except HypervisorUnavailable as e:
-        unreachable = e.message
+        return None, e.message
     finally:
         ctx.check()
-    return assess(vm, pool, server, facts, unreachable=unreachable, **kw)
+
+
+def mapped(vm: Vm, req: MigrateVm) -> Vm:
+    """The VM with its vNICs on the target pool's networks (`network_map`)."""
+    nics = [
+        n.model_copy(update={"network": req.network_map.get(n.network, n.network)}) for n in vm.nics
+    ]
+    return vm.model_copy(update={"nics": nics})
+
+
+def free_slot(ctx: StepContext) -> None:
+    """Give back the job's migration slot (in the pool it was taken in)."""
+    pool = str(ctx.outputs.get("source_pool") or vm_of(ctx).pool)
+    ctx.run(ctx.runtime.servers.release_migration_slot(pool, ctx.job.id))
 
 
 class MigrationTimedOut(Permanent):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from orchestrator.errors import HypervisorUnavailable, NoCapacity
+from orchestrator.jobs.checks import pinning_problem
 from tasks.step import Outputs, StepContext
 
 PROBE_S = 5.0  # a server that does not answer within this is skipped as "unreachable"
@@ -52,14 +53,15 @@ def choose_server(
             continue
         try:
             hv = ctx.hypervisor(name, probe_s=PROBE_S)
-            top = max((c for cpus in (pinning or {}).values() for c in cpus), default=-1)
-            ncpus = hv.host_cpus() if top >= 0 or vcpus > 1 else 0
-            if top >= 0 and top >= ncpus:
-                considered[name] = f"the VM's pinning uses CPU {top}, the server has {ncpus}"
-                continue
-            if vcpus > 1 and vcpus > ncpus:
-                considered[name] = f"{ncpus} CPUs, the VM has {vcpus} vCPUs"
-                continue
+            if pinning or vcpus > 1:  # a single unpinned vCPU fits any server
+                ncpus = hv.host_cpus()
+                if vcpus > ncpus:
+                    considered[name] = f"{ncpus} CPUs, the VM has {vcpus} vCPUs"
+                    continue
+                problem = pinning_problem(pinning or {}, vcpus, ncpus)
+                if problem:
+                    considered[name] = f"the VM's pinning: {problem}"
+                    continue
             base, active = hv.memory_use()
         except HypervisorUnavailable as e:
             considered[name] = f"unreachable ({e.message[:120]})"

@@ -69,6 +69,7 @@ def _plan(ctx: StepContext) -> Outputs:
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(others))
     planned: dict[str, int] = {}  # memory of the VMs planned to move live to each target
     names_to: dict[str, set[str]] = {}  # ...and the names of all planned there
+    seen: dict[str, Any] = {}  # each server's facts, read once for the whole plan
     plan: dict[str, dict[str, Any]] = {}
     for vm in vms:
         raw = states.get(vm.id)
@@ -89,7 +90,7 @@ def _plan(ctx: StepContext) -> Outputs:
         verdicts = [
             judge(
                 ctx, vm, pool, s, live=live, pinning=wish, maintenance=maintenance,
-                planned_there=names_to.get(s, set()),
+                planned_there=names_to.get(s, set()), seen=seen,
             )
             for s in others
         ]  # fmt: skip

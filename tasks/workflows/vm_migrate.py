@@ -14,6 +14,9 @@
    source's `stopped (migrated)`. Then the VM's record names the target. Converges: a
    domain already on the target (a re-run after a crash) is not migrated again.
 5. (`shutdown`: start it on the target.)
+
+To another pool (`target_pool`), step 4 is the cold move of `vm_move_pool`: the disks are
+copied, the VM defined there, switched, the source disks deleted.
 """
 
 from __future__ import annotations
@@ -24,26 +27,21 @@ from typing import Any, cast
 from orchestrator.errors import HypervisorError, MigrationRefused, RetryLater
 from orchestrator.jobs.checks import PinningWish, as_pinning, target_pinning
 from schemas import event_types as et
-from schemas.inventory import Vm, VmDisk, VmState
+from schemas.inventory import VmState
+from schemas.jobs import JobState
 from schemas.requests import MigrateVm
 from tasks.step import Outputs, Step, StepContext, Wait
-from tasks.steps.migration import Deadlines, judge
+from tasks.steps.migration import Deadlines, free_slot, judge, mapped
 from tasks.steps.vm import START, domain_spec_of, observe, stop_step, vm_of
+from tasks.workflows.vm_move_pool import MOVE_TO_POOL
+from workers.hypervisor.adapter import Hypervisor
 
 ACTIVE = (VmState.RUNNING, VmState.SUSPENDED)
-ENDED = [et.job_state(s) for s in ("succeeded", "failed", "aborted")]
+ENDED = [et.job_state(s.value) for s in JobState if s.terminal]
 
 
 def _wish(req: MigrateVm) -> PinningWish:
     return "drop" if req.drop_pinning else req.pinning
-
-
-def _mapped(vm: Vm, req: MigrateVm) -> Vm:
-    """The VM with its vNICs on the target pool's networks (`network_map`)."""
-    nics = [
-        n.model_copy(update={"network": req.network_map.get(n.network, n.network)}) for n in vm.nics
-    ]
-    return vm.model_copy(update={"nics": nics})
 
 
 def _plan(ctx: StepContext) -> Outputs:
@@ -70,7 +68,7 @@ def _plan(ctx: StepContext) -> Outputs:
     into = pool
     if req.target_pool:  # judged as the VM will be there: on that pool's networks
         into = ctx.run(ctx.runtime.inventory.pool(req.target_pool))
-        vm = _mapped(vm, req)
+        vm = mapped(vm, req)
     candidates = [req.target_server] if req.target_server else into.servers
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(candidates))
     verdicts = [
@@ -132,14 +130,9 @@ def _slot(ctx: StepContext) -> Outputs | Wait:
     )
 
 
-def _free_slot(ctx: StepContext) -> None:
-    pool = str(ctx.outputs.get("source_pool") or vm_of(ctx).pool)
-    ctx.run(ctx.runtime.servers.release_migration_slot(pool, ctx.job.id))
-
-
 def _migrate(ctx: StepContext) -> Outputs:
     out = _move(ctx)
-    _free_slot(ctx)  # at once, not at the job's end: a migration waiting for it goes on
+    free_slot(ctx)  # at once, not at the job's end: a migration waiting for it goes on
     return out
 
 
@@ -211,8 +204,7 @@ def _move(ctx: StepContext) -> Outputs:
                 if not _moved_anyway(ctx, vm.id, source, target):
                     if any(f["action"] == "pause" for f in deadlines.fired):
                         # paused to converge, then aborted: it runs on, on the source
-                        hvs = ctx.runtime.hypervisors
-                        hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri).resume(vm.id)
+                        _uninterrupted(ctx, source).resume(vm.id)
                     raise
                 ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
                 return {"server": target, "completed_before_abort": True}
@@ -237,10 +229,14 @@ def _move(ctx: StepContext) -> Outputs:
 def _moved_anyway(ctx: StepContext, vm_id: str, source: str, target: str) -> bool:
     """Whether the domain runs on `target` and is gone from `source`, asked without the
     step's interrupt (an abort must not stop this look)."""
-    hvs = ctx.runtime.hypervisors
-    src = hvs.get(ctx.run(ctx.runtime.inventory.server(source)).uri)
-    dst = hvs.get(ctx.run(ctx.runtime.inventory.server(target)).uri)
+    src, dst = _uninterrupted(ctx, source), _uninterrupted(ctx, target)
     return dst.domain_state(vm_id) in ACTIVE and src.domain_state(vm_id) is None
+
+
+def _uninterrupted(ctx: StepContext, server: str) -> Hypervisor:
+    """The server's adapter without the step's interrupt: what a step does after an abort
+    was seen, to leave things right, must not be stopped by that abort."""
+    return ctx.runtime.hypervisors.get(ctx.run(ctx.runtime.inventory.server(server)).uri)
 
 
 def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
@@ -258,141 +254,11 @@ def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
     ctx.report(processed / total if total else 0.0, detail)
 
 
-# --- cold, to another pool: copy the disks, define there, switch, delete the old disks ----
-
-
-def _pools(ctx: StepContext) -> tuple[str, str]:
-    """The repositories (libvirt storage pools) of the source and the target pool."""
-    inv = ctx.runtime.inventory
-    src = ctx.run(inv.pool(str(ctx.outputs["source_pool"]))).repository.name
-    dst = ctx.run(inv.pool(str(ctx.outputs["target_pool"]))).repository.name
-    return src, dst
-
-
-def _copy_disks(ctx: StepContext) -> Outputs:
-    """Copy each disk to the target pool's repository, from the source server to the
-    target server (libvirt streams). Converges: a re-run copies again."""
-    vm = vm_of(ctx)
-    src_repo, dst_repo = _pools(ctx)
-    source, target = str(ctx.outputs["source"]), str(ctx.outputs["target"])
-    dest = ctx.run(ctx.runtime.inventory.server(target))
-    src = ctx.hypervisor(source)
-    total = len(vm.disks) or 1
-    disks = []
-    for i, d in enumerate(vm.disks):
-
-        def progress(done: int, size: int, i: int = i, name: str = d.volume) -> None:
-            share = done / size if size else 1.0
-            ctx.report((i + share) / total, {"volume": name, "bytes_done": done, "bytes": size})
-
-        path = src.copy_volume_to(src_repo, d.volume, dest.uri, dst_repo, d.volume, progress)
-        disks.append({"volume": d.volume, "path": path, "target": d.target})
-    return {"disks": disks, "target_repository": dst_repo}
-
-
-def _switched(ctx: StepContext, vm: Vm) -> bool:
-    """The record names the target pool: the copies and the definition there are the VM's
-    only ones, never to be undone."""
-    return vm.pool == ctx.outputs.get("target_pool")
-
-
-def _remove_copies(ctx: StepContext) -> None:
-    """Undo: the copies (whole or half made) go from the target pool's repository."""
-    vm = vm_of(ctx)
-    if _switched(ctx, vm):
-        return
-    _src_repo, dst_repo = _pools(ctx)
-    dst = ctx.hypervisor(str(ctx.outputs["target"]))
-    for d in vm.disks:
-        dst.delete_volume(dst_repo, d.volume)
-
-
-def _moved(ctx: StepContext, vm: Vm) -> Vm:
-    """The VM as it is to be on the target: its pool, server, disks and networks there."""
-    req = cast(MigrateVm, ctx.request)
-    disks = [VmDisk(**d) for d in ctx.outputs["disks"]]
-    return _mapped(vm, req).model_copy(
-        update={
-            "pool": ctx.outputs["target_pool"],
-            "server": ctx.outputs["target"],
-            "disks": disks,
-            "pinning": ctx.outputs.get("pinning") or None,
-        }
-    )
-
-
-def _define_target(ctx: StepContext) -> Outputs:
-    vm = vm_of(ctx)
-    if _switched(ctx, vm):  # a re-run
-        return {}
-    moved = _moved(ctx, vm)
-    ctx.expect(vm.id, [et.VM_DEFINED])
-    ctx.hypervisor(moved.server or "").define(
-        domain_spec_of(moved, {"job": ctx.job.id, "pool": moved.pool})
-    )
-    return {}
-
-
-def _undefine_target(ctx: StepContext) -> None:
-    vm = vm_of(ctx)
-    if _switched(ctx, vm):
-        return
-    ctx.expect(vm.id, [et.VM_UNDEFINED])
-    ctx.hypervisor(str(ctx.outputs["target"])).undefine(vm.id)
-
-
-def _switch(ctx: StepContext) -> Outputs:
-    """The point of no return: the record names the target (where the VM is defined),
-    then the source's definition goes. Converges: a re-run finds the record switched
-    and makes sure the source's definition is gone."""
-    vm = vm_of(ctx)
-    if vm.pool != ctx.outputs["target_pool"]:
-        ctx.run(ctx.runtime.inventory.save_vm(_moved(ctx, vm), fence=ctx.fence))
-    ctx.expect(vm.id, [et.VM_UNDEFINED])
-    ctx.hypervisor(str(ctx.outputs["source"])).undefine(vm.id)
-    dst = ctx.hypervisor(str(ctx.outputs["target"]))
-    state = observe(ctx, vm_of(ctx), dst)
-    return {"server": ctx.outputs["target"], "state": state.value if state else None}
-
-
-def _delete_sources(ctx: StepContext) -> Outputs:
-    """Only now, with the VM defined on the target and its record there: the source
-    pool's copies of its disks go."""
-    src_repo, _dst_repo = _pools(ctx)
-    src = ctx.hypervisor(str(ctx.outputs["source"]))
-    names = [str(d["volume"]) for d in ctx.outputs["disks"]]
-    for name in names:
-        src.delete_volume(src_repo, name)
-    _free_slot(ctx)
-    return {"deleted_source_volumes": names}
-
-
-COPY = Step(
-    "copy_disks",
-    _copy_disks,
-    _remove_copies,
-    "copy the disks to the target pool's repository",
-)
-DEFINE_TARGET = Step(
-    "define_target", _define_target, _undefine_target, "define the VM on the target server"
-)
-SWITCH = Step(
-    "switch",
-    _switch,
-    None,
-    "the record names the target; undefine it on the source",
-    undo_on_failure=False,
-    no_return=True,  # a failure after it (the start there) leaves the VM where it went
-)
-DELETE_SOURCES = Step(
-    "delete_source_disks", _delete_sources, None, "delete the disks left in the source pool"
-)
-
 PLAN = Step("migration_plan", _plan, None, "check the servers, choose the target")
 SLOT = Step(
     "migration_slot",
     _slot,
-    _free_slot,
+    free_slot,
     "take a slot under the migration limits (or wait for one)",
     resume=_slot,
 )
@@ -404,7 +270,7 @@ def steps(req: MigrateVm) -> list[Step]:
         stop_step(lambda ctx: cast(MigrateVm, ctx.request).shutdown_timeout_s), undo=_start_again
     )
     if req.target_pool:
-        move = [COPY, DEFINE_TARGET, SWITCH, DELETE_SOURCES]
+        move = MOVE_TO_POOL
         return [PLAN, SLOT, stop, *move, START] if req.shutdown else [PLAN, SLOT, *move]
     if req.shutdown:
         return [PLAN, SLOT, stop, MIGRATE, START]
