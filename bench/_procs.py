@@ -26,6 +26,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from orchestrator.lab.reaper import proc_stats
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
@@ -157,16 +158,8 @@ class Proc:
 def group_cpu_s(pgid: int) -> float:
     """User+system CPU seconds used so far by the live processes of process group `pgid`."""
     ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime(12)
+    for _pid, fields in proc_stats():  # fields: state ppid pgrp ... utime(11) stime(12)
+        if int(fields[2]) == pgid:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / _CLK_TCK
 

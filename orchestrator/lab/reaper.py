@@ -25,15 +25,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_S = 3.0  # SIGTERM, then SIGKILL, for the processes left when the lab stops a server
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc), zombies included: the reaper
-    reaps those before it ends, so none is left to PID 1."""
-    out = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(PID, the fields of /proc/PID/stat after "pid (comm) ": state ppid pgrp ...) of
+    every process now; one gone meanwhile is left out."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -42,10 +42,13 @@ def children(pid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
+        yield int(entry), stat[stat.rindex(")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc), zombies included: the reaper
+    reaps those before it ends, so none is left to PID 1."""
+    return [p for p, fields in proc_stats() if int(fields[1]) == pid]
 
 
 def kill_orphans(reaper_pid: int, sig: int = signal.SIGKILL) -> list[int]:

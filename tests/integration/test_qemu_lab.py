@@ -103,6 +103,12 @@ def test_a_vm_made_from_a_template_runs_as_a_real_qemu_guest(start_up: Any) -> N
     assert not [u for u in qemu_processes() if u == vm["id"]]
 
 
+def libvirtd_pid(up: Up, name: str) -> int:
+    """The PID of the server's libvirtd (its pid file sits beside its socket)."""
+    sock = Path(parse_qs(urlsplit(server_uri(up, name)).query)["socket"][0])
+    return int((sock.parent / "libvirtd.pid").read_text())
+
+
 def router_caught_up(up: Up) -> bool:
     """The routers' consumer group has read every entry and acknowledged all it read."""
     r = redis.Redis.from_url(up.state()["redis_url"], decode_responses=True)
@@ -204,8 +210,7 @@ def test_ha_moves_a_vm_off_a_crashed_libvirtd_only_after_the_fence_killed_its_gu
     vm_id = job["links"]["vm_id"]
     [guest] = qemu_pids(vm_id)
     # when: srv-a1's libvirtd is SIGKILLed; its guest runs on, as on a real host
-    sock = Path(parse_qs(urlsplit(server_uri(up, "srv-a1")).query)["socket"][0])
-    libvirtd = int((sock.parent / "libvirtd.pid").read_text())
+    libvirtd = libvirtd_pid(up, "srv-a1")
     os.kill(libvirtd, signal.SIGKILL)
     assert guest in qemu_pids(vm_id)
 
@@ -232,8 +237,7 @@ def test_a_create_lands_on_another_server_while_one_libvirtd_hangs(start_up: Any
     # given: the qemu lab's pool of two servers, srv-a2's libvirtd stopped (SIGSTOP: it
     # accepts connections and never answers)
     up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
-    sock = Path(parse_qs(urlsplit(server_uri(up, "srv-a2")).query)["socket"][0])
-    libvirtd = int((sock.parent / "libvirtd.pid").read_text())
+    libvirtd = libvirtd_pid(up, "srv-a2")
     os.kill(libvirtd, signal.SIGSTOP)
     try:
         # when: a VM is created in the pool, no server named
