@@ -56,6 +56,13 @@ class RetryLater(Retryable):
         self.retry_after_s = delay_s
 
 
+class SourceUnavailable(Retryable):
+    """An import's source could not be reached, answered with a server error, or cut the
+    transfer short: the step tries again (from the start)."""
+
+    code = "source_unavailable"
+
+
 class TooManyRequests(Retryable):
     """A limit on concurrent use was reached (429); `retry_after_s` is sent as Retry-After."""
 
@@ -99,6 +106,13 @@ class MigrationRefused(Permanent):
     """A migration's pre-check failed: the message says which and why."""
 
     code = "migration_refused"
+
+
+class ImportFailed(Permanent):
+    """An import's source refused it (not found, no size given, too large) or its data is
+    not what was asked for (checksum, format): trying again would give the same."""
+
+    code = "import_failed"
 
 
 class LeaseLost(Permanent):

@@ -17,6 +17,7 @@ from orchestrator.jobs.dispatch import Dispatcher, TaskMessages, producer_app
 from orchestrator.jobs.submit import Submitter
 from orchestrator.settings import Settings
 from orchestrator.store.alerts import AlertStore
+from orchestrator.store.content import ContentStore
 from orchestrator.store.events import EventLog
 from orchestrator.store.expectations import Expectations
 from orchestrator.store.fleet import FleetStore
@@ -30,6 +31,7 @@ from orchestrator.store.retention import JobRetention, RetentionPolicy
 from orchestrator.store.servers import ServerStates
 from orchestrator.store.tokens import TokenStore
 from orchestrator.store.waits import Waits
+from orchestrator.targets import ImportAllowList
 
 
 def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> Redis:
@@ -66,6 +68,7 @@ class Services:
     ha: HaStore
     servers: ServerStates
     macs: MacStore
+    content: ContentStore
     dispatcher: Dispatcher
     submitter: Submitter
 
@@ -80,6 +83,7 @@ class Services:
         macs = MacStore(redis, MacRange.parse(settings.mac_range))
         dispatcher = Dispatcher(redis, TaskMessages(producer_app()))
         events = EventLog(redis)
+        content = ContentStore(redis)
         return cls(
             settings=settings,
             redis=redis,
@@ -99,6 +103,14 @@ class Services:
             ha=HaStore(redis, max_restarts=settings.ha_max_restarts, window_s=settings.ha_window_s),
             servers=ServerStates(redis),
             macs=macs,
+            content=content,
             dispatcher=dispatcher,
-            submitter=Submitter(jobs, inventory, dispatcher, macs),
+            submitter=Submitter(
+                jobs,
+                inventory,
+                dispatcher,
+                macs,
+                content,
+                ImportAllowList(settings.import_allowed_hosts),
+            ),
         )

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # CIDR, with an optional :port (IPv6 in brackets then). Loopback, private and other
     # special addresses need an address or CIDR entry; a host name never allows them.
     webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    # Repository imports fetch only from these (same entries and rules as the webhook
+    # allow-list; empty: no import from a URL at all), at most import_max_bytes a file, and
+    # give up on a source silent for import_read_timeout_s.
+    import_allowed_hosts: list[str] = Field(default_factory=list)
+    import_max_bytes: int = Field(default=64 * 1024**3, ge=1)
+    import_read_timeout_s: float = Field(default=60.0, gt=0)
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)
     ha_window_s: float = Field(default=3600.0, gt=0)

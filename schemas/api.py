@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from schemas.base import Frozen, Name
 from schemas.events import Event
 from schemas.hooks import Hook
-from schemas.inventory import Server, ServerFacts, Vm
+from schemas.inventory import RepositoryContent, Server, ServerFacts, Template, Vm
 
 T = TypeVar("T")
 
@@ -119,6 +119,22 @@ class MigrationTargets(Frozen):
     server: str | None
     live: bool
     targets: list[MigrationTarget]
+
+
+class TemplateView(Template):
+    size_bytes: int = Field(default=0, description="the capacity of its disks")
+
+
+class RepositoryView(Frozen):
+    """A repository (a libvirt storage pool on the servers of the pools it is presented
+    to) and what it holds, by kind, each with size and format."""
+
+    name: str
+    path: str = ""
+    pools: list[str] = Field(description="the server pools it is presented to")
+    templates: list[TemplateView] = Field(default_factory=list)
+    isos: list[RepositoryContent] = Field(default_factory=list)
+    virtual_disks: list[RepositoryContent] = Field(default_factory=list)
 
 
 class VmView(Vm):

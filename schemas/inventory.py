@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -50,6 +50,27 @@ class Repository(Frozen):
         "libvirt cannot tell (a local directory of servers on one host, as in the lab): "
         "live migration then skips libvirt's shared-storage check",
     )
+
+
+ContentKind = Literal["iso", "virtual_disk"]
+"""Content a repository holds beside templates (and, later, assemblies)."""
+
+
+class RepositoryContent(Frozen):
+    """A file in a repository (a volume of its libvirt storage pool) that vmorch imported:
+    an ISO to boot or attach, or a virtual disk. `state` is `importing` while the job that
+    reserved the name runs, `ready` once the file is complete and checked."""
+
+    repository: Name
+    name: Name
+    kind: ContentKind
+    state: Literal["importing", "ready"] = "importing"
+    size_bytes: Annotated[int, Field(ge=0)] = 0
+    format: Literal["raw", "qcow2", "iso"] | None = None
+    sha256: str | None = None
+    source: str = Field(default="", description="where it was imported from (no query)")
+    job_id: str | None = Field(default=None, description="the job that imported it")
+    created_at: datetime | None = None
 
 
 class Network(Frozen):
@@ -128,6 +149,17 @@ class VmDisk(Frozen):
     target: str
 
 
+class VmCdrom(Frozen):
+    """An ISO of the VM's repository in its CD-ROM drive (never deleted with the VM)."""
+
+    repository: Name
+    volume: Name
+    path: str
+
+
+BootDevice = Literal["cdrom", "hd", "network"]
+
+
 class VmNic(Frozen):
     network: Name
     mac: str
@@ -145,6 +177,16 @@ class Vm(Frozen):
     memory_mib: MemoryMiB = 512
     disks: list[VmDisk] = Field(default_factory=list)
     nics: list[VmNic] = Field(default_factory=list)
+    cdrom: VmCdrom | None = Field(
+        default=None, description="the ISO in its CD-ROM drive (a VM created from an ISO)"
+    )
+    has_cdrom: bool = Field(
+        default=False, description="the VM has a CD-ROM drive (empty when `cdrom` is null)"
+    )
+    boot: list[BootDevice] = Field(
+        default_factory=lambda: list[BootDevice](["hd"]),
+        description="boot order (a VM from an ISO: cdrom, hd)",
+    )
     ha: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
     desired_state: VmState | None = Field(

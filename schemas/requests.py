@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, model_validator
 
 from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
+from schemas.inventory import ContentKind
 
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
@@ -33,34 +34,69 @@ class VnicRequest(Frozen):
     mac: MacAddress | None = None
 
 
-class CreateFromTemplate(Frozen):
-    """Clone a template's disks in the pool's repository, define the VM where there is room,
-    start it."""
+class NewVm(Frozen):
+    """What every create shares: where the VM goes, its name, vNICs and labels."""
 
-    kind: Literal["vm.create_from_template"]
     pool: Name
-    template: Name
     name: VmName
-    vcpus: VcpuCount | None = None
-    memory_mib: MemoryMiB | None = None
     vnics: Annotated[list[VnicRequest], Field(max_length=8)] = Field(default_factory=list)
     server: Name | None = Field(
         default=None, description="place on this server instead of choosing"
     )
     start: bool = True
     ha: bool = False
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
+        Field(max_length=20),
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _macs_once(self) -> CreateFromTemplate:
+    def _macs_once(self) -> NewVm:
         macs = [n.mac.lower() for n in self.vnics if n.mac]
         if len(macs) != len(set(macs)):
             raise ValueError("vnics: each MAC at most once")
         return self
 
-    labels: Annotated[
-        dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
-        Field(max_length=20),
-    ] = Field(default_factory=dict)
+
+class CreateFromTemplate(NewVm):
+    """Clone a template's disks in the pool's repository, define the VM where there is room,
+    start it."""
+
+    kind: Literal["vm.create_from_template"]
+    template: Name
+    vcpus: VcpuCount | None = None
+    memory_mib: MemoryMiB | None = None
+
+
+GIB_MIB = 1024
+DISK_MAX_MIB = 64 * 1024 * 1024  # 64 TiB, qcow2's limit
+
+
+class NewDisk(Frozen):
+    """An empty disk made for the VM in its pool's repository (sparse: it takes no space
+    until the guest writes)."""
+
+    size_mib: Annotated[int, Field(ge=1, le=DISK_MAX_MIB)]
+
+
+class CreateFromIso(NewVm):
+    """A hardware-virtualized VM that boots an installer ISO of the pool's repository from
+    its CD-ROM drive (boot order: cdrom, then disk), with empty disks made in the
+    repository."""
+
+    kind: Literal["vm.create_from_iso"]
+    iso: Name = Field(description="an ISO of the pool's repository (repository.import)")
+    vcpus: VcpuCount = 1
+    memory_mib: MemoryMiB = 512
+    disks: Annotated[list[NewDisk], Field(max_length=16)] = Field(
+        default_factory=lambda: [NewDisk(size_mib=8 * GIB_MIB)],
+        description="empty disks to install onto (default: one of 8 GiB)",
+    )
+
+
+CreateRequest = CreateFromTemplate | CreateFromIso
+CREATE_KINDS = frozenset({"vm.create_from_template", "vm.create_from_iso"})
+"""Kinds that make a new VM (its record is reserved at submission)."""
 
 
 class VmOperation(Frozen):
@@ -177,6 +213,38 @@ class MigrateVm(VmOperation):
         return self
 
 
+class EjectIso(VmOperation):
+    """Empty the VM's CD-ROM drive (live when it runs, and in its definition)."""
+
+    kind: Literal["vm.eject_iso"]
+
+
+class InsertIso(VmOperation):
+    """Put an ISO of the VM's pool repository in its CD-ROM drive (live when it runs,
+    and in its definition); one already there is replaced."""
+
+    kind: Literal["vm.insert_iso"]
+    iso: Name
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class RepositoryImport(Frozen):
+    """Fetch a file into a repository: an ISO or a virtual disk (raw or qcow2), from an
+    http, https or ftp URL the import allow-list permits; checked against `sha256` when
+    given. Progress in bytes."""
+
+    kind: Literal["repository.import"]
+    repository: Name
+    content: ContentKind
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    name: Name | None = Field(
+        default=None, description="its name in the repository (default: the URL's file name)"
+    )
+    sha256: Sha256 | None = None
+
+
 class PinVcpus(VmOperation):
     """Hard partitioning: pin each vCPU to physical CPUs of the VM's server (live and in
     its persistent definition); `pinning: null` removes the pinning."""
@@ -256,6 +324,10 @@ class Noop(Frozen):
 # What clients may submit; vmorch itself submits the internal kinds too (hooks).
 _ClientKinds = (
     CreateFromTemplate
+    | CreateFromIso
+    | EjectIso
+    | InsertIso
+    | RepositoryImport
     | StartVm
     | StopVm
     | KillVm

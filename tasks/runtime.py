@@ -10,6 +10,7 @@ from orchestrator.jobs.dispatch import TaskMessages
 from orchestrator.loopthread import LoopThread
 from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
+from orchestrator.store.content import ContentStore
 from orchestrator.store.expectations import Expectations
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
@@ -61,6 +62,10 @@ class Runtime:
     @property
     def servers(self) -> ServerStates:
         return self.services.servers
+
+    @property
+    def content(self) -> ContentStore:
+        return self.services.content
 
     @property
     def expectations(self) -> Expectations:

@@ -15,7 +15,9 @@ from schemas.api import (
     MigrationTarget,
     MigrationTargets,
     Page,
+    RepositoryView,
     ServerView,
+    TemplateView,
     VmView,
 )
 from schemas.base import utcnow
@@ -125,6 +127,46 @@ async def fence_server(request: web.Request) -> web.Response:
     by = f"operator:{caller(request).name}"
     await svc.ha.mark_fenced(name, {"by": by, "reason": ack.reason}, SOURCE_API)
     return respond(FenceRecord(server=name, by=by, reason=ack.reason), 202)
+
+
+async def _repository_views(request: web.Request, only: str | None = None) -> list[RepositoryView]:
+    svc = services(request)
+    pools = await svc.inventory.pools()
+    templates = await svc.inventory.templates()
+    names = sorted({p.repository.name for p in pools})
+    if only is not None:
+        if only not in names:
+            raise NotFound(f"repository {only!r} not found")
+        names = [only]
+    views = []
+    for name in names:
+        content = await svc.content.list(name)
+        views.append(
+            RepositoryView(
+                name=name,
+                path=next((p.repository.path for p in pools if p.repository.name == name), ""),
+                pools=[p.name for p in pools if p.repository.name == name],
+                templates=[
+                    TemplateView(
+                        **t.model_dump(), size_bytes=sum(d.capacity_bytes for d in t.disks)
+                    )
+                    for t in templates
+                    if t.repository == name
+                ],
+                isos=[c for c in content if c.kind == "iso"],
+                virtual_disks=[c for c in content if c.kind == "virtual_disk"],
+            )
+        )
+    return views
+
+
+async def list_repositories(request: web.Request) -> web.Response:
+    return respond_list(await _repository_views(request))
+
+
+async def get_repository(request: web.Request) -> web.Response:
+    [view] = await _repository_views(request, request.match_info["repository"])
+    return respond(view)
 
 
 async def list_templates(request: web.Request) -> web.Response:

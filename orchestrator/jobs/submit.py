@@ -3,58 +3,101 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
 from orchestrator.jobs.transitions import abort_requested
 from orchestrator.store import keys
+from orchestrator.store.content import ContentStore
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.macs import MacStore
-from schemas.base import utcnow
+from orchestrator.targets import ImportAllowList, TargetRefused, file_name
+from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
 from schemas.event_types import SOURCE_API
-from schemas.inventory import Vm, VmNic, VmState
+from schemas.inventory import ContentKind, ServerPool, Vm, VmNic, VmState
 from schemas.jobs import Job, JobLinks, JobState
 from schemas.requests import (
+    CREATE_KINDS,
     INTERNAL_KINDS,
+    CreateFromIso,
     CreateFromTemplate,
+    CreateRequest,
+    EjectIso,
+    InsertIso,
     JobRequest,
     MigrateVm,
     Noop,
     PinVcpus,
+    RepositoryImport,
     ServerActivate,
     ServerMaintenance,
     VmOperation,
 )
 
+_NAME = re.compile(NAME_PATTERN)
+
+
+def valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX and _NAME.fullmatch(name) is not None
+
 
 class Submitter:
     def __init__(
-        self, jobs: JobStore, inventory: InventoryStore, dispatcher: Dispatcher, macs: MacStore
+        self,
+        jobs: JobStore,
+        inventory: InventoryStore,
+        dispatcher: Dispatcher,
+        macs: MacStore,
+        content: ContentStore,
+        import_allow: ImportAllowList,
     ):
         self.jobs = jobs
         self.inventory = inventory
         self.dispatcher = dispatcher
         self.macs = macs
+        self.content = content
+        self.import_allow = import_allow
 
-    async def _check_create(self, req: CreateFromTemplate) -> None:
+    async def _content_problem(self, repository: str, name: str, kind: ContentKind) -> str | None:
+        """Why `name` cannot be used as `kind` from `repository` (None: it can)."""
+        found = await self.content.get(repository, name)
+        if found is None:
+            return f"repository {repository} has no {kind} {name!r} (import it first)"
+        if found.kind != kind:
+            return f"{name!r} in repository {repository} is a {found.kind}, not a {kind}"
+        if found.state != "ready":
+            return f"{name!r} in repository {repository} is still being imported"
+        return None
+
+    async def _check_create(self, req: CreateRequest) -> tuple[int, int]:
+        """Check a create against the inventory; the VM's (vcpus, memory_mib)."""
         try:
             pool = await self.inventory.pool(req.pool)
         except NotFound as e:
             raise ValidationFailed(e.message, details=[(["body", "pool"], e.message)]) from e
-        try:
-            tmpl = await self.inventory.template(req.template)
-        except NotFound as e:
-            raise ValidationFailed(e.message, details=[(["body", "template"], e.message)]) from e
         problems: list[tuple[list[str | int], str]] = []
-        if tmpl.repository != pool.repository.name:
-            problems.append(
-                (
-                    ["body", "template"],
-                    f"template {tmpl.name} is not in pool {pool.name}'s repository",
+        if isinstance(req, CreateFromTemplate):
+            try:
+                tmpl = await self.inventory.template(req.template)
+            except NotFound as e:
+                raise ValidationFailed(
+                    e.message, details=[(["body", "template"], e.message)]
+                ) from e
+            shape = (req.vcpus or tmpl.vcpus, req.memory_mib or tmpl.memory_mib)
+            if tmpl.repository != pool.repository.name:
+                problems.append(
+                    (
+                        ["body", "template"],
+                        f"template {tmpl.name} is not in pool {pool.name}'s repository",
+                    )
                 )
-            )
+        else:
+            shape = (req.vcpus, req.memory_mib)
+            if why := await self._content_problem(pool.repository.name, req.iso, "iso"):
+                problems.append((["body", "iso"], why))
         nets = {n.name for n in pool.networks}
         for i, nic in enumerate(req.vnics):
             if nic.network not in nets:
@@ -68,6 +111,57 @@ class Submitter:
             problems.append((["body", "server"], f"server {req.server} is not in pool {pool.name}"))
         if problems:
             raise ValidationFailed("the request does not fit the inventory", details=problems)
+        return shape
+
+    async def _check_import(self, req: RepositoryImport) -> ServerPool:
+        """The repository, the URL (allow-list; its addresses are checked again at each
+        connection) and the file's name; the first pool the repository is presented to."""
+        pools = [p for p in await self.inventory.pools() if p.repository.name == req.repository]
+        if not pools:
+            msg = f"no server pool has a repository {req.repository!r}"
+            raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
+        try:
+            self.import_allow.check(req.url)
+        except TargetRefused as e:
+            raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
+        name = req.name or file_name(req.url)
+        if not name:
+            msg = "the URL names no file: give a name"
+            raise ValidationFailed(msg, details=[(["body", "name"], msg)])
+        if not valid_name(name):
+            msg = f"the URL's file name {name[:80]!r} is not a valid name here: give a name"
+            raise ValidationFailed(msg, details=[(["body", "name"], msg)])
+        held = await self.content.get(req.repository, name)
+        if held is not None:
+            raise Conflict(
+                f"repository {req.repository} already holds {name!r}",
+                details=[(["body", "name"], "a file of this name exists in the repository")],
+            )
+        return pools[0]
+
+    async def _check_vm_op(self, req: VmOperation, vm: Vm) -> None:
+        """Checks of an operation on a VM that depend on the VM."""
+        if isinstance(req, PinVcpus) and req.pinning:
+            extra = sorted(int(k) for k in req.pinning if int(k) >= vm.vcpus)
+            if extra:
+                raise ValidationFailed(
+                    "the request does not fit the VM",
+                    details=[
+                        (
+                            ["body", "pinning", str(extra[0])],
+                            f"vm {vm.name} has {vm.vcpus} vCPU(s): 0-{vm.vcpus - 1}",
+                        )
+                    ],
+                )
+        if isinstance(req, InsertIso | EjectIso) and not vm.has_cdrom:
+            msg = f"vm {vm.name} has no CD-ROM drive (a VM created from an ISO has one)"
+            raise ValidationFailed(msg, details=[(["body", "vm"], msg)])
+        if isinstance(req, InsertIso):
+            pool = await self.inventory.pool(vm.pool)
+            if why := await self._content_problem(pool.repository.name, req.iso, "iso"):
+                raise ValidationFailed(why, details=[(["body", "iso"], why)])
+        if isinstance(req, MigrateVm):
+            await self._check_migrate(req, vm)
 
     async def submit(
         self,
@@ -150,9 +244,8 @@ class Submitter:
         reserve: Vm | None = None
         link_update: dict[str, str] = {}
         queue = keys.DEFAULT_QUEUE
-        if isinstance(req, CreateFromTemplate):
-            await self._check_create(req)
-            tmpl = await self.inventory.template(req.template)
+        if isinstance(req, CreateFromTemplate | CreateFromIso):
+            vcpus, memory_mib = await self._check_create(req)
             vm_id = str(uuid.uuid4())
             macs = await self.macs.claim(vm_id, [n.mac for n in req.vnics])
             reserve = Vm(
@@ -163,8 +256,8 @@ class Submitter:
                 ],
                 pool=req.pool,
                 state=VmState.PROVISIONING,
-                vcpus=req.vcpus or tmpl.vcpus,
-                memory_mib=req.memory_mib or tmpl.memory_mib,
+                vcpus=vcpus,
+                memory_mib=memory_mib,
                 ha=req.ha,
                 labels=req.labels,
                 created_by_job=job_id,
@@ -178,20 +271,11 @@ class Submitter:
                 raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
             link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
             queue = keys.pool_queue(vm.pool)
-            if isinstance(req, PinVcpus) and req.pinning:
-                extra = sorted(int(k) for k in req.pinning if int(k) >= vm.vcpus)
-                if extra:
-                    raise ValidationFailed(
-                        "the request does not fit the VM",
-                        details=[
-                            (
-                                ["body", "pinning", str(extra[0])],
-                                f"vm {vm.name} has {vm.vcpus} vCPU(s): 0-{vm.vcpus - 1}",
-                            )
-                        ],
-                    )
-            if isinstance(req, MigrateVm):
-                await self._check_migrate(req, vm)
+            await self._check_vm_op(req, vm)
+        elif isinstance(req, RepositoryImport):
+            pool = await self._check_import(req)
+            link_update = {"pool": pool.name}
+            queue = keys.pool_queue(pool.name)
         elif isinstance(req, ServerMaintenance | ServerActivate):
             try:
                 server = await self.inventory.server(req.server)
@@ -264,10 +348,6 @@ class Submitter:
             await self.dispatcher.dispatch(head, nxt.queue)
         if job.state == JobState.ABORTING:
             await self.dispatcher.dispatch(job.id, job.queue)
-        if (
-            job.state == JobState.ABORTED
-            and job.kind == "vm.create_from_template"
-            and job.links.vm_id
-        ):
+        if job.state == JobState.ABORTED and job.kind in CREATE_KINDS and job.links.vm_id:
             await self.inventory.delete_vm(job.links.vm_id)  # the reservation never ran
         return job

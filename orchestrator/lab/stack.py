@@ -117,6 +117,8 @@ class Stack:
             "VMORCH_FENCE_COMMAND": json.dumps(
                 [sys.executable, "-m", "orchestrator.lab.fence", str(self.lab.base_dir), "{server}"]
             ),
+            # imports from files served on this machine (the lab's sources are local)
+            "VMORCH_IMPORT_ALLOWED_HOSTS": json.dumps(["127.0.0.0/8", "::1"]),
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
             "VMORCH_API_HOST": host,

@@ -20,8 +20,8 @@ from orchestrator.router.actions import ActionContext, ActionKind, Firing, regis
 from orchestrator.router.actions.webhook import WebhookSender
 from orchestrator.router.hooks import matches
 from orchestrator.router.policies import ha
-from orchestrator.router.webhook_targets import WebhookAllowList
 from orchestrator.services import Services
+from orchestrator.targets import WebhookAllowList
 from schemas import event_types as et
 from schemas.events import Event
 from schemas.hooks import Hook, HookRun

@@ -39,6 +39,10 @@ Inventory (owner: inventory store; lifetime: until removed; a VM's keys go with 
 - vms                     zset   vm id -> created ms
 - vms:server:{server}     set    ids of the VMs placed on the server (HA covers them all)
 - vmname:{name}           string vm id (names are unique)
+Repositories (owner: repository.import; lifetime: until removed)
+- repo:{name}:content     hash   file name -> JSON of RepositoryContent: ISOs and virtual disks
+                                 imported into the repository (`importing` while its job runs;
+                                 the entry goes when the import fails)
 Auth (lifetime: until revoked)
 - token:{sha256}          string JSON of TokenInfo; the token itself is never stored
 - tokens                  hash   token id -> sha256 (for listing and revoking)
@@ -148,6 +152,10 @@ def template(name: str) -> str:
 POOLS = f"{PREFIX}pools"
 SERVERS = f"{PREFIX}servers"
 TEMPLATES = f"{PREFIX}templates"
+
+
+def repo_content(repository: str) -> str:
+    return f"{PREFIX}repo:{repository}:content"
 
 
 def vm(vm_id: str) -> str:

@@ -14,7 +14,7 @@ from schemas import event_types as et
 from schemas.inventory import Vm, VmState
 from tasks.step import Outputs, Step, StepContext, Wait
 from workers.hypervisor.adapter import Hypervisor
-from workers.hypervisor.xml import DiskSpec, DomainSpec, NicSpec
+from workers.hypervisor.xml import CdromSpec, DiskSpec, DomainSpec, NicSpec
 
 STARTED = [et.VM_STARTED, et.VM_RESUMED]  # a start shows as either, once
 STOPPED = [et.VM_STOPPED]
@@ -58,6 +58,8 @@ def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
         nics=[NicSpec(n.network, n.mac) for n in vm.nics],
         metadata=metadata,
         pinning={int(k): list(v) for k, v in (vm.pinning or {}).items()},
+        cdrom=CdromSpec(vm.cdrom.path if vm.cdrom else None) if vm.cdrom or vm.has_cdrom else None,
+        boot=list(vm.boot),
     )
 
 

@@ -8,9 +8,12 @@ from orchestrator.errors import BadRequest
 from tasks.step import Step, WorkflowBuilder
 from tasks.workflows import (
     noop,
+    repo_import,
     server_maintenance,
     vm_create,
+    vm_create_iso,
     vm_ha,
+    vm_iso,
     vm_lifecycle,
     vm_migrate,
     vm_pin,
@@ -19,6 +22,10 @@ from tasks.workflows import (
 WORKFLOWS: dict[str, WorkflowBuilder] = {
     "noop": noop.steps,
     "vm.create_from_template": vm_create.steps,
+    "vm.create_from_iso": vm_create_iso.steps,
+    "vm.insert_iso": vm_iso.insert_steps,
+    "vm.eject_iso": vm_iso.eject_steps,
+    "repository.import": repo_import.steps,
     "vm.ha_restart": vm_ha.steps,
     "vm.migrate": vm_migrate.steps,
     "vm.pin_vcpus": vm_pin.steps,

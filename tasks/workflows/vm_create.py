@@ -1,4 +1,7 @@
-"""vm.create_from_template: clone template disks, define the VM where there is room, start it."""
+"""vm.create_from_template: clone template disks, define the VM where there is room, start it.
+
+Its reserve, place and define steps serve every create (`vm_create_iso` too): they work
+from the VM record reserved at submission and the outputs of the steps before them."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import hashlib
 from typing import cast
 
 from orchestrator.errors import NotFound
-from schemas.inventory import Template, VmDisk, VmNic, VmState
-from schemas.requests import CreateFromTemplate
+from schemas.inventory import Template, VmCdrom, VmDisk, VmNic, VmState
+from schemas.requests import CreateFromTemplate, CreateRequest
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
@@ -19,15 +22,19 @@ def _req(ctx: StepContext) -> CreateFromTemplate:
     return cast(CreateFromTemplate, ctx.request)  # the registry maps this kind here
 
 
+def _create(ctx: StepContext) -> CreateRequest:
+    return cast(CreateRequest, ctx.request)
+
+
 def _template(ctx: StepContext) -> Template:
     return ctx.run(ctx.runtime.inventory.template(_req(ctx).template))
 
 
-def _volume_name(ctx: StepContext, index: int) -> str:
+def volume_name(ctx: StepContext, index: int) -> str:
     """Unique to this VM (name and the start of its UUID), so a disk kept from a deleted VM
     of the same name is never picked up, nor deleted by this VM's undo."""
     vm_id = ctx.job.links.vm_id or ""
-    return f"{_req(ctx).name}-{vm_id[:8]}-disk{index}"
+    return f"{_create(ctx).name}-{vm_id[:8]}-disk{index}"
 
 
 def mac_for(vm_id: str, index: int) -> str:
@@ -52,16 +59,17 @@ def reserve_undo(ctx: StepContext) -> None:
 
 def place_run(ctx: StepContext) -> Outputs:
     """Choose the server of the pool with the most free memory that fits the VM, and
-    place the VM there (its memory held for it until this job ends or it runs)."""
-    req = _req(ctx)
-    tmpl = _template(ctx)
+    place the VM there (its memory held for it until this job ends or it runs). The
+    shape is the reservation's (the request's, or the template's defaults)."""
+    req = _create(ctx)
+    vm = vm_of(ctx)
     return choose_server(
         ctx,
         req.pool,
-        req.memory_mib or tmpl.memory_mib,
+        vm.memory_mib,
         candidates=[req.server] if req.server else None,
-        vcpus=req.vcpus or tmpl.vcpus,
-        place_vm=ctx.job.links.vm_id,
+        vcpus=vm.vcpus,
+        place_vm=vm.id,
     )
 
 
@@ -82,7 +90,7 @@ def clone_run(ctx: StepContext) -> Outputs:
     hv = ctx.hypervisor(ctx.outputs["server"])
     disks = []
     for i, d in enumerate(tmpl.disks):
-        name = _volume_name(ctx, i)
+        name = volume_name(ctx, i)
         if ctx.attempt > 1:
             hv.delete_volume(tmpl.repository, name)
         path = hv.clone_volume(tmpl.repository, d.volume, name)
@@ -99,16 +107,16 @@ def clone_undo(ctx: StepContext) -> None:
         return
     hv = ctx.hypervisor(server)
     for i in range(len(tmpl.disks)):
-        hv.delete_volume(tmpl.repository, _volume_name(ctx, i))
+        hv.delete_volume(tmpl.repository, volume_name(ctx, i))
 
 
 def define_run(ctx: StepContext) -> Outputs:
     """Ensure the domain is defined; redefining with the same UUID and XML changes nothing."""
-    req = _req(ctx)
-    tmpl = _template(ctx)
+    req = _create(ctx)
     vm = vm_of(ctx)
     server = ctx.outputs["server"]
     hv = ctx.hypervisor(server)
+    cdrom = ctx.outputs.get("cdrom")
     # the MACs were claimed with the reservation (a record of an older version has none)
     nics = vm.nics or [
         VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
@@ -120,12 +128,16 @@ def define_run(ctx: StepContext) -> Outputs:
             "state": VmState.STOPPED,
             "disks": [VmDisk(**d) for d in ctx.outputs.get("disks", [])],
             "nics": nics,
+            "cdrom": VmCdrom(**cdrom) if cdrom else None,
+            "has_cdrom": cdrom is not None,
+            "boot": ["cdrom", "hd"] if cdrom else ["hd"],
             "desired_state": None,  # kept apart (vmdesired), as is the observed state
             "observed_at": None,
         }
     )
     ctx.expect(vm.id, ["vm.lifecycle.defined"])
-    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, "template": tmpl.name}))
+    source = {"template": req.template} if isinstance(req, CreateFromTemplate) else {"iso": req.iso}
+    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, **source}))
     ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
     if not req.start:  # it stays stopped: it holds no memory there (and never will run
@@ -145,12 +157,17 @@ def define_undo(ctx: StepContext) -> None:
         ctx.hypervisor(server).undefine(vm_id)
 
 
+RESERVE = Step("reserve", reserve_run, reserve_undo, "check the VM record reserved at submission")
+PLACE = Step("place", place_run, place_undo, "choose a server of the pool with room, hold it")
+DEFINE = Step("define", define_run, define_undo, "define the domain on the chosen server")
+
+
 def steps(req: CreateFromTemplate) -> list[Step]:
     out = [
-        Step("reserve", reserve_run, reserve_undo, "check the VM record reserved at submission"),
-        Step("place", place_run, place_undo, "choose a server of the pool with room, hold it"),
+        RESERVE,
+        PLACE,
         Step("clone_disks", clone_run, clone_undo, "clone the template's disks in the repository"),
-        Step("define", define_run, define_undo, "define the domain on the chosen server"),
+        DEFINE,
     ]
     if req.start:
         out.append(START)

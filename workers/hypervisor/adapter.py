@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,10 +38,13 @@ from workers.hypervisor.facts import active_memory, host_cpus, memory_used_mib, 
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import (
     DomainSpec,
+    cdrom_device_xml,
+    cdrom_source,
     dir_pool_xml,
     domain_xml,
     network_xml,
     repin_domain_xml,
+    replace_cdrom_xml,
     vcpu_pins,
     volume_xml,
 )
@@ -486,6 +489,103 @@ class Hypervisor:
             return sp.createXMLFrom(volume_xml(name, src.info()[1]), src, 0)
 
         return self._ensure_volume(pool, name, clone, self._link.limits.copy_timeout_s)
+
+    def volume_path(self, pool: str, name: str) -> str:
+        """The path of volume `name` in `pool` on this server (NotFound when it has none,
+        also after a refresh: on shared storage another server may have made it)."""
+
+        def path(c: libvirt.virConnect) -> str:
+            sp = c.storagePoolLookupByName(pool)
+            try:
+                return str(sp.storageVolLookupByName(name).path())
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+            sp.refresh(0)
+            return str(sp.storageVolLookupByName(name).path())
+
+        return self._call("volume_path", path)
+
+    def upload_volume(
+        self, pool: str, name: str, size_bytes: int, chunks: Iterable[bytes]
+    ) -> tuple[str, bool]:
+        """Make volume `name` of `size_bytes` in `pool` (one of that name is replaced: the
+        caller owns the name) and fill it with `chunks`, streamed to the server (nothing is
+        held in memory). Returns (its path, whether the data was stored): a driver that
+        cannot take uploads (the test driver, whose volumes hold no data) keeps the empty
+        volume after `chunks` has been read to its end, so the caller's checks still run.
+        A failure, or `chunks` raising, deletes the volume."""
+
+        def upload(c: libvirt.virConnect) -> tuple[str, bool]:
+            sp = c.storagePoolLookupByName(pool)
+            with contextlib.suppress(libvirt.libvirtError):
+                sp.storageVolLookupByName(name).delete(0)
+            vol = sp.createXML(volume_xml(name, size_bytes), 0)
+            try:
+                st = c.newStream(0)
+                try:
+                    vol.upload(st, 0, size_bytes, 0)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                        raise
+                    for _chunk in chunks:
+                        pass
+                    log.info("%s: no volume uploads; %s kept empty", self.uri, name)
+                    return str(vol.path()), False
+                try:
+                    for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[st.send(bytes(view)) :]
+                    st.finish()
+                except BaseException:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        st.abort()
+                    raise
+                return str(vol.path()), True
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    vol.delete(0)
+                raise
+
+        return self._call(
+            "upload_volume",
+            upload,
+            self._link.limits.copy_timeout_s,
+            retry=False,  # a stream cut short is started over by the step
+            interruptible=False,  # `chunks` stops itself at an abort, between chunks
+        )
+
+    def set_cdrom(self, uuid: str, path: str | None) -> bool:
+        """Put the ISO at `path` in the domain's CD-ROM drive (None: eject), in its
+        definition and, when it runs, live. Returns whether the running domain changed
+        too: a driver that cannot change a device live (the test driver) gets the
+        definition only, which a running domain takes at its next start. Converges."""
+        inactive = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+
+        def change(c: libvirt.virConnect) -> bool:
+            dom = self._lookup(c, uuid)
+            active = bool(dom.isActive())
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if active:
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            try:
+                dom.updateDeviceFlags(cdrom_device_xml(path), flags)
+                return active
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+            c.defineXML(replace_cdrom_xml(dom.XMLDesc(inactive), path))
+            return False
+
+        return self._call("updateDeviceFlags", change)
+
+    def cdrom_path(self, uuid: str, *, live: bool = False) -> str | None:
+        """What the domain's CD-ROM drive holds (its definition's, or the running
+        domain's): the ISO's path, or None when it is empty (or has no drive)."""
+        flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+        xml = self._call("XMLDesc", lambda c: self._lookup(c, uuid).XMLDesc(flags))
+        return cdrom_source(xml)
 
     def create_volume(self, pool: str, name: str, capacity_bytes: int) -> str:
         """Ensure an empty volume exists (used to seed templates in the lab)."""

@@ -24,6 +24,16 @@ class NicSpec:
     user_mode: bool = False
 
 
+CDROM_TARGET = "sda"  # on SATA (AHCI): SeaBIOS boots it, on i440fx and q35 machines alike
+
+
+@dataclass(frozen=True)
+class CdromSpec:
+    """A CD-ROM drive; `path` None: empty."""
+
+    path: str | None = None
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     uuid: str
@@ -35,6 +45,8 @@ class DomainSpec:
     nics: list[NicSpec] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     pinning: dict[int, list[int]] = field(default_factory=dict)  # vCPU -> physical CPUs
+    cdrom: CdromSpec | None = None
+    boot: list[str] = field(default_factory=lambda: ["hd"])  # boot order: cdrom, hd, network
 
 
 def cpuset(cpus: list[int]) -> str:
@@ -111,11 +123,15 @@ def domain_xml(spec: DomainSpec) -> str:
     _cputune(dom, spec.pinning)
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm")
+    for dev in spec.boot:
+        _sub(os_el, "boot", dev=dev)
     devices = _sub(dom, "devices")
     for d in spec.disks:
         disk = _sub(devices, "disk", type="file", device="disk")
         _sub(disk, "source", file=d.path)
         _sub(disk, "target", dev=d.target, bus="virtio")
+    if spec.cdrom is not None:
+        devices.append(cdrom_xml(spec.cdrom.path))
     for n in spec.nics:
         nic = _sub(devices, "interface", type="user" if n.user_mode else "network")
         if not n.user_mode:
@@ -128,12 +144,59 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def volume_xml(name: str, capacity_bytes: int) -> str:
-    """A sparse volume (nothing allocated up front: thin, as Oracle VM's sparse disks)."""
+def cdrom_xml(path: str | None) -> ET.Element:
+    """The CD-ROM drive's `<disk>`: read-only, raw, with the ISO at `path` or empty."""
+    disk = ET.Element("disk", {"type": "file", "device": "cdrom"})
+    _sub(disk, "driver", name="qemu", type="raw")
+    if path is not None:
+        _sub(disk, "source", file=path)
+    _sub(disk, "target", dev=CDROM_TARGET, bus="sata")
+    _sub(disk, "readonly")
+    return disk
+
+
+def cdrom_device_xml(path: str | None) -> str:
+    """The CD-ROM drive as a device to update on a domain (insert or eject)."""
+    return ET.tostring(cdrom_xml(path), encoding="unicode")
+
+
+def replace_cdrom_xml(xml: str, path: str | None) -> str:
+    """A domain's XML (from libvirt) with its CD-ROM drive holding `path` (None: empty)."""
+    ET.register_namespace("vmorch", VMORCH_NS)
+    dom = ET.fromstring(xml)
+    devices = dom.find("devices")
+    if devices is None:
+        raise ValueError("domain XML has no <devices>")
+    for disk in devices.findall("disk"):
+        if disk.get("device") == "cdrom":
+            src = disk.find("source")
+            if src is not None:
+                disk.remove(src)
+            if path is not None:
+                src = ET.Element("source", {"file": path})
+                disk.insert(1 if disk.find("driver") is not None else 0, src)
+            return ET.tostring(dom, encoding="unicode")
+    raise ValueError("domain has no CD-ROM drive")
+
+
+def cdrom_source(xml: str) -> str | None:
+    """The file in a domain's CD-ROM drive (None: empty, or no drive)."""
+    for disk in ET.fromstring(xml).findall("devices/disk"):
+        if disk.get("device") == "cdrom":
+            src = disk.find("source")
+            return None if src is None else src.get("file")
+    return None
+
+
+def volume_xml(name: str, capacity_bytes: int, fmt: str | None = None) -> str:
+    """A sparse volume (nothing allocated up front: thin, as Oracle VM's sparse disks);
+    `fmt`: its format (raw by default in a directory pool)."""
     vol = ET.Element("volume")
     _sub(vol, "name", name)
     _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
     _sub(vol, "allocation", "0", unit="bytes")
+    if fmt is not None:
+        _sub(_sub(vol, "target"), "format", type=fmt)
     return ET.tostring(vol, encoding="unicode")
 
 

@@ -23,7 +23,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from orchestrator.router.webhook_targets import CheckingResolver, WebhookAllowList, WebhookRefused
+from orchestrator.targets import CheckingResolver, WebhookAllowList, WebhookRefused
 from schemas.hooks import HookRun, WebhookAction
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
 from orchestrator.router.actions.webhook import WebhookSender, sign, verify
-from orchestrator.router.webhook_targets import WebhookAllowList, WebhookRefused
+from orchestrator.targets import WebhookAllowList, WebhookRefused
 
 SECRET = b"s3cret-key"
 BODY = b'{"specversion":"1.0","id":"e1","source":"vmorch://api","type":"vm.x","time":"t"}'

@@ -1,4 +1,5 @@
-"""Which webhook targets may be called: the operator's allow-list and the address rules.
+"""Which remote targets vmorch may connect to on an operator's behalf (webhook receivers,
+import sources): the operator's allow-list and the address rules, one per use.
 
 Entries: `host`, `host:port`, `1.2.3.4[:port]`, `[v6][:port]`, `10.1.0.0/16[:port]`,
 `[fd00::/8][:port]`; an entry without a port allows any port. Loopback, private, shared,
@@ -23,8 +24,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class WebhookRefused(Forbidden):
+class TargetRefused(Forbidden):
+    """A target the allow-list or the address rules refuse."""
+
+    code = "target_refused"
+
+
+class WebhookRefused(TargetRefused):
     code = "webhook_refused"
+
+
+class ImportRefused(TargetRefused):
+    code = "import_refused"
 
 
 _V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
@@ -68,7 +79,7 @@ _FORBIDDEN_NETWORKS: tuple[tuple[Network, str], ...] = tuple(
 
 
 def forbidden_reason(addr: IPAddress) -> str | None:
-    """Why `addr` is refused as a webhook target by default, or None when it is not; an IP or
+    """Why `addr` is refused as a target by default, or None when it is not; an IP or
     CIDR entry of the allow-list that covers it overrides this.
 
     Each range reaches the orchestrator's own host or networks, or translates or tunnels to
@@ -96,13 +107,13 @@ _NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
 
 
-def _port(text: str, raw: str) -> int:
+def _port(text: str, raw: str, what: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: port must be 1-65535")
+        raise ValueError(f"bad {what} allow-list entry {raw!r}: port must be 1-65535")
     return int(text)
 
 
-def _parse_entry(raw: str) -> tuple[str | Network, int | None]:
+def _parse_entry(raw: str, what: str) -> tuple[str | Network, int | None]:
     """One allow-list entry as (host name or network, port or None for any port).
 
     `host`, `host:port`, `1.2.3.4[:port]`, `::1` or `[::1][:port]`, `10.1.0.0/16[:port]`,
@@ -112,25 +123,25 @@ def _parse_entry(raw: str) -> tuple[str | Network, int | None]:
     if bracketed := _BRACKETED.fullmatch(entry):
         host, port_text = bracketed.group(1), bracketed.group(2)
         if ":" not in host:
-            raise ValueError(f"bad webhook allow-list entry {raw!r}: only IPv6 goes in brackets")
-        port = None if port_text is None else _port(port_text, raw)
+            raise ValueError(f"bad {what} allow-list entry {raw!r}: only IPv6 goes in brackets")
+        port = None if port_text is None else _port(port_text, raw, what)
     elif entry.count(":") == 1:
         host, _, port_text = entry.partition(":")
-        port = _port(port_text, raw)
+        port = _port(port_text, raw, what)
     else:
         host = entry  # no port, or a bare IPv6 address or network (which cannot carry one)
     if "/" in host:
         try:
             return ipaddress.ip_network(host, strict=True), port
         except ValueError as exc:
-            raise ValueError(f"bad webhook allow-list entry {raw!r}: {exc}") from None
+            raise ValueError(f"bad {what} allow-list entry {raw!r}: {exc}") from None
     if (addr := _ip(host)) is not None:
         return ipaddress.ip_network(addr), port
     name = host.lower()
     if ":" in name or not _NAME.fullmatch(name) or len(name) > 253:
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: not a host name or address")
+        raise ValueError(f"bad {what} allow-list entry {raw!r}: not a host name or address")
     if name.replace(".", "").isdigit():  # 2130706433, 127.1: aiohttp refuses these as URLs
-        raise ValueError(f"bad webhook allow-list entry {raw!r}: not a canonical IPv4 address")
+        raise ValueError(f"bad {what} allow-list entry {raw!r}: not a canonical IPv4 address")
     return name, port
 
 
@@ -138,22 +149,27 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class WebhookAllowList:
+class AllowList:
     """Operator-allowed targets (see `_parse_entry`); an entry without a port allows any.
-    Empty: deny all.
+    Empty: deny all. One per use (`WebhookAllowList`, `ImportAllowList`): `what` names it
+    in messages, `refused` is its error, `schemes` the URL schemes it takes.
 
     An address entry or CIDR allows the addresses it covers, whatever they are. A host name
     entry allows the name only while every address it resolves to passes `forbidden_reason`
     or is covered by an address entry. `check` is static (no I/O) and covers IP literals,
     which aiohttp connects to without resolving. Addresses a name resolves to are checked by
-    `check_resolved`, which the sender's resolver calls on the very addresses it connects to,
-    so a DNS answer that changes between check and connect gains nothing."""
+    `check_resolved`, which the client's resolver calls on the very addresses it connects
+    to, so a DNS answer that changes between check and connect gains nothing."""
+
+    what = "target"
+    refused: type[TargetRefused] = TargetRefused
+    schemes: tuple[str, ...] = ("http", "https")
 
     def __init__(self, entries: Iterable[str]) -> None:
         self.networks: list[tuple[Network, int | None]] = []
         self.names: list[tuple[str, int | None]] = []
         for raw in entries:
-            target, port = _parse_entry(raw)
+            target, port = _parse_entry(raw, self.what)
             if isinstance(target, str):
                 self.names.append((target, port))
             else:
@@ -163,51 +179,89 @@ class WebhookAllowList:
         """Whether an address entry allows `addr` on `port` explicitly."""
         return any(addr in net and p in (None, port) for net, p in self.networks)
 
-    def check(self, url: str) -> None:
+    def check(self, url: str) -> URL:
+        """Refuse `url` unless its scheme is one of ours and its host (a name entry, or an
+        address no rule forbids or an entry covers) and port are allowed; the parsed URL."""
+        w = self.what
         try:
             parsed = URL(url)
         except ValueError as exc:
-            raise WebhookRefused("webhook URL is not a valid URL") from exc
-        if parsed.scheme not in ("http", "https"):
-            raise WebhookRefused(f"webhook URL scheme {parsed.scheme!r} is not http or https")
+            raise self.refused(f"{w} URL is not a valid URL") from exc
+        if parsed.scheme not in self.schemes:
+            raise self.refused(
+                f"{w} URL scheme {parsed.scheme!r} is not {' or '.join(self.schemes)}"
+            )
         if parsed.user is not None or parsed.password is not None:
-            raise WebhookRefused("webhook URL must not carry credentials")
+            raise self.refused(f"{w} URL must not carry credentials")
         if not parsed.raw_host or parsed.port is None:
-            raise WebhookRefused("webhook URL has no host")
+            raise self.refused(f"{w} URL has no host")
         host, port = parsed.raw_host, parsed.port
         addr = _ip(host)
         if addr is None:
             if any(h == host.lower() and p in (None, port) for h, p in self.names):
-                return
+                return parsed
         elif self.covers(addr, port):
-            return
+            return parsed
         elif why := forbidden_reason(addr):
-            raise WebhookRefused(
-                f"webhook target {_hostport(host, port)} is a forbidden address ({why}); "
-                "only an IP or CIDR entry of the webhook allow-list can allow it"
+            raise self.refused(
+                f"{w} target {_hostport(host, port)} is a forbidden address ({why}); "
+                f"only an IP or CIDR entry of the {w} allow-list can allow it"
             )
-        raise WebhookRefused(
-            f"webhook target {_hostport(host, port)} is not allowed "
-            "(not in the operator's webhook allow-list)"
+        raise self.refused(
+            f"{w} target {_hostport(host, port)} is not allowed "
+            f"(not in the operator's {w} allow-list)"
         )
 
     def check_resolved(self, host: str, results: Iterable[ResolveResult]) -> None:
         """Refuse a name that resolves to a forbidden address no address entry covers."""
+        w = self.what
         for r in results:
             addr = _ip(r["host"])
             if addr is None:
-                raise WebhookRefused(f"webhook host {host} resolves to {r['host']!r}")
+                raise self.refused(f"{w} host {host} resolves to {r['host']!r}")
             if not self.covers(addr, r["port"]) and (why := forbidden_reason(addr)):
-                raise WebhookRefused(
-                    f"webhook host {host} resolves to a forbidden address {r['host']} ({why}); "
-                    "only an IP or CIDR entry of the webhook allow-list can allow it"
+                raise self.refused(
+                    f"{w} host {host} resolves to a forbidden address {r['host']} ({why}); "
+                    f"only an IP or CIDR entry of the {w} allow-list can allow it"
                 )
+
+
+class WebhookAllowList(AllowList):
+    """Where hooks may deliver events (`webhook_allowed_hosts`)."""
+
+    what = "webhook"
+    refused = WebhookRefused
+
+
+class ImportAllowList(AllowList):
+    """Where repository imports may fetch from (`import_allowed_hosts`)."""
+
+    what = "import"
+    refused = ImportRefused
+    schemes = ("http", "https", "ftp")
+
+
+def public_url(url: str) -> str:
+    """The URL as it may be shown and stored: without query, fragment or credentials."""
+    try:
+        u = URL(url)
+        return str(u.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return ""
+
+
+def file_name(url: str) -> str:
+    """The last segment of the URL's path (the default name of an import)."""
+    try:
+        return URL(url).name
+    except ValueError:
+        return ""
 
 
 class CheckingResolver(AbstractResolver):
     """Resolves names, then refuses any address the allow-list does not let through."""
 
-    def __init__(self, allow_list: WebhookAllowList, inner: AbstractResolver) -> None:
+    def __init__(self, allow_list: AllowList, inner: AbstractResolver) -> None:
         self.allow_list, self.inner = allow_list, inner
 
     async def resolve(
