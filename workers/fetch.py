@@ -63,6 +63,13 @@ def open_source(
     return _open_http(parsed, allow, run, max_bytes=max_bytes, timeout_s=timeout_s)
 
 
+def _said(e: BaseException) -> str:
+    """An error's text as it may be recorded: a source's words are untrusted (an error can
+    quote what it sent), so at most 200 printable characters."""
+    text = "".join(c if c.isprintable() else " " for c in str(e))
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
 def _declared(size: int | None, max_bytes: int, where: str) -> int:
     if size is None:
         raise ImportFailed(f"{where} did not say how large the file is: not imported")
@@ -114,7 +121,7 @@ def _open_http(
             try:
                 resp = run(http.get(url, allow_redirects=False))
             except aiohttp.ClientError as e:
-                raise SourceUnavailable(f"{url.host}: {e}") from e
+                raise SourceUnavailable(f"{url.host}: {_said(e)}") from e
             except TimeoutError as e:
                 raise SourceUnavailable(f"{url.host}: no answer within {timeout_s:g} s") from e
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
@@ -145,7 +152,7 @@ def _open_http(
             try:
                 chunk: bytes = run(body.content.read(CHUNK))
             except aiohttp.ClientError as e:
-                raise SourceUnavailable(f"{where}: {e}") from e
+                raise SourceUnavailable(f"{where}: {_said(e)}") from e
             except TimeoutError as e:
                 raise SourceUnavailable(f"{where}: silent for {timeout_s:g} s") from e
             if not chunk:
@@ -163,7 +170,7 @@ def _checked_address(url: URL, allow: ImportAllowList) -> tuple[str, int]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
-        raise SourceUnavailable(f"{host}: {e}") from e
+        raise SourceUnavailable(f"{host}: {_said(e)}") from e
     results = [
         ResolveResult(hostname=host, host=str(i[4][0]), port=port, family=i[0], proto=i[2], flags=0)
         for i in infos
@@ -197,18 +204,18 @@ def _open_ftp(url: URL, allow: ImportAllowList, *, max_bytes: int, timeout_s: fl
         try:
             size = ftp.size(path)
         except ftplib.error_perm as e:
-            raise ImportFailed(f"{where}: {str(e)[:200]}") from e
+            raise ImportFailed(f"{where}: {_said(e)}") from e
         size = _declared(size, max_bytes, where)
         try:
             data = ftp.transfercmd(f"RETR {path}")
         except ftplib.error_perm as e:
-            raise ImportFailed(f"{where}: {str(e)[:200]}") from e
+            raise ImportFailed(f"{where}: {_said(e)}") from e
     except ImportFailed:
         close()
         raise
     except (OSError, EOFError, ftplib.Error) as e:
         close()
-        raise SourceUnavailable(f"{where}: {e}") from e
+        raise SourceUnavailable(f"{where}: {_said(e)}") from e
     conn = data
 
     def chunks() -> Iterator[bytes]:
@@ -216,7 +223,7 @@ def _open_ftp(url: URL, allow: ImportAllowList, *, max_bytes: int, timeout_s: fl
             try:
                 chunk = conn.recv(CHUNK)
             except OSError as e:
-                raise SourceUnavailable(f"{where}: {e}") from e
+                raise SourceUnavailable(f"{where}: {_said(e)}") from e
             if not chunk:
                 return
             yield chunk

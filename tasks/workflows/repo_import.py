@@ -41,15 +41,15 @@ def content_name(req: RepositoryImport) -> str:
 
 def _record(ctx: StepContext, **update: object) -> RepositoryContent:
     req = _req(ctx)
-    return RepositoryContent(
-        repository=req.repository,
-        name=content_name(req),
-        kind=req.content,
-        source=public_url(req.url),
-        job_id=ctx.job.id,
-        created_at=ctx.job.created_at,
-        **update,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "repository": req.repository,
+        "name": content_name(req),
+        "kind": req.content,
+        "source": public_url(req.url),
+        "job_id": ctx.job.id,
+        "created_at": ctx.job.created_at,
+    }
+    return RepositoryContent.model_validate({**fields, **update})
 
 
 def reserve_run(ctx: StepContext) -> Outputs:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from workers.hypervisor.xml import (
+    CdromSpec,
     DiskSpec,
     DomainSpec,
     NicSpec,
+    cdrom_source,
     domain_xml,
     repin_domain_xml,
+    replace_cdrom_xml,
     vcpu_pins,
 )
 
@@ -63,6 +66,11 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
         "pinned": DomainSpec(
             **{**base, "vcpus": 2}, domain_type="qemu", pinning={0: [1], 1: [0, 2]}
         ),
+        "from-iso": DomainSpec(
+            **base, domain_type="qemu", cdrom=CdromSpec("/r/inst.iso"), boot=["cdrom", "hd"]
+        ),
+        "from-iso-test": DomainSpec(**base, cdrom=CdromSpec("/r/inst.iso"), boot=["cdrom", "hd"]),
+        "empty-drive": DomainSpec(**base, domain_type="qemu", cdrom=CdromSpec(None)),
     }
     for name, spec in shapes.items():
         path = Path(str(tmp_path)) / f"{name}.xml"
@@ -71,10 +79,17 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
             ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
         )
         assert res.returncode == 0, (name, res.stdout, res.stderr, path.read_text())
-    # a migration's destination definition, repinned from the pinned shape, is valid too
-    for name, pinning in {"repinned": {1: [3]}, "unpinned": {}}.items():
+    # a migration's destination definition, repinned from the pinned shape, is valid too,
+    # and so are a definition whose ISO was ejected or changed
+    derived = {
+        "repinned": repin_domain_xml(domain_xml(shapes["pinned"]), {1: [3]}),
+        "unpinned": repin_domain_xml(domain_xml(shapes["pinned"]), {}),
+        "ejected": replace_cdrom_xml(domain_xml(shapes["from-iso"]), None),
+        "inserted": replace_cdrom_xml(domain_xml(shapes["empty-drive"]), "/r/other.iso"),
+    }
+    for name, xml in derived.items():
         path = Path(str(tmp_path)) / f"{name}.xml"
-        path.write_text(repin_domain_xml(domain_xml(shapes["pinned"]), pinning))
+        path.write_text(xml)
         res = subprocess.run(
             ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True
         )
@@ -112,3 +127,30 @@ def test_a_user_mode_nic_has_no_network_source() -> None:
     assert nic is not None and nic.attrib["type"] == "user"
     assert nic.find("source") is None
     assert nic.find("mac").attrib["address"] == "52:54:00:00:00:04"
+
+
+def test_a_vm_from_an_iso_boots_its_cdrom_first_and_the_iso_can_change() -> None:
+    spec = DomainSpec(
+        uuid="6f1c0e0e-0000-4000-8000-00000000000a",
+        name="i1",
+        vcpus=1,
+        memory_mib=96,
+        disks=[DiskSpec("/r/i1-disk0", "vda")],
+        cdrom=CdromSpec("/r/debian.iso"),
+        boot=["cdrom", "hd"],
+    )
+    xml = domain_xml(spec)
+    root = ET.fromstring(xml)
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["cdrom", "hd"]
+    [cd] = [d for d in root.findall("devices/disk") if d.get("device") == "cdrom"]
+    assert cd.find("readonly") is not None and cd.find("target").get("bus") == "sata"
+    assert cdrom_source(xml) == "/r/debian.iso"
+    ejected = replace_cdrom_xml(xml, None)
+    assert cdrom_source(ejected) is None
+    assert cdrom_source(replace_cdrom_xml(ejected, "/r/b.iso")) == "/r/b.iso"
+    # the disks are left as they were
+    assert ET.fromstring(ejected).find("devices/disk/source").get("file") == "/r/i1-disk0"
+    assert (
+        cdrom_source(domain_xml(DomainSpec(uuid=spec.uuid, name="n", vcpus=1, memory_mib=64)))
+        is None
+    )

@@ -1,0 +1,235 @@
+"""repository.import, vm.create_from_iso, vm.insert_iso and vm.eject_iso on the in-process
+libvirt test driver, the sources served over real HTTP on loopback (tests/sources.py). The
+test driver keeps no data in its volumes: what is fetched is still read to its end and
+checked; what a real volume holds is checked on the lab's QEMU servers (integration)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import libvirt
+import pytest
+
+from orchestrator.errors import Conflict, ValidationFailed
+from orchestrator.settings import Settings
+from schemas.jobs import Job, JobState
+from tasks.testing import Engine
+from tasks.workflows.repo_import import image_format
+from tests.sources import FileServer, make_iso
+from tests.unit.conftest import FLEET
+from workers.hypervisor.xml import cdrom_source
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    with FileServer(root) as server:
+        yield server, root
+
+
+@pytest.fixture
+def fleet(settings: Settings, conn: libvirt.virConnect) -> Iterator[Engine]:
+    e = Engine(
+        settings.model_copy(update={"import_allowed_hosts": ["127.0.0.1"]}),
+        lambda: fakeredis.FakeAsyncRedis(decode_responses=True),
+    )
+    e.run(e.inventory.load(FLEET))
+    yield e
+    e.close()
+
+
+def run(engine: Engine, request: dict[str, Any]) -> Job:
+    job = engine.submit(request)
+    engine.drain()
+    return engine.get(job.id)
+
+
+def volumes(conn: libvirt.virConnect) -> set[str]:
+    sp = conn.storagePoolLookupByName("repo-u")
+    sp.refresh(0)
+    return set(sp.listVolumes())
+
+
+def import_iso(engine: Engine, url: str, **extra: Any) -> Job:
+    return run(
+        engine,
+        {
+            "kind": "repository.import",
+            "repository": "repo-u",
+            "content": "iso",
+            "url": url,
+            **extra,
+        },
+    )
+
+
+def test_an_iso_is_imported_checked_and_listed(
+    fleet: Engine, conn: libvirt.virConnect, files: tuple[FileServer, Path]
+) -> None:
+    server, root = files
+    sha = make_iso(root / "inst.iso", files={"README": b"x" * 300_000})
+    size = (root / "inst.iso").stat().st_size
+    job = import_iso(fleet, server.url("inst.iso"), sha256=sha)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert [s.name for s in job.steps] == ["reserve", "place", "fetch", "record"]
+    fetch = job.steps[2]
+    assert fetch.outputs["sha256"] == sha and fetch.outputs["size_bytes"] == size
+    assert fetch.outputs["format"] == "iso" and fetch.detail["bytes_done"] == size
+    # listed ready in the repository, with what was measured
+    item = fleet.run(fleet.services.content.get("repo-u", "inst.iso"))
+    assert item.state == "ready" and item.kind == "iso" and item.sha256 == sha
+    assert item.size_bytes == size and item.job_id == job.id
+    assert item.source == server.url("inst.iso")
+    # and a volume of that size in the repository's libvirt pool
+    vol = conn.storagePoolLookupByName("repo-u").storageVolLookupByName("inst.iso")
+    assert vol.info()[1] == size
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"sha256": "0" * 64}, "SHA-256 mismatch"),
+        ({"content": "iso", "url_name": "plain.img"}, "not an ISO 9660 image"),
+        ({"url_name": "missing.iso"}, "HTTP 404"),
+    ],
+)
+def test_a_failed_import_leaves_no_volume_and_no_listing(
+    fleet: Engine,
+    conn: libvirt.virConnect,
+    files: tuple[FileServer, Path],
+    body: dict[str, Any],
+    error: str,
+) -> None:
+    server, root = files
+    make_iso(root / "inst.iso")
+    (root / "plain.img").write_bytes(b"\0" * 100_000)
+    name = body.pop("url_name", "inst.iso")
+    job = import_iso(fleet, server.url(name), name="x.iso", **body)
+    assert job.state == JobState.FAILED and job.error is not None
+    assert error in job.error.message
+    assert job.error.code == "import_failed"
+    assert "x.iso" not in volumes(conn)
+    assert fleet.run(fleet.services.content.get("repo-u", "x.iso")) is None
+    # and the name is free again
+    assert import_iso(fleet, server.url("inst.iso"), name="x.iso").state == JobState.SUCCEEDED
+
+
+def test_disk_images_that_could_reach_beyond_themselves_are_refused(tmp_path: Path) -> None:
+    """qcow2 headers made by the real qemu-img: a backing file (any file of the server)
+    and an external data file are refused; plain qcow2 and raw pass."""
+
+    def head(*args: str) -> bytes:
+        path = tmp_path / "img"
+        path.unlink(missing_ok=True)
+        subprocess.run(["qemu-img", "create", "-q", *args, str(path), "1M"], check=True)
+        return path.read_bytes()[:65536]
+
+    assert image_format(head("-f", "qcow2"), "virtual_disk") == "qcow2"
+    assert image_format(head("-f", "raw"), "virtual_disk") == "raw"
+    backed = head("-f", "qcow2", "-b", "/etc/shadow", "-F", "raw")
+    with pytest.raises(Exception, match="backing file"):
+        image_format(backed, "virtual_disk")
+    data_file = head("-f", "qcow2", "-o", f"data_file={tmp_path / 'data'}")
+    with pytest.raises(Exception, match="external data file"):
+        image_format(data_file, "virtual_disk")
+    with pytest.raises(Exception, match="vmdk image"):
+        image_format(head("-f", "vmdk"), "virtual_disk")
+    with pytest.raises(Exception, match="not an ISO"):
+        image_format(head("-f", "qcow2"), "iso")
+
+
+def test_imports_are_refused_at_submission_with_the_field_named(
+    fleet: Engine, files: tuple[FileServer, Path]
+) -> None:
+    server, root = files
+    make_iso(root / "inst.iso")
+    assert import_iso(fleet, server.url("inst.iso")).state == JobState.SUCCEEDED
+
+    def refused(**body: Any) -> Exception:
+        req = {"kind": "repository.import", "repository": "repo-u", "content": "iso"}
+        with pytest.raises((ValidationFailed, Conflict)) as e:
+            fleet.submit({**req, **body})
+        return e.value
+
+    e = refused(url="http://10.1.2.3/a.iso")
+    assert e.details[0][0] == ["body", "url"] and "private" in e.message
+    e = refused(url="http://127.0.0.1:1/")
+    assert e.details[0][0] == ["body", "name"]  # the URL names no file
+    e = refused(url=server.url("inst.iso"))
+    assert isinstance(e, Conflict) and e.details[0][0] == ["body", "name"]
+    e = refused(url=server.url("inst.iso"), repository="nope")
+    assert e.details[0][0] == ["body", "repository"]
+
+
+def test_a_vm_from_an_iso_boots_it_and_the_iso_outlives_the_vm(
+    fleet: Engine, conn: libvirt.virConnect, files: tuple[FileServer, Path]
+) -> None:
+    server, root = files
+    make_iso(root / "inst.iso")
+    make_iso(root / "other.iso", label="OTHER")
+    for name in ("inst.iso", "other.iso"):
+        assert import_iso(fleet, server.url(name)).state == JobState.SUCCEEDED
+    job = run(
+        fleet,
+        {"kind": "vm.create_from_iso", "pool": "pool-u", "iso": "inst.iso", "name": "inst1",
+         "memory_mib": 256, "disks": [{"size_mib": 2048}, {"size_mib": 10}],
+         "vnics": [{"network": "default"}]},
+    )  # fmt: skip
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert [s.name for s in job.steps] == ["reserve", "place", "create_disks", "define", "start"]
+    dom = conn.lookupByUUIDString(job.links.vm_id)
+    assert dom.isActive()
+    sp = conn.storagePoolLookupByName("repo-u")
+    iso_path = sp.storageVolLookupByName("inst.iso").path()
+    assert cdrom_source(dom.XMLDesc(0)) == iso_path
+    assert "<boot dev='cdrom'/>\n    <boot dev='hd'/>" in dom.XMLDesc(0)
+    vm_id = job.links.vm_id
+    disks = [sp.storageVolLookupByName(f"inst1-{vm_id[:8]}-disk{i}") for i in (0, 1)]
+    assert [d.info()[1] for d in disks] == [2048 << 20, 10 << 20]
+    vm = fleet.run(fleet.inventory.vm("inst1"))
+    assert vm.cdrom is not None and vm.cdrom.volume == "inst.iso" and vm.boot == ["cdrom", "hd"]
+
+    # eject, insert another: the definition follows (the test driver changes no device live)
+    assert run(fleet, {"kind": "vm.stop", "vm": "inst1", "timeout_s": 0}).state == "succeeded"
+    ej = run(fleet, {"kind": "vm.eject_iso", "vm": "inst1"})
+    assert ej.state == JobState.SUCCEEDED, ej.error
+    assert cdrom_source(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is None
+    assert fleet.run(fleet.inventory.vm("inst1")).cdrom is None
+    ins = run(fleet, {"kind": "vm.insert_iso", "vm": "inst1", "iso": "other.iso"})
+    assert ins.state == JobState.SUCCEEDED, ins.error
+    other = sp.storageVolLookupByName("other.iso").path()
+    assert cdrom_source(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == other
+
+    # deleted with its disks: the ISOs stay in the repository
+    assert run(fleet, {"kind": "vm.delete", "vm": "inst1"}).state == JobState.SUCCEEDED
+    assert volumes(conn) == {"base.img", "inst.iso", "other.iso"}
+
+
+def test_iso_jobs_are_refused_at_submission_with_the_field_named(
+    fleet: Engine, files: tuple[FileServer, Path]
+) -> None:
+    server, root = files
+    (root / "disk.img").write_bytes(b"\0" * 70_000)
+    disk = {"kind": "repository.import", "repository": "repo-u", "content": "virtual_disk"}
+    assert run(fleet, {**disk, "url": server.url("disk.img")}).state == JobState.SUCCEEDED
+    base = {"kind": "vm.create_from_iso", "pool": "pool-u", "name": "i2"}
+    for iso, why in (("nope.iso", "has no iso 'nope.iso'"), ("disk.img", "is a virtual_disk")):
+        with pytest.raises(ValidationFailed) as e:
+            fleet.submit({**base, "iso": iso})
+        assert e.value.details == [(["body", "iso"], e.value.details[0][1])]
+        assert why in e.value.details[0][1]
+    # a VM made from a template has no CD-ROM drive to change
+    assert (
+        run(
+            fleet,
+            {"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1", "name": "t"},
+        ).state
+        == JobState.SUCCEEDED
+    )
+    with pytest.raises(ValidationFailed, match="no CD-ROM drive"):
+        fleet.submit({"kind": "vm.eject_iso", "vm": "t"})
