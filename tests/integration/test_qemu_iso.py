@@ -1,0 +1,119 @@
+"""The qemu tier, ISOs: an ISO built by the test with xorriso, served by the test over HTTP
+and FTP on loopback, imported through the API into the qemu lab's repository (a real
+volume, checked with qemu-img), and booted by a real QEMU guest from its CD-ROM drive: the
+ISO's boot code leaves a mark in guest memory that only running it puts there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.integration.conftest import wait_until
+from tests.integration.test_qemu_lab import server_uri
+from tests.integration.upkit import Up
+from tests.sources import BOOT_MARK, BOOT_MARK_AT, FileServer, ftp_server, make_iso, sha256_of
+from workers.hypervisor.xml import cdrom_source
+
+pytestmark = [pytest.mark.integration, pytest.mark.qemu, pytest.mark.timeout(300)]
+
+
+def boot_mark(uri: str, vm_id: str) -> bytes:
+    """The guest's memory where the ISO's boot code writes its mark."""
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByUUIDString(vm_id)
+        return bytes(dom.memoryPeek(BOOT_MARK_AT, len(BOOT_MARK), libvirt.VIR_MEMORY_PHYSICAL))
+    finally:
+        conn.close()
+
+
+def test_an_iso_imported_over_http_and_ftp_boots_a_real_guest(
+    start_up: Any, tmp_path: Path
+) -> None:
+    # given: the qemu lab, and an ISO served over HTTP and FTP on loopback
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    www = tmp_path / "www"
+    www.mkdir()
+    sha = make_iso(www / "inst.iso", files={"README": b"vmorch " * 100_000})
+    size = (www / "inst.iso").stat().st_size
+    with FileServer(www) as http, ftp_server(www) as ftp:
+        # when: it is imported from each (the FTP copy under another name)
+        jobs = [
+            up.api.run(
+                {
+                    "kind": "repository.import",
+                    "repository": "repo-a",
+                    "content": "iso",
+                    "url": url,
+                    "name": name,
+                    "sha256": sha,
+                },
+                timeout_s=120,
+            )
+            for url, name in ((http.url("inst.iso"), "inst.iso"), (f"{ftp}/inst.iso", "ftp.iso"))
+        ]
+    # then: both succeeded with the bytes counted, and the repository lists them
+    for job in jobs:
+        assert job["state"] == "succeeded", job["error"]
+        [fetch] = [s for s in job["steps"] if s["name"] == "fetch"]
+        assert fetch["outputs"]["stored"] is True and fetch["detail"]["bytes_done"] == size
+    repo = up.api.call("GET", "/v1/repositories/repo-a")
+    isos = {i["name"]: i for i in repo["isos"]}
+    assert set(isos) == {"inst.iso", "ftp.iso"} and repo["pools"] == ["pool-a"]
+    assert all(i["sha256"] == sha and i["size_bytes"] == size for i in isos.values())
+    # and the volume holds the very file (qemu-img reads it as raw, of the ISO's size)
+    path = Path(jobs[0]["steps"][2]["outputs"]["path"])
+    assert sha256_of(path) == sha
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-f", "raw", str(path)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    )  # fmt: skip
+    assert info["virtual-size"] == size
+
+    # when: a VM is created from the ISO (an empty disk, boot order cdrom then disk)
+    t0 = time.monotonic()
+    job = up.api.run(
+        {"kind": "vm.create_from_iso", "pool": "pool-a", "iso": "inst.iso", "name": "inst1",
+         "memory_mib": 96, "disks": [{"size_mib": 16}]},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job["error"]
+    vm = up.api.call("GET", "/v1/vms/inst1")
+    uri = server_uri(up, vm["server"])
+    # then: the guest runs the ISO's boot code (its mark appears in guest memory)
+    wait_until(lambda: boot_mark(uri, vm["id"]) == BOOT_MARK, 30, "the ISO's boot code to run")
+    print(f"create_from_iso to boot mark: {time.monotonic() - t0:.2f} s")
+
+    # when: the ISO is ejected from the running guest, then the other one inserted
+    ej = up.api.run({"kind": "vm.eject_iso", "vm": "inst1"}, timeout_s=60)
+    assert ej["state"] == "succeeded" and ej["steps"][0]["outputs"]["live"] is True, ej
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByUUIDString(vm["id"])
+        # then: the running domain and its definition both have an empty drive
+        assert cdrom_source(dom.XMLDesc(0)) is None
+        assert cdrom_source(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) is None
+        ins = up.api.run({"kind": "vm.insert_iso", "vm": "inst1", "iso": "ftp.iso"}, timeout_s=60)
+        assert ins["state"] == "succeeded", ins
+        repo_a = conn.storagePoolLookupByName("repo-a")
+        ftp_path = repo_a.storageVolLookupByName("ftp.iso").path()
+        assert cdrom_source(dom.XMLDesc(0)) == ftp_path
+        assert cdrom_source(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == ftp_path
+    finally:
+        conn.close()
+    assert up.api.call("GET", "/v1/vms/inst1")["cdrom"]["volume"] == "ftp.iso"
+
+    # deleted: the ISOs stay in the repository
+    done = up.api.run({"kind": "vm.delete", "vm": "inst1", "force": True}, timeout_s=60)
+    assert done["state"] == "succeeded", done
+    after = up.api.call("GET", "/v1/repositories/repo-a")
+    assert {i["name"] for i in after["isos"]} == {"inst.iso", "ftp.iso"}
+    assert path.exists()
