@@ -79,19 +79,26 @@ class Network(Frozen):
     name: Name
 
 
+DiskFormat = Literal["raw", "qcow2"]
+
+
 class TemplateDisk(Frozen):
     volume: Name
     capacity_bytes: Annotated[int, Field(ge=0)] = 0
+    format: DiskFormat = "raw"
 
 
 class Template(Frozen):
-    """A VM image and its default shape, stored in a pool's repository."""
+    """A VM image and its default shape, stored in a pool's repository. A template made by
+    a job (from a VM, a clone, an import) is `creating` until its disks are complete."""
 
     name: Name
     repository: Name
     vcpus: VcpuCount = 1
     memory_mib: MemoryMiB = 512
     disks: list[TemplateDisk] = Field(default_factory=list)
+    state: Literal["creating", "ready"] = "ready"
+    created_by_job: str | None = None
 
 
 class CpuGroup(Frozen):
@@ -147,6 +154,10 @@ class VmDisk(Frozen):
     volume: Name
     path: str
     target: str
+    format: DiskFormat = "raw"
+    backing: str | None = Field(
+        default=None, description="a thin clone: the template volume it is backed by"
+    )
 
 
 class VmCdrom(Frozen):

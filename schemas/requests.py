@@ -58,6 +58,26 @@ class NewVm(Frozen):
         return self
 
 
+CloneType = Literal["sparse", "full", "thin"]
+
+
+class DiskClone(Frozen):
+    """How one disk is cloned: a sparse copy (only what holds data takes space), a full
+    copy (every byte allocated up front), or a thin clone (a qcow2 overlay backed by the
+    template's volume, which must then stay; templates only)."""
+
+    clone_type: CloneType = "sparse"
+
+
+DiskClones = Annotated[
+    list[DiskClone],
+    Field(
+        max_length=16,
+        description="per source disk, in order: how it is cloned (missing ones: sparse)",
+    ),
+]
+
+
 class CreateFromTemplate(NewVm):
     """Clone a template's disks in the pool's repository, define the VM where there is room,
     start it."""
@@ -66,6 +86,7 @@ class CreateFromTemplate(NewVm):
     template: Name
     vcpus: VcpuCount | None = None
     memory_mib: MemoryMiB | None = None
+    disks: DiskClones = Field(default_factory=list)
 
 
 GIB_MIB = 1024
@@ -94,8 +115,49 @@ class CreateFromIso(NewVm):
     )
 
 
-CreateRequest = CreateFromTemplate | CreateFromIso
-CREATE_KINDS = frozenset({"vm.create_from_template", "vm.create_from_iso"})
+class DiskCopy(Frozen):
+    """How one disk is copied: sparse or full (a thin clone is backed by a template's
+    volume: only a VM made from a template has one)."""
+
+    clone_type: Literal["sparse", "full"] = "sparse"
+
+
+DiskCopies = Annotated[
+    list[DiskCopy],
+    Field(
+        max_length=16,
+        description="per source disk, in order: how it is copied (missing ones: sparse)",
+    ),
+]
+
+
+class CloneVm(Frozen):
+    """Clone a stopped VM in its pool: a new VM with a new name, UUID and MACs, its disks
+    copies of the source's (sparse or full), its vNICs on the same networks or as
+    `network_map` says. The source is never changed (it must stay stopped meanwhile)."""
+
+    kind: Literal["vm.clone"]
+    vm: VmRef = Field(description="the VM to clone (stopped)")
+    name: VmName
+    vcpus: VcpuCount | None = None
+    memory_mib: MemoryMiB | None = None
+    disks: DiskCopies = Field(default_factory=list)
+    network_map: Annotated[dict[Name, Name], Field(max_length=16)] = Field(
+        default_factory=dict, description="the source's network -> the clone's, for its vNICs"
+    )
+    server: Name | None = Field(
+        default=None, description="place on this server instead of choosing"
+    )
+    start: bool = False
+    ha: bool = False
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
+        Field(max_length=20),
+    ] = Field(default_factory=dict)
+
+
+CreateRequest = CreateFromTemplate | CreateFromIso | CloneVm
+CREATE_KINDS = frozenset({"vm.create_from_template", "vm.create_from_iso", "vm.clone"})
 """Kinds that make a new VM (its record is reserved at submission)."""
 
 
@@ -245,6 +307,41 @@ class RepositoryImport(Frozen):
     sha256: Sha256 | None = None
 
 
+class TemplateFromVm(Frozen):
+    """Make a template of a stopped VM: its disks copied into the pool's repository (the
+    VM is not changed), its vCPUs and memory as the template's defaults."""
+
+    kind: Literal["template.create_from_vm"]
+    vm: VmRef
+    name: Name
+    disks: DiskCopies = Field(default_factory=list)
+
+
+class CloneTemplate(Frozen):
+    """Copy a template under a new name, in the same repository."""
+
+    kind: Literal["template.clone"]
+    template: Name
+    name: Name
+    disks: DiskCopies = Field(default_factory=list)
+
+
+class ImportTemplate(Frozen):
+    """A template from a disk image (raw or qcow2) at a URL, fetched into the repository
+    as a repository import would; its shape from the request."""
+
+    kind: Literal["template.import"]
+    repository: Name
+    name: Name
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    sha256: Sha256 | None = None
+    vcpus: VcpuCount = 1
+    memory_mib: MemoryMiB = 512
+
+
+TemplateRequest = TemplateFromVm | CloneTemplate | ImportTemplate
+
+
 class PinVcpus(VmOperation):
     """Hard partitioning: pin each vCPU to physical CPUs of the VM's server (live and in
     its persistent definition); `pinning: null` removes the pinning."""
@@ -328,6 +425,10 @@ _ClientKinds = (
     | EjectIso
     | InsertIso
     | RepositoryImport
+    | CloneVm
+    | TemplateFromVm
+    | CloneTemplate
+    | ImportTemplate
     | StartVm
     | StopVm
     | KillVm

@@ -22,10 +22,12 @@ from schemas.jobs import Job, JobLinks, JobState
 from schemas.requests import (
     CREATE_KINDS,
     INTERNAL_KINDS,
+    CloneTemplate,
+    CloneVm,
     CreateFromIso,
     CreateFromTemplate,
-    CreateRequest,
     EjectIso,
+    ImportTemplate,
     InsertIso,
     JobRequest,
     MigrateVm,
@@ -34,6 +36,8 @@ from schemas.requests import (
     RepositoryImport,
     ServerActivate,
     ServerMaintenance,
+    TemplateFromVm,
+    TemplateRequest,
     VmOperation,
 )
 
@@ -72,7 +76,7 @@ class Submitter:
             return f"{name!r} in repository {repository} is still being imported"
         return None
 
-    async def _check_create(self, req: CreateRequest) -> tuple[int, int]:
+    async def _check_create(self, req: CreateFromTemplate | CreateFromIso) -> tuple[int, int]:
         """Check a create against the inventory; the VM's (vcpus, memory_mib)."""
         try:
             pool = await self.inventory.pool(req.pool)
@@ -87,6 +91,12 @@ class Submitter:
                     e.message, details=[(["body", "template"], e.message)]
                 ) from e
             shape = (req.vcpus or tmpl.vcpus, req.memory_mib or tmpl.memory_mib)
+            if tmpl.state != "ready":
+                problems.append((["body", "template"], f"template {tmpl.name} is being made"))
+            if len(req.disks) > len(tmpl.disks):
+                problems.append(
+                    (["body", "disks"], f"template {tmpl.name} has {len(tmpl.disks)} disk(s)")
+                )
             if tmpl.repository != pool.repository.name:
                 problems.append(
                     (
@@ -112,6 +122,66 @@ class Submitter:
         if problems:
             raise ValidationFailed("the request does not fit the inventory", details=problems)
         return shape
+
+    async def _check_clone(self, req: CloneVm) -> tuple[Vm, list[str]]:
+        """The source VM and the clone's networks (the source's, mapped)."""
+        try:
+            src = await self.inventory.vm(req.vm)
+        except NotFound as e:
+            raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
+        pool = await self.inventory.pool(src.pool)
+        nets = {n.name for n in pool.networks}
+        problems: list[tuple[list[str | int], str]] = []
+        for k, v in req.network_map.items():
+            if v not in nets:
+                problems.append(
+                    (["body", "network_map", k], f"pool {pool.name} has no network {v!r}")
+                )
+        networks = [req.network_map.get(n.network, n.network) for n in src.nics]
+        if len(req.disks) > len(src.disks):
+            problems.append((["body", "disks"], f"vm {src.name} has {len(src.disks)} disk(s)"))
+        if req.server and req.server not in pool.servers:
+            problems.append((["body", "server"], f"server {req.server} is not in pool {pool.name}"))
+        if src.state not in (VmState.STOPPED, VmState.CRASHED):
+            problems.append((["body", "vm"], f"vm {src.name} is {src.state.value}: stop it first"))
+        if problems:
+            raise ValidationFailed("the request does not fit the inventory", details=problems)
+        return src, networks
+
+    async def _check_template(self, req: TemplateRequest) -> tuple[str, Vm | None]:
+        """A new template's name is free, its source exists; the pool whose queue runs the
+        job, and the source VM (template.create_from_vm)."""
+        if await self.inventory.find_template(req.name) is not None:
+            raise Conflict(
+                f"a template named {req.name!r} exists",
+                details=[(["body", "name"], "name is taken")],
+            )
+        if isinstance(req, TemplateFromVm):
+            try:
+                vm = await self.inventory.vm(req.vm)
+            except NotFound as e:
+                raise NotFound(e.message, details=[(["body", "vm"], e.message)]) from e
+            if len(req.disks) > len(vm.disks):
+                msg = f"vm {vm.name} has {len(vm.disks)} disk(s)"
+                raise ValidationFailed(msg, details=[(["body", "disks"], msg)])
+            return vm.pool, vm
+        if isinstance(req, CloneTemplate):
+            src = await self.inventory.find_template(req.template)
+            if src is None or src.state != "ready":
+                msg = f"template {req.template!r} not found" if src is None else "being made"
+                raise ValidationFailed(msg, details=[(["body", "template"], msg)])
+            repository = src.repository
+        else:
+            repository = req.repository
+            try:
+                self.import_allow.check(req.url)
+            except TargetRefused as e:
+                raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
+        pools = [p for p in await self.inventory.pools() if p.repository.name == repository]
+        if not pools:
+            msg = f"no server pool has a repository {repository!r}"
+            raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
+        return pools[0].name, None
 
     async def _check_import(self, req: RepositoryImport) -> ServerPool:
         """The repository, the URL (allow-list; its addresses are checked again at each
@@ -244,17 +314,23 @@ class Submitter:
         reserve: Vm | None = None
         link_update: dict[str, str] = {}
         queue = keys.DEFAULT_QUEUE
-        if isinstance(req, CreateFromTemplate | CreateFromIso):
-            vcpus, memory_mib = await self._check_create(req)
+        if isinstance(req, CreateFromTemplate | CreateFromIso | CloneVm):
+            if isinstance(req, CloneVm):
+                src, networks = await self._check_clone(req)
+                pool = src.pool
+                vcpus, memory_mib = req.vcpus or src.vcpus, req.memory_mib or src.memory_mib
+                asked: list[tuple[str, str | None]] = [(n, None) for n in networks]
+            else:
+                vcpus, memory_mib = await self._check_create(req)
+                pool = req.pool
+                asked = [(n.network, n.mac) for n in req.vnics]
             vm_id = str(uuid.uuid4())
-            macs = await self.macs.claim(vm_id, [n.mac for n in req.vnics])
+            macs = await self.macs.claim(vm_id, [m for _n, m in asked])
             reserve = Vm(
                 id=vm_id,
                 name=req.name,
-                nics=[
-                    VmNic(network=n.network, mac=m) for n, m in zip(req.vnics, macs, strict=True)
-                ],
-                pool=req.pool,
+                nics=[VmNic(network=n, mac=m) for (n, _), m in zip(asked, macs, strict=True)],
+                pool=pool,
                 state=VmState.PROVISIONING,
                 vcpus=vcpus,
                 memory_mib=memory_mib,
@@ -262,8 +338,14 @@ class Submitter:
                 labels=req.labels,
                 created_by_job=job_id,
             )
-            link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": req.pool}
-            queue = keys.pool_queue(req.pool)
+            link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": pool}
+            queue = keys.pool_queue(pool)
+        elif isinstance(req, TemplateFromVm | CloneTemplate | ImportTemplate):
+            pool, source_vm = await self._check_template(req)
+            link_update = {"pool": pool}
+            if source_vm is not None:  # on the VM's queue: no job of its runs meanwhile
+                link_update |= {"vm_id": source_vm.id, "vm_name": source_vm.name}
+            queue = keys.pool_queue(pool)
         elif isinstance(req, VmOperation):
             try:
                 vm = await self.inventory.vm(req.vm)
@@ -273,9 +355,9 @@ class Submitter:
             queue = keys.pool_queue(vm.pool)
             await self._check_vm_op(req, vm)
         elif isinstance(req, RepositoryImport):
-            pool = await self._check_import(req)
-            link_update = {"pool": pool.name}
-            queue = keys.pool_queue(pool.name)
+            presented = await self._check_import(req)
+            link_update = {"pool": presented.name}
+            queue = keys.pool_queue(presented.name)
         elif isinstance(req, ServerMaintenance | ServerActivate):
             try:
                 server = await self.inventory.server(req.server)

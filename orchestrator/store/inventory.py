@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from orchestrator.errors import NotFound
+from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import keys, lua
 from orchestrator.store.fence import Fence, transaction
 from orchestrator.store.macs import MacStore
@@ -69,6 +69,55 @@ class InventoryStore:
 
     async def template(self, name: str) -> Template:
         return await self._one(keys.template(name), Template, "template", name)
+
+    async def find_template(self, name: str) -> Template | None:
+        try:
+            return await self.template(name)
+        except NotFound:
+            return None
+
+    async def reserve_template(self, tmpl: Template, *, fence: Fence | None = None) -> None:
+        """Claim a template name for the job making it (`creating`, `created_by_job`):
+        claiming it again for the same job is harmless; a name taken is a Conflict."""
+        doc = tmpl.model_dump_json()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.template(tmpl.name), doc, nx=True)
+            pipe.sadd(keys.TEMPLATES, tmpl.name)
+
+        if (await transaction(self.redis, fence, write))[0]:
+            return
+        held = await self.template(tmpl.name)
+        if held.state == "creating" and held.created_by_job == tmpl.created_by_job:
+            return
+        raise Conflict(
+            f"a template named {tmpl.name!r} exists",
+            details=[(["body", "name"], "name is taken")],
+        )
+
+    async def save_template(self, tmpl: Template, *, fence: Fence | None = None) -> None:
+        doc = tmpl.model_dump_json()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.template(tmpl.name), doc)
+            pipe.sadd(keys.TEMPLATES, tmpl.name)
+
+        await transaction(self.redis, fence, write)
+
+    async def release_template(self, name: str, job_id: str, *, fence: Fence | None = None) -> None:
+        """Forget a template this job reserved and did not complete."""
+        doc = await self.redis.get(keys.template(name))
+        if doc is None:
+            return
+        held = Template.model_validate_json(doc)
+        if held.state != "creating" or held.created_by_job != job_id:
+            return
+
+        def write(pipe: Pipeline) -> None:
+            pipe.delete(keys.template(name))
+            pipe.srem(keys.TEMPLATES, name)
+
+        await transaction(self.redis, fence, write)
 
     # --- VMs ---------------------------------------------------------------------------
     # A VM's record (what was provisioned) and its observed state (what the hypervisor said

@@ -54,7 +54,7 @@ def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
         name=vm.name,
         vcpus=vm.vcpus,
         memory_mib=vm.memory_mib,
-        disks=[DiskSpec(d.path, d.target) for d in vm.disks],
+        disks=[DiskSpec(d.path, d.target, d.format) for d in vm.disks],
         nics=[NicSpec(n.network, n.mac) for n in vm.nics],
         metadata=metadata,
         pinning={int(k): list(v) for k, v in (vm.pinning or {}).items()},

@@ -11,8 +11,9 @@ from typing import cast
 
 from orchestrator.errors import NotFound
 from schemas.inventory import Template, VmCdrom, VmDisk, VmNic, VmState
-from schemas.requests import CreateFromTemplate, CreateRequest
+from schemas.requests import CloneVm, CreateFromTemplate, CreateRequest, NewVm
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.disks import clone_disks, delete_disks
 from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
 from workers.hypervisor.xml import disk_target
@@ -60,12 +61,13 @@ def reserve_undo(ctx: StepContext) -> None:
 def place_run(ctx: StepContext) -> Outputs:
     """Choose the server of the pool with the most free memory that fits the VM, and
     place the VM there (its memory held for it until this job ends or it runs). The
-    shape is the reservation's (the request's, or the template's defaults)."""
+    pool and shape are the reservation's (the request's, the template's or the source
+    VM's)."""
     req = _create(ctx)
     vm = vm_of(ctx)
     return choose_server(
         ctx,
-        req.pool,
+        vm.pool,
         vm.memory_mib,
         candidates=[req.server] if req.server else None,
         vcpus=vm.vcpus,
@@ -80,23 +82,22 @@ def place_undo(ctx: StepContext) -> None:
         ctx.run(ctx.runtime.servers.unplace(str(server), vm_id))
 
 
-def clone_run(ctx: StepContext) -> Outputs:
-    """Ensure each template disk has a clone `<vm>-<id8>-disk<i>`.
+def vm_disks(copied: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Clones as the VM's disks: vda, vdb... in order."""
+    return [
+        {"volume": c["volume"], "path": c["path"], "format": c["format"],
+         "backing": c["backing"], "target": disk_target(i)}
+        for i, c in enumerate(copied)
+    ]  # fmt: skip
 
-    A clone from an earlier attempt may be incomplete (its worker died mid-copy), so a
-    repeated attempt deletes it and clones again; the name is this VM's alone.
-    """
+
+def clone_run(ctx: StepContext) -> Outputs:
+    """Ensure each template disk has a clone `<vm>-<id8>-disk<i>` of the type asked for
+    (the name is this VM's alone: a repeated attempt copies again)."""
     tmpl = _template(ctx)
     hv = ctx.hypervisor(ctx.outputs["server"])
-    disks = []
-    for i, d in enumerate(tmpl.disks):
-        name = volume_name(ctx, i)
-        if ctx.attempt > 1:
-            hv.delete_volume(tmpl.repository, name)
-        path = hv.clone_volume(tmpl.repository, d.volume, name)
-        disks.append({"volume": name, "path": path, "target": disk_target(i)})
-        ctx.check()
-    return {"disks": disks}
+    copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(tmpl.disks)]
+    return {"disks": vm_disks(clone_disks(ctx, hv, tmpl.repository, copies, _req(ctx).disks))}
 
 
 def clone_undo(ctx: StepContext) -> None:
@@ -105,9 +106,8 @@ def clone_undo(ctx: StepContext) -> None:
     server = ctx.outputs.get("server")
     if server is None:
         return
-    hv = ctx.hypervisor(server)
-    for i in range(len(tmpl.disks)):
-        hv.delete_volume(tmpl.repository, volume_name(ctx, i))
+    names = [volume_name(ctx, i) for i in range(len(tmpl.disks))]
+    delete_disks(ctx.hypervisor(server), tmpl.repository, names)
 
 
 def define_run(ctx: StepContext) -> Outputs:
@@ -118,8 +118,9 @@ def define_run(ctx: StepContext) -> Outputs:
     hv = ctx.hypervisor(server)
     cdrom = ctx.outputs.get("cdrom")
     # the MACs were claimed with the reservation (a record of an older version has none)
+    asked = req.vnics if isinstance(req, NewVm) else []
     nics = vm.nics or [
-        VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(req.vnics)
+        VmNic(network=n.network, mac=n.mac or mac_for(vm.id, i)) for i, n in enumerate(asked)
     ]
     # the reservation made at submission holds the shape (vcpus, memory, ha, labels)
     record = vm.model_copy(
@@ -129,21 +130,30 @@ def define_run(ctx: StepContext) -> Outputs:
             "disks": [VmDisk(**d) for d in ctx.outputs.get("disks", [])],
             "nics": nics,
             "cdrom": VmCdrom(**cdrom) if cdrom else None,
-            "has_cdrom": cdrom is not None,
-            "boot": ["cdrom", "hd"] if cdrom else ["hd"],
+            # a clone keeps its source's drive (empty or not) and boot order
+            "has_cdrom": ctx.outputs.get("has_cdrom", cdrom is not None),
+            "boot": ctx.outputs.get("boot") or (["cdrom", "hd"] if cdrom else ["hd"]),
             "desired_state": None,  # kept apart (vmdesired), as is the observed state
             "observed_at": None,
         }
     )
     ctx.expect(vm.id, ["vm.lifecycle.defined"])
-    source = {"template": req.template} if isinstance(req, CreateFromTemplate) else {"iso": req.iso}
-    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": req.pool, **source}))
+    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": vm.pool, **_made_from(req)}))
     ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
     if not req.start:  # it stays stopped: it holds no memory there (and never will run
         # from this job, so no placement can be counting on it as running)
         ctx.run(ctx.runtime.servers.unplace(server, vm.id))
     return {"server": server}
+
+
+def _made_from(req: CreateRequest) -> dict[str, str]:
+    """What the VM was made from, for its domain's metadata."""
+    if isinstance(req, CreateFromTemplate):
+        return {"template": req.template}
+    if isinstance(req, CloneVm):
+        return {"clone_of": req.vm}
+    return {"iso": req.iso}
 
 
 def define_undo(ctx: StepContext) -> None:

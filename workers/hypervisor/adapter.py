@@ -46,6 +46,7 @@ from workers.hypervisor.xml import (
     repin_domain_xml,
     replace_cdrom_xml,
     vcpu_pins,
+    volume_format,
     volume_xml,
 )
 
@@ -481,14 +482,43 @@ class Hypervisor:
 
         return self._call("ensure_volume", ensure, timeout_s)
 
-    def clone_volume(self, pool: str, source: str, name: str) -> str:
-        """Ensure volume `name` exists in `pool`, cloned from `source`; returns its path."""
+    def clone_volume(
+        self, pool: str, source: str, name: str, clone_type: str = "sparse"
+    ) -> tuple[str, str]:
+        """Ensure volume `name` exists in `pool`, cloned from `source` (in `pool` too):
+        `sparse` (holes stay holes), `full` (every byte allocated) or `thin` (a qcow2
+        overlay backed by `source`, which must then stay). Returns (its path, its format)."""
+        made: dict[str, str] = {}
 
         def clone(sp: libvirt.virStoragePool) -> libvirt.virStorageVol:
             src = sp.storageVolLookupByName(source)
-            return sp.createXMLFrom(volume_xml(name, src.info()[1]), src, 0)
+            capacity, fmt = src.info()[1], volume_format(src.XMLDesc(0))
+            if clone_type == "thin":
+                made["format"] = "qcow2"
+                xml = volume_xml(name, capacity, "qcow2", backing=(src.path(), fmt))
+                return sp.createXML(xml, 0)
+            made["format"] = fmt
+            xml = volume_xml(name, capacity, fmt, allocate=clone_type == "full")
+            return sp.createXMLFrom(xml, src, 0)
 
-        return self._ensure_volume(pool, name, clone, self._link.limits.copy_timeout_s)
+        path = self._ensure_volume(pool, name, clone, self._link.limits.copy_timeout_s)
+        if "format" not in made:  # it existed: as made before (a repeated step)
+            made["format"] = self._call(
+                "volume_format",
+                lambda c: volume_format(
+                    c.storagePoolLookupByName(pool).storageVolLookupByName(name).XMLDesc(0)
+                ),
+            )
+        return path, made["format"]
+
+    def volume_capacity(self, pool: str, name: str) -> int:
+        """The capacity of volume `name` in `pool`, in bytes."""
+        return int(
+            self._call(
+                "volume_info",
+                lambda c: c.storagePoolLookupByName(pool).storageVolLookupByName(name).info()[1],
+            )
+        )
 
     def volume_path(self, pool: str, name: str) -> str:
         """The path of volume `name` in `pool` on this server (NotFound when it has none,

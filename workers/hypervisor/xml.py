@@ -13,6 +13,7 @@ VMORCH_NS = "https://vmorch.dev/xmlns/vm/1"
 class DiskSpec:
     path: str
     target: str  # vda, vdb, ...
+    fmt: str = "raw"  # raw or qcow2 (a thin clone)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def domain_xml(spec: DomainSpec) -> str:
     devices = _sub(dom, "devices")
     for d in spec.disks:
         disk = _sub(devices, "disk", type="file", device="disk")
+        if d.fmt != "raw":
+            _sub(disk, "driver", name="qemu", type=d.fmt)
         _sub(disk, "source", file=d.path)
         _sub(disk, "target", dev=d.target, bus="virtio")
     if spec.cdrom is not None:
@@ -188,16 +191,34 @@ def cdrom_source(xml: str) -> str | None:
     return None
 
 
-def volume_xml(name: str, capacity_bytes: int, fmt: str | None = None) -> str:
-    """A sparse volume (nothing allocated up front: thin, as Oracle VM's sparse disks);
-    `fmt`: its format (raw by default in a directory pool)."""
+def volume_xml(
+    name: str,
+    capacity_bytes: int,
+    fmt: str | None = None,
+    *,
+    allocate: bool = False,
+    backing: tuple[str, str] | None = None,
+) -> str:
+    """A volume: sparse (nothing allocated up front, as Oracle VM's sparse disks) or, with
+    `allocate`, every byte allocated; `fmt` its format (raw by default in a directory
+    pool); `backing` (path, format): a qcow2 overlay on that volume (a thin clone)."""
     vol = ET.Element("volume")
     _sub(vol, "name", name)
     _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
-    _sub(vol, "allocation", "0", unit="bytes")
+    _sub(vol, "allocation", str(capacity_bytes if allocate else 0), unit="bytes")
     if fmt is not None:
         _sub(_sub(vol, "target"), "format", type=fmt)
+    if backing is not None:
+        store = _sub(vol, "backingStore")
+        _sub(store, "path", backing[0])
+        _sub(store, "format", type=backing[1])
     return ET.tostring(vol, encoding="unicode")
+
+
+def volume_format(xml: str) -> str:
+    """A volume's format as libvirt describes it (raw when it says none)."""
+    fmt = ET.fromstring(xml).find("target/format")
+    return (fmt.get("type") if fmt is not None else None) or "raw"
 
 
 def disk_target(index: int) -> str:

@@ -17,8 +17,8 @@ import pytest
 from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.settings import Settings
 from schemas.jobs import Job, JobState
+from tasks.steps.fetching import image_format
 from tasks.testing import Engine
-from tasks.workflows.repo_import import image_format
 from tests.sources import FileServer, make_iso
 from tests.unit.conftest import FLEET
 from workers.hypervisor.xml import cdrom_source

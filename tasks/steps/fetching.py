@@ -1,0 +1,123 @@
+"""Fetching a file from a URL into a repository volume, checked on the way: the one path
+for every import (repository.import, template.import)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+from orchestrator.errors import ImportFailed, NotFound
+from orchestrator.targets import ImportAllowList
+from schemas.inventory import ContentKind
+from tasks.step import Outputs, StepContext
+from tasks.steps.placement import choose_server
+from workers.fetch import open_source
+
+PROGRESS_S = 0.5
+HEAD = 64 * 1024  # what the format checks read: an ISO's volume descriptor is at 32 KiB
+ISO_MAGIC_AT, ISO_MAGIC = 0x8001, b"CD001"
+QCOW2_MAGIC = b"QFI\xfb"
+OTHER_IMAGES = {b"KDMV": "vmdk", b"conectix": "vhd", b"vhdxfile": "vhdx", b"<<< ": "vdi"}
+
+
+def server_seeing(ctx: StepContext, repository: str) -> Outputs:
+    """A reachable server, not in maintenance, of a pool the repository is presented to."""
+    pools = [p for p in ctx.run(ctx.runtime.inventory.pools()) if p.repository.name == repository]
+    if not pools:
+        raise NotFound(f"repository {repository} is not presented to any server pool")
+    out = choose_server(ctx, pools[0].name, 0)
+    return {"server": out["server"], "placement": out["placement"]}
+
+
+def image_format(head: bytes, kind: ContentKind) -> str:
+    """The file's format from its first bytes; ImportFailed when it is not what `kind`
+    asks for, or is a disk image that could reach beyond itself."""
+    if kind == "iso":
+        if head[ISO_MAGIC_AT : ISO_MAGIC_AT + len(ISO_MAGIC)] != ISO_MAGIC:
+            raise ImportFailed("not an ISO 9660 image (no CD001 volume descriptor at 32 KiB)")
+        return "iso"
+    if head.startswith(QCOW2_MAGIC):
+        if len(head) < 104:
+            raise ImportFailed("qcow2 image shorter than its header")
+        version = int.from_bytes(head[4:8], "big")
+        if int.from_bytes(head[8:16], "big"):
+            raise ImportFailed(
+                "qcow2 image with a backing file: refused (it could name any host file)"
+            )
+        if version >= 3 and int.from_bytes(head[72:80], "big") & 0b100:
+            raise ImportFailed("qcow2 image with an external data file: refused")
+        return "qcow2"
+    for magic, fmt in OTHER_IMAGES.items():
+        if head.startswith(magic):
+            raise ImportFailed(
+                f"a {fmt} image: virtual disks are imported as raw or qcow2 "
+                "(convert it with qemu-img, or import it as an assembly)"
+            )
+    return "raw"
+
+
+def _inspect(
+    ctx: StepContext,
+    chunks: Iterator[bytes],
+    size: int,
+    kind: ContentKind,
+    sha256: str | None,
+    out: Outputs,
+) -> Iterator[bytes]:
+    """`chunks`, checked as they pass (format from the head, SHA-256 at the end, progress,
+    abort between chunks): a check that fails raises before the upload is committed."""
+    sha = hashlib.sha256()
+    head = bytearray()
+    done, reported = 0, 0.0
+    for chunk in chunks:
+        ctx.check()
+        sha.update(chunk)
+        if "format" not in out:
+            head += chunk[: HEAD - len(head)]
+            if len(head) >= HEAD:
+                out["format"] = image_format(bytes(head), kind)
+        done += len(chunk)
+        if time.monotonic() - reported >= PROGRESS_S:
+            reported = time.monotonic()
+            ctx.report(done / size if size else 0.0, {"bytes_done": done, "bytes_total": size})
+        yield chunk
+    if "format" not in out:
+        out["format"] = image_format(bytes(head), kind)
+    digest = sha.hexdigest()
+    if sha256 and digest != sha256.lower():
+        raise ImportFailed(
+            f"SHA-256 mismatch: the request gave {sha256.lower()}, the file has {digest}"
+        )
+    out["sha256"] = digest
+    ctx.report(1.0, {"bytes_done": done, "bytes_total": size})
+
+
+def fetch_into(
+    ctx: StepContext,
+    url: str,
+    sha256: str | None,
+    repository: str,
+    volume: str,
+    kind: ContentKind,
+) -> Outputs:
+    """Stream `url` into a new volume `volume` of `repository` on the server an earlier
+    step chose (`outputs["server"]`; one of that name is replaced: the caller owns it),
+    checked: its format for `kind`, `sha256` when given. Its size, path, format, SHA-256
+    and whether the server stored the data (the test driver does not)."""
+    settings = ctx.runtime.settings
+    hv = ctx.hypervisor(ctx.outputs["server"])
+    source = open_source(
+        url,
+        ImportAllowList(settings.import_allowed_hosts),
+        ctx.run,
+        max_bytes=settings.import_max_bytes,
+        timeout_s=settings.import_read_timeout_s,
+    )
+    out: Outputs = {}
+    try:
+        checked = _inspect(ctx, source.chunks, source.size, kind, sha256, out)
+        path, stored = hv.upload_volume(repository, volume, source.size, checked)
+    finally:
+        source.close()
+    return {**out, "size_bytes": source.size, "path": path, "stored": stored}
