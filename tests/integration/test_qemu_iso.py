@@ -117,3 +117,72 @@ def test_an_iso_imported_over_http_and_ftp_boots_a_real_guest(
     after = up.api.call("GET", "/v1/repositories/repo-a")
     assert {i["name"] for i in after["isos"]} == {"inst.iso", "ftp.iso"}
     assert path.exists()
+
+
+def qemu_img_info(path: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", path],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_clone_types_templates_and_clones_on_real_volumes(start_up: Any, tmp_path: Path) -> None:
+    """qemu-img reads what each clone type made: a thin clone is a qcow2 overlay backed by
+    the template's volume, a full copy has every byte allocated; a template imported as
+    qcow2 is qcow2 and makes a qcow2 disk; a clone of a VM runs."""
+    up: Up = start_up("--servers-per-pool", "2", "--kind", "qemu")
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a-2disk",
+         "name": "typed", "start": False,
+         "disks": [{"clone_type": "thin"}, {"clone_type": "full"}]},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job["error"]
+    vm = up.api.call("GET", "/v1/vms/typed")
+    thin, full = (qemu_img_info(d["path"]) for d in vm["disks"])
+    tmpl = {t["name"]: t for t in up.api.call("GET", "/v1/templates")}["tmpl-a-2disk"]
+    assert thin["format"] == "qcow2" and thin["backing-filename"].endswith(
+        "/" + tmpl["disks"][0]["volume"]
+    )
+    assert thin["virtual-size"] == tmpl["disks"][0]["capacity_bytes"]
+    assert full["format"] == "raw" and "backing-filename" not in full
+    assert full["actual-size"] >= full["virtual-size"]  # allocated, not sparse
+    # the VM with a thin clone boots (QEMU opens the overlay and its backing file)
+    assert up.api.run({"kind": "vm.start", "vm": "typed"}, timeout_s=60)["state"] == "succeeded"
+    assert up.api.run({"kind": "vm.kill", "vm": "typed"}, timeout_s=60)["state"] == "succeeded"
+
+    # a clone of the stopped VM: its own copies, a sparse copy of the overlay keeps qcow2
+    clone = up.api.run({"kind": "vm.clone", "vm": "typed", "name": "typed2", "start": True},
+                       timeout_s=120)  # fmt: skip
+    assert clone["state"] == "succeeded", clone["error"]
+    copy = up.api.call("GET", "/v1/vms/typed2")
+    assert copy["state"] == "running" and copy["nics"] == []
+    assert {d["volume"] for d in copy["disks"]}.isdisjoint(d["volume"] for d in vm["disks"])
+
+    # a template imported as qcow2 over HTTP, and a VM from it: its disk is qcow2 too
+    www = tmp_path / "www"
+    www.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(www / "g.qcow2"), "16M"],
+                   check=True)  # fmt: skip
+    with FileServer(www) as http:
+        imp = up.api.run(
+            {"kind": "template.import", "repository": "repo-a", "name": "gold",
+             "url": http.url("g.qcow2"), "sha256": sha256_of(www / "g.qcow2"), "memory_mib": 96},
+            timeout_s=120,
+        )  # fmt: skip
+    assert imp["state"] == "succeeded", imp["error"]
+    made = up.api.run({"kind": "vm.create_from_template", "pool": "pool-a", "template": "gold",
+                       "name": "fromgold", "start": False}, timeout_s=120)  # fmt: skip
+    assert made["state"] == "succeeded", made["error"]
+    disk = up.api.call("GET", "/v1/vms/fromgold")["disks"][0]
+    assert disk["format"] == "qcow2" and qemu_img_info(disk["path"])["format"] == "qcow2"
+    assert qemu_img_info(disk["path"])["virtual-size"] == 16 * 2**20
+    # and a template of that VM
+    t = up.api.run({"kind": "template.create_from_vm", "vm": "fromgold", "name": "gold2"},
+                   timeout_s=120)  # fmt: skip
+    assert t["state"] == "succeeded", t["error"]
+    [g2] = [x for x in up.api.call("GET", "/v1/templates") if x["name"] == "gold2"]
+    assert g2["state"] == "ready" and g2["disks"][0]["format"] == "qcow2"
