@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from schemas.base import Frozen, Name
 from schemas.events import Event
 from schemas.hooks import Hook
-from schemas.inventory import RepositoryContent, Server, ServerFacts, Template, Vm
+from schemas.inventory import RepositoryContent, Server, ServerFacts, ServerPool, Template, Vm
 
 T = TypeVar("T")
 
@@ -135,6 +135,26 @@ class RepositoryView(Frozen):
     templates: list[TemplateView] = Field(default_factory=list)
     isos: list[RepositoryContent] = Field(default_factory=list)
     virtual_disks: list[RepositoryContent] = Field(default_factory=list)
+
+
+class AntiAffinitySpec(Frozen):
+    """The VMs (by name; ones not created yet may be named) that must never share a server."""
+
+    vms: Annotated[list[Name], Field(min_length=2, max_length=64)]
+
+
+class CpuGroupSpec(Frozen):
+    """Servers of the pool whose CPUs are compatible (a server is in one group at most)."""
+
+    servers: Annotated[list[Name], Field(min_length=1, max_length=256)]
+
+
+class PoolGroups(Frozen):
+    """A pool after a change of its groups, and what already breaks an anti-affinity group
+    (placement keeps members apart from now on; VMs already together stay until moved)."""
+
+    pool: ServerPool
+    conflicts: list[str] = Field(default_factory=list)
 
 
 class VmView(Vm):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -10,19 +13,22 @@ from orchestrator.api.middleware import caller
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.jobs.checks import assess
 from schemas.api import (
+    AntiAffinitySpec,
+    CpuGroupSpec,
     FenceAck,
     FenceRecord,
     MigrationTarget,
     MigrationTargets,
     Page,
+    PoolGroups,
     RepositoryView,
     ServerView,
     TemplateView,
     VmView,
 )
-from schemas.base import utcnow
+from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
 from schemas.event_types import SOURCE_API
-from schemas.inventory import Server, Vm, VmState
+from schemas.inventory import AntiAffinityGroup, CpuGroup, Server, ServerPool, Vm, VmState
 
 
 async def list_vms(request: web.Request) -> web.Response:
@@ -127,6 +133,109 @@ async def fence_server(request: web.Request) -> web.Response:
     by = f"operator:{caller(request).name}"
     await svc.ha.mark_fenced(name, {"by": by, "reason": ack.reason}, SOURCE_API)
     return respond(FenceRecord(server=name, by=by, reason=ack.reason), 202)
+
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def _group_name(request: web.Request) -> str:
+    name = request.match_info["group"]
+    if len(name) > NAME_MAX or not _NAME.fullmatch(name):
+        msg = "a group name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
+        raise ValidationFailed(msg, details=[(["path", "group"], msg)])
+    return name
+
+
+def _anti_affinity_conflicts(pool: ServerPool, vms: list[Vm]) -> list[str]:
+    """Members of one anti-affinity group on one server, now."""
+    out = []
+    for g in pool.anti_affinity_groups:
+        by_server: dict[str, list[str]] = {}
+        for vm in vms:
+            if vm.name in g.vms and vm.server:
+                by_server.setdefault(vm.server, []).append(vm.name)
+        out += [
+            f"anti-affinity group {g.name}: {', '.join(sorted(names))} on {server}"
+            for server, names in sorted(by_server.items())
+            if len(names) > 1
+        ]
+    return out
+
+
+async def _pool_groups(
+    request: web.Request, change: Callable[[ServerPool], ServerPool]
+) -> web.Response:
+    svc = services(request)
+    pool = await svc.inventory.update_pool(request.match_info["pool"], change)
+    vms = [v for s in pool.servers for v in await svc.inventory.vms_on(s)]
+    return respond(PoolGroups(pool=pool, conflicts=_anti_affinity_conflicts(pool, vms)))
+
+
+async def put_anti_affinity_group(request: web.Request) -> web.Response:
+    """Create or replace a pool's anti-affinity group: placement never puts two of its VMs
+    on one server from now on (creates, clones, HA relocation; migrations refuse it)."""
+    group = _group_name(request)
+    try:
+        spec = AntiAffinitySpec.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid("anti-affinity group", e) from None
+
+    def change(p: ServerPool) -> ServerPool:
+        others = [g for g in p.anti_affinity_groups if g.name != group]
+        new = AntiAffinityGroup(name=group, vms=sorted(set(spec.vms)))
+        return p.model_copy(update={"anti_affinity_groups": [*others, new]})
+
+    return await _pool_groups(request, change)
+
+
+async def delete_anti_affinity_group(request: web.Request) -> web.Response:
+    group = _group_name(request)
+
+    def change(p: ServerPool) -> ServerPool:
+        if not any(g.name == group for g in p.anti_affinity_groups):
+            raise NotFound(f"pool {p.name} has no anti-affinity group {group!r}")
+        kept = [g for g in p.anti_affinity_groups if g.name != group]
+        return p.model_copy(update={"anti_affinity_groups": kept})
+
+    return await _pool_groups(request, change)
+
+
+async def put_cpu_group(request: web.Request) -> web.Response:
+    """Create or replace a pool's CPU compatibility group: a running VM moves live only
+    between servers of one group."""
+    group = _group_name(request)
+    try:
+        spec = CpuGroupSpec.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid("CPU compatibility group", e) from None
+
+    def change(p: ServerPool) -> ServerPool:
+        problems: list[tuple[list[str | int], str]] = []
+        for i, s in enumerate(spec.servers):
+            if s not in p.servers:
+                problems.append((["body", "servers", i], f"{s} is not a server of pool {p.name}"))
+            elif other := next(
+                (g.name for g in p.cpu_groups if g.name != group and s in g.servers), None
+            ):
+                problems.append((["body", "servers", i], f"{s} is in CPU group {other} already"))
+        if problems:
+            raise ValidationFailed("the group does not fit the pool", details=problems)
+        others = [g for g in p.cpu_groups if g.name != group]
+        new = CpuGroup(name=group, servers=sorted(set(spec.servers)))
+        return p.model_copy(update={"cpu_groups": [*others, new]})
+
+    return await _pool_groups(request, change)
+
+
+async def delete_cpu_group(request: web.Request) -> web.Response:
+    group = _group_name(request)
+
+    def change(p: ServerPool) -> ServerPool:
+        if not any(g.name == group for g in p.cpu_groups):
+            raise NotFound(f"pool {p.name} has no CPU group {group!r}")
+        return p.model_copy(update={"cpu_groups": [g for g in p.cpu_groups if g.name != group]})
+
+    return await _pool_groups(request, change)
 
 
 async def _repository_views(request: web.Request, only: str | None = None) -> list[RepositoryView]:

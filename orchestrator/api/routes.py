@@ -10,12 +10,15 @@ from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
 from schemas.api import (
     AbortRequest,
+    AntiAffinitySpec,
+    CpuGroupSpec,
     EventPage,
     FenceAck,
     FenceRecord,
     HookCreated,
     MigrationTargets,
     Page,
+    PoolGroups,
     QueueStatus,
     RepositoryView,
     Role,
@@ -121,6 +124,23 @@ def _jobs() -> list[Route]:
     ]
 
 
+def _pool_group_routes() -> list[Route]:
+    out = []
+    for path, what, spec, put, delete in (
+        ("anti-affinity-groups", "anti-affinity group", AntiAffinitySpec,
+         inventory.put_anti_affinity_group, inventory.delete_anti_affinity_group),
+        ("cpu-groups", "CPU compatibility group", CpuGroupSpec,
+         inventory.put_cpu_group, inventory.delete_cpu_group),
+    ):  # fmt: skip
+        url = f"/v1/pools/{{pool}}/{path}/{{group}}"
+        out += [
+            Route("PUT", url, put, f"Create or replace a pool's {what}", ADMIN,
+                  body=spec, response=PoolGroups),
+            Route("DELETE", url, delete, f"Remove a pool's {what}", ADMIN, response=PoolGroups),
+        ]  # fmt: skip
+    return out
+
+
 def _inventory() -> list[Route]:
     return [
         Route(
@@ -192,6 +212,7 @@ def _inventory() -> list[Route]:
             response=FenceRecord,
             status=202,
         ),
+        *_pool_group_routes(),
         Route(
             "GET",
             "/v1/repositories",

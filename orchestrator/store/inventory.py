@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import keys, lua
@@ -69,6 +70,28 @@ class InventoryStore:
 
     async def template(self, name: str) -> Template:
         return await self._one(keys.template(name), Template, "template", name)
+
+    async def update_pool(
+        self, name: str, change: Callable[[ServerPool], ServerPool]
+    ) -> ServerPool:
+        """Replace pool `name` by `change(pool)`, atomically against concurrent changes
+        (optimistic: tried again if the pool changed meanwhile). NotFound when absent;
+        whatever `change` raises leaves the pool as it was."""
+        key = keys.pool(name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    doc = await pipe.get(key)
+                    if doc is None:
+                        raise NotFound(f"pool {name!r} not found")
+                    new = change(ServerPool.model_validate_json(doc))
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
 
     async def find_template(self, name: str) -> Template | None:
         try:

@@ -14,6 +14,7 @@ it then), so that concurrent creates never overcommit a server.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,15 @@ return {1, ''}
 # KEYS: the server's placements (hash vm -> "MiB job"). ARGV: vm, its entry, MiB it needs,
 # MiB free (what the server's active domains leave), then the ids of its active domains.
 _PLACE = """
+local partners = tonumber(ARGV[5])
+for i = 6, 5 + partners do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1
+     or redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then
+    return {-1, ARGV[i]}
+  end
+end
 local active = {}
-for i = 5, #ARGV do active[ARGV[i]] = true end
+for i = 6 + partners, #ARGV do active[ARGV[i]] = true end
 local held = 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
@@ -182,19 +190,36 @@ class ServerStates:
         need_mib: int,
         free_mib: int,
         active: set[str],
-    ) -> tuple[bool, int]:
+        partners: Collection[str] = (),
+    ) -> tuple[bool, int, str | None]:
         """Reserve `need_mib` on `server` for `vm_id` (placed by `job_id`), if the server's
         free memory (`free_mib`, what its active domains leave) less what other placements
-        not yet running there (not in `active`) hold still has room; atomically, so that
-        concurrent creates never overcommit it. Returns (placed, MiB the others hold). A
-        placement lasts until its job ends; while its VM runs it is not counted (libvirt
+        not yet running there (not in `active`) hold still has room, and none of
+        `partners` (VM ids it must not share a server with: anti-affinity) is placed or
+        defined there; atomically, so that concurrent creates never overcommit it nor put
+        two partners together. Returns (placed, MiB the others hold, the partner there).
+        A placement lasts until its job ends; while its VM runs it is not counted (libvirt
         counts the VM). It is not removed when the VM starts: another placement may be
         judging from a list of active domains taken before that start."""
-        key = keys.placements(server)
-        ok, held = await self._place(
-            keys=[key], args=[vm_id, f"{need_mib} {job_id}", need_mib, free_mib, *sorted(active)]
-        )
-        return bool(int(ok)), int(held)
+        ok, res = await self._place(
+            keys=[keys.placements(server), keys.vms_on(server)],
+            args=[vm_id, f"{need_mib} {job_id}", need_mib, free_mib, len(partners),
+                  *sorted(partners), *sorted(active)],
+        )  # fmt: skip
+        if int(ok) == -1:
+            return False, 0, str(res)
+        return bool(int(ok)), int(res), None
+
+    async def vms_there(self, server: str, vm_ids: set[str]) -> set[str]:
+        """Those of `vm_ids` placed or defined on `server` (a quick look; `place` checks
+        again atomically)."""
+        pipe = self.redis.pipeline(transaction=False)
+        order = sorted(vm_ids)
+        for v in order:
+            pipe.hexists(keys.placements(server), v)
+            pipe.sismember(keys.vms_on(server), v)
+        res = await pipe.execute()
+        return {v for i, v in enumerate(order) if res[2 * i] or res[2 * i + 1]}
 
     async def placed(self, server: str, active: set[str]) -> int:
         """MiB held on `server` by placements whose VM does not run there yet."""

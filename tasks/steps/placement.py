@@ -42,6 +42,7 @@ def choose_server(
     )
     skipped = set(exclude)
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(servers))
+    partners = _partners(ctx, pool, place_vm) if place_vm else {}
     fits: list[tuple[int, str, int, set[str]]] = []  # (free, server, base free, active)
     considered: dict[str, str] = {}
     for name in servers:
@@ -50,6 +51,9 @@ def choose_server(
             continue
         if name in maintenance:
             considered[name] = "in maintenance"
+            continue
+        if partners and (there := ctx.run(ctx.runtime.servers.vms_there(name, set(partners)))):
+            considered[name] = _clash(partners, there)
             continue
         try:
             hv = ctx.hypervisor(name, probe_s=PROBE_S)
@@ -79,11 +83,44 @@ def choose_server(
     for _free, name, base, active in sorted(fits, key=lambda f: -f[0]):
         if place_vm is None:
             return {"server": name, "placement": considered}
-        placed, held = ctx.run(
-            ctx.runtime.servers.place(name, place_vm, ctx.job.id, need_mib, base, active)
+        placed, held, partner = ctx.run(
+            ctx.runtime.servers.place(
+                name, place_vm, ctx.job.id, need_mib, base, active, set(partners)
+            )
         )
         if placed:
             return {"server": name, "placement": considered}
-        considered[name] = f"{base - held} MiB free once a concurrent placement took its share"
+        considered[name] = (
+            _clash(partners, {partner})
+            if partner
+            else f"{base - held} MiB free once a concurrent placement took its share"
+        )
     detail = "; ".join(f"{k}: {v}" for k, v in considered.items()) or "no servers"
+    if partners and any(v.startswith("anti-affinity") for v in considered.values()):
+        raise NoCapacity(f"no server of pool {pool} can take the VM ({detail})")
     raise NoCapacity(f"no server of pool {pool} has {need_mib} MiB free ({detail})")
+
+
+def _partners(ctx: StepContext, pool: str, vm_id: str) -> dict[str, str]:
+    """The VMs that `vm_id` must not share a server with (its pool's anti-affinity
+    groups), id -> "group: name", those that exist (a member being created has its
+    record reserved from its submission on, so a concurrent create counts too)."""
+    groups = ctx.run(ctx.runtime.inventory.pool(pool)).anti_affinity_groups
+    if not groups:
+        return {}
+    vm = ctx.run(ctx.runtime.inventory.find_vm(vm_id))
+    if vm is None:
+        return {}
+    out: dict[str, str] = {}
+    for g in groups:
+        if vm.name not in g.vms:
+            continue
+        for name in g.vms:
+            other = ctx.run(ctx.runtime.inventory.find_vm(name)) if name != vm.name else None
+            if other is not None:
+                out[other.id] = f"{g.name}: {name}"
+    return out
+
+
+def _clash(partners: dict[str, str], there: set[str]) -> str:
+    return "anti-affinity group " + ", ".join(sorted(partners[p] for p in there)) + " is there"

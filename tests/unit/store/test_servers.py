@@ -66,10 +66,10 @@ def test_placements_hold_memory_and_outlive_their_job_by_the_grace(store_engine:
     for j in ("j1", "j2", "j3"):
         _set_state(store_engine, j, "running")
     # 1000 MiB free: two 400 MiB VMs fit, a third does not; a running one is not counted
-    assert run(servers.place("s", "vm1", "j1", 400, 1000, set())) == (True, 0)
-    assert run(servers.place("s", "vm2", "j2", 400, 1000, set())) == (True, 400)
-    assert run(servers.place("s", "vm3", "j3", 400, 1000, set())) == (False, 800)
-    assert run(servers.place("s", "vm3", "j3", 400, 1000, {"vm1"})) == (True, 400)
+    assert run(servers.place("s", "vm1", "j1", 400, 1000, set())) == (True, 0, None)
+    assert run(servers.place("s", "vm2", "j2", 400, 1000, set())) == (True, 400, None)
+    assert run(servers.place("s", "vm3", "j3", 400, 1000, set())) == (False, 800, None)
+    assert run(servers.place("s", "vm3", "j3", 400, 1000, {"vm1"})) == (True, 400, None)
     assert run(servers.placed("s", set())) == 1200
     # jobs that ended just now keep their holds; long ago, or gone, they go
     _set_state(store_engine, "j1", "succeeded")
@@ -78,3 +78,17 @@ def test_placements_hold_memory_and_outlive_their_job_by_the_grace(store_engine:
     run(r.delete(keys.job("j3")))
     run(servers.sweep(["s"], []))
     assert run(servers.placed("s", set())) == 400  # vm1's only
+
+
+def test_a_placement_is_refused_where_an_anti_affinity_partner_is(store_engine: Engine) -> None:
+    """In the same script as the memory check: a partner placed on the server (not yet
+    defined) or defined there keeps the VM off it; elsewhere it fits."""
+    servers, run, r = store_engine.services.servers, store_engine.run, store_engine.redis
+    _set_state(store_engine, "j1", "running")
+    _set_state(store_engine, "j2", "running")
+    assert run(servers.place("s", "a", "j1", 100, 1000, set())) == (True, 0, None)
+    assert run(servers.place("s", "b", "j2", 100, 1000, set(), {"a", "x"})) == (False, 0, "a")
+    assert run(servers.vms_there("s", {"a", "x"})) == {"a"}
+    run(r.sadd(keys.vms_on("t"), "x"))  # x is defined on t
+    assert run(servers.place("t", "b", "j2", 100, 1000, set(), {"a", "x"})) == (False, 0, "x")
+    assert run(servers.place("u", "b", "j2", 100, 1000, set(), {"a", "x"})) == (True, 0, None)
