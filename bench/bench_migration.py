@@ -20,61 +20,17 @@ vmorch legs run. Aim: the job's median at most 1.3x the bare migration's.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 import libvirt
+from _procs import note
+from _up import lab_up
 
 AIM = 1.3
-
-
-def note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Api:
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-
-    def run(self, body: dict[str, Any], timeout_s: float = 120) -> tuple[dict[str, Any], float]:
-        t0 = time.perf_counter()
-        job = self.call("POST", "/v1/jobs", body)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = self.call("GET", f"/v1/jobs/{job['id']}")
-            if job["state"] in ("succeeded", "failed", "aborted"):
-                return job, time.perf_counter() - t0
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job {job['id']} did not end: {job['state']}")
-            time.sleep(0.01)
 
 
 def bare_migrate(src_uri: str, dst_uri: str, vm_id: str, host: str) -> float:
@@ -101,25 +57,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    lab_dir = Path(tempfile.mkdtemp(prefix="vmorch-bench-mig-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMORCH_")}
-    env["VMORCH_LAB_DIR"] = str(lab_dir)
-    out = open(lab_dir / "up.log", "wb")  # noqa: SIM115 (kept open for the subprocess)
-    note(f"starting the qemu lab in {lab_dir}")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "up", "--kind", "qemu", "--pools", "1",
-         "--servers-per-pool", "2", "--port", str(free_port())],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        state_path = lab_dir / "vmorch.json"
-        deadline = time.monotonic() + 120
-        while b"vmorch is up" not in (lab_dir / "up.log").read_bytes():
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((lab_dir / "up.log").read_text(errors="replace"))
-            time.sleep(0.2)
-        state = json.loads(state_path.read_text())
-        api = Api(state["api_url"], state["admin_token"])
+    with lab_up("--kind", "qemu", "--pools", "1", "--servers-per-pool", "2") as (api, state):
         uris = {s["name"]: s["uri"] for s in state["servers"]}
         made, _ = api.run(
             {"kind": "vm.create_from_template", "name": "bench-mig", "pool": "pool-a",
@@ -162,16 +100,6 @@ def main() -> int:
         )
         print(f"| slowest leg | {max(bare):.3f} s | {max(job):.3f} s | | |")
         return 0 if ratio <= AIM else 1
-    finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(
-                [sys.executable, "-m", "orchestrator.cli", "down"], env=env, timeout=120,
-                capture_output=True,
-            )  # fmt: skip
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGTERM)
-            up.wait(60)
-        out.close()
 
 
 if __name__ == "__main__":

@@ -59,8 +59,14 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
             }
             for h in r.headers
         ]
+        narrow = dict(r.path_schemas)
         params += [
-            {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": seg[1:-1],
+                "in": "path",
+                "required": True,
+                "schema": narrow.get(seg[1:-1], {"type": "string"}),
+            }
             for seg in r.path.split("/")
             if seg.startswith("{")
         ]

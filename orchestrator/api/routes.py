@@ -25,6 +25,7 @@ from schemas.api import (
     ServerView,
     VmView,
 )
+from schemas.base import NAME_MAX, NAME_PATTERN
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
@@ -124,6 +125,9 @@ def _jobs() -> list[Route]:
     ]
 
 
+_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
+
+
 def _pool_group_routes() -> list[Route]:
     out = []
     for path, what, spec, put, delete in (
@@ -133,10 +137,12 @@ def _pool_group_routes() -> list[Route]:
          inventory.put_cpu_group, inventory.delete_cpu_group),
     ):  # fmt: skip
         url = f"/v1/pools/{{pool}}/{path}/{{group}}"
+        group = (("group", _NAME_SCHEMA),)
         out += [
             Route("PUT", url, put, f"Create or replace a pool's {what}", ADMIN,
-                  body=spec, response=PoolGroups),
-            Route("DELETE", url, delete, f"Remove a pool's {what}", ADMIN, response=PoolGroups),
+                  body=spec, response=PoolGroups, path_schemas=group),
+            Route("DELETE", url, delete, f"Remove a pool's {what}", ADMIN, response=PoolGroups,
+                  path_schemas=group),
         ]  # fmt: skip
     return out
 

@@ -47,3 +47,5 @@ class Route:
     status: int = 200
     query: tuple[Query, ...] = ()
     headers: tuple[Query, ...] = ()
+    # path parameters documented more narrowly than a string ({"group": name schema})
+    path_schemas: tuple[tuple[str, dict[str, Any]], ...] = ()
