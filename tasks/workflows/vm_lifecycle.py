@@ -47,9 +47,16 @@ def _delete_disks(ctx: StepContext) -> Outputs:
 
 
 def _forget(ctx: StepContext) -> Outputs:
-    """Ensure the VM record is gone from the inventory (already gone is fine)."""
-    if ctx.job.links.vm_id:
-        ctx.run(ctx.runtime.inventory.delete_vm(ctx.job.links.vm_id, fence=ctx.fence))
+    """Ensure the VM record is gone from the inventory (already gone is fine), and the
+    memory its create held on its server with it: a placement kept after its create ended
+    would count the deleted VM for up to a minute (a concurrent placement that still sees
+    it running counts it through libvirt anyway)."""
+    vm_id = ctx.job.links.vm_id
+    if vm_id:
+        vm = ctx.run(ctx.runtime.inventory.find_vm(vm_id))
+        if vm is not None and vm.server:
+            ctx.run(ctx.runtime.servers.unplace(vm.server, vm_id))
+        ctx.run(ctx.runtime.inventory.delete_vm(vm_id, fence=ctx.fence))
     return {"state": VmState.DELETED.value}
 
 

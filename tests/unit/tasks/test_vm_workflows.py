@@ -256,3 +256,15 @@ def test_macs_are_claimed_at_submission_and_released_when_the_vm_goes(
     fleet.drain()
     assert fleet.get(deleted.id).state == JobState.SUCCEEDED
     assert fleet.run(macs.in_use()) == 0
+
+
+def test_a_deleted_vm_holds_no_memory_on_its_server(fleet: Engine) -> None:
+    """Its create's placement outlives the create by a grace; the delete ends it, so a
+    server emptied by deletes takes new VMs at once."""
+    job = create(fleet, "vm-del")
+    assert job.state == JobState.SUCCEEDED
+    held = fleet.run(fleet.redis.hgetall("vmorch:placements:srv-u"))
+    assert job.links.vm_id in held
+    assert fleet.get(fleet.submit({"kind": "vm.delete", "vm": "vm-del", "force": True}).id)
+    fleet.drain()
+    assert job.links.vm_id not in fleet.run(fleet.redis.hgetall("vmorch:placements:srv-u"))
