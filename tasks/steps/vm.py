@@ -74,14 +74,17 @@ def _settled_in(wanted: VmState, out: Outputs) -> Callable[[StepContext], Output
 
 
 def start_run(ctx: StepContext) -> Outputs | Wait:
-    """Ensure the VM runs, then wait for it to be running: starting a running VM does
-    nothing, so running this twice is harmless."""
+    """Ensure the VM runs: starting a running VM does nothing, so running this twice is
+    harmless. libvirt's start returns once the domain runs, so the step usually ends
+    here, seen running; otherwise it waits for the event (or the state, at a recheck)."""
     vm = vm_of(ctx)
     hv = hv_of(ctx, vm)
     ctx.run(ctx.runtime.inventory.set_desired(vm.id, VmState.RUNNING, fence=ctx.fence))
     ctx.expect(vm.id, STARTED)
     since = ctx.stream_position()
     hv.start(vm.id)
+    if observe(ctx, vm, hv) == VmState.RUNNING:
+        return {"state": VmState.RUNNING.value}
     return Wait(types=STARTED, subject=vm.id, since=since, timeout_s=START_TIMEOUT_S)
 
 
