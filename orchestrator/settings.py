@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     import_allowed_hosts: list[str] = Field(default_factory=list)
     import_max_bytes: int = Field(default=64 * 1024**3, ge=1)
     import_read_timeout_s: float = Field(default=60.0, gt=0)
+    # Assemblies are unpacked and converted here, on the worker, then uploaded (each job's
+    # directory is removed when its step ends).
+    staging_dir: Path = Path(tempfile.gettempdir()) / "vmorch-staging"
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)
     ha_window_s: float = Field(default=3600.0, gt=0)

@@ -135,6 +135,9 @@ class RepositoryView(Frozen):
     templates: list[TemplateView] = Field(default_factory=list)
     isos: list[RepositoryContent] = Field(default_factory=list)
     virtual_disks: list[RepositoryContent] = Field(default_factory=list)
+    assemblies: list[RepositoryContent] = Field(
+        default_factory=list, description="each with its virtual systems and their templates"
+    )
 
 
 class AntiAffinitySpec(Frozen):

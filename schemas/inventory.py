@@ -52,8 +52,16 @@ class Repository(Frozen):
     )
 
 
-ContentKind = Literal["iso", "virtual_disk"]
-"""Content a repository holds beside templates (and, later, assemblies)."""
+ContentKind = Literal["iso", "virtual_disk", "assembly"]
+"""Content a repository holds beside templates."""
+
+
+class AssemblySystem(Frozen):
+    """A virtual system of an assembly and the template made of it."""
+
+    id: str
+    name: str
+    template: Name
 
 
 class RepositoryContent(Frozen):
@@ -71,6 +79,9 @@ class RepositoryContent(Frozen):
     source: str = Field(default="", description="where it was imported from (no query)")
     job_id: str | None = Field(default=None, description="the job that imported it")
     created_at: datetime | None = None
+    virtual_systems: list[AssemblySystem] = Field(
+        default_factory=list, description="an assembly: its virtual systems and their templates"
+    )
 
 
 class Network(Frozen):
@@ -99,6 +110,10 @@ class Template(Frozen):
     disks: list[TemplateDisk] = Field(default_factory=list)
     state: Literal["creating", "ready"] = "ready"
     created_by_job: str | None = None
+    assembly: Name | None = Field(default=None, description="the assembly it was imported from")
+    networks: list[str] = Field(
+        default_factory=list, description="an assembly's template: the network of each NIC"
+    )
 
 
 class CpuGroup(Frozen):

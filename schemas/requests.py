@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, model_validator
 
 from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
-from schemas.inventory import ContentKind
 
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
@@ -299,7 +298,7 @@ class RepositoryImport(Frozen):
 
     kind: Literal["repository.import"]
     repository: Name
-    content: ContentKind
+    content: Literal["iso", "virtual_disk"]
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     name: Name | None = Field(
         default=None, description="its name in the repository (default: the URL's file name)"
@@ -340,6 +339,22 @@ class ImportTemplate(Frozen):
 
 
 TemplateRequest = TemplateFromVm | CloneTemplate | ImportTemplate
+
+
+class AssemblyImport(Frozen):
+    """An assembly into a repository: an OVA archive, or an OVF descriptor with its files
+    beside it, by URL (the import allow-list applies to each file). Every reference, size
+    and (with a manifest) checksum is checked, disks are converted by qemu-img, and a
+    template is made per virtual system (`<name>-<system id>`), with its CPUs, memory,
+    disks and NICs."""
+
+    kind: Literal["assembly.import"]
+    repository: Name
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    name: Annotated[Name, Field(max_length=40)] | None = Field(
+        default=None, description="its name (default: the URL's file name without extension)"
+    )
+    sha256: Sha256 | None = Field(default=None, description="of the OVA or OVF file itself")
 
 
 class PinVcpus(VmOperation):
@@ -429,6 +444,7 @@ _ClientKinds = (
     | TemplateFromVm
     | CloneTemplate
     | ImportTemplate
+    | AssemblyImport
     | StartVm
     | StopVm
     | KillVm

@@ -108,3 +108,111 @@ def ftp_server(root: Path) -> Iterator[str]:
     finally:
         server.close_all()
         thread.join(5)
+
+
+def boot_disk(path: Path, size_mib: int = 8) -> None:
+    """A raw disk whose first sector boots BOOT_CODE (it leaves BOOT_MARK in memory)."""
+    with path.open("wb") as f:
+        f.write(BOOT_CODE + bytes(510 - len(BOOT_CODE)) + b"\x55\xaa")
+        f.truncate(size_mib << 20)
+
+
+def to_vmdk(raw: Path, out: Path) -> None:
+    """`raw` as a streamOptimized vmdk (what OVAs carry), by the real qemu-img."""
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+         str(raw), str(out)],
+        check=True,
+    )  # fmt: skip
+
+
+OVF_HEAD = """<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+ xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+"""
+VMDK_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+
+
+def ovf_descriptor(
+    files: dict[str, int],
+    systems: list[dict[str, object]],
+    *,
+    capacity_mib: int = 8,
+    doctype: str = "",
+) -> str:
+    """An OVF 1.0 descriptor: `files` (href -> size) each one disk `d<i>` of
+    `capacity_mib`; `systems` each {id, vcpus, memory_mib, disks: [file index], networks}."""
+    refs = "".join(
+        f'<File ovf:id="f{i}" ovf:href="{href}" ovf:size="{size}"/>'
+        for i, (href, size) in enumerate(files.items())
+    )
+    disks = "".join(
+        f'<Disk ovf:diskId="d{i}" ovf:fileRef="f{i}" ovf:capacity="{capacity_mib}" '
+        f'ovf:capacityAllocationUnits="byte * 2^20" ovf:format="{VMDK_FORMAT}"/>'
+        for i in range(len(files))
+    )
+    vss = []
+    for s in systems:
+        items = [
+            f"<Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>"
+            f"<rasd:VirtualQuantity>{s.get('vcpus', 1)}</rasd:VirtualQuantity></Item>",
+            f"<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>"
+            f"<rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>"
+            f"<rasd:VirtualQuantity>{s.get('memory_mib', 96)}</rasd:VirtualQuantity></Item>",
+        ]
+        for d in s.get("disks", []):  # type: ignore[attr-defined]
+            items.append(
+                f"<Item><rasd:HostResource>ovf:/disk/d{d}</rasd:HostResource>"
+                f"<rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>"
+            )
+        for n in s.get("networks", []):  # type: ignore[attr-defined]
+            items.append(
+                f"<Item><rasd:Connection>{n}</rasd:Connection><rasd:InstanceID>4</rasd:InstanceID>"
+                f"<rasd:ResourceType>10</rasd:ResourceType></Item>"
+            )
+        vss.append(
+            f'<VirtualSystem ovf:id="{s["id"]}"><Info>a VM</Info><Name>{s["id"]}</Name>'
+            f"<VirtualHardwareSection><Info>its hardware</Info>{''.join(items)}"
+            f"</VirtualHardwareSection></VirtualSystem>"
+        )
+    body = vss[0] if len(vss) == 1 else (
+        '<VirtualSystemCollection ovf:id="all"><Info>systems</Info>' + "".join(vss)
+        + "</VirtualSystemCollection>"
+    )  # fmt: skip
+    head = OVF_HEAD if not doctype else OVF_HEAD.replace("<Envelope", doctype + "\n<Envelope", 1)
+    return (
+        f"{head}<References>{refs}</References>"
+        f"<DiskSection><Info>disks</Info>{disks}</DiskSection>{body}</Envelope>\n"
+    )
+
+
+def manifest(root: Path, names: list[str]) -> str:
+    return "".join(f"SHA256({n})= {sha256_of(root / n)}\n" for n in names)
+
+
+def make_assembly(
+    root: Path, name: str, systems: list[dict[str, object]], n_disks: int = 1
+) -> list[str]:
+    """`<name>.ovf`, its vmdk disks (bootable) and `<name>.mf` in `root`; their names,
+    the descriptor first."""
+    disks = []
+    for i in range(n_disks):
+        raw = root / f"{name}-{i}.raw"
+        boot_disk(raw)
+        to_vmdk(raw, root / f"{name}-disk{i}.vmdk")
+        raw.unlink()
+        disks.append(f"{name}-disk{i}.vmdk")
+    sizes = {d: (root / d).stat().st_size for d in disks}
+    (root / f"{name}.ovf").write_text(ovf_descriptor(sizes, systems))
+    (root / f"{name}.mf").write_text(manifest(root, [f"{name}.ovf", *disks]))
+    return [f"{name}.ovf", *disks, f"{name}.mf"]
+
+
+def make_ova(root: Path, name: str, members: list[str], out: Path) -> None:
+    """An OVA (ustar, the descriptor first) of `members` of `root`."""
+    import tarfile
+
+    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m in members:
+            tar.add(root / m, arcname=m)

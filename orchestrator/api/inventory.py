@@ -264,6 +264,7 @@ async def _repository_views(request: web.Request, only: str | None = None) -> li
                 ],
                 isos=[c for c in content if c.kind == "iso"],
                 virtual_disks=[c for c in content if c.kind == "virtual_disk"],
+                assemblies=[c for c in content if c.kind == "assembly"],
             )
         )
     return views

@@ -22,6 +22,7 @@ from schemas.jobs import Job, JobLinks, JobState
 from schemas.requests import (
     CREATE_KINDS,
     INTERNAL_KINDS,
+    AssemblyImport,
     CloneTemplate,
     CloneVm,
     CreateFromIso,
@@ -183,7 +184,7 @@ class Submitter:
             raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
         return pools[0].name, None
 
-    async def _check_import(self, req: RepositoryImport) -> ServerPool:
+    async def _check_import(self, req: RepositoryImport | AssemblyImport) -> ServerPool:
         """The repository, the URL (allow-list; its addresses are checked again at each
         connection) and the file's name; the first pool the repository is presented to."""
         pools = [p for p in await self.inventory.pools() if p.repository.name == req.repository]
@@ -194,7 +195,10 @@ class Submitter:
             self.import_allow.check(req.url)
         except TargetRefused as e:
             raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
-        name = req.name or file_name(req.url)
+        if isinstance(req, AssemblyImport):
+            name = req.name or file_name(req.url).rsplit(".", 1)[0][:40]
+        else:
+            name = req.name or file_name(req.url)
         if not name:
             msg = "the URL names no file: give a name"
             raise ValidationFailed(msg, details=[(["body", "name"], msg)])
@@ -354,7 +358,7 @@ class Submitter:
             link_update = {"vm_id": vm.id, "vm_name": vm.name, "pool": vm.pool}
             queue = keys.pool_queue(vm.pool)
             await self._check_vm_op(req, vm)
-        elif isinstance(req, RepositoryImport):
+        elif isinstance(req, RepositoryImport | AssemblyImport):
             presented = await self._check_import(req)
             link_update = {"pool": presented.name}
             queue = keys.pool_queue(presented.name)

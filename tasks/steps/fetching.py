@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from orchestrator.errors import ImportFailed, NotFound
-from orchestrator.targets import ImportAllowList
-from schemas.inventory import ContentKind
-from tasks.step import Outputs, StepContext
+from orchestrator.targets import ImportAllowList, public_url
+from schemas.inventory import ContentKind, RepositoryContent
+from tasks.step import Outputs, Step, StepContext
 from tasks.steps.placement import choose_server
 from workers.fetch import open_source
 
@@ -121,3 +122,44 @@ def fetch_into(
     finally:
         source.close()
     return {**out, "size_bytes": source.size, "path": path, "stored": stored}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """How an import lists what it brings in its repository: `of(ctx)` gives (repository,
+    name, kind, source URL). Its `reserve` step claims the name for the job (`importing`;
+    released when the job fails), `record` the entry as it ends, and `place` chooses a
+    server that sees the repository."""
+
+    of: Callable[[StepContext], tuple[str, str, ContentKind, str]]
+
+    def record(self, ctx: StepContext, **update: object) -> RepositoryContent:
+        repository, name, kind, url = self.of(ctx)
+        fields: dict[str, object] = {
+            "repository": repository,
+            "name": name,
+            "kind": kind,
+            "source": public_url(url),
+            "job_id": ctx.job.id,
+            "created_at": ctx.job.created_at,
+        }
+        return RepositoryContent.model_validate({**fields, **update})
+
+    def _reserve(self, ctx: StepContext) -> Outputs:
+        ctx.run(ctx.runtime.content.reserve(self.record(ctx), fence=ctx.fence))
+        return {"name": self.of(ctx)[1]}
+
+    def _release(self, ctx: StepContext) -> None:
+        repository, name, _, _ = self.of(ctx)
+        ctx.run(ctx.runtime.content.release(repository, name, ctx.job.id, fence=ctx.fence))
+
+    def _place(self, ctx: StepContext) -> Outputs:
+        return server_seeing(ctx, self.of(ctx)[0])
+
+    @property
+    def reserve(self) -> Step:
+        return Step("reserve", self._reserve, self._release, "reserve the name in the repository")
+
+    @property
+    def place(self) -> Step:
+        return Step("place", self._place, None, "choose a server that sees the repository")

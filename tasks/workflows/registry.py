@@ -7,6 +7,7 @@ from typing import Any
 from orchestrator.errors import BadRequest
 from tasks.step import Step, WorkflowBuilder
 from tasks.workflows import (
+    assembly_import,
     noop,
     repo_import,
     server_maintenance,
@@ -28,6 +29,7 @@ WORKFLOWS: dict[str, WorkflowBuilder] = {
     "vm.insert_iso": vm_iso.insert_steps,
     "vm.eject_iso": vm_iso.eject_steps,
     "repository.import": repo_import.steps,
+    "assembly.import": assembly_import.steps,
     "vm.clone": vm_clone.steps,
     "template.create_from_vm": templates.steps,
     "template.clone": templates.steps,

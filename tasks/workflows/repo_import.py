@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from orchestrator.targets import file_name, public_url
+from orchestrator.targets import file_name
 from schemas.base import utcnow
-from schemas.inventory import RepositoryContent
 from schemas.requests import RepositoryImport
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.fetching import fetch_into, server_seeing
+from tasks.steps.fetching import Listing, fetch_into
 
 
 def _req(ctx: StepContext) -> RepositoryImport:
@@ -28,35 +27,9 @@ def content_name(req: RepositoryImport) -> str:
     return req.name or file_name(req.url)
 
 
-def _record(ctx: StepContext, **update: object) -> RepositoryContent:
-    req = _req(ctx)
-    fields: dict[str, object] = {
-        "repository": req.repository,
-        "name": content_name(req),
-        "kind": req.content,
-        "source": public_url(req.url),
-        "job_id": ctx.job.id,
-        "created_at": ctx.job.created_at,
-    }
-    return RepositoryContent.model_validate({**fields, **update})
-
-
-def reserve_run(ctx: StepContext) -> Outputs:
-    """Claim the file's name in the repository for this job."""
-    ctx.run(ctx.runtime.content.reserve(_record(ctx), fence=ctx.fence))
-    return {"name": content_name(_req(ctx))}
-
-
-def reserve_undo(ctx: StepContext) -> None:
-    req = _req(ctx)
-    ctx.run(
-        ctx.runtime.content.release(req.repository, content_name(req), ctx.job.id, fence=ctx.fence)
-    )
-
-
-def place_run(ctx: StepContext) -> Outputs:
-    """A reachable server, not in maintenance, of a pool the repository is presented to."""
-    return server_seeing(ctx, _req(ctx).repository)
+LISTING = Listing(
+    lambda ctx: (_req(ctx).repository, content_name(_req(ctx)), _req(ctx).content, _req(ctx).url)
+)
 
 
 def fetch_run(ctx: StepContext) -> Outputs:
@@ -79,7 +52,7 @@ def record_run(ctx: StepContext) -> Outputs:
     o = ctx.outputs
     ctx.run(
         ctx.runtime.content.save(
-            _record(
+            LISTING.record(
                 ctx,
                 state="ready",
                 size_bytes=int(o["size_bytes"]),
@@ -95,8 +68,8 @@ def record_run(ctx: StepContext) -> Outputs:
 
 def steps(_req: RepositoryImport) -> list[Step]:
     return [
-        Step("reserve", reserve_run, reserve_undo, "reserve the file's name in the repository"),
-        Step("place", place_run, None, "choose a server that sees the repository"),
+        LISTING.reserve,
+        LISTING.place,
         Step("fetch", fetch_run, fetch_undo, "stream the file into the repository, checked"),
         Step("record", record_run, None, "list the file in the repository"),
     ]

@@ -146,3 +146,14 @@ def store_engine(make_engine: Callable[[Settings], Engine], settings: Settings) 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def importing_engine(settings: Settings, **update: Any) -> Engine:
+    """A hand-driven engine over fakeredis with FLEET loaded, whose imports may fetch from
+    loopback (the tests serve their sources there); `update`: more settings."""
+    e = Engine(
+        settings.model_copy(update={"import_allowed_hosts": ["127.0.0.1"], **update}),
+        lambda: fakeredis.FakeAsyncRedis(decode_responses=True),
+    )
+    e.run(e.inventory.load(FLEET))
+    return e

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import libvirt
 import pytest
 from pydantic import ValidationError as PydanticError
@@ -20,21 +19,12 @@ from orchestrator.settings import Settings
 from schemas.jobs import Job, JobState
 from tasks.testing import Engine
 from tests.sources import FileServer
-from tests.unit.conftest import FLEET
-
-
-def engine_with(settings: Settings, **update: Any) -> Engine:
-    e = Engine(
-        settings.model_copy(update={"import_allowed_hosts": ["127.0.0.1"], **update}),
-        lambda: fakeredis.FakeAsyncRedis(decode_responses=True),
-    )
-    e.run(e.inventory.load(FLEET))
-    return e
+from tests.unit.conftest import importing_engine
 
 
 @pytest.fixture
 def fleet(settings: Settings, conn: libvirt.virConnect) -> Iterator[Engine]:
-    e = engine_with(settings)
+    e = importing_engine(settings)
     yield e
     e.close()
 
@@ -206,7 +196,7 @@ def test_a_failure_at_the_last_step_leaves_nothing_behind(
     kind_step: str,
     request_body: dict[str, Any],
 ) -> None:
-    e = engine_with(settings, chaos_fail_steps=[kind_step])
+    e = importing_engine(settings, chaos_fail_steps=[kind_step])
     try:
         # (a create without a start: no step of it is the one failed on purpose)
         assert create(e, "base-vm", start=False).state == JobState.SUCCEEDED

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import libvirt
 import pytest
 
@@ -20,7 +19,7 @@ from schemas.jobs import Job, JobState
 from tasks.steps.fetching import image_format
 from tasks.testing import Engine
 from tests.sources import FileServer, make_iso
-from tests.unit.conftest import FLEET
+from tests.unit.conftest import importing_engine
 from workers.hypervisor.xml import cdrom_source
 
 
@@ -34,11 +33,7 @@ def files(tmp_path: Path) -> Iterator[tuple[FileServer, Path]]:
 
 @pytest.fixture
 def fleet(settings: Settings, conn: libvirt.virConnect) -> Iterator[Engine]:
-    e = Engine(
-        settings.model_copy(update={"import_allowed_hosts": ["127.0.0.1"]}),
-        lambda: fakeredis.FakeAsyncRedis(decode_responses=True),
-    )
-    e.run(e.inventory.load(FLEET))
+    e = importing_engine(settings)
     yield e
     e.close()
 

@@ -1,7 +1,8 @@
-"""The qemu tier, ISOs: an ISO built by the test with xorriso, served by the test over HTTP
-and FTP on loopback, imported through the API into the qemu lab's repository (a real
-volume, checked with qemu-img), and booted by a real QEMU guest from its CD-ROM drive: the
-ISO's boot code leaves a mark in guest memory that only running it puts there."""
+"""The qemu tier, provisioning: an ISO built by the test with xorriso, served by the test
+over HTTP and FTP on loopback, imported through the API into the qemu lab's repository (a
+real volume, checked with qemu-img), and booted by a real QEMU guest from its CD-ROM
+drive: the ISO's boot code leaves a mark in guest memory that only running it puts there.
+Clone types read back with qemu-img; an OVA whose vmdk disk boots the same code."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ import pytest
 from tests.integration.conftest import wait_until
 from tests.integration.test_qemu_lab import server_uri
 from tests.integration.upkit import Up
-from tests.sources import BOOT_MARK, BOOT_MARK_AT, FileServer, ftp_server, make_iso, sha256_of
+from tests.sources import (
+    BOOT_MARK,
+    BOOT_MARK_AT,
+    FileServer,
+    ftp_server,
+    make_assembly,
+    make_iso,
+    make_ova,
+    sha256_of,
+)
 from workers.hypervisor.xml import cdrom_source
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu, pytest.mark.timeout(300)]
@@ -186,3 +196,44 @@ def test_clone_types_templates_and_clones_on_real_volumes(start_up: Any, tmp_pat
     assert t["state"] == "succeeded", t["error"]
     [g2] = [x for x in up.api.call("GET", "/v1/templates") if x["name"] == "gold2"]
     assert g2["state"] == "ready" and g2["disks"][0]["format"] == "qcow2"
+
+
+def test_an_ova_becomes_a_template_whose_vms_boot_its_converted_disk(
+    start_up: Any, tmp_path: Path
+) -> None:
+    # given: an OVA made by the test: one virtual system, a streamOptimized vmdk whose
+    # first sector boots the mark-writing code, a manifest
+    up: Up = start_up("--servers-per-pool", "1", "--kind", "qemu")
+    www = tmp_path / "www"
+    www.mkdir()
+    vs = {"id": "web", "vcpus": 1, "memory_mib": 96, "disks": [0], "networks": ["net-a"]}
+    members = make_assembly(www, "app", [vs])
+    make_ova(www, "app", members, www / "app.ova")
+    # when: it is imported over HTTP through the API
+    with FileServer(www) as http:
+        job = up.api.run(
+            {"kind": "assembly.import", "repository": "repo-a", "url": http.url("app.ova"),
+             "sha256": sha256_of(www / "app.ova")},
+            timeout_s=180,
+        )  # fmt: skip
+    assert job["state"] == "succeeded", job["error"]
+    # then: the repository lists the assembly and its template, a real qcow2 volume
+    repo = up.api.call("GET", "/v1/repositories/repo-a")
+    [asm] = repo["assemblies"]
+    assert asm["name"] == "app" and asm["virtual_systems"][0]["template"] == "app-web"
+    [tmpl] = [t for t in repo["templates"] if t["name"] == "app-web"]
+    assert tmpl["networks"] == ["net-a"] and tmpl["disks"][0]["format"] == "qcow2"
+    conn = libvirt.open(server_uri(up, "srv-a1"))
+    try:
+        vol = conn.storagePoolLookupByName("repo-a").storageVolLookupByName("app-web-disk0")
+        info = qemu_img_info(vol.path())
+    finally:
+        conn.close()
+    assert info["format"] == "qcow2" and info["virtual-size"] == 8 << 20
+    # and a VM made from it boots the converted disk
+    made = up.api.run({"kind": "vm.create_from_template", "pool": "pool-a", "template": "app-web",
+                       "name": "fromova"}, timeout_s=120)  # fmt: skip
+    assert made["state"] == "succeeded", made["error"]
+    vm_id = made["links"]["vm_id"]
+    uri = server_uri(up, "srv-a1")
+    wait_until(lambda: boot_mark(uri, vm_id) == BOOT_MARK, 30, "the converted disk to boot")
