@@ -228,3 +228,49 @@ def test_iso_jobs_are_refused_at_submission_with_the_field_named(
     )
     with pytest.raises(ValidationFailed, match="no CD-ROM drive"):
         fleet.submit({"kind": "vm.eject_iso", "vm": "t"})
+
+
+@pytest.mark.parametrize(
+    "kind_step",
+    ["repository.import:record", "repository.import:fetch", "vm.create_from_iso:define",
+     "vm.create_from_iso:start", "assembly.import:record"],
+)  # fmt: skip
+def test_a_failure_in_the_middle_or_at_the_end_leaves_nothing_behind(
+    settings: Settings,
+    conn: libvirt.virConnect,
+    files: tuple[FileServer, Path],
+    tmp_path: Path,
+    kind_step: str,
+) -> None:
+    from tests.sources import make_assembly, make_ova
+
+    server, root = files
+    make_iso(root / "inst.iso")
+    make_ova(
+        root, "app", make_assembly(root, "app", [{"id": "vs", "disks": [0]}]), root / "app.ova"
+    )
+    e = importing_engine(settings, chaos_fail_steps=[kind_step], staging_dir=tmp_path / "st")
+    try:
+        if not kind_step.startswith("repository.import"):
+            assert import_iso(e, server.url("inst.iso")).state == JobState.SUCCEEDED
+        before_vols, before_doms = volumes(conn), {d.name() for d in conn.listAllDomains()}
+        before_content = e.run(e.services.content.list("repo-u"))
+        kind = kind_step.split(":")[0]
+        body: dict[str, Any] = {
+            "repository.import": {"kind": kind, "repository": "repo-u", "content": "iso",
+                                  "url": server.url("inst.iso"), "name": "y.iso"},
+            "vm.create_from_iso": {"kind": kind, "pool": "pool-u", "iso": "inst.iso",
+                                   "name": "y", "vnics": [{"network": "default"}]},
+            "assembly.import": {"kind": kind, "repository": "repo-u",
+                                "url": server.url("app.ova")},
+        }[kind]  # fmt: skip
+        done = run(e, body)
+        assert done.state == JobState.FAILED and "injected failure" in done.error.message
+        assert volumes(conn) == before_vols
+        assert {d.name() for d in conn.listAllDomains()} == before_doms
+        assert e.run(e.services.content.list("repo-u")) == before_content
+        assert e.run(e.inventory.find_vm("y")) is None
+        assert [t.name for t in e.run(e.inventory.templates())] == ["broken", "t1"]
+        assert e.run(e.redis.hgetall("vmorch:macs")) == {}
+    finally:
+        e.close()
