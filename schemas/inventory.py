@@ -186,6 +186,15 @@ class VmCdrom(Frozen):
 BootDevice = Literal["cdrom", "hd", "network"]
 
 
+class DirectBoot(Frozen):
+    """A kernel and initrd (fetched from an install tree into the repository) that the VM
+    boots directly, with its kernel arguments: while an installer runs."""
+
+    kernel: str
+    initrd: str
+    cmdline: str = ""
+
+
 class VmNic(Frozen):
     network: Name
     mac: str
@@ -212,6 +221,9 @@ class Vm(Frozen):
     boot: list[BootDevice] = Field(
         default_factory=lambda: list[BootDevice](["hd"]),
         description="boot order (a VM from an ISO: cdrom, hd)",
+    )
+    direct_boot: DirectBoot | None = Field(
+        default=None, description="the installer it boots while installed from a tree"
     )
     ha: bool = False
     labels: dict[str, str] = Field(default_factory=dict)

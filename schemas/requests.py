@@ -155,8 +155,38 @@ class CloneVm(Frozen):
     ] = Field(default_factory=dict)
 
 
-CreateRequest = CreateFromTemplate | CreateFromIso | CloneVm
-CREATE_KINDS = frozenset({"vm.create_from_template", "vm.create_from_iso", "vm.clone"})
+KernelArgs = Annotated[str, Field(max_length=1024, pattern=r"^[ -~]*$")]
+TreeUrl = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[!-~]+$")]
+
+
+class CreateFromInstallTree(NewVm):
+    """Install from a distribution's tree (paravirtualized-style, as Oracle VM's PV
+    installs): its `.treeinfo` names the installer's kernel and initrd for the
+    architecture, which are fetched into the pool's repository and booted directly with
+    `inst.repo=<url>`, `inst.ks=<kickstart_url>` and `kernel_args`. When the installer
+    powers the VM off (or reboots it), the VM boots from its disk from then on and the
+    fetched kernel and initrd are deleted."""
+
+    kind: Literal["vm.create_from_install_tree"]
+    url: TreeUrl = Field(description="the tree's base URL (http, https or ftp)")
+    kickstart_url: TreeUrl | None = Field(default=None, description="passed as inst.ks=")
+    kernel_args: KernelArgs = ""
+    arch: Literal["x86_64"] = "x86_64"
+    vcpus: VcpuCount = 1
+    memory_mib: MemoryMiB = 1024
+    disks: Annotated[list[NewDisk], Field(min_length=1, max_length=16)] = Field(
+        default_factory=lambda: [NewDisk(size_mib=8 * GIB_MIB)],
+        description="empty disks to install onto (default: one of 8 GiB)",
+    )
+    install_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=3600.0, description="the installer must power the VM off within this"
+    )
+
+
+CreateRequest = CreateFromTemplate | CreateFromIso | CloneVm | CreateFromInstallTree
+CREATE_KINDS = frozenset(
+    {"vm.create_from_template", "vm.create_from_iso", "vm.clone", "vm.create_from_install_tree"}
+)
 """Kinds that make a new VM (its record is reserved at submission)."""
 
 
@@ -437,6 +467,7 @@ class Noop(Frozen):
 _ClientKinds = (
     CreateFromTemplate
     | CreateFromIso
+    | CreateFromInstallTree
     | EjectIso
     | InsertIso
     | RepositoryImport

@@ -25,6 +25,7 @@ from schemas.requests import (
     AssemblyImport,
     CloneTemplate,
     CloneVm,
+    CreateFromInstallTree,
     CreateFromIso,
     CreateFromTemplate,
     EjectIso,
@@ -77,7 +78,9 @@ class Submitter:
             return f"{name!r} in repository {repository} is still being imported"
         return None
 
-    async def _check_create(self, req: CreateFromTemplate | CreateFromIso) -> tuple[int, int]:
+    async def _check_create(
+        self, req: CreateFromTemplate | CreateFromIso | CreateFromInstallTree
+    ) -> tuple[int, int]:
         """Check a create against the inventory; the VM's (vcpus, memory_mib)."""
         try:
             pool = await self.inventory.pool(req.pool)
@@ -105,10 +108,16 @@ class Submitter:
                         f"template {tmpl.name} is not in pool {pool.name}'s repository",
                     )
                 )
-        else:
+        elif isinstance(req, CreateFromIso):
             shape = (req.vcpus, req.memory_mib)
             if why := await self._content_problem(pool.repository.name, req.iso, "iso"):
                 problems.append((["body", "iso"], why))
+        else:
+            shape = (req.vcpus, req.memory_mib)
+            try:
+                self.import_allow.check(req.url)
+            except TargetRefused as e:
+                problems.append((["body", "url"], e.message))
         nets = {n.name for n in pool.networks}
         for i, nic in enumerate(req.vnics):
             if nic.network not in nets:
@@ -318,7 +327,7 @@ class Submitter:
         reserve: Vm | None = None
         link_update: dict[str, str] = {}
         queue = keys.DEFAULT_QUEUE
-        if isinstance(req, CreateFromTemplate | CreateFromIso | CloneVm):
+        if isinstance(req, CreateFromTemplate | CreateFromIso | CloneVm | CreateFromInstallTree):
             if isinstance(req, CloneVm):
                 src, networks = await self._check_clone(req)
                 pool = src.pool

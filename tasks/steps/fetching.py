@@ -31,9 +31,12 @@ def server_seeing(ctx: StepContext, repository: str) -> Outputs:
     return {"server": out["server"], "placement": out["placement"]}
 
 
-def image_format(head: bytes, kind: ContentKind) -> str:
+def image_format(head: bytes, kind: ContentKind | None) -> str:
     """The file's format from its first bytes; ImportFailed when it is not what `kind`
-    asks for, or is a disk image that could reach beyond itself."""
+    asks for, or is a disk image that could reach beyond itself. No `kind` (a kernel, an
+    initrd): taken as it is, raw."""
+    if kind is None:
+        return "raw"
     if kind == "iso":
         if head[ISO_MAGIC_AT : ISO_MAGIC_AT + len(ISO_MAGIC)] != ISO_MAGIC:
             raise ImportFailed("not an ISO 9660 image (no CD001 volume descriptor at 32 KiB)")
@@ -62,7 +65,7 @@ def _inspect(
     ctx: StepContext,
     chunks: Iterator[bytes],
     size: int,
-    kind: ContentKind,
+    kind: ContentKind | None,
     sha256: str | None,
     out: Outputs,
 ) -> Iterator[bytes]:
@@ -100,7 +103,7 @@ def fetch_into(
     sha256: str | None,
     repository: str,
     volume: str,
-    kind: ContentKind,
+    kind: ContentKind | None,
 ) -> Outputs:
     """Stream `url` into a new volume `volume` of `repository` on the server an earlier
     step chose (`outputs["server"]`; one of that name is replaced: the caller owns it),

@@ -60,6 +60,11 @@ def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
         pinning={int(k): list(v) for k, v in (vm.pinning or {}).items()},
         cdrom=CdromSpec(vm.cdrom.path if vm.cdrom else None) if vm.cdrom or vm.has_cdrom else None,
         boot=list(vm.boot),
+        direct_boot=(
+            (vm.direct_boot.kernel, vm.direct_boot.initrd, vm.direct_boot.cmdline)
+            if vm.direct_boot
+            else None
+        ),
     )
 
 

@@ -10,8 +10,14 @@ import hashlib
 from typing import cast
 
 from orchestrator.errors import NotFound
-from schemas.inventory import Template, VmCdrom, VmDisk, VmNic, VmState
-from schemas.requests import CloneVm, CreateFromTemplate, CreateRequest, NewVm
+from schemas.inventory import DirectBoot, Template, VmCdrom, VmDisk, VmNic, VmState
+from schemas.requests import (
+    CloneVm,
+    CreateFromInstallTree,
+    CreateFromTemplate,
+    CreateRequest,
+    NewVm,
+)
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import clone_disks, delete_disks
 from tasks.steps.placement import choose_server
@@ -117,6 +123,7 @@ def define_run(ctx: StepContext) -> Outputs:
     server = ctx.outputs["server"]
     hv = ctx.hypervisor(server)
     cdrom = ctx.outputs.get("cdrom")
+    direct = ctx.outputs.get("direct_boot")  # an install from a tree: its installer
     # the MACs were claimed with the reservation (a record of an older version has none)
     asked = req.vnics if isinstance(req, NewVm) else []
     nics = vm.nics or [
@@ -133,6 +140,7 @@ def define_run(ctx: StepContext) -> Outputs:
             # a clone keeps its source's drive (empty or not) and boot order
             "has_cdrom": ctx.outputs.get("has_cdrom", cdrom is not None),
             "boot": ctx.outputs.get("boot") or (["cdrom", "hd"] if cdrom else ["hd"]),
+            "direct_boot": DirectBoot(**direct) if direct else None,
             "desired_state": None,  # kept apart (vmdesired), as is the observed state
             "observed_at": None,
         }
@@ -141,8 +149,9 @@ def define_run(ctx: StepContext) -> Outputs:
     hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": vm.pool, **_made_from(req)}))
     ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     observe(ctx, vm, hv)
-    if not req.start:  # it stays stopped: it holds no memory there (and never will run
-        # from this job, so no placement can be counting on it as running)
+    if not req.start and not direct:
+        # it stays stopped: it holds no memory there (and never will run from this job,
+        # so no placement can be counting on it as running); an installer runs, though
         ctx.run(ctx.runtime.servers.unplace(server, vm.id))
     return {"server": server}
 
@@ -153,6 +162,8 @@ def _made_from(req: CreateRequest) -> dict[str, str]:
         return {"template": req.template}
     if isinstance(req, CloneVm):
         return {"clone_of": req.vm}
+    if isinstance(req, CreateFromInstallTree):
+        return {"tree": req.url}
     return {"iso": req.iso}
 
 

@@ -237,3 +237,42 @@ def test_an_ova_becomes_a_template_whose_vms_boot_its_converted_disk(
     vm_id = made["links"]["vm_id"]
     uri = server_uri(up, "srv-a1")
     wait_until(lambda: boot_mark(uri, vm_id) == BOOT_MARK, 30, "the converted disk to boot")
+
+
+def test_an_install_tree_boots_its_installer_then_the_installed_disk(
+    start_up: Any, tmp_path: Path
+) -> None:
+    """Debian's kernel and an initramfs "installer" (tests/guestkit.py) served as an install
+    tree: the VM boots the fetched kernel with the installer's arguments; the installer
+    writes a boot sector and its command line onto the disk and powers off; the VM then
+    boots from that disk (its boot code leaves the mark)."""
+    from tests.guestkit import installer_tree
+
+    up: Up = start_up("--servers-per-pool", "1", "--kind", "qemu")
+    www = tmp_path / "www"
+    installer_tree(www / "ol9")
+    t0 = time.monotonic()
+    with FileServer(www) as http:
+        job = up.api.run(
+            {"kind": "vm.create_from_install_tree", "pool": "pool-a", "name": "installed",
+             "url": http.url("ol9/"), "kickstart_url": "http://ks.example/ol9.cfg",
+             "kernel_args": "quiet", "memory_mib": 128, "disks": [{"size_mib": 16}],
+             "install_timeout_s": 240},
+            timeout_s=280,
+        )  # fmt: skip
+    assert job["state"] == "succeeded", (job["error"], [s["state"] for s in job["steps"]])
+    print(f"install from tree, submit to running from disk: {time.monotonic() - t0:.1f} s")
+    vm = up.api.call("GET", "/v1/vms/installed")
+    assert vm["direct_boot"] is None and vm["boot"] == ["hd"]
+    # the installer got its arguments, and wrote the disk
+    sector1 = Path(vm["disks"][0]["path"]).read_bytes()[512:1024].split(b"\n")[0].decode()
+    assert sector1 == f"quiet inst.repo={http.url('ol9/')} inst.ks=http://ks.example/ol9.cfg"
+    uri = server_uri(up, "srv-a1")
+    wait_until(lambda: boot_mark(uri, vm["id"]) == BOOT_MARK, 30, "the installed disk to boot")
+    # the fetched kernel and initrd are gone from the repository
+    conn = libvirt.open(uri)
+    try:
+        vols = conn.storagePoolLookupByName("repo-a").listVolumes()
+    finally:
+        conn.close()
+    assert not any(v.endswith(("-kernel", "-initrd")) for v in vols), vols

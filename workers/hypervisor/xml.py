@@ -48,6 +48,8 @@ class DomainSpec:
     pinning: dict[int, list[int]] = field(default_factory=dict)  # vCPU -> physical CPUs
     cdrom: CdromSpec | None = None
     boot: list[str] = field(default_factory=lambda: ["hd"])  # boot order: cdrom, hd, network
+    # (kernel, initrd, cmdline) booted directly (an installer); a reboot then ends it
+    direct_boot: tuple[str, str, str] | None = None
 
 
 def cpuset(cpus: list[int]) -> str:
@@ -124,8 +126,22 @@ def domain_xml(spec: DomainSpec) -> str:
     _cputune(dom, spec.pinning)
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm")
-    for dev in spec.boot:
-        _sub(os_el, "boot", dev=dev)
+    if spec.direct_boot is not None:
+        kernel, initrd, cmdline = spec.direct_boot
+        _sub(os_el, "kernel", kernel)
+        _sub(os_el, "initrd", initrd)
+        _sub(os_el, "cmdline", cmdline)
+    else:
+        for dev in spec.boot:
+            _sub(os_el, "boot", dev=dev)
+    if spec.domain_type != "test":
+        # ACPI: a guest can power itself off (an installer at its end) and take a
+        # graceful shutdown request; without it QEMU runs with -no-acpi
+        feats = _sub(dom, "features")
+        _sub(feats, "acpi")
+        _sub(feats, "apic")
+    if spec.direct_boot is not None:
+        _sub(dom, "on_reboot", "destroy")  # an installer that reboots has ended too
     devices = _sub(dom, "devices")
     for d in spec.disks:
         disk = _sub(devices, "disk", type="file", device="disk")

@@ -71,6 +71,15 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
         ),
         "from-iso-test": DomainSpec(**base, cdrom=CdromSpec("/r/inst.iso"), boot=["cdrom", "hd"]),
         "empty-drive": DomainSpec(**base, domain_type="qemu", cdrom=CdromSpec(None)),
+        "installing": DomainSpec(
+            **base,
+            domain_type="qemu",
+            direct_boot=("/r/v1-kernel", "/r/v1-initrd", "inst.repo=http://h/os/ quiet"),
+        ),
+        "installing-test": DomainSpec(**base, direct_boot=("/r/k", "/r/i", "")),
+        "thin-disk": DomainSpec(
+            **{**base, "disks": [DiskSpec("/r/v1-disk0", "vda", "qcow2")]}, domain_type="qemu"
+        ),
     }
     for name, spec in shapes.items():
         path = Path(str(tmp_path)) / f"{name}.xml"
