@@ -140,6 +140,23 @@ class RepositoryView(Frozen):
     )
 
 
+class ServerRegistration(Frozen):
+    """A hypervisor to add to a pool, by its libvirt URI (`qemu+ssh://root@host/system`,
+    `qemu+tls://host/system`, `test+unix:///default?socket=...`)."""
+
+    name: Name
+    pool: Name
+    uri: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[a-z0-9+]+://[!-~]*$")]
+    migration_host: Annotated[str | None, Field(max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")] = (
+        None
+    )
+
+
+class ServerRegistered(Frozen):
+    server: Server
+    job: str = Field(description="the discovery job: the server joins its pool when it succeeds")
+
+
 class AntiAffinitySpec(Frozen):
     """The VMs (by name; ones not created yet may be named) that must never share a server."""
 

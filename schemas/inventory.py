@@ -11,6 +11,25 @@ from pydantic import Field
 from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
 
 
+class Discovery(Frozen):
+    """What a server's discovery read from libvirt when it was registered."""
+
+    hostname: str = ""
+    cpu_model: str = ""
+    cpu_vendor: str = ""
+    sockets: int = 0
+    cores_per_socket: int = 0
+    threads_per_core: int = 0
+    cpus: int = 0
+    mhz: int = 0
+    memory_mib: int = 0
+    libvirt_version: str = ""
+    hypervisor: str = Field(default="", description="driver and version, e.g. QEMU 7.2.0")
+    networks: list[str] = Field(default_factory=list)
+    storage_pools: list[str] = Field(default_factory=list)
+    discovered_at: datetime | None = None
+
+
 class Server(Frozen):
     """One hypervisor, reached by its libvirt URI (qemu+ssh://, qemu+tls://, test+unix://...)."""
 
@@ -23,6 +42,9 @@ class Server(Frozen):
         default=None,
         description="the address other servers send this server's incoming live "
         "migrations to (libvirt's default, the server's hostname, when not set)",
+    )
+    discovery: Discovery | None = Field(
+        default=None, description="what its discovery read (a server registered over the API)"
     )
 
 

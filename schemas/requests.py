@@ -422,6 +422,16 @@ class ServerMaintenance(Frozen):
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
+class DiscoverServer(Frozen):
+    """Read what a server is and has (CPU model and topology, memory, libvirt and
+    hypervisor versions, networks, storage pools), check that it sees its pool's
+    repository and networks, and make it a member of its pool (`POST /v1/servers`
+    submits it; again later, it refreshes what is recorded)."""
+
+    kind: Literal["server.discover"]
+    server: Name
+
+
 class ServerActivate(Frozen):
     """End a server's maintenance: placement may choose it again."""
 
@@ -487,6 +497,7 @@ _ClientKinds = (
     | PinVcpus
     | ServerMaintenance
     | ServerActivate
+    | DiscoverServer
     | Noop
 )
 ClientJobRequest = Annotated[_ClientKinds, Field(discriminator="kind")]

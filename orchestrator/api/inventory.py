@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -22,6 +23,8 @@ from schemas.api import (
     Page,
     PoolGroups,
     RepositoryView,
+    ServerRegistered,
+    ServerRegistration,
     ServerView,
     TemplateView,
     VmView,
@@ -29,6 +32,7 @@ from schemas.api import (
 from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import AntiAffinityGroup, CpuGroup, Server, ServerPool, Vm, VmState
+from schemas.requests import DiscoverServer
 
 
 async def list_vms(request: web.Request) -> web.Response:
@@ -114,6 +118,63 @@ async def migration_targets(request: web.Request) -> web.Response:
             )
         )  # fmt: skip
     return respond(MigrationTargets(vm=vm.id, server=vm.server, live=live, targets=targets))
+
+
+LIBVIRT_DRIVERS = {"qemu", "test", "xen", "lxc", "ch"}
+LIBVIRT_TRANSPORTS = {"", "ssh", "libssh", "libssh2", "tls", "tcp", "unix"}
+# URI parameters a server may carry; others (`command`, `netcat`: programs to run) are
+# refused, so a registration cannot make workers run something of its choosing
+LIBVIRT_PARAMS = {"socket", "no_verify", "pkipath", "known_hosts", "known_hosts_verify",
+                  "sshauth", "mode", "name", "keyfile", "no_tty"}  # fmt: skip
+
+
+def _uri_problem(uri: str) -> str | None:
+    parts = urlsplit(uri)
+    driver, _, transport = parts.scheme.partition("+")
+    if driver not in LIBVIRT_DRIVERS or transport not in LIBVIRT_TRANSPORTS:
+        return f"{parts.scheme!r} is not a libvirt driver[+transport] vmorch uses"
+    bad = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)} - LIBVIRT_PARAMS)
+    if bad:
+        return f"URI parameter(s) {', '.join(bad)} are not allowed"
+    return None
+
+
+async def register_server(request: web.Request) -> web.Response:
+    """Record a server and submit its discovery: it joins its pool when that succeeds."""
+    svc = services(request)
+    try:
+        reg = ServerRegistration.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid("server registration", e) from None
+    if why := _uri_problem(reg.uri):
+        raise ValidationFailed(why, details=[(["body", "uri"], why)])
+    try:
+        await svc.inventory.pool(reg.pool)
+    except NotFound as e:
+        raise ValidationFailed(e.message, details=[(["body", "pool"], e.message)]) from None
+    server = Server(name=reg.name, pool=reg.pool, uri=reg.uri, migration_host=reg.migration_host)
+    if not await svc.inventory.add_server(server):
+        raise Conflict(
+            f"a server named {reg.name!r} exists", details=[(["body", "name"], "name is taken")]
+        )
+    job, _ = await svc.submitter.submit(
+        DiscoverServer(kind="server.discover", server=reg.name), submitted_by=caller(request).name
+    )
+    return respond(ServerRegistered(server=server, job=job.id), 202, Location=f"/v1/jobs/{job.id}")
+
+
+async def delete_server(request: web.Request) -> web.Response:
+    """Remove a server that holds no VM (and no VM being placed on it)."""
+    svc = services(request)
+    name = request.match_info["server"]
+    server = await svc.inventory.server(name)  # 404 for an unknown server
+    vms = [v.name for v in await svc.inventory.vms_on(name)]
+    held = await svc.servers.placed(name, set())
+    if vms or held:
+        what = f"VMs {', '.join(sorted(vms))}" if vms else "a VM being placed there"
+        raise Conflict(f"server {name} holds {what}: move or delete them first")
+    await svc.inventory.remove_server(name)
+    return respond(server)
 
 
 async def fence_server(request: web.Request) -> web.Response:

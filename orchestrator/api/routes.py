@@ -22,12 +22,14 @@ from schemas.api import (
     QueueStatus,
     RepositoryView,
     Role,
+    ServerRegistered,
+    ServerRegistration,
     ServerView,
     VmView,
 )
 from schemas.base import NAME_MAX, NAME_PATTERN
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
-from schemas.inventory import ServerPool, Template, Vm
+from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
 from schemas.requests import ClientJobRequest
 
@@ -199,6 +201,24 @@ def _inventory() -> list[Route]:
             "List servers, with maintenance, reachability and what each has",
             VIEWER,
             response=list[ServerView],
+        ),
+        Route(
+            "POST",
+            "/v1/servers",
+            inventory.register_server,
+            "Register a server in a pool (a discovery job makes it a member)",
+            ADMIN,
+            body=ServerRegistration,
+            response=ServerRegistered,
+            status=202,
+        ),
+        Route(
+            "DELETE",
+            "/v1/servers/{server}",
+            inventory.delete_server,
+            "Remove a server that holds no VMs (the record removed is returned)",
+            ADMIN,
+            response=Server,
         ),
         Route(
             "GET",

@@ -28,6 +28,7 @@ from schemas.requests import (
     CreateFromInstallTree,
     CreateFromIso,
     CreateFromTemplate,
+    DiscoverServer,
     EjectIso,
     ImportTemplate,
     InsertIso,
@@ -371,7 +372,7 @@ class Submitter:
             presented = await self._check_import(req)
             link_update = {"pool": presented.name}
             queue = keys.pool_queue(presented.name)
-        elif isinstance(req, ServerMaintenance | ServerActivate):
+        elif isinstance(req, ServerMaintenance | ServerActivate | DiscoverServer):
             try:
                 server = await self.inventory.server(req.server)
             except NotFound as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TypeVar
@@ -92,6 +93,36 @@ class InventoryStore:
                     return new
                 except WatchError:
                     continue
+
+    async def add_server(self, server: Server) -> bool:
+        """Record a new server (not yet a member of its pool); False when the name is taken."""
+        return bool(
+            await self.redis.set(keys.server(server.name), server.model_dump_json(), nx=True)
+        )
+
+    async def save_server(self, server: Server, *, fence: Fence | None = None) -> None:
+        doc = server.model_dump_json()
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.server(server.name), doc)
+            pipe.sadd(keys.SERVERS, server.name)
+
+        await transaction(self.redis, fence, write)
+
+    async def remove_server(self, name: str) -> None:
+        """Forget a server: its record, its membership of its pool, what was recorded of it."""
+        server = await self.server(name)
+
+        def leave(p: ServerPool) -> ServerPool:
+            return p.model_copy(update={"servers": [s for s in p.servers if s != name]})
+
+        with contextlib.suppress(NotFound):
+            await self.update_pool(server.pool, leave)
+        await self.redis.delete(
+            keys.server(name), keys.server_facts(name), keys.server_maintenance(name),
+            keys.placements(name), keys.vms_on(name),
+        )  # fmt: skip
+        await self.redis.srem(keys.SERVERS, name)
 
     async def find_template(self, name: str) -> Template | None:
         try:

@@ -10,6 +10,7 @@ from tasks.workflows import (
     assembly_import,
     noop,
     repo_import,
+    server_discover,
     server_maintenance,
     templates,
     vm_clone,
@@ -41,6 +42,7 @@ WORKFLOWS: dict[str, WorkflowBuilder] = {
     "vm.pin_vcpus": vm_pin.steps,
     "server.maintenance": server_maintenance.maintenance_steps,
     "server.activate": server_maintenance.activate_steps,
+    "server.discover": server_discover.steps,
     **vm_lifecycle.WORKFLOWS,
 }
 

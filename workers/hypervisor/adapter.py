@@ -30,11 +30,17 @@ from tenacity import (
 
 from orchestrator.errors import HypervisorError, HypervisorTimeout, HypervisorUnavailable, NotFound
 from orchestrator.settings import Settings
-from schemas.inventory import ServerFacts, VmState
+from schemas.inventory import Discovery, ServerFacts, VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
 from workers.hypervisor.errors import classify, silence_libvirt_errors
 from workers.hypervisor.events import Keepalive, open_connection
-from workers.hypervisor.facts import active_memory, host_cpus, memory_used_mib, read_facts
+from workers.hypervisor.facts import (
+    active_memory,
+    discover,
+    host_cpus,
+    memory_used_mib,
+    read_facts,
+)
 from workers.hypervisor.states import vm_state
 from workers.hypervisor.xml import (
     DomainSpec,
@@ -172,6 +178,11 @@ class Hypervisor:
         """(MiB free: what the active domains leave, the active domains' uuids)."""
         used = self._call("listAllDomains", active_memory)
         return self.memory_mib() - sum(used.values()) // 1024, set(used)
+
+    def discover(self) -> Discovery:
+        """What the server is and has (its discovery): CPU, memory, versions, networks,
+        storage pools."""
+        return self._call("discover", discover)
 
     def facts(self) -> ServerFacts:
         """What the server has now: CPUs, memory free, networks, storage pools."""
