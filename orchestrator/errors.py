@@ -167,6 +167,11 @@ class Conflict(Permanent):
     http_status = 409
 
 
+class LengthRequired(BadRequest):
+    code = "length_required"
+    http_status = 411
+
+
 class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
     http_status = 413

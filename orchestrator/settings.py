@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Assemblies are unpacked and converted here, on the worker, then uploaded (each job's
     # directory is removed when its step ends).
     staging_dir: Path = Path(tempfile.gettempdir()) / "vmorch-staging"
+    # Files uploaded through the api wait here for their import job: a directory the api
+    # and the workers share (one host, or a shared mount).
+    upload_dir: Path = Path(tempfile.gettempdir()) / "vmorch-uploads"
     # HA: at most this many restarts of a VM per window, then an alert to acknowledge.
     ha_max_restarts: int = Field(default=3, ge=1)
     ha_window_s: float = Field(default=3600.0, gt=0)

@@ -329,11 +329,22 @@ class RepositoryImport(Frozen):
     kind: Literal["repository.import"]
     repository: Name
     content: Literal["iso", "virtual_disk"]
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    upload: Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")] | None = (
+        Field(default=None, description="a file uploaded through the api (it submits this)")
+    )
     name: Name | None = Field(
         default=None, description="its name in the repository (default: the URL's file name)"
     )
     sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RepositoryImport:
+        if (self.url is None) == (self.upload is None):
+            raise ValueError("give a url or an upload, one of them")
+        if self.upload is not None and self.name is None:
+            raise ValueError("an upload needs a name")
+        return self
 
 
 class TemplateFromVm(Frozen):

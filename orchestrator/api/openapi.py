@@ -77,6 +77,11 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
                 "required": r.body_required,
                 "content": {"application/json": {"schema": _schema(r.body, defs)}},
             }
+        elif r.raw_body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {r.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+            }
         responses: dict[str, Any] = {str(r.status): {"description": "success"}}
         if r.response is not None:
             responses[str(r.status)]["content"] = {
@@ -84,7 +89,7 @@ def build_openapi(routes: list[Route], version: str) -> dict[str, Any]:
             }
         for code, text in _ERRORS.items():
             if (code in ("401", "403") and r.role is None) or (
-                code in _BODY_ONLY and r.body is None
+                code in _BODY_ONLY and r.body is None and r.raw_body is None
             ):
                 continue
             responses[code] = {

@@ -256,6 +256,29 @@ def _inventory() -> list[Route]:
             response=RepositoryView,
         ),
         Route(
+            "PUT",
+            "/v1/repositories/{repository}/content/{name}",
+            inventory.upload_content,
+            "Upload an ISO or a disk image into a repository (the body, streamed)",
+            OPERATOR,
+            raw_body="application/octet-stream",
+            response=Job,
+            status=202,
+            query=(
+                Query(
+                    "content",
+                    "what the file is",
+                    {"type": "string", "enum": ["iso", "virtual_disk"], "default": "iso"},
+                ),
+                Query(
+                    "sha256",
+                    "the file's SHA-256, checked",
+                    {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                ),
+            ),
+            path_schemas=(("name", _NAME_SCHEMA),),
+        ),
+        Route(
             "GET",
             "/v1/templates",
             inventory.list_templates,

@@ -47,5 +47,7 @@ class Route:
     status: int = 200
     query: tuple[Query, ...] = ()
     headers: tuple[Query, ...] = ()
+    # a body that is not JSON: its media type (an upload: application/octet-stream)
+    raw_body: str | None = None
     # path parameters documented more narrowly than a string ({"group": name schema})
     path_schemas: tuple[tuple[str, dict[str, Any]], ...] = ()

@@ -201,14 +201,16 @@ class Submitter:
         if not pools:
             msg = f"no server pool has a repository {req.repository!r}"
             raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
-        try:
-            self.import_allow.check(req.url)
-        except TargetRefused as e:
-            raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
+        url = req.url or ""
+        if req.url is not None:
+            try:
+                self.import_allow.check(req.url)
+            except TargetRefused as e:
+                raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
         if isinstance(req, AssemblyImport):
-            name = req.name or file_name(req.url).rsplit(".", 1)[0][:40]
+            name = req.name or file_name(url).rsplit(".", 1)[0][:40]
         else:
-            name = req.name or file_name(req.url)
+            name = req.name or file_name(url)
         if not name:
             msg = "the URL names no file: give a name"
             raise ValidationFailed(msg, details=[(["body", "name"], msg)])

@@ -4,16 +4,18 @@ for every import (repository.import, template.import)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from orchestrator.errors import ImportFailed, NotFound
 from orchestrator.targets import ImportAllowList, public_url
 from schemas.inventory import ContentKind, RepositoryContent
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.placement import choose_server
-from workers.fetch import open_source
+from workers.fetch import Source, open_source
 
 PROGRESS_S = 0.5
 HEAD = 64 * 1024  # what the format checks read: an ISO's volume descriptor is at 32 KiB
@@ -97,27 +99,58 @@ def _inspect(
     ctx.report(1.0, {"bytes_done": done, "bytes_total": size})
 
 
+def open_url(ctx: StepContext, url: str, max_bytes: int | None = None) -> Source:
+    """`url` opened for reading with the settings' allow-list, limit and timeout."""
+    s = ctx.runtime.settings
+    return open_source(
+        url,
+        ImportAllowList(s.import_allowed_hosts),
+        ctx.run,
+        max_bytes=s.import_max_bytes if max_bytes is None else max_bytes,
+        timeout_s=s.import_read_timeout_s,
+    )
+
+
+UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def upload_path(ctx: StepContext, upload_id: str) -> Path:
+    if not UPLOAD_ID.fullmatch(upload_id):
+        raise ImportFailed(f"upload {upload_id[:60]!r} is not an upload id")
+    return ctx.runtime.settings.upload_dir / upload_id
+
+
+def open_upload(ctx: StepContext, upload_id: str) -> Source:
+    """A file uploaded through the api (`PUT /v1/repositories/{r}/content/{name}`), as the
+    api staged it in the upload directory it shares with the workers."""
+    path = upload_path(ctx, upload_id)
+    try:
+        f = path.open("rb")
+    except FileNotFoundError as e:
+        raise ImportFailed(
+            f"upload {upload_id} is not in {path.parent} (shared with the api?)"
+        ) from e
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := f.read(1024 * 1024):
+            yield chunk
+
+    return Source(path.stat().st_size, chunks(), f.close)
+
+
 def fetch_into(
     ctx: StepContext,
-    url: str,
+    source: Source,
     sha256: str | None,
     repository: str,
     volume: str,
     kind: ContentKind | None,
 ) -> Outputs:
-    """Stream `url` into a new volume `volume` of `repository` on the server an earlier
+    """Stream `source` into a new volume `volume` of `repository` on the server an earlier
     step chose (`outputs["server"]`; one of that name is replaced: the caller owns it),
     checked: its format for `kind`, `sha256` when given. Its size, path, format, SHA-256
-    and whether the server stored the data (the test driver does not)."""
-    settings = ctx.runtime.settings
+    and whether the server stored the data (the test driver does not). Closes `source`."""
     hv = ctx.hypervisor(ctx.outputs["server"])
-    source = open_source(
-        url,
-        ImportAllowList(settings.import_allowed_hosts),
-        ctx.run,
-        max_bytes=settings.import_max_bytes,
-        timeout_s=settings.import_read_timeout_s,
-    )
     out: Outputs = {}
     try:
         checked = _inspect(ctx, source.chunks, source.size, kind, sha256, out)
@@ -142,7 +175,7 @@ class Listing:
             "repository": repository,
             "name": name,
             "kind": kind,
-            "source": public_url(url),
+            "source": url if url.startswith("upload:") else public_url(url),
             "job_id": ctx.job.id,
             "created_at": ctx.job.created_at,
         }

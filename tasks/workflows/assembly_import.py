@@ -23,12 +23,12 @@ from typing import cast
 from yarl import URL
 
 from orchestrator.errors import ImportFailed
-from orchestrator.targets import ImportAllowList, file_name
+from orchestrator.targets import file_name
 from schemas.base import utcnow
 from schemas.inventory import AssemblySystem, Template, TemplateDisk
 from schemas.requests import AssemblyImport
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.fetching import Listing
+from tasks.steps.fetching import Listing, open_url
 from workers import ovf
 from workers.assembly import (
     convert,
@@ -39,7 +39,6 @@ from workers.assembly import (
     staging,
     verify,
 )
-from workers.fetch import Source, open_source
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -76,22 +75,11 @@ def _hashed(chunks: Iterator[bytes], want: str | None, what: str) -> Iterator[by
         )
 
 
-def _open(ctx: StepContext, url: str) -> Source:
-    s = ctx.runtime.settings
-    return open_source(
-        url,
-        ImportAllowList(s.import_allowed_hosts),
-        ctx.run,
-        max_bytes=s.import_max_bytes,
-        timeout_s=s.import_read_timeout_s,
-    )
-
-
 def _stage(ctx: StepContext, dest: Path) -> str:
     """Bring the assembly into `dest`; the descriptor's file name."""
     req = _req(ctx)
     budget = [ctx.runtime.settings.import_max_bytes]
-    src = _open(ctx, req.url)
+    src = open_url(ctx, req.url)
     try:
         chunks = _hashed(src.chunks, req.sha256, file_name(req.url) or "the file")
         if file_name(req.url).lower().endswith(".ova"):
@@ -107,7 +95,7 @@ def _stage(ctx: StepContext, dest: Path) -> str:
     wanted = [f.href for f in desc.files.values()]
     for href in [*wanted, manifest_name(name)]:
         try:
-            part = _open(ctx, str(base.join(URL(href))))
+            part = open_url(ctx, str(base.join(URL(href))))
         except ImportFailed:
             if href == manifest_name(name):
                 continue  # no manifest beside it: nothing more to check

@@ -15,7 +15,7 @@ from orchestrator.targets import file_name
 from schemas.base import utcnow
 from schemas.requests import RepositoryImport
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.fetching import Listing, fetch_into
+from tasks.steps.fetching import Listing, fetch_into, open_upload, open_url, upload_path
 
 
 def _req(ctx: StepContext) -> RepositoryImport:
@@ -24,11 +24,21 @@ def _req(ctx: StepContext) -> RepositoryImport:
 
 def content_name(req: RepositoryImport) -> str:
     """The name the import gives the file: the request's, or the URL's file name."""
-    return req.name or file_name(req.url)
+    return req.name or file_name(req.url or "")
+
+
+def _source(req: RepositoryImport) -> str:
+    """Where it came from, as listed: its URL, or the upload."""
+    return req.url or f"upload:{req.upload}"
 
 
 LISTING = Listing(
-    lambda ctx: (_req(ctx).repository, content_name(_req(ctx)), _req(ctx).content, _req(ctx).url)
+    lambda ctx: (
+        _req(ctx).repository,
+        content_name(_req(ctx)),
+        _req(ctx).content,
+        _source(_req(ctx)),
+    )
 )
 
 
@@ -36,7 +46,15 @@ def fetch_run(ctx: StepContext) -> Outputs:
     """Stream the source into a new volume on the chosen server (one left by an earlier
     attempt is replaced: the name is this job's)."""
     req = _req(ctx)
-    return fetch_into(ctx, req.url, req.sha256, req.repository, content_name(req), req.content)
+    source = open_upload(ctx, req.upload) if req.upload else open_url(ctx, req.url or "")
+    return fetch_into(ctx, source, req.sha256, req.repository, content_name(req), req.content)
+
+
+def _drop_upload(ctx: StepContext) -> None:
+    """An uploaded file has served once its import has ended, either way."""
+    req = _req(ctx)
+    if req.upload:
+        upload_path(ctx, req.upload).unlink(missing_ok=True)
 
 
 def fetch_undo(ctx: StepContext) -> None:
@@ -45,6 +63,7 @@ def fetch_undo(ctx: StepContext) -> None:
     if server:
         req = _req(ctx)
         ctx.hypervisor(server).delete_volume(req.repository, content_name(req))
+    _drop_upload(ctx)
 
 
 def record_run(ctx: StepContext) -> Outputs:
@@ -63,6 +82,7 @@ def record_run(ctx: StepContext) -> Outputs:
             fence=ctx.fence,
         )
     )
+    _drop_upload(ctx)
     return {"repository": _req(ctx).repository, "name": content_name(_req(ctx))}
 
 

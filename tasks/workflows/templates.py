@@ -21,7 +21,7 @@ from schemas.requests import (
 )
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import clone_disks, delete_disks
-from tasks.steps.fetching import fetch_into, server_seeing
+from tasks.steps.fetching import fetch_into, open_url, server_seeing
 from tasks.workflows.vm_clone import stopped
 
 
@@ -107,8 +107,9 @@ def fetch_run(ctx: StepContext) -> Outputs:
     """Fetch the disk image into the repository, checked (raw or qcow2, SHA-256)."""
     req = cast(ImportTemplate, ctx.request)
     out = fetch_into(
-        ctx, req.url, req.sha256, req.repository, disk_name(req.name, 0), "virtual_disk"
-    )
+        ctx, open_url(ctx, req.url), req.sha256, req.repository, disk_name(req.name, 0),
+        "virtual_disk",
+    )  # fmt: skip
     hv = ctx.hypervisor(ctx.outputs["server"])
     capacity = hv.volume_capacity(req.repository, disk_name(req.name, 0))
     disk = {"volume": disk_name(req.name, 0), "format": out["format"], "capacity_bytes": capacity}

@@ -18,16 +18,14 @@ from typing import cast
 from yarl import URL
 
 from orchestrator.errors import ImportFailed, Permanent
-from orchestrator.targets import ImportAllowList
 from schemas import event_types as et
 from schemas.inventory import VmState
 from schemas.requests import CreateFromInstallTree
 from tasks.step import Outputs, Step, StepContext, Wait
-from tasks.steps.fetching import fetch_into
+from tasks.steps.fetching import fetch_into, open_url
 from tasks.steps.vm import START, domain_spec_of, hv_of, observe, vm_of
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
 from tasks.workflows.vm_create_iso import MIB
-from workers.fetch import open_source
 from workers.hypervisor.xml import disk_target
 
 TREEINFO_MAX = 64 * 1024
@@ -81,15 +79,8 @@ def _boot_volumes(ctx: StepContext) -> tuple[str, str]:
 def fetch_run(ctx: StepContext) -> Outputs:
     """Read the tree's .treeinfo, fetch its kernel and initrd into the repository."""
     req = _req(ctx)
-    s = ctx.runtime.settings
     base = _base(req.url)
-    src = open_source(
-        str(base.join(URL(".treeinfo"))),
-        ImportAllowList(s.import_allowed_hosts),
-        ctx.run,
-        max_bytes=TREEINFO_MAX,
-        timeout_s=s.import_read_timeout_s,
-    )
+    src = open_url(ctx, str(base.join(URL(".treeinfo"))), TREEINFO_MAX)
     try:
         treeinfo = b"".join(src.chunks).decode("utf-8", errors="replace")
     finally:
@@ -97,8 +88,8 @@ def fetch_run(ctx: StepContext) -> Outputs:
     kernel, initrd = installer_paths(treeinfo, req.arch)
     repo = _repository(ctx)
     kvol, ivol = _boot_volumes(ctx)
-    k = fetch_into(ctx, str(base.join(URL(kernel))), None, repo, kvol, None)
-    i = fetch_into(ctx, str(base.join(URL(initrd))), None, repo, ivol, None)
+    k = fetch_into(ctx, open_url(ctx, str(base.join(URL(kernel)))), None, repo, kvol, None)
+    i = fetch_into(ctx, open_url(ctx, str(base.join(URL(initrd)))), None, repo, ivol, None)
     args = [req.kernel_args, f"inst.repo={req.url}"]
     if req.kickstart_url:
         args.append(f"inst.ks={req.kickstart_url}")
