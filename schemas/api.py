@@ -157,6 +157,14 @@ class ServerRegistered(Frozen):
     job: str = Field(description="the discovery job: the server joins its pool when it succeeds")
 
 
+class RepositorySpec(Frozen):
+    """A repository to present to a pool: a libvirt storage pool of this name that every
+    server of the pool has (shared storage)."""
+
+    path: Annotated[str, Field(max_length=4096)] = ""
+    assume_shared: bool = False
+
+
 class AntiAffinitySpec(Frozen):
     """The VMs (by name; ones not created yet may be named) that must never share a server."""
 

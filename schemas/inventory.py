@@ -158,6 +158,11 @@ class ServerPool(Frozen):
 
     name: Name
     repository: Repository
+    repositories: list[Repository] = Field(
+        default_factory=list,
+        description="more repositories presented to the pool (a storage pool of each name "
+        "on every server); `repository` holds its VMs' disks unless they are moved",
+    )
     networks: list[Network] = Field(default_factory=list)
     servers: list[Name] = Field(default_factory=list)
     cpu_groups: list[CpuGroup] = Field(
@@ -165,6 +170,13 @@ class ServerPool(Frozen):
         description="CPU compatibility groups (none: every server of the pool is compatible)",
     )
     anti_affinity_groups: list[AntiAffinityGroup] = Field(default_factory=list)
+
+    def presented(self) -> list[Repository]:
+        """Every repository its servers see: the pool's own first."""
+        return [self.repository, *self.repositories]
+
+    def presents(self, repository: str) -> bool:
+        return any(r.name == repository for r in self.presented())
 
 
 class Inventory(Frozen):
@@ -194,6 +206,9 @@ class VmDisk(Frozen):
     format: DiskFormat = "raw"
     backing: str | None = Field(
         default=None, description="a thin clone: the template volume it is backed by"
+    )
+    repository: Name | None = Field(
+        default=None, description="where the volume is (none: the pool's repository)"
     )
 
 

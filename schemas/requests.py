@@ -66,6 +66,9 @@ class DiskClone(Frozen):
     template's volume, which must then stay; templates only)."""
 
     clone_type: CloneType = "sparse"
+    repository: Name | None = Field(
+        default=None, description="the repository of the pool to put it in (default: the pool's)"
+    )
 
 
 DiskClones = Annotated[
@@ -119,6 +122,9 @@ class DiskCopy(Frozen):
     volume: only a VM made from a template has one)."""
 
     clone_type: Literal["sparse", "full"] = "sparse"
+    repository: Name | None = Field(
+        default=None, description="the repository of the pool to put it in (default: the pool's)"
+    )
 
 
 DiskCopies = Annotated[
@@ -398,6 +404,17 @@ class AssemblyImport(Frozen):
     sha256: Sha256 | None = Field(default=None, description="of the OVA or OVF file itself")
 
 
+class MoveVm(VmOperation):
+    """Move a stopped VM's disks to another repository of its pool (all of them, or the
+    ones named by index): copied, the VM switched to the copies, the old volumes deleted."""
+
+    kind: Literal["vm.move"]
+    repository: Name
+    disks: Annotated[list[Annotated[int, Field(ge=0, le=15)]], Field(max_length=16)] | None = Field(
+        default=None, description="indices of the disks to move (default: every disk)"
+    )
+
+
 class PinVcpus(VmOperation):
     """Hard partitioning: pin each vCPU to physical CPUs of the VM's server (live and in
     its persistent definition); `pinning: null` removes the pinning."""
@@ -506,6 +523,7 @@ _ClientKinds = (
     | DeleteVm
     | MigrateVm
     | PinVcpus
+    | MoveVm
     | ServerMaintenance
     | ServerActivate
     | DiscoverServer

@@ -34,6 +34,7 @@ from schemas.api import (
     MigrationTargets,
     Page,
     PoolGroups,
+    RepositorySpec,
     RepositoryView,
     ServerRegistered,
     ServerRegistration,
@@ -43,7 +44,15 @@ from schemas.api import (
 )
 from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
 from schemas.event_types import SOURCE_API
-from schemas.inventory import AntiAffinityGroup, CpuGroup, Server, ServerPool, Vm, VmState
+from schemas.inventory import (
+    AntiAffinityGroup,
+    CpuGroup,
+    Repository,
+    Server,
+    ServerPool,
+    Vm,
+    VmState,
+)
 from schemas.requests import DiscoverServer, RepositoryImport
 
 
@@ -211,11 +220,11 @@ async def fence_server(request: web.Request) -> web.Response:
 _NAME = re.compile(NAME_PATTERN)
 
 
-def _group_name(request: web.Request) -> str:
-    name = request.match_info["group"]
+def _group_name(request: web.Request, param: str = "group") -> str:
+    name = request.match_info[param]
     if len(name) > NAME_MAX or not _NAME.fullmatch(name):
-        msg = "a group name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
-        raise ValidationFailed(msg, details=[(["path", "group"], msg)])
+        msg = f"a {param} name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
+        raise ValidationFailed(msg, details=[(["path", param], msg)])
     return name
 
 
@@ -273,6 +282,50 @@ async def delete_anti_affinity_group(request: web.Request) -> web.Response:
     return await _pool_groups(request, change)
 
 
+async def present_repository(request: web.Request) -> web.Response:
+    """Present a repository to a pool: VMs of the pool may have disks there (vm.move, a
+    disk's `repository` in a create or clone), imports into it run on the pool's servers."""
+    name = _group_name(request, "repository")
+    try:
+        spec = RepositorySpec.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid("repository", e) from None
+
+    def change(p: ServerPool) -> ServerPool:
+        if p.repository.name == name:
+            raise Conflict(f"{name} is pool {p.name}'s own repository")
+        repo = Repository(name=name, path=spec.path, assume_shared=spec.assume_shared)
+        kept = [r for r in p.repositories if r.name != name]
+        return p.model_copy(update={"repositories": [*kept, repo]})
+
+    return await _pool_groups(request, change)
+
+
+async def withdraw_repository(request: web.Request) -> web.Response:
+    """Stop presenting a repository to a pool: refused while a VM of the pool has a disk
+    there."""
+    svc = services(request)
+    name = _group_name(request, "repository")
+    pool = await svc.inventory.pool(request.match_info["pool"])
+    users: list[str] = []
+    for s in pool.servers:
+        users += [
+            v.name
+            for v in await svc.inventory.vms_on(s)
+            if any(d.repository == name for d in v.disks)
+        ]
+    users.sort()
+    if users:
+        raise Conflict(f"VMs {', '.join(users)} have disks in {name}: move them first")
+
+    def change(p: ServerPool) -> ServerPool:
+        if not any(r.name == name for r in p.repositories):
+            raise NotFound(f"pool {p.name} has no repository {name!r} presented")
+        return p.model_copy(update={"repositories": [r for r in p.repositories if r.name != name]})
+
+    return await _pool_groups(request, change)
+
+
 async def put_cpu_group(request: web.Request) -> web.Response:
     """Create or replace a pool's CPU compatibility group: a running VM moves live only
     between servers of one group."""
@@ -315,7 +368,7 @@ async def _repository_views(request: web.Request, only: str | None = None) -> li
     svc = services(request)
     pools = await svc.inventory.pools()
     templates = await svc.inventory.templates()
-    names = sorted({p.repository.name for p in pools})
+    names = sorted({r.name for p in pools for r in p.presented()})
     if only is not None:
         if only not in names:
             raise NotFound(f"repository {only!r} not found")
@@ -326,8 +379,8 @@ async def _repository_views(request: web.Request, only: str | None = None) -> li
         views.append(
             RepositoryView(
                 name=name,
-                path=next((p.repository.path for p in pools if p.repository.name == name), ""),
-                pools=[p.name for p in pools if p.repository.name == name],
+                path=next((r.path for p in pools for r in p.presented() if r.name == name), ""),
+                pools=[p.name for p in pools if p.presents(name)],
                 templates=[
                     TemplateView(
                         **t.model_dump(), size_bytes=sum(d.capacity_bytes for d in t.disks)
@@ -368,7 +421,7 @@ async def upload_content(request: web.Request) -> web.Response:
     if not _NAME.fullmatch(name) or len(name) > NAME_MAX:
         msg = "a file name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
         raise ValidationFailed(msg, details=[(["path", "name"], msg)])
-    if not any(p.repository.name == repository for p in await svc.inventory.pools()):
+    if not any(p.presents(repository) for p in await svc.inventory.pools()):
         raise NotFound(f"repository {repository!r} not found")
     if request.content_type != "application/octet-stream":
         raise UnsupportedMediaType(

@@ -20,6 +20,7 @@ from schemas.api import (
     Page,
     PoolGroups,
     QueueStatus,
+    RepositorySpec,
     RepositoryView,
     Role,
     ServerRegistered,
@@ -146,6 +147,15 @@ def _pool_group_routes() -> list[Route]:
             Route("DELETE", url, delete, f"Remove a pool's {what}", ADMIN, response=PoolGroups,
                   path_schemas=group),
         ]  # fmt: skip
+    url = "/v1/pools/{pool}/repositories/{repository}"
+    repo = (("repository", _NAME_SCHEMA),)
+    out += [
+        Route("PUT", url, inventory.present_repository, "Present a repository to a pool", ADMIN,
+              body=RepositorySpec, response=PoolGroups, path_schemas=repo),
+        Route("DELETE", url, inventory.withdraw_repository,
+              "Stop presenting a repository to a pool (none of its VMs' disks there)", ADMIN,
+              response=PoolGroups, path_schemas=repo),
+    ]  # fmt: skip
     return out
 
 

@@ -144,8 +144,10 @@ def assess(
     missing = sorted({n.network for n in vm.nics} - set(facts.networks))
     if missing:
         return no(f"network(s) {', '.join(missing)} not defined there")
-    if pool.repository.name not in facts.storage_pools:
-        return no(f"repository {pool.repository.name} (the VM's disks) not available there")
+    repos = {d.repository or pool.repository.name for d in vm.disks} | {pool.repository.name}
+    absent = sorted(repos - set(facts.storage_pools))
+    if absent:
+        return no(f"repository {', '.join(absent)} (the VM's disks) not available there")
     if not live:
         return Verdict(server, True, "can define it")
     free = facts.memory_free_mib

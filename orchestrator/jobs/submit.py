@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
@@ -29,11 +30,14 @@ from schemas.requests import (
     CreateFromIso,
     CreateFromTemplate,
     DiscoverServer,
+    DiskClone,
+    DiskCopy,
     EjectIso,
     ImportTemplate,
     InsertIso,
     JobRequest,
     MigrateVm,
+    MoveVm,
     Noop,
     PinVcpus,
     RepositoryImport,
@@ -49,6 +53,17 @@ _NAME = re.compile(NAME_PATTERN)
 
 def valid_name(name: str) -> bool:
     return len(name) <= NAME_MAX and _NAME.fullmatch(name) is not None
+
+
+def _disk_repository_problems(
+    pool: ServerPool, disks: Sequence[DiskClone | DiskCopy]
+) -> list[tuple[list[str | int], str]]:
+    """Each disk's repository, when the request names one, must be presented to the pool."""
+    return [
+        (["body", "disks", i, "repository"], f"pool {pool.name} has no repository {d.repository!r}")
+        for i, d in enumerate(disks)
+        if d.repository is not None and not pool.presents(d.repository)
+    ]
 
 
 class Submitter:
@@ -102,6 +117,7 @@ class Submitter:
                 problems.append(
                     (["body", "disks"], f"template {tmpl.name} has {len(tmpl.disks)} disk(s)")
                 )
+            problems += _disk_repository_problems(pool, req.disks)
             if tmpl.repository != pool.repository.name:
                 problems.append(
                     (
@@ -151,6 +167,7 @@ class Submitter:
         networks = [req.network_map.get(n.network, n.network) for n in src.nics]
         if len(req.disks) > len(src.disks):
             problems.append((["body", "disks"], f"vm {src.name} has {len(src.disks)} disk(s)"))
+        problems += _disk_repository_problems(pool, req.disks)
         if req.server and req.server not in pool.servers:
             problems.append((["body", "server"], f"server {req.server} is not in pool {pool.name}"))
         if src.state not in (VmState.STOPPED, VmState.CRASHED):
@@ -162,6 +179,11 @@ class Submitter:
     async def _check_template(self, req: TemplateRequest) -> tuple[str, Vm | None]:
         """A new template's name is free, its source exists; the pool whose queue runs the
         job, and the source VM (template.create_from_vm)."""
+        if not isinstance(req, ImportTemplate):
+            for i, d in enumerate(req.disks):
+                if d.repository is not None:
+                    msg = "a template's disks are in its repository: give no repository"
+                    raise ValidationFailed(msg, details=[(["body", "disks", i, "repository"], msg)])
         if await self.inventory.find_template(req.name) is not None:
             raise Conflict(
                 f"a template named {req.name!r} exists",
@@ -188,7 +210,7 @@ class Submitter:
                 self.import_allow.check(req.url)
             except TargetRefused as e:
                 raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
-        pools = [p for p in await self.inventory.pools() if p.repository.name == repository]
+        pools = [p for p in await self.inventory.pools() if p.presents(repository)]
         if not pools:
             msg = f"no server pool has a repository {repository!r}"
             raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
@@ -197,7 +219,7 @@ class Submitter:
     async def _check_import(self, req: RepositoryImport | AssemblyImport) -> ServerPool:
         """The repository, the URL (allow-list; its addresses are checked again at each
         connection) and the file's name; the first pool the repository is presented to."""
-        pools = [p for p in await self.inventory.pools() if p.repository.name == req.repository]
+        pools = [p for p in await self.inventory.pools() if p.presents(req.repository)]
         if not pools:
             msg = f"no server pool has a repository {req.repository!r}"
             raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
@@ -248,6 +270,19 @@ class Submitter:
                 raise ValidationFailed(why, details=[(["body", "iso"], why)])
         if isinstance(req, MigrateVm):
             await self._check_migrate(req, vm)
+        if isinstance(req, MoveVm):
+            pool = await self.inventory.pool(vm.pool)
+            problems: list[tuple[list[str | int], str]] = []
+            if not pool.presents(req.repository):
+                why = f"pool {pool.name} has no repository {req.repository!r}"
+                problems.append((["body", "repository"], why))
+            for i, n in enumerate(req.disks or []):
+                if n >= len(vm.disks):
+                    problems.append(
+                        (["body", "disks", i], f"vm {vm.name} has {len(vm.disks)} disk(s)")
+                    )
+            if problems:
+                raise ValidationFailed("the request does not fit the VM", details=problems)
 
     async def submit(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.inventory import ServerPool, VmDisk
 from schemas.requests import DiskClone, DiskCopy
 from tasks.step import StepContext
 from workers.hypervisor.adapter import Hypervisor
@@ -22,24 +23,39 @@ def clone_type(disks: Sequence[DiskClone | DiskCopy], index: int) -> str:
     return disks[index].clone_type if index < len(disks) else "sparse"
 
 
+def target_repository(disks: Sequence[DiskClone | DiskCopy], index: int) -> str | None:
+    """The repository the request puts disk `index` in (None: where the copies go)."""
+    return disks[index].repository if index < len(disks) else None
+
+
+def repository_of(pool: ServerPool, disk: VmDisk) -> str:
+    """Where a VM's disk is: its own repository, else its pool's."""
+    return disk.repository or pool.repository.name
+
+
 def clone_disks(
     ctx: StepContext,
     hv: Hypervisor,
     repository: str,
     copies: Sequence[tuple[str, str]],
     types: Sequence[DiskClone | DiskCopy] = (),
+    sources: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Clone each (source volume, target name) in `repository`; the targets' volume,
-    path, format, clone type and (thin clones) backing volume, in order."""
-    sizes = [hv.volume_capacity(repository, source) for source, _name in copies]
+    """Clone each (source volume, target name) into `repository` (or the repository the
+    request gives that disk); the sources are in `sources` (per disk) or `repository`.
+    The targets' volume, path, format, clone type, (thin clones) backing volume and
+    repository (None: `repository`), in order."""
+    froms = list(sources) if sources is not None else [repository] * len(copies)
+    sizes = [hv.volume_capacity(froms[i], source) for i, (source, _name) in enumerate(copies)]
     total = sum(sizes)
     done = 0
     out = []
     for i, ((source, name), capacity) in enumerate(zip(copies, sizes, strict=True)):
         kind = clone_type(types, i)
+        into = target_repository(types, i) or repository
         if ctx.attempt > 1:
-            hv.delete_volume(repository, name)
-        path, fmt = hv.clone_volume(repository, source, name, kind)
+            hv.delete_volume(into, name)
+        path, fmt = hv.clone_volume(froms[i], source, name, kind, into=into)
         out.append(
             {
                 "volume": name,
@@ -47,6 +63,7 @@ def clone_disks(
                 "format": fmt,
                 "clone_type": kind,
                 "backing": source if kind == "thin" else None,
+                "repository": None if into == repository else into,
             }
         )
         done += capacity
@@ -58,7 +75,13 @@ def clone_disks(
     return out
 
 
-def delete_disks(hv: Hypervisor, repository: str, names: Sequence[str]) -> None:
-    """Ensure the volumes are gone (after a partial copy too)."""
-    for name in names:
-        hv.delete_volume(repository, name)
+def delete_disks(
+    hv: Hypervisor,
+    repository: str,
+    names: Sequence[str],
+    types: Sequence[DiskClone | DiskCopy] = (),
+) -> None:
+    """Ensure the volumes are gone (after a partial copy too), from the repository the
+    request gave each, else `repository`."""
+    for i, name in enumerate(names):
+        hv.delete_volume(target_repository(types, i) or repository, name)

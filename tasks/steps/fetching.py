@@ -26,7 +26,7 @@ OTHER_IMAGES = {b"KDMV": "vmdk", b"conectix": "vhd", b"vhdxfile": "vhdx", b"<<< 
 
 def server_seeing(ctx: StepContext, repository: str) -> Outputs:
     """A reachable server, not in maintenance, of a pool the repository is presented to."""
-    pools = [p for p in ctx.run(ctx.runtime.inventory.pools()) if p.repository.name == repository]
+    pools = [p for p in ctx.run(ctx.runtime.inventory.pools()) if p.presents(repository)]
     if not pools:
         raise NotFound(f"repository {repository} is not presented to any server pool")
     out = choose_server(ctx, pools[0].name, 0)

@@ -21,6 +21,7 @@ from tasks.workflows import (
     vm_iso,
     vm_lifecycle,
     vm_migrate,
+    vm_move_storage,
     vm_pin,
 )
 
@@ -39,6 +40,7 @@ WORKFLOWS: dict[str, WorkflowBuilder] = {
     "template.import": templates.steps,
     "vm.ha_restart": vm_ha.steps,
     "vm.migrate": vm_migrate.steps,
+    "vm.move": vm_move_storage.steps,
     "vm.pin_vcpus": vm_pin.steps,
     "server.maintenance": server_maintenance.maintenance_steps,
     "server.activate": server_maintenance.activate_steps,

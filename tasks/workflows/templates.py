@@ -20,7 +20,7 @@ from schemas.requests import (
     TemplateRequest,
 )
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.disks import clone_disks, delete_disks
+from tasks.steps.disks import clone_disks, delete_disks, repository_of
 from tasks.steps.fetching import fetch_into, open_url, server_seeing
 from tasks.workflows.vm_clone import stopped
 
@@ -40,6 +40,7 @@ def _source_shape(ctx: StepContext) -> tuple[str, int, int, list[tuple[str, int]
         vm = ctx.run(ctx.runtime.inventory.vm(req.vm))
         repo = ctx.run(ctx.runtime.inventory.pool(vm.pool)).repository.name
         return repo, vm.vcpus, vm.memory_mib, [(d.volume, 0) for d in vm.disks]
+    # (a template's disks are all in its repository: the pool's)
     if isinstance(req, CloneTemplate):
         t = ctx.run(ctx.runtime.inventory.template(req.template))
         return t.repository, t.vcpus, t.memory_mib, [(d.volume, d.capacity_bytes) for d in t.disks]
@@ -92,7 +93,11 @@ def copy_run(ctx: StepContext) -> Outputs:
     if vm is not None:
         stopped(ctx, vm, "before the copy")
     copies = [(src, disk_name(req.name, i)) for i, (src, _cap) in enumerate(sources)]
-    copied = clone_disks(ctx, hv, repo, copies, req.disks)
+    froms = None
+    if vm is not None:  # a VM's disks may be in other repositories of its pool
+        pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))
+        froms = [repository_of(pool, d) for d in vm.disks]
+    copied = clone_disks(ctx, hv, repo, copies, req.disks, froms)
     if vm is not None:
         stopped(ctx, ctx.run(ctx.runtime.inventory.vm(vm.id)), "after the copy")
     disks = [

@@ -16,7 +16,7 @@ from orchestrator.errors import HypervisorError
 from schemas.inventory import Vm, VmState
 from schemas.requests import CloneVm
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.disks import clone_disks, delete_disks
+from tasks.steps.disks import clone_disks, delete_disks, repository_of
 from tasks.steps.vm import START
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, vm_disks, volume_name
 
@@ -35,7 +35,8 @@ def stopped(ctx: StepContext, vm: Vm, when: str) -> None:
         raise HypervisorError(f"vm {vm.name} is not placed on a server")
     state = ctx.hypervisor(vm.server).domain_state(vm.id)
     if state not in (VmState.STOPPED, VmState.CRASHED):
-        raise HypervisorError(f"vm {vm.name} is {state or 'not defined'} {when}: stop it first")
+        was = f"{state or 'not defined'} {when}".strip()
+        raise HypervisorError(f"vm {vm.name} is {was}: stop it first")
 
 
 def _repository(ctx: StepContext, vm: Vm) -> str:
@@ -46,10 +47,11 @@ def clone_run(ctx: StepContext) -> Outputs:
     """Copy the stopped source's disks as `<clone>-<id8>-disk<i>` on the chosen server."""
     src = _source(ctx)
     stopped(ctx, src, "before the copy")
-    repo = _repository(ctx, src)
+    pool = ctx.run(ctx.runtime.inventory.pool(src.pool))
     hv = ctx.hypervisor(ctx.outputs["server"])
     copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(src.disks)]
-    copied = clone_disks(ctx, hv, repo, copies, _req(ctx).disks)
+    froms = [repository_of(pool, d) for d in src.disks]
+    copied = clone_disks(ctx, hv, pool.repository.name, copies, _req(ctx).disks, froms)
     stopped(ctx, _source(ctx), "after the copy (it was started meanwhile)")
     out: dict[str, Any] = {"disks": vm_disks(copied), "has_cdrom": src.has_cdrom, "boot": src.boot}
     if src.cdrom is not None:
@@ -63,7 +65,7 @@ def clone_undo(ctx: StepContext) -> None:
         return
     src = _source(ctx)
     names = [volume_name(ctx, i) for i in range(len(src.disks))]
-    delete_disks(ctx.hypervisor(server), _repository(ctx, src), names)
+    delete_disks(ctx.hypervisor(server), _repository(ctx, src), names, _req(ctx).disks)
 
 
 def steps(req: CloneVm) -> list[Step]:

@@ -92,7 +92,7 @@ def vm_disks(copied: list[dict[str, object]]) -> list[dict[str, object]]:
     """Clones as the VM's disks: vda, vdb... in order."""
     return [
         {"volume": c["volume"], "path": c["path"], "format": c["format"],
-         "backing": c["backing"], "target": disk_target(i)}
+         "backing": c["backing"], "repository": c.get("repository"), "target": disk_target(i)}
         for i, c in enumerate(copied)
     ]  # fmt: skip
 
@@ -104,6 +104,8 @@ def clone_run(ctx: StepContext) -> Outputs:
     hv = ctx.hypervisor(ctx.outputs["server"])
     copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(tmpl.disks)]
     return {"disks": vm_disks(clone_disks(ctx, hv, tmpl.repository, copies, _req(ctx).disks))}
+    # (the template is in the pool's repository: a disk goes there unless the request
+    # names another repository of the pool for it)
 
 
 def clone_undo(ctx: StepContext) -> None:
@@ -113,7 +115,7 @@ def clone_undo(ctx: StepContext) -> None:
     if server is None:
         return
     names = [volume_name(ctx, i) for i in range(len(tmpl.disks))]
-    delete_disks(ctx.hypervisor(server), tmpl.repository, names)
+    delete_disks(ctx.hypervisor(server), tmpl.repository, names, _req(ctx).disks)
 
 
 def define_run(ctx: StepContext) -> Outputs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from orchestrator.errors import HypervisorUnavailable, Permanent, RetryLater
 from schemas import event_types as et
 from tasks.step import Outputs, Step, StepContext, Wait
+from tasks.steps.disks import repository_of
 from tasks.steps.fencing import run_fence
 from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
@@ -145,7 +146,7 @@ def _place(ctx: StepContext) -> Outputs:
     hv = ctx.hypervisor(target)
     pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))
     for d in vm.disks:  # on shared storage the volume is there; the lab's servers need it made
-        hv.create_volume(pool.repository.name, d.volume, GIB)
+        hv.create_volume(repository_of(pool, d), d.volume, GIB)
     ctx.expect(vm.id, ["vm.lifecycle.defined"])
     hv.define(domain_spec_of(vm, {"job": ctx.job.id, "pool": vm.pool}))
     moved = vm.model_copy(update={"server": target})

@@ -8,6 +8,7 @@ from orchestrator.errors import HypervisorError
 from schemas.inventory import VmState
 from schemas.requests import DeleteVm, RestartVm, StopVm
 from tasks.step import Outputs, Step, StepContext, WorkflowBuilder
+from tasks.steps.disks import repository_of
 from tasks.steps.vm import START, STOPPED, hv_of, stop_step, vm_action, vm_of
 from workers.hypervisor.adapter import Hypervisor
 
@@ -42,7 +43,7 @@ def _delete_disks(ctx: StepContext) -> Outputs:
     hv = hv_of(ctx, vm)
     pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))
     for d in vm.disks:
-        hv.delete_volume(pool.repository.name, d.volume)
+        hv.delete_volume(repository_of(pool, d), d.volume)
     return {"deleted_volumes": [d.volume for d in vm.disks]}
 
 

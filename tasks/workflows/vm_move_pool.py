@@ -13,17 +13,19 @@ from __future__ import annotations
 from typing import cast
 
 from schemas import event_types as et
-from schemas.inventory import Vm, VmDisk
+from schemas.inventory import ServerPool, Vm, VmDisk
 from schemas.requests import MigrateVm
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.disks import repository_of
 from tasks.steps.migration import free_slot, mapped
 from tasks.steps.vm import domain_spec_of, observe, vm_of
 
 
-def _pools(ctx: StepContext) -> tuple[str, str]:
-    """The repositories (libvirt storage pools) of the source and the target pool."""
+def _pools(ctx: StepContext) -> tuple[ServerPool, str]:
+    """The source pool (its disks may be in any repository of it) and the target pool's
+    repository (the copies go there)."""
     inv = ctx.runtime.inventory
-    src = ctx.run(inv.pool(str(ctx.outputs["source_pool"]))).repository.name
+    src = ctx.run(inv.pool(str(ctx.outputs["source_pool"])))
     dst = ctx.run(inv.pool(str(ctx.outputs["target_pool"]))).repository.name
     return src, dst
 
@@ -44,9 +46,13 @@ def _copy_disks(ctx: StepContext) -> Outputs:
             share = done / size if size else 1.0
             ctx.report((i + share) / total, {"volume": name, "bytes_done": done, "bytes": size})
 
-        path = src.copy_volume_to(src_repo, d.volume, dest.uri, dst_repo, d.volume, progress)
+        path = src.copy_volume_to(
+            repository_of(src_repo, d), d.volume, dest.uri, dst_repo, d.volume, progress
+        )
         disks.append({"volume": d.volume, "path": path, "target": d.target})
-    return {"disks": disks, "target_repository": dst_repo}
+    # where each source volume is: deleted from there once the VM is switched
+    sources = {d.volume: repository_of(src_repo, d) for d in vm.disks}
+    return {"disks": disks, "target_repository": dst_repo, "source_repositories": sources}
 
 
 def _switched(ctx: StepContext, vm: Vm) -> bool:
@@ -117,11 +123,12 @@ def _switch(ctx: StepContext) -> Outputs:
 def _delete_sources(ctx: StepContext) -> Outputs:
     """Only now, with the VM defined on the target and its record there: the source
     pool's copies of its disks go."""
-    src_repo, _dst_repo = _pools(ctx)
+    src_pool, _dst_repo = _pools(ctx)
     src = ctx.hypervisor(str(ctx.outputs["source"]))
+    where = dict(ctx.outputs.get("source_repositories") or {})
     names = [str(d["volume"]) for d in ctx.outputs["disks"]]
     for name in names:
-        src.delete_volume(src_repo, name)
+        src.delete_volume(str(where.get(name) or src_pool.repository.name), name)
     free_slot(ctx)
     return {"deleted_source_volumes": names}
 

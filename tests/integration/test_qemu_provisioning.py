@@ -276,3 +276,55 @@ def test_an_install_tree_boots_its_installer_then_the_installed_disk(
     finally:
         conn.close()
     assert not any(v.endswith(("-kernel", "-initrd")) for v in vols), vols
+
+
+def test_a_vm_moved_to_another_repository_boots_from_the_copies(
+    start_up: Any, tmp_path: Path
+) -> None:
+    """A second repository presented to the pool over the API; a stopped VM whose disk
+    boots the mark-writing code is moved there (a real copy between storage pools of its
+    server), and boots from the copy; the old volume is gone."""
+    import os
+    import tempfile
+
+    from tests.sources import boot_disk
+
+    up: Up = start_up("--servers-per-pool", "1", "--kind", "qemu")
+    uri = server_uri(up, "srv-a1")
+    base = Path(tempfile.mkdtemp(prefix="vmorch-repo-x-", dir="/tmp"))  # reachable by nobody
+    base.chmod(0o755)
+    repo_dir = base / "repo-x"
+    repo_dir.mkdir()
+    os.chown(repo_dir, 65534, 65534)  # the lab's daemons run as nobody
+    conn = libvirt.open(uri)
+    try:
+        xml = f"<pool type='dir'><name>repo-x</name><target><path>{repo_dir}</path></target></pool>"
+        conn.storagePoolDefineXML(xml).create()
+    finally:
+        conn.close()
+    status, body = up.api.request(
+        "PUT", "/v1/pools/pool-a/repositories/repo-x", {"path": str(repo_dir)}
+    )
+    assert status == 200 and [r["name"] for r in body["pool"]["repositories"]] == ["repo-x"]
+    made = up.api.run({"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+                       "name": "mover", "start": False}, timeout_s=120)  # fmt: skip
+    assert made["state"] == "succeeded", made["error"]
+    old = up.api.call("GET", "/v1/vms/mover")["disks"][0]
+    boot_disk(Path(old["path"]), size_mib=16)  # its disk now boots the mark-writing code
+    moved = up.api.run({"kind": "vm.move", "vm": "mover", "repository": "repo-x"}, timeout_s=120)
+    assert moved["state"] == "succeeded", moved["error"]
+    new = up.api.call("GET", "/v1/vms/mover")["disks"][0]
+    assert new["repository"] == "repo-x" and new["path"] == str(repo_dir / old["volume"])
+    assert not Path(old["path"]).exists()
+    assert qemu_img_info(new["path"])["virtual-size"] == 16 << 20
+    started = up.api.run({"kind": "vm.start", "vm": "mover"}, timeout_s=60)
+    assert started["state"] == "succeeded", started["error"]
+    vm_id = made["links"]["vm_id"]
+    wait_until(lambda: boot_mark(uri, vm_id) == BOOT_MARK, 30, "the moved disk to boot")
+    # the repository cannot be withdrawn while the VM's disk is there
+    status, body = up.api.request("DELETE", "/v1/pools/pool-a/repositories/repo-x")
+    assert status == 409 and "mover" in body["error"]["message"]
+    up.api.run({"kind": "vm.delete", "vm": "mover", "force": True}, timeout_s=60)
+    import shutil
+
+    shutil.rmtree(base, ignore_errors=True)
