@@ -111,6 +111,6 @@ class Services:
                 dispatcher,
                 macs,
                 content,
-                ImportAllowList(settings.import_allowed_hosts),
+                ImportAllowList(settings.import_allowed_hosts, settings.import_allowed_paths),
             ),
         )

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # allow-list; empty: no import from a URL at all), at most import_max_bytes a file, and
     # give up on a source silent for import_read_timeout_s.
     import_allowed_hosts: list[str] = Field(default_factory=list)
+    # ...and read these directories of the servers (file:///path URLs: an NFS export
+    # mounted on every server, say); empty: no file of a server is read
+    import_allowed_paths: list[str] = Field(default_factory=list)
     import_max_bytes: int = Field(default=64 * 1024**3, ge=1)
     import_read_timeout_s: float = Field(default=60.0, gt=0)
     # Assemblies are unpacked and converted here, on the worker, then uploaded (each job's

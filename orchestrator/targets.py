@@ -11,9 +11,11 @@ literals in URLs and, through `CheckingResolver`, on the very addresses connecte
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import socket
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
@@ -234,18 +236,53 @@ class WebhookAllowList(AllowList):
 
 
 class ImportAllowList(AllowList):
-    """Where repository imports may fetch from (`import_allowed_hosts`)."""
+    """Where repository imports may fetch from (`import_allowed_hosts`), and which files
+    of a server they may read (`file:///path`, under one of `import_allowed_paths`: an NFS
+    mount the servers see, say)."""
 
     what = "import"
     refused = ImportRefused
     schemes = ("http", "https", "ftp")
 
+    def __init__(self, entries: Iterable[str], paths: Iterable[str] = ()) -> None:
+        super().__init__(entries)
+        self.paths = [p.rstrip("/") for p in paths if p.startswith("/") and p.rstrip("/")]
+
+    def check(self, url: str) -> URL:
+        if url.startswith("file:"):
+            server_path(url, self.paths)
+            return URL(url)
+        return super().check(url)
+
+
+def server_path(url: str, allowed: Iterable[str]) -> str:
+    """The path of a `file:///path` URL (a file on the server that reads it), refused
+    unless it is absolute, plain (no '..', '.', '//' or trailing '/', no control
+    characters) and under one of the `allowed` directories."""
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query:
+        raise ImportRefused(f"{url[:120]!r} is not a file:///path URL")
+    path = unquote(parts.path)
+    if (
+        not path.startswith("/")
+        or posixpath.normpath(path) != path
+        or path.endswith("/")
+        or any(not c.isprintable() for c in path)
+    ):
+        raise ImportRefused(f"import path {path[:120]!r} is not a plain absolute path")
+    if not any(path.startswith(d + "/") for d in allowed):
+        raise ImportRefused(
+            f"import path {path[:120]!r} is not under a directory of the operator's "
+            "import_allowed_paths"
+        )
+    return path
+
 
 def public_url(url: str) -> str:
     """The URL as it may be shown and stored: without query, fragment or credentials."""
     try:
-        u = URL(url)
-        return str(u.with_user(None).with_query(None).with_fragment(None))
+        u = URL(url).with_query(None).with_fragment(None)
+        return str(u if u.host is None else u.with_user(None))
     except (ValueError, TypeError):
         return ""
 

@@ -27,7 +27,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from orchestrator.errors import ImportFailed, SourceUnavailable
-from orchestrator.targets import CheckingResolver, ImportAllowList
+from orchestrator.targets import CheckingResolver, ImportAllowList, ImportRefused
 
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, T]], T]
@@ -57,6 +57,8 @@ def open_source(
     """Open `url` for reading. ImportRefused when a target is not allowed, ImportFailed
     when the source refuses for good (not found, no size, larger than `max_bytes`),
     SourceUnavailable when it may work later."""
+    if url.startswith("file:"):
+        raise ImportRefused("a file: URL names a file of a server: it is not fetched")
     parsed = allow.check(url)
     if parsed.scheme == "ftp":
         return _open_ftp(parsed, allow, max_bytes=max_bytes, timeout_s=timeout_s)

@@ -131,10 +131,8 @@ class Submitter:
                 problems.append((["body", "iso"], why))
         else:
             shape = (req.vcpus, req.memory_mib)
-            try:
-                self.import_allow.check(req.url)
-            except TargetRefused as e:
-                problems.append((["body", "url"], e.message))
+            if why := self._url_problem(req.url, files=False):
+                problems.append((["body", "url"], why))
         nets = {n.name for n in pool.networks}
         for i, nic in enumerate(req.vnics):
             if nic.network not in nets:
@@ -149,6 +147,17 @@ class Submitter:
         if problems:
             raise ValidationFailed("the request does not fit the inventory", details=problems)
         return shape
+
+    def _url_problem(self, url: str, *, files: bool) -> str | None:
+        """Why an import may not read `url` (None: it may): the allow-list's verdict, and
+        a file of a server only for repository.import (`files`)."""
+        if url.startswith("file:") and not files:
+            return "only repository.import reads a file of a server (file:///...)"
+        try:
+            self.import_allow.check(url)
+        except TargetRefused as e:
+            return e.message
+        return None
 
     async def _check_clone(self, req: CloneVm) -> tuple[Vm, list[str]]:
         """The source VM and the clone's networks (the source's, mapped)."""
@@ -206,10 +215,8 @@ class Submitter:
             repository = src.repository
         else:
             repository = req.repository
-            try:
-                self.import_allow.check(req.url)
-            except TargetRefused as e:
-                raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
+            if why := self._url_problem(req.url, files=False):
+                raise ValidationFailed(why, details=[(["body", "url"], why)])
         pools = [p for p in await self.inventory.pools() if p.presents(repository)]
         if not pools:
             msg = f"no server pool has a repository {repository!r}"
@@ -224,11 +231,9 @@ class Submitter:
             msg = f"no server pool has a repository {req.repository!r}"
             raise ValidationFailed(msg, details=[(["body", "repository"], msg)])
         url = req.url or ""
-        if req.url is not None:
-            try:
-                self.import_allow.check(req.url)
-            except TargetRefused as e:
-                raise ValidationFailed(e.message, details=[(["body", "url"], e.message)]) from e
+        files = isinstance(req, RepositoryImport)
+        if req.url is not None and (why := self._url_problem(req.url, files=files)):
+            raise ValidationFailed(why, details=[(["body", "url"], why)])
         if isinstance(req, AssemblyImport):
             name = req.name or file_name(url).rsplit(".", 1)[0][:40]
         else:

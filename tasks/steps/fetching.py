@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ImportFailed, NotFound
-from orchestrator.targets import ImportAllowList, public_url
+from orchestrator.targets import ImportAllowList, public_url, server_path
 from schemas.inventory import ContentKind, RepositoryContent
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.placement import choose_server
@@ -102,6 +102,8 @@ def _inspect(
 def open_url(ctx: StepContext, url: str, max_bytes: int | None = None) -> Source:
     """`url` opened for reading with the settings' allow-list, limit and timeout."""
     s = ctx.runtime.settings
+    if url.startswith("file:"):
+        raise ImportFailed("only repository.import reads a file of a server")
     return open_source(
         url,
         ImportAllowList(s.import_allowed_hosts),
@@ -160,6 +162,28 @@ def fetch_into(
     return {**out, "size_bytes": source.size, "path": path, "stored": stored}
 
 
+def fetch_server_file(
+    ctx: StepContext,
+    url: str,
+    sha256: str | None,
+    repository: str,
+    volume: str,
+    kind: ContentKind | None,
+) -> Outputs:
+    """A file of the chosen server (`file:///path`, under `import_allowed_paths`: checked
+    again here) into a new volume, with the same checks as a fetched one."""
+    s = ctx.runtime.settings
+    path = server_path(url, s.import_allowed_paths)
+    hv = ctx.hypervisor(ctx.outputs["server"])
+    out: Outputs = {}
+
+    def inspect(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+        return _inspect(ctx, chunks, size, kind, sha256, out)
+
+    made, size = hv.import_file(path, repository, volume, s.import_max_bytes, inspect)
+    return {**out, "size_bytes": size, "path": made, "stored": True}
+
+
 @dataclass(frozen=True)
 class Listing:
     """How an import lists what it brings in its repository: `of(ctx)` gives (repository,
@@ -175,7 +199,7 @@ class Listing:
             "repository": repository,
             "name": name,
             "kind": kind,
-            "source": url if url.startswith("upload:") else public_url(url),
+            "source": public_url(url),
             "job_id": ctx.job.id,
             "created_at": ctx.job.created_at,
         }

@@ -15,7 +15,14 @@ from orchestrator.targets import file_name
 from schemas.base import utcnow
 from schemas.requests import RepositoryImport
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.fetching import Listing, fetch_into, open_upload, open_url, upload_path
+from tasks.steps.fetching import (
+    Listing,
+    fetch_into,
+    fetch_server_file,
+    open_upload,
+    open_url,
+    upload_path,
+)
 
 
 def _req(ctx: StepContext) -> RepositoryImport:
@@ -46,8 +53,11 @@ def fetch_run(ctx: StepContext) -> Outputs:
     """Stream the source into a new volume on the chosen server (one left by an earlier
     attempt is replaced: the name is this job's)."""
     req = _req(ctx)
+    name = content_name(req)
+    if req.url and req.url.startswith("file:"):
+        return fetch_server_file(ctx, req.url, req.sha256, req.repository, name, req.content)
     source = open_upload(ctx, req.upload) if req.upload else open_url(ctx, req.url or "")
-    return fetch_into(ctx, source, req.sha256, req.repository, content_name(req), req.content)
+    return fetch_into(ctx, source, req.sha256, req.repository, name, req.content)
 
 
 def _drop_upload(ctx: StepContext) -> None:

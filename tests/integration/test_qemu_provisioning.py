@@ -328,3 +328,40 @@ def test_a_vm_moved_to_another_repository_boots_from_the_copies(
     import shutil
 
     shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_iso_on_a_directory_the_server_sees_is_imported_from_there(start_up: Any) -> None:
+    """`file:///path` under VMORCH_IMPORT_ALLOWED_PATHS (an NFS export the servers mount,
+    here a directory of this host): libvirt reads it on the server, the worker checks it on
+    the way, libvirt writes the volume; a path outside is refused at submission."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="vmorch-nfs-", dir="/tmp"))
+    try:
+        base.chmod(0o755)  # the lab's daemons (nobody) read it
+        (base / "isos").mkdir(mode=0o755)
+        sha = make_iso(base / "isos" / "local.iso")
+        (base / "isos" / "local.iso").chmod(0o644)
+        up: Up = start_up(
+            "--servers-per-pool", "1", "--kind", "qemu",
+            env={"VMORCH_IMPORT_ALLOWED_PATHS": json.dumps([str(base / "isos")])},
+        )  # fmt: skip
+        job = up.api.run(
+            {"kind": "repository.import", "repository": "repo-a", "content": "iso",
+             "url": f"file://{base}/isos/local.iso", "sha256": sha},
+            timeout_s=120,
+        )  # fmt: skip
+        assert job["state"] == "succeeded", job["error"]
+        [iso] = up.api.call("GET", "/v1/repositories/repo-a")["isos"]
+        assert iso["sha256"] == sha and iso["source"] == f"file://{base}/isos/local.iso"
+        vol = Path(job["steps"][2]["outputs"]["path"])
+        assert sha256_of(vol) == sha and vol.parent != base / "isos"
+        status, body = up.api.request(
+            "POST", "/v1/jobs",
+            {"kind": "repository.import", "repository": "repo-a", "content": "iso",
+             "url": f"file://{base}/other.iso"},
+        )  # fmt: skip
+        assert status == 422 and body["error"]["details"][0]["loc"] == ["body", "url"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid as uuid_mod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +30,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from orchestrator.errors import HypervisorError, HypervisorTimeout, HypervisorUnavailable, NotFound
+from orchestrator.errors import (
+    HypervisorError,
+    HypervisorTimeout,
+    HypervisorUnavailable,
+    ImportFailed,
+    NotFound,
+)
 from orchestrator.settings import Settings
 from schemas.inventory import Discovery, ServerFacts, VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
@@ -607,6 +615,72 @@ class Hypervisor:
             self._link.limits.copy_timeout_s,
             retry=False,  # a stream cut short is started over by the step
             interruptible=False,  # `chunks` stops itself at an abort, between chunks
+        )
+
+    def import_file(
+        self,
+        path: str,
+        pool: str,
+        name: str,
+        max_bytes: int,
+        inspect: Callable[[Iterator[bytes], int], Iterator[bytes]],
+    ) -> tuple[str, int]:
+        """Copy the file at `path` on this server (an NFS mount it sees) into a new volume
+        `name` of `pool`, through this process: libvirt reads it (a transient storage pool
+        of its directory, a volume download stream), `inspect(chunks, size)` sees every
+        chunk (and may refuse by raising), libvirt writes the volume (an upload stream). The
+        same code reaches a remote server. Returns (the volume's path, the file's size)."""
+        directory, file = posixpath.split(path)
+        tmp_name = f"vmorch-import-{uuid_mod.uuid4().hex[:12]}"
+
+        def copy(c: libvirt.virConnect) -> tuple[str, int]:
+            tmp = c.storagePoolCreateXML(dir_pool_xml(tmp_name, directory), 0)  # transient
+            try:
+                try:
+                    src = tmp.storageVolLookupByName(file)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise NotFound(f"{path}: no such file on {self.uri}") from e
+                    raise
+                size = int(src.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+                if size > max_bytes:
+                    raise ImportFailed(f"{path} has {size} bytes, over the limit of {max_bytes}")
+                down = c.newStream(0)
+                src.download(down, 0, size, 0)
+
+                def chunks() -> Iterator[bytes]:
+                    while data := down.recv(1024 * 1024):
+                        if isinstance(data, int):  # -2: would block (not in a blocking stream)
+                            continue
+                        yield data
+                    down.finish()
+
+                sp = c.storagePoolLookupByName(pool)
+                with contextlib.suppress(libvirt.libvirtError):
+                    sp.storageVolLookupByName(name).delete(0)
+                vol = sp.createXML(volume_xml(name, size), 0)
+                up = c.newStream(0)
+                try:
+                    vol.upload(up, 0, size, 0)
+                    for chunk in inspect(chunks(), size):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[up.send(bytes(view)) :]
+                    up.finish()
+                except BaseException:
+                    for st in (up, down):
+                        with contextlib.suppress(libvirt.libvirtError):
+                            st.abort()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        vol.delete(0)
+                    raise
+                return str(vol.path()), size
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    tmp.destroy()
+
+        return self._call(
+            "import_file", copy, self._link.limits.copy_timeout_s, retry=False, interruptible=False
         )
 
     def set_cdrom(self, uuid: str, path: str | None) -> bool:

@@ -274,3 +274,25 @@ def test_a_failure_in_the_middle_or_at_the_end_leaves_nothing_behind(
         assert e.run(e.redis.hgetall("vmorch:macs")) == {}
     finally:
         e.close()
+
+
+def test_a_file_of_a_server_is_imported_only_by_repository_import_and_when_allowed(
+    settings: Settings, conn: libvirt.virConnect
+) -> None:
+    e = importing_engine(settings, import_allowed_paths=["/srv/isos"])
+    try:
+        ok = e.submit({"kind": "repository.import", "repository": "repo-u", "content": "iso",
+                       "url": "file:///srv/isos/ol9.iso"})  # fmt: skip
+        assert ok.request.url == "file:///srv/isos/ol9.iso"
+        for body in (
+            {"kind": "repository.import", "repository": "repo-u", "content": "iso",
+             "url": "file:///etc/shadow", "name": "s.iso"},
+            {"kind": "template.import", "repository": "repo-u", "name": "t9",
+             "url": "file:///srv/isos/disk.img"},
+            {"kind": "assembly.import", "repository": "repo-u", "url": "file:///srv/isos/a.ova"},
+        ):  # fmt: skip
+            with pytest.raises(ValidationFailed) as refused:
+                e.submit(body)
+            assert refused.value.details[0][0] == ["body", "url"], refused.value.details
+    finally:
+        e.close()

@@ -68,7 +68,7 @@ def test_a_target_outside_the_allow_list_is_refused_before_any_connection(
             fetch(url, loop, ImportAllowList(["127.0.0.1:1"]))  # another port
         with pytest.raises(ImportRefused, match="not in the operator's import allow-list"):
             fetch("http://8.8.8.8/disk.img", loop)  # refused statically: never connected to
-        with pytest.raises(ImportRefused, match="scheme 'file'"):
+        with pytest.raises(ImportRefused, match="not fetched"):
             fetch("file:///etc/passwd", loop)
         with pytest.raises(ImportRefused, match="credentials"):
             fetch(f"ftp://user:pw@127.0.0.1:{http.port}/disk.img", loop)
@@ -152,3 +152,26 @@ def test_urls_are_shown_without_credentials_or_query_and_named_by_their_file() -
     assert public_url("https://u:p@h.example/a/b.iso?token=s3cret#x") == "https://h.example/a/b.iso"
     assert file_name("https://h.example/isos/debian%2012.iso?x=1") == "debian 12.iso"
     assert file_name("https://h.example/") == ""
+
+
+def test_a_server_file_is_read_only_from_under_an_allowed_directory() -> None:
+    from orchestrator.targets import server_path
+
+    allowed = ["/mnt/nfs/isos"]
+    assert server_path("file:///mnt/nfs/isos/ol9.iso", allowed) == "/mnt/nfs/isos/ol9.iso"
+    assert server_path("file:///mnt/nfs/isos/a%20b.iso", allowed) == "/mnt/nfs/isos/a b.iso"
+    for url, why in (
+        ("file:///mnt/nfs/isos/../../../etc/shadow", "not a plain absolute path"),
+        ("file:///mnt/nfs/isos//x.iso", "not a plain absolute path"),
+        ("file:///mnt/nfs/isos/", "not a plain absolute path"),
+        ("file:///mnt/nfs/isosx/y.iso", "not under a directory"),
+        ("file:///etc/shadow", "not under a directory"),
+        ("file://otherhost/mnt/nfs/isos/x.iso", "not a file:///path URL"),
+        ("file:///mnt/nfs/isos/x.iso?y=1", "not a file:///path URL"),
+    ):
+        with pytest.raises(ImportRefused, match=why):
+            server_path(url, allowed)
+    # no directory allowed: no file at all, and the allow-list says so too
+    with pytest.raises(ImportRefused, match="not under"):
+        ImportAllowList([]).check("file:///mnt/nfs/isos/ol9.iso")
+    assert ImportAllowList([], ["/mnt/nfs/isos/"]).check("file:///mnt/nfs/isos/ol9.iso")
