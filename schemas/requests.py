@@ -325,6 +325,7 @@ class InsertIso(VmOperation):
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+UploadId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")]
 
 
 class RepositoryImport(Frozen):
@@ -336,8 +337,8 @@ class RepositoryImport(Frozen):
     repository: Name
     content: Literal["iso", "virtual_disk"]
     url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
-    upload: Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")] | None = (
-        Field(default=None, description="a file uploaded through the api (it submits this)")
+    upload: UploadId | None = Field(
+        default=None, description="a file uploaded through the api (it submits this)"
     )
     name: Name | None = Field(
         default=None, description="its name in the repository (default: the URL's file name)"
@@ -397,11 +398,22 @@ class AssemblyImport(Frozen):
 
     kind: Literal["assembly.import"]
     repository: Name
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    upload: UploadId | None = Field(
+        default=None, description="an OVA uploaded through the api (it submits this)"
+    )
     name: Annotated[Name, Field(max_length=40)] | None = Field(
         default=None, description="its name (default: the URL's file name without extension)"
     )
     sha256: Sha256 | None = Field(default=None, description="of the OVA or OVF file itself")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AssemblyImport:
+        if (self.url is None) == (self.upload is None):
+            raise ValueError("give a url or an upload, one of them")
+        if self.upload is not None and self.name is None:
+            raise ValueError("an upload needs a name")
+        return self
 
 
 class MoveVm(VmOperation):

@@ -53,7 +53,7 @@ from schemas.inventory import (
     Vm,
     VmState,
 )
-from schemas.requests import DiscoverServer, RepositoryImport
+from schemas.requests import AssemblyImport, DiscoverServer, RepositoryImport
 
 
 async def list_vms(request: web.Request) -> web.Response:
@@ -423,6 +423,9 @@ async def upload_content(request: web.Request) -> web.Response:
         raise ValidationFailed(msg, details=[(["path", "name"], msg)])
     if not any(p.presents(repository) for p in await svc.inventory.pools()):
         raise NotFound(f"repository {repository!r} not found")
+    if q["content"] == "assembly" and not name.lower().endswith(".ova"):
+        msg = "an assembly is uploaded as an .ova file"
+        raise ValidationFailed(msg, details=[(["path", "name"], msg)])
     if request.content_type != "application/octet-stream":
         raise UnsupportedMediaType(
             "an upload is sent as application/octet-stream",
@@ -465,9 +468,16 @@ async def upload_content(request: web.Request) -> web.Response:
             msg = f"the file's SHA-256 is {digest}"
             raise ValidationFailed("SHA-256 mismatch", details=[(["query", "sha256"], msg)])
         part.rename(done)
-        req = RepositoryImport(
-            kind="repository.import", repository=repository, content=q["content"],
-            upload=upload_id, name=name, sha256=digest,
+        req: RepositoryImport | AssemblyImport = (
+            AssemblyImport(
+                kind="assembly.import", repository=repository, upload=upload_id,
+                name=name.rsplit(".", 1)[0][:40], sha256=digest,
+            )
+            if q["content"] == "assembly"
+            else RepositoryImport(
+                kind="repository.import", repository=repository, content=q["content"],
+                upload=upload_id, name=name, sha256=digest,
+            )
         )  # fmt: skip
         job, _ = await svc.submitter.submit(req, submitted_by=caller(request).name)
     except BaseException:

@@ -278,7 +278,11 @@ def _inventory() -> list[Route]:
                 Query(
                     "content",
                     "what the file is",
-                    {"type": "string", "enum": ["iso", "virtual_disk"], "default": "iso"},
+                    {
+                        "type": "string",
+                        "enum": ["iso", "virtual_disk", "assembly"],
+                        "default": "iso",
+                    },
                 ),
                 Query(
                     "sha256",

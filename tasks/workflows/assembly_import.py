@@ -28,7 +28,7 @@ from schemas.base import utcnow
 from schemas.inventory import AssemblySystem, Template, TemplateDisk
 from schemas.requests import AssemblyImport
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.fetching import Listing, open_url
+from tasks.steps.fetching import Listing, open_upload, open_url, upload_path
 from workers import ovf
 from workers.assembly import (
     convert,
@@ -49,7 +49,7 @@ def _req(ctx: StepContext) -> AssemblyImport:
 
 def assembly_name(req: AssemblyImport) -> str:
     """The request's name, or the URL's file name without its extension."""
-    return req.name or file_name(req.url).rsplit(".", 1)[0]
+    return req.name or file_name(req.url or "").rsplit(".", 1)[0]
 
 
 def template_name(assembly: str, system_id: str) -> str:
@@ -59,7 +59,12 @@ def template_name(assembly: str, system_id: str) -> str:
 
 
 LISTING = Listing(
-    lambda ctx: (_req(ctx).repository, assembly_name(_req(ctx)), "assembly", _req(ctx).url)
+    lambda ctx: (
+        _req(ctx).repository,
+        assembly_name(_req(ctx)),
+        "assembly",
+        _req(ctx).url or f"upload:{_req(ctx).upload}",
+    )
 )
 
 
@@ -79,19 +84,26 @@ def _stage(ctx: StepContext, dest: Path) -> str:
     """Bring the assembly into `dest`; the descriptor's file name."""
     req = _req(ctx)
     budget = [ctx.runtime.settings.import_max_bytes]
-    src = open_url(ctx, req.url)
+    if req.upload:  # an uploaded OVA
+        src = open_upload(ctx, req.upload)
+        try:
+            return stage_ova(_hashed(src.chunks, req.sha256, "the upload"), dest, budget[0])
+        finally:
+            src.close()
+    url = req.url or ""
+    src = open_url(ctx, url)
     try:
-        chunks = _hashed(src.chunks, req.sha256, file_name(req.url) or "the file")
-        if file_name(req.url).lower().endswith(".ova"):
+        chunks = _hashed(src.chunks, req.sha256, file_name(url) or "the file")
+        if file_name(url).lower().endswith(".ova"):
             return stage_ova(chunks, dest, budget[0])
-        name = file_name(req.url)
+        name = file_name(url)
         if not name.lower().endswith(".ovf"):
             raise ImportFailed("the URL names neither an .ova nor an .ovf file")
         stage_file(chunks, dest, name, budget)
     finally:
         src.close()
     desc = ovf.parse((dest / name).read_bytes(), budget[0])
-    base = URL(req.url)
+    base = URL(url)
     wanted = [f.href for f in desc.files.values()]
     for href in [*wanted, manifest_name(name)]:
         try:
@@ -177,8 +189,14 @@ def import_run(ctx: StepContext) -> Outputs:
     return {"templates": made, "virtual_systems": systems, "manifest_checked": has_manifest}
 
 
+def _drop_upload(ctx: StepContext) -> None:
+    if _req(ctx).upload:
+        upload_path(ctx, _req(ctx).upload or "").unlink(missing_ok=True)
+
+
 def import_undo(ctx: StepContext) -> None:
     _undo_templates(ctx)
+    _drop_upload(ctx)
 
 
 def record_run(ctx: StepContext) -> Outputs:
@@ -192,6 +210,7 @@ def record_run(ctx: StepContext) -> Outputs:
             fence=ctx.fence,
         )
     )
+    _drop_upload(ctx)
     return {"templates": [s.template for s in systems]}
 
 

@@ -97,3 +97,30 @@ def test_bad_uploads_are_refused_and_nothing_is_staged(
             assert reply["error"]["details"][0]["loc"] == loc, reply
     assert staged() == before
     assert api.call("GET", "/v1/repositories/repo-a")["isos"] == []
+
+
+def test_an_uploaded_ova_becomes_templates(
+    api: Api, worker: Proc, fleet: Inventory, tmp_path: Path
+) -> None:
+    from tests.sources import make_assembly, make_ova
+
+    members = make_assembly(tmp_path, "app", [{"id": "web", "memory_mib": 128, "disks": [0]}])
+    make_ova(tmp_path, "app", members, tmp_path / "app.ova")
+    data = (tmp_path / "app.ova").read_bytes()
+    before = staged()
+    status, job = put(
+        api, "/v1/repositories/repo-a/content/app.ova?content=assembly", data,
+        {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+    )  # fmt: skip
+    assert status == 202 and job["kind"] == "assembly.import", job
+    done = api.wait(job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    [asm] = api.call("GET", "/v1/repositories/repo-a")["assemblies"]
+    assert asm["name"] == "app" and asm["virtual_systems"][0]["template"] == "app-web"
+    assert staged() == before
+    # an assembly is uploaded as an .ova
+    status, body = put(
+        api, "/v1/repositories/repo-a/content/app.ovf?content=assembly", data,
+        {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
+    )  # fmt: skip
+    assert status == 422 and body["error"]["details"][0]["loc"] == ["path", "name"]
