@@ -174,7 +174,10 @@ class CreateFromInstallTree(NewVm):
     fetched kernel and initrd are deleted."""
 
     kind: Literal["vm.create_from_install_tree"]
-    url: TreeUrl = Field(description="the tree's base URL (http, https or ftp)")
+    url: TreeUrl = Field(
+        description="the tree's base URL (http, https or ftp), or file:///path of a tree "
+        "on a mount the servers see (NFS; under import_allowed_paths)"
+    )
     kickstart_url: TreeUrl | None = Field(default=None, description="passed as inst.ks=")
     kernel_args: KernelArgs = ""
     arch: Literal["x86_64"] = "x86_64"

@@ -131,7 +131,9 @@ class Submitter:
                 problems.append((["body", "iso"], why))
         else:
             shape = (req.vcpus, req.memory_mib)
-            if why := self._url_problem(req.url, files=False):
+            # a tree on a mount the servers see: its .treeinfo must be under an allowed path
+            url = req.url.rstrip("/") + "/.treeinfo" if req.url.startswith("file:") else req.url
+            if why := self._url_problem(url, files=True):
                 problems.append((["body", "url"], why))
         nets = {n.name for n in pool.networks}
         for i, nic in enumerate(req.vnics):

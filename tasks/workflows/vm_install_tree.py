@@ -18,11 +18,12 @@ from typing import cast
 from yarl import URL
 
 from orchestrator.errors import ImportFailed, Permanent
+from orchestrator.targets import server_path
 from schemas import event_types as et
 from schemas.inventory import VmState
 from schemas.requests import CreateFromInstallTree
 from tasks.step import Outputs, Step, StepContext, Wait
-from tasks.steps.fetching import fetch_into, open_url
+from tasks.steps.fetching import fetch_into, fetch_server_file, open_url
 from tasks.steps.vm import START, domain_spec_of, hv_of, observe, vm_of
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
 from tasks.workflows.vm_create_iso import MIB
@@ -79,18 +80,30 @@ def _boot_volumes(ctx: StepContext) -> tuple[str, str]:
 def fetch_run(ctx: StepContext) -> Outputs:
     """Read the tree's .treeinfo, fetch its kernel and initrd into the repository."""
     req = _req(ctx)
-    base = _base(req.url)
-    src = open_url(ctx, str(base.join(URL(".treeinfo"))), TREEINFO_MAX)
-    try:
-        treeinfo = b"".join(src.chunks).decode("utf-8", errors="replace")
-    finally:
-        src.close()
-    kernel, initrd = installer_paths(treeinfo, req.arch)
     repo = _repository(ctx)
     kvol, ivol = _boot_volumes(ctx)
-    k = fetch_into(ctx, open_url(ctx, str(base.join(URL(kernel)))), None, repo, kvol, None)
-    i = fetch_into(ctx, open_url(ctx, str(base.join(URL(initrd)))), None, repo, ivol, None)
-    args = [req.kernel_args, f"inst.repo={req.url}"]
+    if req.url.startswith("file:"):  # a tree on a mount the servers see (NFS)
+        allowed = ctx.runtime.settings.import_allowed_paths
+        treeinfo_path = server_path(req.url.rstrip("/") + "/.treeinfo", allowed)
+        top = treeinfo_path.rsplit("/", 1)[0]
+        hv = ctx.hypervisor(ctx.outputs["server"])
+        treeinfo = hv.read_file(treeinfo_path, TREEINFO_MAX).decode("utf-8", errors="replace")
+        kernel, initrd = installer_paths(treeinfo, req.arch)
+        k = fetch_server_file(ctx, f"file://{top}/{kernel}", None, repo, kvol, None)
+        i = fetch_server_file(ctx, f"file://{top}/{initrd}", None, repo, ivol, None)
+    else:
+        base = _base(req.url)
+        src = open_url(ctx, str(base.join(URL(".treeinfo"))), TREEINFO_MAX)
+        try:
+            treeinfo = b"".join(src.chunks).decode("utf-8", errors="replace")
+        finally:
+            src.close()
+        kernel, initrd = installer_paths(treeinfo, req.arch)
+        k = fetch_into(ctx, open_url(ctx, str(base.join(URL(kernel)))), None, repo, kvol, None)
+        i = fetch_into(ctx, open_url(ctx, str(base.join(URL(initrd)))), None, repo, ivol, None)
+    # a tree on a mount the servers see is not at that path for the guest: its installer
+    # is told where the tree is by kernel_args (inst.repo=nfs:...)
+    args = [req.kernel_args, "" if req.url.startswith("file:") else f"inst.repo={req.url}"]
     if req.kickstart_url:
         args.append(f"inst.ks={req.kickstart_url}")
     cmdline = " ".join(a for a in args if a)

@@ -365,3 +365,36 @@ def test_an_iso_on_a_directory_the_server_sees_is_imported_from_there(start_up: 
         assert status == 422 and body["error"]["details"][0]["loc"] == ["body", "url"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_install_tree_on_a_mount_the_servers_see(start_up: Any) -> None:
+    """The same installer as a tree on a directory the server reads (an NFS mount on a
+    real fleet): libvirt reads its .treeinfo, kernel and initrd there."""
+    import shutil
+    import tempfile
+
+    from tests.guestkit import installer_tree
+
+    base = Path(tempfile.mkdtemp(prefix="vmorch-nfs-", dir="/tmp"))
+    try:
+        installer_tree(base / "ol9")
+        for p in [base, *base.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)  # the lab's daemons (nobody) read it
+        up: Up = start_up(
+            "--servers-per-pool", "1", "--kind", "qemu",
+            env={"VMORCH_IMPORT_ALLOWED_PATHS": json.dumps([str(base)])},
+        )  # fmt: skip
+        job = up.api.run(
+            {"kind": "vm.create_from_install_tree", "pool": "pool-a", "name": "nfsinst",
+             "url": f"file://{base}/ol9/", "kernel_args": "inst.repo=nfs:filer:/ol9 quiet",
+             "memory_mib": 128, "disks": [{"size_mib": 16}], "install_timeout_s": 240},
+            timeout_s=280,
+        )  # fmt: skip
+        assert job["state"] == "succeeded", (job["error"], [s["state"] for s in job["steps"]])
+        vm = up.api.call("GET", "/v1/vms/nfsinst")
+        sector1 = Path(vm["disks"][0]["path"]).read_bytes()[512:1024].split(b"\n")[0].decode()
+        assert sector1 == "inst.repo=nfs:filer:/ol9 quiet"
+        uri = server_uri(up, "srv-a1")
+        wait_until(lambda: boot_mark(uri, vm["id"]) == BOOT_MARK, 30, "the installed disk to boot")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -630,18 +630,9 @@ class Hypervisor:
         of its directory, a volume download stream), `inspect(chunks, size)` sees every
         chunk (and may refuse by raising), libvirt writes the volume (an upload stream). The
         same code reaches a remote server. Returns (the volume's path, the file's size)."""
-        directory, file = posixpath.split(path)
-        tmp_name = f"vmorch-import-{uuid_mod.uuid4().hex[:12]}"
 
         def copy(c: libvirt.virConnect) -> tuple[str, int]:
-            tmp = c.storagePoolCreateXML(dir_pool_xml(tmp_name, directory), 0)  # transient
-            try:
-                try:
-                    src = tmp.storageVolLookupByName(file)
-                except libvirt.libvirtError as e:
-                    if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                        raise NotFound(f"{path}: no such file on {self.uri}") from e
-                    raise
+            with self._server_file(c, path) as src:
                 size = int(src.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
                 if size > max_bytes:
                     raise ImportFailed(f"{path} has {size} bytes, over the limit of {max_bytes}")
@@ -675,13 +666,49 @@ class Hypervisor:
                         vol.delete(0)
                     raise
                 return str(vol.path()), size
-            finally:
-                with contextlib.suppress(libvirt.libvirtError):
-                    tmp.destroy()
 
         return self._call(
             "import_file", copy, self._link.limits.copy_timeout_s, retry=False, interruptible=False
         )
+
+    @contextlib.contextmanager
+    def _server_file(self, c: libvirt.virConnect, path: str) -> Iterator[libvirt.virStorageVol]:
+        """The file at `path` on the server as a volume of a transient storage pool of its
+        directory (gone afterwards): libvirt reads it there, wherever the server is."""
+        directory, file = posixpath.split(path)
+        tmp_name = f"vmorch-read-{uuid_mod.uuid4().hex[:12]}"
+        tmp = c.storagePoolCreateXML(dir_pool_xml(tmp_name, directory), 0)
+        try:
+            try:
+                vol = tmp.storageVolLookupByName(file)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise NotFound(f"{path}: no such file on {self.uri}") from e
+                raise
+            yield vol
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                tmp.destroy()
+
+    def read_file(self, path: str, max_bytes: int) -> bytes:
+        """A small file of the server (an install tree's .treeinfo), at most `max_bytes`."""
+
+        def read(c: libvirt.virConnect) -> bytes:
+            with self._server_file(c, path) as vol:
+                size = int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+                if size > max_bytes:
+                    raise ImportFailed(f"{path} has {size} bytes, more than {max_bytes}")
+                st = c.newStream(0)
+                vol.download(st, 0, size, 0)
+                data = bytearray()
+                while chunk := st.recv(65536):
+                    if isinstance(chunk, int):
+                        continue
+                    data += chunk
+                st.finish()
+                return bytes(data)
+
+        return self._call("read_file", read)
 
     def set_cdrom(self, uuid: str, path: str | None) -> bool:
         """Put the ISO at `path` in the domain's CD-ROM drive (None: eject), in its
