@@ -419,6 +419,23 @@ class AssemblyImport(Frozen):
         return self
 
 
+class AddVnic(VmOperation):
+    """Give a VM another vNIC on a network of its pool (live when it runs, and in its
+    definition); its MAC from the registry, or the one asked for (checked fleet-wide)."""
+
+    kind: Literal["vm.add_vnic"]
+    network: Name
+    mac: MacAddress | None = None
+
+
+class RemoveVnic(VmOperation):
+    """Remove a VM's vNIC (live when it runs, and from its definition); its MAC goes back
+    to the registry."""
+
+    kind: Literal["vm.remove_vnic"]
+    mac: MacAddress
+
+
 class MoveVm(VmOperation):
     """Move a stopped VM's disks to another repository of its pool (all of them, or the
     ones named by index): copied, the VM switched to the copies, the old volumes deleted."""
@@ -539,6 +556,8 @@ _ClientKinds = (
     | MigrateVm
     | PinVcpus
     | MoveVm
+    | AddVnic
+    | RemoveVnic
     | ServerMaintenance
     | ServerActivate
     | DiscoverServer

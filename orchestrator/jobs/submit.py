@@ -23,6 +23,7 @@ from schemas.jobs import Job, JobLinks, JobState
 from schemas.requests import (
     CREATE_KINDS,
     INTERNAL_KINDS,
+    AddVnic,
     AssemblyImport,
     CloneTemplate,
     CloneVm,
@@ -40,6 +41,7 @@ from schemas.requests import (
     MoveVm,
     Noop,
     PinVcpus,
+    RemoveVnic,
     RepositoryImport,
     ServerActivate,
     ServerMaintenance,
@@ -277,6 +279,20 @@ class Submitter:
                 raise ValidationFailed(why, details=[(["body", "iso"], why)])
         if isinstance(req, MigrateVm):
             await self._check_migrate(req, vm)
+        if isinstance(req, AddVnic):
+            pool = await self.inventory.pool(vm.pool)
+            if req.network not in {n.name for n in pool.networks}:
+                why = f"pool {pool.name} has no network {req.network!r}"
+                raise ValidationFailed(why, details=[(["body", "network"], why)])
+            if req.mac and any(n.mac.lower() == req.mac.lower() for n in vm.nics):
+                why = f"vm {vm.name} has a vNIC {req.mac} already"
+                raise Conflict(why, details=[(["body", "mac"], why)])
+            if len(vm.nics) >= 8:
+                why = f"vm {vm.name} has 8 vNICs, the most a VM has"
+                raise ValidationFailed(why, details=[(["body", "vm"], why)])
+        if isinstance(req, RemoveVnic) and all(n.mac.lower() != req.mac.lower() for n in vm.nics):
+            why = f"vm {vm.name} has no vNIC {req.mac}"
+            raise ValidationFailed(why, details=[(["body", "mac"], why)])
         if isinstance(req, MoveVm):
             pool = await self.inventory.pool(vm.pool)
             problems: list[tuple[list[str | int], str]] = []
@@ -330,6 +346,14 @@ class Submitter:
                         ) from None
                     return await self._replayed(known[0]), True
             raise
+        claimed: list[str] = []  # an added vNIC's MAC, claimed for its VM
+        if isinstance(req, AddVnic):
+            try:
+                [mac] = await self.macs.claim(link_update["vm_id"], [req.mac])
+            except Conflict as e:
+                raise Conflict(e.message, details=[(["body", "mac"], e.message)]) from None
+            req = req.model_copy(update={"mac": mac})  # the job adds this one
+            claimed = [mac]
         now = utcnow()
         job = Job(
             id=job_id,
@@ -353,9 +377,13 @@ class Submitter:
         except BaseException:
             if reserve is not None:
                 await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
+            if claimed:
+                await self.macs.release(link_update["vm_id"], claimed)
             raise
         if res.status != "created" and reserve is not None:  # no VM was reserved: no MACs
             await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
+        if res.status != "created" and claimed:
+            await self.macs.release(link_update["vm_id"], claimed)
         if res.status == "exists":
             return await self._replayed(res.job_id), True
         if res.status == "mismatch":
@@ -490,4 +518,12 @@ class Submitter:
             await self.dispatcher.dispatch(job.id, job.queue)
         if job.state == JobState.ABORTED and job.kind in CREATE_KINDS and job.links.vm_id:
             await self.inventory.delete_vm(job.links.vm_id)  # the reservation never ran
+        if (
+            job.state == JobState.ABORTED
+            and isinstance(job.request, AddVnic)
+            and job.request.mac
+            and job.links.vm_id
+            and not any(s.attempts for s in job.steps)
+        ):  # it never ran: the MAC claimed for it goes back
+            await self.macs.release(job.links.vm_id, [job.request.mac])
         return job

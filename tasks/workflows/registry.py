@@ -23,6 +23,7 @@ from tasks.workflows import (
     vm_migrate,
     vm_move_storage,
     vm_pin,
+    vm_vnic,
 )
 
 WORKFLOWS: dict[str, WorkflowBuilder] = {
@@ -41,6 +42,8 @@ WORKFLOWS: dict[str, WorkflowBuilder] = {
     "vm.ha_restart": vm_ha.steps,
     "vm.migrate": vm_migrate.steps,
     "vm.move": vm_move_storage.steps,
+    "vm.add_vnic": vm_vnic.add_steps,
+    "vm.remove_vnic": vm_vnic.remove_steps,
     "vm.pin_vcpus": vm_pin.steps,
     "server.maintenance": server_maintenance.maintenance_steps,
     "server.activate": server_maintenance.activate_steps,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -398,3 +399,37 @@ def test_an_install_tree_on_a_mount_the_servers_see(start_up: Any) -> None:
         wait_until(lambda: boot_mark(uri, vm["id"]) == BOOT_MARK, 30, "the installed disk to boot")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_vnic_is_added_to_and_removed_from_a_running_guest(start_up: Any) -> None:
+    up: Up = start_up("--servers-per-pool", "1", "--kind", "qemu")
+    made = up.api.run({"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+                       "name": "nics"}, timeout_s=120)  # fmt: skip
+    assert made["state"] == "succeeded", made["error"]
+    uri, vm_id = server_uri(up, "srv-a1"), made["links"]["vm_id"]
+
+    def live_macs() -> list[str]:
+        conn = libvirt.open(uri)
+        try:
+            xml = conn.lookupByUUIDString(vm_id).XMLDesc(0)
+        finally:
+            conn.close()
+        return [m.get("address", "") for m in ET.fromstring(xml).findall("devices/interface/mac")]
+
+    added = up.api.run({"kind": "vm.add_vnic", "vm": "nics", "network": "net-a"}, timeout_s=60)
+    assert added["state"] == "succeeded", added["error"]
+    mac = added["request"]["mac"]
+    assert added["steps"][0]["outputs"]["live"] is True and live_macs() == [mac]
+    removed = up.api.run({"kind": "vm.remove_vnic", "vm": "nics", "mac": mac}, timeout_s=60)
+    assert removed["state"] == "succeeded", removed["error"]
+    # the definition lets it go at once; the running guest is asked to (ACPI hot-unplug:
+    # an OS completes it, and this guest has none)
+    assert removed["steps"][0]["outputs"]["live"] is True
+    assert "unplug requested" in removed["steps"][0]["outputs"]["note"]
+    conn = libvirt.open(uri)
+    try:
+        xml = conn.lookupByUUIDString(vm_id).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        conn.close()
+    assert ET.fromstring(xml).findall("devices/interface") == []
+    assert up.api.call("GET", "/v1/vms/nics")["nics"] == []

@@ -16,6 +16,7 @@ import posixpath
 import threading
 import time
 import uuid as uuid_mod
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -56,6 +57,7 @@ from workers.hypervisor.xml import (
     cdrom_source,
     dir_pool_xml,
     domain_xml,
+    interface_xml,
     network_xml,
     repin_domain_xml,
     replace_cdrom_xml,
@@ -709,6 +711,44 @@ class Hypervisor:
                 return bytes(data)
 
         return self._call("read_file", read)
+
+    def set_nic_live(self, uuid: str, mac: str, present: bool) -> bool:
+        """Make the running domain have (`present`) or not have its vNIC `mac` as its
+        persistent definition describes it. Returns whether the running domain changed:
+        False when it does not run, has it as wanted already, or its driver cannot change
+        a device live (the test driver: the definition holds from the next start)."""
+
+        def change(c: libvirt.virConnect) -> bool:
+            dom = self._lookup(c, uuid)
+            if not dom.isActive():
+                return False
+            live = interface_xml(dom.XMLDesc(0), mac)
+            try:
+                if present and live is None:
+                    inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                    nic = interface_xml(inactive, mac, keep_address=False)
+                    if nic is None:
+                        raise HypervisorError(f"vNIC {mac} is not in the domain's definition")
+                    dom.attachDeviceFlags(nic, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                    return True
+                if not present and live is not None:
+                    dom.detachDeviceFlags(live, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                    return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+            return False
+
+        return self._call("attachDevice", change)
+
+    def nic_macs(self, uuid: str, *, live: bool = False) -> list[str]:
+        """The MACs of the domain's vNICs (its definition's, or the running domain's)."""
+        flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+        xml = self._call("XMLDesc", lambda c: self._lookup(c, uuid).XMLDesc(flags))
+        return [
+            (m.get("address") or "").lower()
+            for m in ET.fromstring(xml).findall("devices/interface/mac")
+        ]
 
     def set_cdrom(self, uuid: str, path: str | None) -> bool:
         """Put the ISO at `path` in the domain's CD-ROM drive (None: eject), in its

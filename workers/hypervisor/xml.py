@@ -198,6 +198,20 @@ def replace_cdrom_xml(xml: str, path: str | None) -> str:
     raise ValueError("domain has no CD-ROM drive")
 
 
+def interface_xml(xml: str, mac: str, *, keep_address: bool = True) -> str | None:
+    """The `<interface>` of a domain's XML whose MAC is `mac`, as XML (None: no such one);
+    without its `<address>` unless `keep_address` (a device attached to a running domain
+    gets a free slot there: its definition's may be taken)."""
+    for nic in ET.fromstring(xml).findall("devices/interface"):
+        m = nic.find("mac")
+        if m is not None and (m.get("address") or "").lower() == mac.lower():
+            if not keep_address:
+                for addr in nic.findall("address"):
+                    nic.remove(addr)
+            return ET.tostring(nic, encoding="unicode")
+    return None
+
+
 def cdrom_source(xml: str) -> str | None:
     """The file in a domain's CD-ROM drive (None: empty, or no drive)."""
     for disk in ET.fromstring(xml).findall("devices/disk"):
