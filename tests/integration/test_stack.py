@@ -136,3 +136,29 @@ def test_up_starts_fresh_unless_asked_to_keep_the_state(start_up: Any) -> None:
     assert status == 200, page
     assert page["items"] == []
     assert fresh.down().returncode == 0
+
+
+def test_the_mac_registry_survives_a_restart_of_vmorch(start_up: Any) -> None:
+    # given: a VM with a vNIC, made before vmorch is stopped
+    first = start_up()
+    made = first.api.run({"kind": "vm.create_from_template", "pool": "pool-a",
+                          "template": "tmpl-a", "name": "keepmac", "start": False,
+                          "vnics": [{"network": "net-a"}]})  # fmt: skip
+    assert made["state"] == "succeeded", made["error"]
+    [nic] = first.api.call("GET", "/v1/vms/keepmac")["nics"]
+    assert first.down().returncode == 0
+    # when: vmorch is started again, keeping its state (Redis' AOF)
+    kept = start_up("--keep-state")
+    # then: the MAC is still held: asked for again, it is refused; a new VM gets another
+    status, body = kept.api.request(
+        "POST", "/v1/jobs",
+        {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+         "name": "other", "start": False, "vnics": [{"network": "net-a", "mac": nic["mac"]}]},
+    )  # fmt: skip
+    assert status == 409 and body["error"]["details"][0]["loc"] == ["body", "vnics", 0, "mac"]
+    again = kept.api.run({"kind": "vm.create_from_template", "pool": "pool-a",
+                          "template": "tmpl-a", "name": "other", "start": False,
+                          "vnics": [{"network": "net-a"}]})  # fmt: skip
+    assert again["state"] == "succeeded", again["error"]
+    assert kept.api.call("GET", "/v1/vms/other")["nics"][0]["mac"] != nic["mac"]
+    assert kept.down().returncode == 0
