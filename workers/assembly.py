@@ -80,12 +80,35 @@ def _read_all(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+MAX_HEADER_BYTES = 64 * 1024
+
+
+_EXTENDED = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar member whose extended headers (pax, GNU long names) are refused over
+    MAX_HEADER_BYTES: tarfile reads those whole into memory before any check of ours."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_HEADER_BYTES:
+            raise ImportFailed(f"OVA: an extended tar header of {self.size} bytes is refused")
+        return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
+
+
 def stage_ova(chunks: Iterator[bytes], dest: Path, max_bytes: int) -> str:
     """Unpack an OVA stream into `dest`; the descriptor's name (its one .ovf member)."""
     budget = [max_bytes]
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:
+        reader = _ChunkReader(chunks)
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:
             for m in tar:
                 if not m.isfile():
                     kind = (
@@ -142,7 +165,9 @@ def verify(dest: Path, desc: Descriptor, descriptor_name: str) -> bool:
     mf = dest / manifest_name(descriptor_name)
     if not mf.is_file():
         return False
-    listed = parse_manifest(mf.read_text(errors="replace")[:1_000_000])
+    if mf.stat().st_size > 1_000_000:
+        raise ImportFailed(f"OVF manifest {mf.name} is over 1 MB")
+    listed = parse_manifest(mf.read_text(errors="replace"))
     for f in desc.files.values():
         if f.href not in listed:
             raise ImportFailed(f"OVF manifest: {f.href!r} is not listed")
@@ -192,14 +217,16 @@ def inspect_image(path: Path, fmt: str) -> dict[str, Any]:
 MAGIC = {"vmdk": b"KDMV", "qcow2": b"QFI\xfb"}
 
 
-def convert(path: Path, fmt: str, out: Path, timeout_s: float = 3600) -> int:
+def convert(path: Path, fmt: str, out: Path, max_bytes: int, timeout_s: float = 3600) -> int:
     """Convert `path` (read as `fmt`) to a qcow2 image `out`; its virtual size. A vmdk must
     be a binary sparse one (a text descriptor names its extents: any file of this host)."""
     with path.open("rb") as f:
         head = f.read(4)
     if fmt in MAGIC and head != MAGIC[fmt]:
         raise ImportFailed(f"{path.name}: not a {fmt} image (the descriptor says {fmt})")
-    inspect_image(path, fmt)
+    virtual = int(inspect_image(path, fmt).get("virtual-size") or 0)
+    if virtual > max_bytes:  # a small compressed image could fill the staging directory
+        raise ImportFailed(f"{path.name}: a disk of {virtual} bytes, over the limit of {max_bytes}")
     _qemu_img("convert", "-f", fmt, "-O", "qcow2", str(path), str(out), timeout_s=timeout_s)
     return int(inspect_image(out, "qcow2")["virtual-size"])
 

@@ -65,7 +65,7 @@ def open_source(
     return _open_http(parsed, allow, run, max_bytes=max_bytes, timeout_s=timeout_s)
 
 
-def _said(e: BaseException) -> str:
+def _said(e: object) -> str:
     """An error's text as it may be recorded: a source's words are untrusted (an error can
     quote what it sent), so at most 200 printable characters."""
     text = "".join(c if c.isprintable() else " " for c in str(e))
@@ -127,22 +127,27 @@ def _open_http(
             except TimeoutError as e:
                 raise SourceUnavailable(f"{url.host}: no answer within {timeout_s:g} s") from e
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                nxt = url.join(URL(resp.headers["Location"]))
+                try:
+                    nxt = url.join(URL(resp.headers["Location"]))
+                except ValueError as e:
+                    raise ImportFailed(f"{url.host}: redirect to an unreadable URL") from e
                 resp.release()
                 resp = None
+                if nxt.scheme not in ("http", "https"):
+                    raise ImportFailed(f"{url.host}: redirect to a {nxt.scheme!r} URL refused")
                 url = allow.check(str(nxt))  # each hop is checked like the first
                 continue
             break
         else:
             raise ImportFailed(f"more than {MAX_REDIRECTS} redirects from {url.host}")
         assert resp is not None
-        where = f"{url.host}{url.path}"
+        where = _said(f"{url.host}{url.path}")
         if resp.status >= 500 or resp.status == 429:
             raise SourceUnavailable(f"{where}: HTTP {resp.status}")
         if resp.status != 200:
             raise ImportFailed(f"{where}: HTTP {resp.status}")
         if resp.headers.get("Content-Encoding", "identity") != "identity":
-            raise ImportFailed(f"{where}: sent {resp.headers['Content-Encoding']}-encoded")
+            raise ImportFailed(f"{where}: sent {_said(resp.headers['Content-Encoding'])}-encoded")
         size = _declared(resp.content_length, max_bytes, where)
     except BaseException:
         close()
@@ -186,7 +191,7 @@ def _open_ftp(url: URL, allow: ImportAllowList, *, max_bytes: int, timeout_s: fl
     if not path or any(c in path for c in "\r\n\0"):
         raise ImportFailed(f"ftp URL {url.host}{url.raw_path} names no file")
     address, port = _checked_address(url, allow)
-    where = f"{url.host}/{path}"
+    where = _said(f"{url.host}/{path}")
     ftp = ftplib.FTP(timeout=timeout_s)
     # ftplib's default: the passive data connection goes to the host checked above, never
     # to the address the server's PASV reply names (which could be anywhere)
@@ -207,6 +212,10 @@ def _open_ftp(url: URL, allow: ImportAllowList, *, max_bytes: int, timeout_s: fl
             size = ftp.size(path)
         except ftplib.error_perm as e:
             raise ImportFailed(f"{where}: {_said(e)}") from e
+        except ValueError as e:
+            raise ImportFailed(f"{where}: the server's SIZE answer is not a number") from e
+        if size is not None and size < 0:
+            raise ImportFailed(f"{where}: the server says the file has {size} bytes")
         size = _declared(size, max_bytes, where)
         try:
             data = ftp.transfercmd(f"RETR {path}")

@@ -224,10 +224,18 @@ def _system(vs: Element, disks: dict[str, OvfDisk]) -> VirtualSystem:
                     )
                 sys_disks.append(m.group(1))
             elif rtype == ETHERNET:
-                networks.append((_text(item, "Connection") or "")[:63])
+                if len(networks) >= 16:
+                    raise ImportFailed(f"OVF: {vid[:63]}: more than 16 NICs")
+                networks.append(_printable(_text(item, "Connection") or "")[:63])
     if len(sys_disks) > MAX_DISKS_PER_SYSTEM:
         raise ImportFailed(f"OVF: {vid}: more than {MAX_DISKS_PER_SYSTEM} disks")
-    return VirtualSystem(vid, name[:200], vcpus, memory_mib, sys_disks, networks)
+    return VirtualSystem(
+        _printable(vid)[:63], _printable(name)[:200], vcpus, memory_mib, sys_disks, networks
+    )
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def parse_manifest(text: str) -> dict[str, tuple[str, str]]:

@@ -150,11 +150,18 @@ LIBVIRT_PARAMS = {"socket", "no_verify", "pkipath", "known_hosts", "known_hosts_
 
 
 def _uri_problem(uri: str) -> str | None:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as e:
+        return f"not a URI ({e})"
     driver, _, transport = parts.scheme.partition("+")
     if driver not in LIBVIRT_DRIVERS or transport not in LIBVIRT_TRANSPORTS:
         return f"{parts.scheme!r} is not a libvirt driver[+transport] vmorch uses"
-    bad = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)} - LIBVIRT_PARAMS)
+    if driver == "test" and parts.path != "/default":
+        # the test driver reads the file its path names, on the worker
+        return "a test-driver server is test[+unix]:///default"
+    bad = sorted({k for k, _ in query} - LIBVIRT_PARAMS)
     if bad:
         return f"URI parameter(s) {', '.join(bad)} are not allowed"
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.errors import Permanent
 from schemas.inventory import ServerPool, VmDisk
 from schemas.requests import DiskClone, DiskCopy
 from tasks.step import StepContext
@@ -40,6 +41,7 @@ def clone_disks(
     copies: Sequence[tuple[str, str]],
     types: Sequence[DiskClone | DiskCopy] = (),
     sources: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Clone each (source volume, target name) into `repository` (or the repository the
     request gives that disk); the sources are in `sources` (per disk) or `repository`.
@@ -55,7 +57,8 @@ def clone_disks(
         into = target_repository(types, i) or repository
         if ctx.attempt > 1:
             hv.delete_volume(into, name)
-        path, fmt = hv.clone_volume(froms[i], source, name, kind, into=into)
+        expect = formats[i] if formats is not None else None
+        path, fmt = hv.clone_volume(froms[i], source, name, kind, into=into, expect_format=expect)
         out.append(
             {
                 "volume": name,
@@ -73,6 +76,21 @@ def clone_disks(
         )
         ctx.check()
     return out
+
+
+class VolumeExists(Permanent):
+    code = "volume_exists"
+
+
+def names_free(hv: Hypervisor, repository: str, names: Sequence[str]) -> None:
+    """Refuse to go on when `repository` holds a volume of one of `names` already: a job
+    never replaces (nor, undoing, deletes) a volume it did not make. Run it in a step of
+    its own, before the step that makes them (whose undo deletes them by name)."""
+    taken = sorted(set(names) & hv.volume_names(repository))
+    if taken:
+        raise VolumeExists(
+            f"repository {repository} holds {', '.join(taken)} already: not replaced"
+        )
 
 
 def delete_disks(

@@ -23,11 +23,13 @@ from typing import cast
 from yarl import URL
 
 from orchestrator.errors import ImportFailed
+from orchestrator.jobs.submit import valid_name
 from orchestrator.targets import file_name
 from schemas.base import utcnow
 from schemas.inventory import AssemblySystem, Template, TemplateDisk
 from schemas.requests import AssemblyImport
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.disks import names_free
 from tasks.steps.fetching import Listing, open_upload, open_url, upload_path
 from workers import ovf
 from workers.assembly import (
@@ -68,6 +70,12 @@ LISTING = Listing(
 )
 
 
+def _descriptor_bytes(path: Path) -> bytes:
+    if path.stat().st_size > ovf.MAX_DESCRIPTOR_BYTES:
+        raise ImportFailed(f"OVF: descriptor larger than {ovf.MAX_DESCRIPTOR_BYTES} bytes")
+    return path.read_bytes()
+
+
 def _hashed(chunks: Iterator[bytes], want: str | None, what: str) -> Iterator[bytes]:
     """`chunks`, refused at their end when their SHA-256 is not `want`."""
     h = hashlib.sha256()
@@ -102,7 +110,7 @@ def _stage(ctx: StepContext, dest: Path) -> str:
         stage_file(chunks, dest, name, budget)
     finally:
         src.close()
-    desc = ovf.parse((dest / name).read_bytes(), budget[0])
+    desc = ovf.parse(_descriptor_bytes(dest / name), budget[0])
     base = URL(url)
     wanted = [f.href for f in desc.files.values()]
     for href in [*wanted, manifest_name(name)]:
@@ -145,11 +153,23 @@ def import_run(ctx: StepContext) -> Outputs:
         _undo_templates(ctx)  # an earlier attempt's, cut short
     with staging(ctx.runtime.settings.staging_dir, ctx.job.id) as dest:
         descriptor = _stage(ctx, dest)
-        desc = ovf.parse((dest / descriptor).read_bytes(), ctx.runtime.settings.import_max_bytes)
+        desc = ovf.parse(
+            _descriptor_bytes(dest / descriptor), ctx.runtime.settings.import_max_bytes
+        )
         has_manifest = verify(dest, desc, descriptor)
         plans = []
-        for vs in desc.systems:
-            name = template_name(assembly, vs.id)
+        names = [template_name(assembly, vs.id) for vs in desc.systems]
+        if len(set(names)) != len(names):
+            raise ImportFailed(f"two virtual systems would make one template: {sorted(names)}")
+        for name in names:
+            if not valid_name(name):
+                raise ImportFailed(f"virtual system's template name {name!r} is not valid")
+        names_free(
+            hv, req.repository,
+            [f"{n}-disk{i}" for n, vs in zip(names, desc.systems, strict=True)
+             for i in range(len(vs.disks))],
+        )  # fmt: skip
+        for vs, name in zip(desc.systems, names, strict=True):
             disks = [
                 TemplateDisk(volume=f"{name}-disk{i}", capacity_bytes=desc.disks[d].capacity_bytes,
                              format="qcow2")
@@ -174,7 +194,9 @@ def import_run(ctx: StepContext) -> Outputs:
             for disk_id, disk in zip(vs.disks, tmpl.disks, strict=True):
                 src = dest / desc.file_of(disk_id).href
                 out = dest / f"{disk.volume}.qcow2"
-                virtual = convert(src, desc.disks[disk_id].format, out)
+                virtual = convert(
+                    src, desc.disks[disk_id].format, out, ctx.runtime.settings.import_max_bytes
+                )
                 hv.upload_volume(
                     req.repository, disk.volume, out.stat().st_size, file_chunks(out, ctx.check)
                 )

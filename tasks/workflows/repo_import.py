@@ -15,6 +15,7 @@ from orchestrator.targets import file_name
 from schemas.base import utcnow
 from schemas.requests import RepositoryImport
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.disks import names_free
 from tasks.steps.fetching import (
     Listing,
     fetch_into,
@@ -47,6 +48,13 @@ LISTING = Listing(
         _source(_req(ctx)),
     )
 )
+
+
+def check_name_run(ctx: StepContext) -> Outputs:
+    """The file's name is free among the repository's volumes (a VM's disk, a template's)."""
+    req = _req(ctx)
+    names_free(ctx.hypervisor(ctx.outputs["server"]), req.repository, [content_name(req)])
+    return {}
 
 
 def fetch_run(ctx: StepContext) -> Outputs:
@@ -100,6 +108,7 @@ def steps(_req: RepositoryImport) -> list[Step]:
     return [
         LISTING.reserve,
         LISTING.place,
+        Step("check_name", check_name_run, None, "no volume of that name in the repository"),
         Step("fetch", fetch_run, fetch_undo, "stream the file into the repository, checked"),
         Step("record", record_run, None, "list the file in the repository"),
     ]

@@ -20,7 +20,7 @@ from schemas.requests import (
     TemplateRequest,
 )
 from tasks.step import Outputs, Step, StepContext
-from tasks.steps.disks import clone_disks, delete_disks, repository_of
+from tasks.steps.disks import clone_disks, delete_disks, names_free, repository_of
 from tasks.steps.fetching import fetch_into, open_url, server_seeing
 from tasks.workflows.vm_clone import stopped
 
@@ -83,6 +83,14 @@ def place_run(ctx: StepContext) -> Outputs:
     return server_seeing(ctx, _source_shape(ctx)[0])
 
 
+def check_names_run(ctx: StepContext) -> Outputs:
+    """The template's disk names are free in the repository (never a VM's or another's)."""
+    repo, _, _, sources = _source_shape(ctx)
+    names = [disk_name(_req(ctx).name, i) for i in range(len(sources))]
+    names_free(ctx.hypervisor(ctx.outputs["server"]), repo, names)
+    return {}
+
+
 def copy_run(ctx: StepContext) -> Outputs:
     """Copy the source's disks as the template's (sparse or full)."""
     req = _req(ctx)
@@ -97,7 +105,11 @@ def copy_run(ctx: StepContext) -> Outputs:
     if vm is not None:  # a VM's disks may be in other repositories of its pool
         pool = ctx.run(ctx.runtime.inventory.pool(vm.pool))
         froms = [repository_of(pool, d) for d in vm.disks]
-    copied = clone_disks(ctx, hv, repo, copies, req.disks, froms)
+        formats = [d.format for d in vm.disks]
+    else:
+        src_t = ctx.run(ctx.runtime.inventory.template(cast(CloneTemplate, req).template))
+        formats = [d.format for d in src_t.disks]
+    copied = clone_disks(ctx, hv, repo, copies, req.disks, froms, formats=formats)
     if vm is not None:
         stopped(ctx, ctx.run(ctx.runtime.inventory.vm(vm.id)), "after the copy")
     disks = [
@@ -148,6 +160,7 @@ def steps(req: TemplateRequest) -> list[Step]:
     return [
         Step("reserve", reserve_run, reserve_undo, "reserve the template's name"),
         Step("place", place_run, None, "choose the server that makes the disks"),
+        Step("check_names", check_names_run, None, "no volumes of its disks' names yet"),
         make,
         Step("record", record_run, None, "list the template as ready"),
     ]

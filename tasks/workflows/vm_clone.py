@@ -51,7 +51,10 @@ def clone_run(ctx: StepContext) -> Outputs:
     hv = ctx.hypervisor(ctx.outputs["server"])
     copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(src.disks)]
     froms = [repository_of(pool, d) for d in src.disks]
-    copied = clone_disks(ctx, hv, pool.repository.name, copies, _req(ctx).disks, froms)
+    formats = [d.format for d in src.disks]
+    copied = clone_disks(
+        ctx, hv, pool.repository.name, copies, _req(ctx).disks, froms, formats=formats
+    )
     stopped(ctx, _source(ctx), "after the copy (it was started meanwhile)")
     out: dict[str, Any] = {"disks": vm_disks(copied), "has_cdrom": src.has_cdrom, "boot": src.boot}
     if src.cdrom is not None:

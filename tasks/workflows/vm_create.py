@@ -103,7 +103,9 @@ def clone_run(ctx: StepContext) -> Outputs:
     tmpl = _template(ctx)
     hv = ctx.hypervisor(ctx.outputs["server"])
     copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(tmpl.disks)]
-    return {"disks": vm_disks(clone_disks(ctx, hv, tmpl.repository, copies, _req(ctx).disks))}
+    formats = [d.format for d in tmpl.disks]
+    copied = clone_disks(ctx, hv, tmpl.repository, copies, _req(ctx).disks, formats=formats)
+    return {"disks": vm_disks(copied)}
     # (the template is in the pool's repository: a disk goes there unless the request
     # names another repository of the pool for it)
 

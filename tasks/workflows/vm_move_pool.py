@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from orchestrator.errors import MigrationRefused
 from schemas import event_types as et
 from schemas.inventory import ServerPool, Vm, VmDisk
 from schemas.requests import MigrateVm
@@ -38,6 +39,12 @@ def _copy_disks(ctx: StepContext) -> Outputs:
     source, target = str(ctx.outputs["source"]), str(ctx.outputs["target"])
     dest = ctx.run(ctx.runtime.inventory.server(target))
     src = ctx.hypervisor(source)
+    thin = [d.volume for d in vm.disks if d.backing]
+    if thin:
+        raise MigrationRefused(
+            f"{', '.join(thin)}: a thin clone needs its template's volume, in this pool: "
+            "clone the VM (full) first"
+        )
     total = len(vm.disks) or 1
     disks = []
     for i, d in enumerate(vm.disks):
@@ -49,7 +56,7 @@ def _copy_disks(ctx: StepContext) -> Outputs:
         path = src.copy_volume_to(
             repository_of(src_repo, d), d.volume, dest.uri, dst_repo, d.volume, progress
         )
-        disks.append({"volume": d.volume, "path": path, "target": d.target})
+        disks.append({"volume": d.volume, "path": path, "target": d.target, "format": d.format})
     # where each source volume is: deleted from there once the VM is switched
     sources = {d.volume: repository_of(src_repo, d) for d in vm.disks}
     return {"disks": disks, "target_repository": dst_repo, "source_repositories": sources}
@@ -82,6 +89,7 @@ def _moved(ctx: StepContext, vm: Vm) -> Vm:
             "server": ctx.outputs["target"],
             "disks": disks,
             "pinning": ctx.outputs.get("pinning") or None,
+            "cdrom": None,  # its ISO is in the old pool's repository: the drive is empty there
         }
     )
 

@@ -54,7 +54,10 @@ def copy_run(ctx: StepContext) -> Outputs:
     moves = ctx.outputs["moves"]
     for n, m in enumerate(moves):
         hv.delete_volume(target, m["volume"])  # an earlier attempt's, maybe half made
-        path, _fmt = hv.clone_volume(m["from"], m["volume"], m["volume"], "sparse", into=target)
+        path, _fmt = hv.clone_volume(
+            m["from"], m["volume"], m["volume"], "sparse", into=target,
+            expect_format=vm.disks[m["index"]].format,
+        )  # fmt: skip
         paths[str(m["index"])] = path
         ctx.report((n + 1) / len(moves), {"disks_done": n + 1, "disks": len(moves)})
     stopped(ctx, vm_of(ctx), "after the copy (it was started meanwhile)")

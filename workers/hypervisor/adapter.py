@@ -510,17 +510,28 @@ class Hypervisor:
         name: str,
         clone_type: str = "sparse",
         into: str | None = None,
+        expect_format: str | None = None,
     ) -> tuple[str, str]:
         """Ensure volume `name` exists in `into` (another storage pool of this server) or
         in `pool`, cloned from `source` of `pool`: `sparse` (holes stay holes), `full`
         (every byte allocated) or `thin` (a qcow2 overlay backed by `source`, which must
-        then stay). Returns (its path, its format)."""
+        then stay). Returns (its path, its format). `expect_format`: the format vmorch
+        recorded for `source`; libvirt reads a volume's format from its first bytes, so a
+        raw disk whose guest wrote an image header there (naming any file of the server as
+        its backing file) would be copied as that image: refused when the two differ."""
         made: dict[str, str] = {}
 
         def clone(sp: libvirt.virStoragePool) -> libvirt.virStorageVol:
             home = sp if into in (None, pool) else sp.connect().storagePoolLookupByName(pool)
             src = home.storageVolLookupByName(source)
             capacity, fmt = src.info()[1], volume_format(src.XMLDesc(0))
+            if expect_format and fmt != expect_format:
+                if sp.connect().getType().lower() != "test":  # (it keeps no data to read)
+                    raise HypervisorError(
+                        f"volume {source} reads as {fmt} now, recorded as {expect_format}: "
+                        "not copied (a guest may have written an image header on it)"
+                    )
+                fmt = expect_format
             if clone_type == "thin":
                 made["format"] = "qcow2"
                 xml = volume_xml(name, capacity, "qcow2", backing=(src.path(), fmt))
@@ -543,6 +554,16 @@ class Hypervisor:
                 ),
             )
         return path, made["format"]
+
+    def volume_names(self, pool: str) -> set[str]:
+        """The volumes of `pool` on this server, after a refresh (shared storage)."""
+
+        def names(c: libvirt.virConnect) -> set[str]:
+            sp = c.storagePoolLookupByName(pool)
+            sp.refresh(0)
+            return set(sp.listVolumes())
+
+        return self._call("listVolumes", names)
 
     def volume_capacity(self, pool: str, name: str) -> int:
         """The capacity of volume `name` in `pool`, in bytes."""

@@ -71,8 +71,8 @@ def test_an_iso_is_imported_checked_and_listed(
     size = (root / "inst.iso").stat().st_size
     job = import_iso(fleet, server.url("inst.iso"), sha256=sha)
     assert job.state == JobState.SUCCEEDED, job.error
-    assert [s.name for s in job.steps] == ["reserve", "place", "fetch", "record"]
-    fetch = job.steps[2]
+    assert [s.name for s in job.steps] == ["reserve", "place", "check_name", "fetch", "record"]
+    fetch = job.steps[3]
     assert fetch.outputs["sha256"] == sha and fetch.outputs["size_bytes"] == size
     assert fetch.outputs["format"] == "iso" and fetch.detail["bytes_done"] == size
     # listed ready in the repository, with what was measured
@@ -296,3 +296,23 @@ def test_a_file_of_a_server_is_imported_only_by_repository_import_and_when_allow
             assert refused.value.details[0][0] == ["body", "url"], refused.value.details
     finally:
         e.close()
+
+
+def test_an_import_never_replaces_a_volume_it_did_not_make(
+    fleet: Engine, conn: libvirt.virConnect, files: tuple[FileServer, Path]
+) -> None:
+    """A name that is already a volume of the repository (a template's base volume, a VM's
+    disk) is refused, and the volume is left as it was (its undo does not delete it)."""
+    server, root = files
+    make_iso(root / "inst.iso")
+    sp = conn.storagePoolLookupByName("repo-u")
+    before = sp.storageVolLookupByName("base.img").XMLDesc(0)
+    job = import_iso(fleet, server.url("inst.iso"), name="base.img")
+    assert job.state == JobState.FAILED and job.error.code == "volume_exists", job.error
+    assert sp.storageVolLookupByName("base.img").XMLDesc(0) == before
+    # a template whose disk name is a volume already (e.g. a VM's disk)
+    sp.createXML("<volume><name>clash-disk0</name><capacity>4096</capacity></volume>", 0)
+    tmpl = run(fleet, {"kind": "template.clone", "template": "t1", "name": "clash"})
+    assert tmpl.state == JobState.FAILED and tmpl.error.code == "volume_exists", tmpl.error
+    assert sp.storageVolLookupByName("clash-disk0").info()[1] == 4096
+    assert fleet.run(fleet.inventory.find_template("clash")) is None
