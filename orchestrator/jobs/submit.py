@@ -348,12 +348,15 @@ class Submitter:
             raise
         claimed: list[str] = []  # an added vNIC's MAC, claimed for its VM
         if isinstance(req, AddVnic):
+            vm_id = link_update["vm_id"]
+            # held for this VM already (a replay of a queued add): not this call's to give back
+            before = await self.macs.holder(req.mac) if req.mac else None
             try:
-                [mac] = await self.macs.claim(link_update["vm_id"], [req.mac])
+                [mac] = await self.macs.claim(vm_id, [req.mac])
             except Conflict as e:
                 raise Conflict(e.message, details=[(["body", "mac"], e.message)]) from None
             req = req.model_copy(update={"mac": mac})  # the job adds this one
-            claimed = [mac]
+            claimed = [] if before == vm_id else [mac]
         now = utcnow()
         job = Job(
             id=job_id,

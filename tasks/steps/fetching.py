@@ -192,6 +192,8 @@ class Listing:
     server that sees the repository."""
 
     of: Callable[[StepContext], tuple[str, str, ContentKind, str]]
+    # what else its failure leaves to clean (an uploaded file staged for it)
+    cleanup: Callable[[StepContext], None] | None = None
 
     def record(self, ctx: StepContext, **update: object) -> RepositoryContent:
         repository, name, kind, url = self.of(ctx)
@@ -212,6 +214,8 @@ class Listing:
     def _release(self, ctx: StepContext) -> None:
         repository, name, _, _ = self.of(ctx)
         ctx.run(ctx.runtime.content.release(repository, name, ctx.job.id, fence=ctx.fence))
+        if self.cleanup is not None:
+            self.cleanup(ctx)
 
     def _place(self, ctx: StepContext) -> Outputs:
         return server_seeing(ctx, self.of(ctx)[0])

@@ -66,7 +66,8 @@ LISTING = Listing(
         assembly_name(_req(ctx)),
         "assembly",
         _req(ctx).url or f"upload:{_req(ctx).upload}",
-    )
+    ),
+    cleanup=lambda ctx: _drop_upload(ctx),  # an upload whose import failed
 )
 
 

@@ -46,7 +46,8 @@ LISTING = Listing(
         content_name(_req(ctx)),
         _req(ctx).content,
         _source(_req(ctx)),
-    )
+    ),
+    cleanup=lambda ctx: _drop_upload(ctx),  # an upload whose import failed
 )
 
 

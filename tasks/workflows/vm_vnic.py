@@ -10,9 +10,10 @@ has not, changes nothing.
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
-from orchestrator.errors import HypervisorError
+from orchestrator.errors import HypervisorError, Permanent
 from schemas.inventory import VmNic
 from schemas.requests import AddVnic, RemoveVnic
 from tasks.step import Outputs, Step, StepContext
@@ -42,24 +43,42 @@ def _add(ctx: StepContext) -> Outputs:
 
 
 def _add_undo(ctx: StepContext) -> None:
-    """The vNIC goes again (if it was added) and its MAC back to the registry."""
+    """The vNIC goes again, from the record, the definition (rendered from the record
+    without it, whatever the failed step left there) and the running domain, and its
+    MAC back to the registry."""
     req = cast(AddVnic, ctx.request)
     mac = (req.mac or "").lower()
     vm = vm_of(ctx)
-    if any(n.mac.lower() == mac for n in vm.nics):
-        _apply(ctx, [n for n in vm.nics if n.mac.lower() != mac], mac, False)
+    _apply(ctx, [n for n in vm.nics if n.mac.lower() != mac], mac, False)
     ctx.run(ctx.runtime.services.macs.release(vm.id, [mac]))
+
+
+UNPLUG_WAIT_S = 10.0
 
 
 def _remove(ctx: StepContext) -> Outputs:
+    """Out of the definition, then out of the running guest: a PCI hot-unplug is a request
+    its OS completes. Only once the device is gone does the record drop it and its MAC go
+    back to the registry (a MAC still on a live device must not be handed out again)."""
     req = cast(RemoveVnic, ctx.request)
     mac = req.mac.lower()
     vm = vm_of(ctx)
-    out = _apply(ctx, [n for n in vm.nics if n.mac.lower() != mac], mac, False)
+    hv = hv_of(ctx, vm)
+    record = vm.model_copy(update={"nics": [n for n in vm.nics if n.mac.lower() != mac]})
+    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": vm.pool}))
+    live = hv.set_nic_live(vm.id, mac, False)
+    deadline = time.monotonic() + UNPLUG_WAIT_S
+    while live and mac in hv.nic_macs(vm.id, live=True):
+        if time.monotonic() > deadline:
+            raise Permanent(
+                f"the guest of vm {vm.name} has not let vNIC {mac} go within "
+                f"{UNPLUG_WAIT_S:g} s: it is out of the definition (gone at the next stop); "
+                "its MAC stays claimed: run vm.remove_vnic again once it is gone"
+            )
+        ctx.sleep(0.5)
+    ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
     ctx.run(ctx.runtime.services.macs.release(vm.id, [mac]))
-    if out["live"]:  # a PCI hot-unplug: QEMU asks the guest, which lets the device go
-        out["note"] = "unplug requested from the running guest (its OS completes it)"
-    return out
+    return {"mac": mac, "live": live}
 
 
 def add_steps(_req: AddVnic) -> list[Step]:

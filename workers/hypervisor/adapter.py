@@ -699,6 +699,19 @@ class Hypervisor:
         """The file at `path` on the server as a volume of a transient storage pool of its
         directory (gone afterwards): libvirt reads it there, wherever the server is."""
         directory, file = posixpath.split(path)
+        try:  # a storage pool of the server covers the directory already: read it there
+            existing = c.storagePoolLookupByTargetPath(directory)
+        except libvirt.libvirtError:
+            existing = None
+        if existing is not None and existing.isActive():
+            existing.refresh(0)
+            try:
+                vol = existing.storageVolLookupByName(file)
+            except libvirt.libvirtError as e:
+                raise NotFound(f"{path}: no such file on {self.uri}") from e
+            self._plain_file(vol, path)
+            yield vol
+            return
         tmp_name = f"vmorch-read-{uuid_mod.uuid4().hex[:12]}"
         tmp = c.storagePoolCreateXML(dir_pool_xml(tmp_name, directory), 0)
         try:
@@ -708,10 +721,17 @@ class Hypervisor:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise NotFound(f"{path}: no such file on {self.uri}") from e
                 raise
+            self._plain_file(vol, path)
             yield vol
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 tmp.destroy()
+
+    @staticmethod
+    def _plain_file(vol: libvirt.virStorageVol, path: str) -> None:
+        """Refuse what is not a plain file at that very path (a device, a directory)."""
+        if vol.info()[0] != libvirt.VIR_STORAGE_VOL_FILE or vol.path() != path:
+            raise ImportFailed(f"{path} is not a plain file on the server")
 
     def read_file(self, path: str, max_bytes: int) -> bytes:
         """A small file of the server (an install tree's .treeinfo), at most `max_bytes`."""

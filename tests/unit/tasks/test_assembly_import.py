@@ -168,6 +168,12 @@ def hostile(case: str, www: Path) -> tuple[str, str]:
         desc = ovf_descriptor({vmdk: len(text)}, [WEB])
         _ova(www, [_file("app.ovf", desc.encode()), _file(vmdk, text)])
         return "bad.ova", "not a vmdk image"
+    if case == "pax-bomb":  # an extended header tarfile would read whole into memory
+        with tarfile.open(www / "bad.ova", "w", format=tarfile.PAX_FORMAT) as tar:
+            info, body = _file(ovf, data[ovf])
+            info.pax_headers = {"comment": "x" * 200_000}
+            tar.addfile(info, io.BytesIO(body))
+        return "bad.ova", "extended tar header"
     if case == "not-a-tar":
         (www / "bad.ova").write_bytes(b"\x00garbage" * 200)
         return "bad.ova", "OVA"
@@ -180,6 +186,7 @@ def hostile(case: str, www: Path) -> tuple[str, str]:
         "traversal-member", "absolute-member", "symlink", "hardlink", "traversal-href",
         "absurd-size", "lying-size", "entity-expansion", "external-entity",
         "manifest-mismatch", "not-in-manifest", "missing-file", "text-vmdk", "not-a-tar",
+        "pax-bomb",
     ],
 )  # fmt: skip
 def test_a_hostile_or_broken_assembly_is_refused_and_leaves_nothing(
