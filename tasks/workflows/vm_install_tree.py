@@ -26,8 +26,7 @@ from tasks.step import Outputs, Step, StepContext, Wait
 from tasks.steps.fetching import fetch_into, fetch_server_file, open_url
 from tasks.steps.vm import START, domain_spec_of, hv_of, observe, vm_of
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
-from tasks.workflows.vm_create_iso import MIB
-from workers.hypervisor.xml import disk_target
+from tasks.workflows.vm_create_iso import empty_disks_undo, make_empty_disks
 
 TREEINFO_MAX = 64 * 1024
 _PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
@@ -122,30 +121,7 @@ def fetch_undo(ctx: StepContext) -> None:
 
 
 def disks_run(ctx: StepContext) -> Outputs:
-    """Ensure each empty disk `<vm>-<id8>-disk<i>` exists (an earlier attempt's is empty too)."""
-    req = _req(ctx)
-    repo = _repository(ctx)
-    hv = ctx.hypervisor(ctx.outputs["server"])
-    disks = []
-    for i, d in enumerate(req.disks):
-        name = volume_name(ctx, i)
-        disks.append(
-            {
-                "volume": name,
-                "path": hv.create_volume(repo, name, d.size_mib * MIB),
-                "target": disk_target(i),
-            }
-        )
-        ctx.check()
-    return {"disks": disks}
-
-
-def disks_undo(ctx: StepContext) -> None:
-    server = ctx.outputs.get("server")
-    if server:
-        hv = ctx.hypervisor(server)
-        for i in range(len(_req(ctx).disks)):
-            hv.delete_volume(_repository(ctx), volume_name(ctx, i))
+    return {"disks": make_empty_disks(ctx)}
 
 
 def install_run(ctx: StepContext) -> Outputs | Wait:
@@ -210,7 +186,7 @@ def steps(req: CreateFromInstallTree) -> list[Step]:
         RESERVE,
         PLACE,
         Step("fetch_installer", fetch_run, fetch_undo, "fetch the tree's kernel and initrd"),
-        Step("create_disks", disks_run, disks_undo, "make the empty disks"),
+        Step("create_disks", disks_run, empty_disks_undo, "make the empty disks"),
         DEFINE,
         Step(
             "install",
