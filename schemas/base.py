@@ -22,10 +22,15 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def is_name(value: str) -> bool:
+    """Whether `value` is a valid object name (see `Name`)."""
+    # fullmatch: with match, `$` also matched before a final newline ("web1\n" passed).
+    return len(value) <= NAME_MAX and _NAME_RE.fullmatch(value) is not None
+
+
 def _check_name(value: str) -> str:
     # Names end up in libvirt XML, volume file names and Redis keys: keep them boring.
-    # fullmatch: with match, `$` also matched before a final newline ("web1\n" passed).
-    if len(value) > NAME_MAX or not _NAME_RE.fullmatch(value):
+    if not is_name(value):
         raise ValueError(
             "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a "
             "letter or digit, without '..' (no path separators or control characters)"

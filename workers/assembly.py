@@ -20,7 +20,7 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -231,7 +231,7 @@ def convert(path: Path, fmt: str, out: Path, max_bytes: int, timeout_s: float = 
     return int(inspect_image(out, "qcow2")["virtual-size"])
 
 
-def file_chunks(path: Path, check: Callable[[], None]) -> Iterator[bytes]:
+def file_chunks(path: Path, check: Callable[[], None]) -> Generator[bytes, None, None]:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             check()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import uuid
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -42,7 +41,7 @@ from schemas.api import (
     TemplateView,
     VmView,
 )
-from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
+from schemas.base import is_name, utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import (
     AntiAffinityGroup,
@@ -224,13 +223,11 @@ async def fence_server(request: web.Request) -> web.Response:
     return respond(FenceRecord(server=name, by=by, reason=ack.reason), 202)
 
 
-_NAME = re.compile(NAME_PATTERN)
-
-
-def _group_name(request: web.Request, param: str = "group") -> str:
+def _path_name(request: web.Request, param: str = "group", what: str = "group name") -> str:
+    """A name from the path, checked like every name (422 naming the parameter)."""
     name = request.match_info[param]
-    if len(name) > NAME_MAX or not _NAME.fullmatch(name):
-        msg = f"a {param} name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
+    if not is_name(name):
+        msg = f"a {what} is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
         raise ValidationFailed(msg, details=[(["path", param], msg)])
     return name
 
@@ -263,7 +260,7 @@ async def _pool_groups(
 async def put_anti_affinity_group(request: web.Request) -> web.Response:
     """Create or replace a pool's anti-affinity group: placement never puts two of its VMs
     on one server from now on (creates, clones, HA relocation; migrations refuse it)."""
-    group = _group_name(request)
+    group = _path_name(request)
     try:
         spec = AntiAffinitySpec.model_validate(await json_body(request), strict=True)
     except ValidationError as e:
@@ -278,7 +275,7 @@ async def put_anti_affinity_group(request: web.Request) -> web.Response:
 
 
 async def delete_anti_affinity_group(request: web.Request) -> web.Response:
-    group = _group_name(request)
+    group = _path_name(request)
 
     def change(p: ServerPool) -> ServerPool:
         if not any(g.name == group for g in p.anti_affinity_groups):
@@ -292,7 +289,7 @@ async def delete_anti_affinity_group(request: web.Request) -> web.Response:
 async def present_repository(request: web.Request) -> web.Response:
     """Present a repository to a pool: VMs of the pool may have disks there (vm.move, a
     disk's `repository` in a create or clone), imports into it run on the pool's servers."""
-    name = _group_name(request, "repository")
+    name = _path_name(request, "repository", "repository name")
     try:
         spec = RepositorySpec.model_validate(await json_body(request), strict=True)
     except ValidationError as e:
@@ -312,7 +309,7 @@ async def withdraw_repository(request: web.Request) -> web.Response:
     """Stop presenting a repository to a pool: refused while a VM of the pool has a disk
     there."""
     svc = services(request)
-    name = _group_name(request, "repository")
+    name = _path_name(request, "repository", "repository name")
     pool = await svc.inventory.pool(request.match_info["pool"])
     users: list[str] = []
     for s in pool.servers:
@@ -336,7 +333,7 @@ async def withdraw_repository(request: web.Request) -> web.Response:
 async def put_cpu_group(request: web.Request) -> web.Response:
     """Create or replace a pool's CPU compatibility group: a running VM moves live only
     between servers of one group."""
-    group = _group_name(request)
+    group = _path_name(request)
     try:
         spec = CpuGroupSpec.model_validate(await json_body(request), strict=True)
     except ValidationError as e:
@@ -361,7 +358,7 @@ async def put_cpu_group(request: web.Request) -> web.Response:
 
 
 async def delete_cpu_group(request: web.Request) -> web.Response:
-    group = _group_name(request)
+    group = _path_name(request)
 
     def change(p: ServerPool) -> ServerPool:
         if not any(g.name == group for g in p.cpu_groups):
@@ -424,10 +421,7 @@ async def upload_content(request: web.Request) -> web.Response:
     svc = services(request)
     q = params(request)
     repository = request.match_info["repository"]
-    name = request.match_info["name"]
-    if not _NAME.fullmatch(name) or len(name) > NAME_MAX:
-        msg = "a file name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
-        raise ValidationFailed(msg, details=[(["path", "name"], msg)])
+    name = _path_name(request, "name", "file name")
     if not any(p.presents(repository) for p in await svc.inventory.pools()):
         raise NotFound(f"repository {repository!r} not found")
     if q["content"] == "assembly" and not name.lower().endswith(".ova"):

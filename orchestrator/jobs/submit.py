@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.macs import MacStore
 from orchestrator.targets import ImportAllowList, TargetRefused, file_name
-from schemas.base import NAME_MAX, NAME_PATTERN, utcnow
+from schemas.base import is_name, utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import ContentKind, ServerPool, Vm, VmNic, VmState
 from schemas.jobs import Job, JobLinks, JobState
@@ -49,12 +48,6 @@ from schemas.requests import (
     TemplateRequest,
     VmOperation,
 )
-
-_NAME = re.compile(NAME_PATTERN)
-
-
-def valid_name(name: str) -> bool:
-    return len(name) <= NAME_MAX and _NAME.fullmatch(name) is not None
 
 
 def _disk_repository_problems(
@@ -245,7 +238,7 @@ class Submitter:
         if not name:
             msg = "the URL names no file: give a name"
             raise ValidationFailed(msg, details=[(["body", "name"], msg)])
-        if not valid_name(name):
+        if not is_name(name):
             msg = f"the URL's file name {name[:80]!r} is not a valid name here: give a name"
             raise ValidationFailed(msg, details=[(["body", "name"], msg)])
         held = await self.content.get(req.repository, name)

@@ -15,6 +15,7 @@ from orchestrator.targets import ImportAllowList, public_url, server_path
 from schemas.inventory import ContentKind, RepositoryContent
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.placement import choose_server
+from workers.assembly import file_chunks
 from workers.fetch import Source, open_source
 
 PROGRESS_S = 0.5
@@ -126,18 +127,10 @@ def open_upload(ctx: StepContext, upload_id: str) -> Source:
     """A file uploaded through the api (`PUT /v1/repositories/{r}/content/{name}`), as the
     api staged it in the upload directory it shares with the workers."""
     path = upload_path(ctx, upload_id)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError as e:
-        raise ImportFailed(
-            f"upload {upload_id} is not in {path.parent} (shared with the api?)"
-        ) from e
-
-    def chunks() -> Iterator[bytes]:
-        while chunk := f.read(1024 * 1024):
-            yield chunk
-
-    return Source(path.stat().st_size, chunks(), f.close)
+    if not path.is_file():
+        raise ImportFailed(f"upload {upload_id} is not in {path.parent} (shared with the api?)")
+    chunks = file_chunks(path, ctx.check)
+    return Source(path.stat().st_size, chunks, chunks.close)
 
 
 def fetch_into(

@@ -68,6 +68,14 @@ def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
     )
 
 
+def redefine(ctx: StepContext, hv: Hypervisor, record: Vm, **metadata: str) -> None:
+    """Make the VM's domain (same UUID) what `record` describes, then save the record:
+    the record and the definition change together. Converges."""
+    ctx.expect(record.id, [et.VM_DEFINED])
+    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": record.pool, **metadata}))
+    ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
+
+
 def _settled_in(wanted: VmState, out: Outputs) -> Callable[[StepContext], Outputs | None]:
     def settled(ctx: StepContext) -> Outputs | None:
         """The target state holds (the event may have been missed): the wait is over."""

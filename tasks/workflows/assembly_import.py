@@ -23,9 +23,8 @@ from typing import cast
 from yarl import URL
 
 from orchestrator.errors import ImportFailed
-from orchestrator.jobs.submit import valid_name
 from orchestrator.targets import file_name
-from schemas.base import utcnow
+from schemas.base import is_name, utcnow
 from schemas.inventory import AssemblySystem, Template, TemplateDisk
 from schemas.requests import AssemblyImport
 from tasks.step import Outputs, Step, StepContext
@@ -163,7 +162,7 @@ def import_run(ctx: StepContext) -> Outputs:
         if len(set(names)) != len(names):
             raise ImportFailed(f"two virtual systems would make one template: {sorted(names)}")
         for name in names:
-            if not valid_name(name):
+            if not is_name(name):
                 raise ImportFailed(f"virtual system's template name {name!r} is not valid")
         names_free(
             hv, req.repository,

@@ -24,7 +24,7 @@ from schemas.inventory import VmState
 from schemas.requests import CreateFromInstallTree
 from tasks.step import Outputs, Step, StepContext, Wait
 from tasks.steps.fetching import fetch_into, fetch_server_file, open_url
-from tasks.steps.vm import START, domain_spec_of, hv_of, observe, vm_of
+from tasks.steps.vm import START, hv_of, observe, redefine, vm_of
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
 from tasks.workflows.vm_create_iso import empty_disks_undo, make_empty_disks
 
@@ -173,9 +173,7 @@ def boot_from_disk_run(ctx: StepContext) -> Outputs:
     if hv.domain_state(vm.id) not in (VmState.STOPPED, VmState.CRASHED):
         raise Permanent(f"vm {vm.name} is running again: the installer has not ended")
     record = vm.model_copy(update={"direct_boot": None, "boot": ["hd"]})
-    ctx.expect(vm.id, ["vm.lifecycle.defined"])
-    hv.define(domain_spec_of(record, {"job": ctx.job.id, "pool": vm.pool, "tree": _req(ctx).url}))
-    ctx.run(ctx.runtime.inventory.save_vm(record, fence=ctx.fence))
+    redefine(ctx, hv, record, tree=_req(ctx).url)
     for vol in _boot_volumes(ctx):
         hv.delete_volume(_repository(ctx), vol)
     return {"boot": "hd"}

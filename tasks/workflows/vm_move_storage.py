@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import cast
 
-from schemas import event_types as et
 from schemas.requests import MoveVm
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import repository_of
-from tasks.steps.vm import domain_spec_of, hv_of, vm_of
+from tasks.steps.vm import hv_of, redefine, vm_of
 from tasks.workflows.vm_clone import stopped
 
 
@@ -87,10 +86,7 @@ def switch_run(ctx: StepContext) -> Outputs:
                 "repository": None if target == pool.repository.name else target,
             }
         )
-    moved = vm.model_copy(update={"disks": disks})
-    ctx.expect(vm.id, [et.VM_DEFINED])
-    hv_of(ctx, vm).define(domain_spec_of(moved, {"job": ctx.job.id, "pool": vm.pool}))
-    ctx.run(ctx.runtime.inventory.save_vm(moved, fence=ctx.fence))
+    redefine(ctx, hv_of(ctx, vm), vm.model_copy(update={"disks": disks}))
     return {"repository": target}
 
 

@@ -656,19 +656,7 @@ class Hypervisor:
 
         def copy(c: libvirt.virConnect) -> tuple[str, int]:
             with self._server_file(c, path) as src:
-                size = int(src.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
-                if size > max_bytes:
-                    raise ImportFailed(f"{path} has {size} bytes, over the limit of {max_bytes}")
-                down = c.newStream(0)
-                src.download(down, 0, size, 0)
-
-                def chunks() -> Iterator[bytes]:
-                    while data := down.recv(1024 * 1024):
-                        if isinstance(data, int):  # -2: would block (not in a blocking stream)
-                            continue
-                        yield data
-                    down.finish()
-
+                size, down, chunks = _download(c, src, path, max_bytes)
                 sp = c.storagePoolLookupByName(pool)
                 with contextlib.suppress(libvirt.libvirtError):
                     sp.storageVolLookupByName(name).delete(0)
@@ -676,7 +664,7 @@ class Hypervisor:
                 up = c.newStream(0)
                 try:
                     vol.upload(up, 0, size, 0)
-                    for chunk in inspect(chunks(), size):
+                    for chunk in inspect(chunks, size):
                         view = memoryview(chunk)
                         while view:
                             view = view[up.send(bytes(view)) :]
@@ -738,18 +726,7 @@ class Hypervisor:
 
         def read(c: libvirt.virConnect) -> bytes:
             with self._server_file(c, path) as vol:
-                size = int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
-                if size > max_bytes:
-                    raise ImportFailed(f"{path} has {size} bytes, more than {max_bytes}")
-                st = c.newStream(0)
-                vol.download(st, 0, size, 0)
-                data = bytearray()
-                while chunk := st.recv(65536):
-                    if isinstance(chunk, int):
-                        continue
-                    data += chunk
-                st.finish()
-                return bytes(data)
+                return b"".join(_download(c, vol, path, max_bytes)[2])
 
         return self._call("read_file", read)
 
@@ -978,6 +955,27 @@ class Hypervisors:
             for link in self._links.values():
                 link.close()
             self._links.clear()
+
+
+def _download(
+    conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str, max_bytes: int
+) -> tuple[int, libvirt.virStream, Iterator[bytes]]:
+    """Start reading a server's file (`vol`, at `path`) as a download stream, refused over
+    `max_bytes`: (its size, the stream, its chunks; the stream is finished after the last)."""
+    size = int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+    if size > max_bytes:
+        raise ImportFailed(f"{path} has {size} bytes, over the limit of {max_bytes}")
+    down = conn.newStream(0)
+    vol.download(down, 0, size, 0)
+
+    def chunks() -> Iterator[bytes]:
+        while data := down.recv(1024 * 1024):
+            if isinstance(data, int):  # -2: would block (not in a blocking stream)
+                continue
+            yield data
+        down.finish()
+
+    return size, down, chunks()
 
 
 def _stream_volume(
