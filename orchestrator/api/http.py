@@ -15,6 +15,7 @@ from orchestrator.api import params as _params
 from orchestrator.errors import BadJson, BadRequest, UnsupportedMediaType, ValidationFailed
 from orchestrator.services import Services
 from schemas.api import ErrorDetail
+from schemas.base import is_name
 
 SERVICES = web.AppKey("vmorch_services", Services)
 PARAMS = web.RequestKey("vmorch_params", dict)
@@ -163,3 +164,12 @@ def invalid(what: str, e: ValidationError, tag: object = None) -> ValidationFail
     return ValidationFailed(
         f"the {what} is not valid", details=[(d.loc, d.msg) for d in validation_details(e, tag=tag)]
     )
+
+
+def path_name(request: web.Request, param: str = "group", what: str = "group name") -> str:
+    """A name from the path, checked like every name (422 naming the parameter)."""
+    name = request.match_info[param]
+    if not is_name(name):
+        msg = f"a {what} is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
+        raise ValidationFailed(msg, details=[(["path", param], msg)])
+    return name

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
-import uuid
-from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
@@ -15,44 +10,30 @@ from pydantic import ValidationError
 from orchestrator.api.http import invalid, json_body, params, respond, respond_list, services
 from orchestrator.api.middleware import caller
 from orchestrator.errors import (
-    BadRequest,
     Conflict,
-    LengthRequired,
     NotFound,
-    PayloadTooLarge,
-    UnsupportedMediaType,
     ValidationFailed,
 )
 from orchestrator.jobs.checks import assess
 from schemas.api import (
-    AntiAffinitySpec,
-    CpuGroupSpec,
     FenceAck,
     FenceRecord,
     MigrationTarget,
     MigrationTargets,
     Page,
-    PoolGroups,
-    RepositorySpec,
-    RepositoryView,
     ServerRegistered,
     ServerRegistration,
     ServerView,
-    TemplateView,
     VmView,
 )
-from schemas.base import is_name, utcnow
+from schemas.base import utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import (
-    AntiAffinityGroup,
-    CpuGroup,
-    Repository,
     Server,
-    ServerPool,
     Vm,
     VmState,
 )
-from schemas.requests import AssemblyImport, DiscoverServer, RepositoryImport
+from schemas.requests import DiscoverServer
 
 
 async def list_vms(request: web.Request) -> web.Response:
@@ -221,271 +202,6 @@ async def fence_server(request: web.Request) -> web.Response:
     by = f"operator:{caller(request).name}"
     await svc.ha.mark_fenced(name, {"by": by, "reason": ack.reason}, SOURCE_API)
     return respond(FenceRecord(server=name, by=by, reason=ack.reason), 202)
-
-
-def _path_name(request: web.Request, param: str = "group", what: str = "group name") -> str:
-    """A name from the path, checked like every name (422 naming the parameter)."""
-    name = request.match_info[param]
-    if not is_name(name):
-        msg = f"a {what} is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric"
-        raise ValidationFailed(msg, details=[(["path", param], msg)])
-    return name
-
-
-def _anti_affinity_conflicts(pool: ServerPool, vms: list[Vm]) -> list[str]:
-    """Members of one anti-affinity group on one server, now."""
-    out = []
-    for g in pool.anti_affinity_groups:
-        by_server: dict[str, list[str]] = {}
-        for vm in vms:
-            if vm.name in g.vms and vm.server:
-                by_server.setdefault(vm.server, []).append(vm.name)
-        out += [
-            f"anti-affinity group {g.name}: {', '.join(sorted(names))} on {server}"
-            for server, names in sorted(by_server.items())
-            if len(names) > 1
-        ]
-    return out
-
-
-async def _pool_groups(
-    request: web.Request, change: Callable[[ServerPool], ServerPool]
-) -> web.Response:
-    svc = services(request)
-    pool = await svc.inventory.update_pool(request.match_info["pool"], change)
-    vms = [v for s in pool.servers for v in await svc.inventory.vms_on(s)]
-    return respond(PoolGroups(pool=pool, conflicts=_anti_affinity_conflicts(pool, vms)))
-
-
-async def put_anti_affinity_group(request: web.Request) -> web.Response:
-    """Create or replace a pool's anti-affinity group: placement never puts two of its VMs
-    on one server from now on (creates, clones, HA relocation; migrations refuse it)."""
-    group = _path_name(request)
-    try:
-        spec = AntiAffinitySpec.model_validate(await json_body(request), strict=True)
-    except ValidationError as e:
-        raise invalid("anti-affinity group", e) from None
-
-    def change(p: ServerPool) -> ServerPool:
-        others = [g for g in p.anti_affinity_groups if g.name != group]
-        new = AntiAffinityGroup(name=group, vms=sorted(set(spec.vms)))
-        return p.model_copy(update={"anti_affinity_groups": [*others, new]})
-
-    return await _pool_groups(request, change)
-
-
-async def delete_anti_affinity_group(request: web.Request) -> web.Response:
-    group = _path_name(request)
-
-    def change(p: ServerPool) -> ServerPool:
-        if not any(g.name == group for g in p.anti_affinity_groups):
-            raise NotFound(f"pool {p.name} has no anti-affinity group {group!r}")
-        kept = [g for g in p.anti_affinity_groups if g.name != group]
-        return p.model_copy(update={"anti_affinity_groups": kept})
-
-    return await _pool_groups(request, change)
-
-
-async def present_repository(request: web.Request) -> web.Response:
-    """Present a repository to a pool: VMs of the pool may have disks there (vm.move, a
-    disk's `repository` in a create or clone), imports into it run on the pool's servers."""
-    name = _path_name(request, "repository", "repository name")
-    try:
-        spec = RepositorySpec.model_validate(await json_body(request), strict=True)
-    except ValidationError as e:
-        raise invalid("repository", e) from None
-
-    def change(p: ServerPool) -> ServerPool:
-        if p.repository.name == name:
-            raise Conflict(f"{name} is pool {p.name}'s own repository")
-        repo = Repository(name=name, path=spec.path, assume_shared=spec.assume_shared)
-        kept = [r for r in p.repositories if r.name != name]
-        return p.model_copy(update={"repositories": [*kept, repo]})
-
-    return await _pool_groups(request, change)
-
-
-async def withdraw_repository(request: web.Request) -> web.Response:
-    """Stop presenting a repository to a pool: refused while a VM of the pool has a disk
-    there."""
-    svc = services(request)
-    name = _path_name(request, "repository", "repository name")
-    pool = await svc.inventory.pool(request.match_info["pool"])
-    users: list[str] = []
-    for s in pool.servers:
-        users += [
-            v.name
-            for v in await svc.inventory.vms_on(s)
-            if any(d.repository == name for d in v.disks)
-        ]
-    users.sort()
-    if users:
-        raise Conflict(f"VMs {', '.join(users)} have disks in {name}: move them first")
-
-    def change(p: ServerPool) -> ServerPool:
-        if not any(r.name == name for r in p.repositories):
-            raise NotFound(f"pool {p.name} has no repository {name!r} presented")
-        return p.model_copy(update={"repositories": [r for r in p.repositories if r.name != name]})
-
-    return await _pool_groups(request, change)
-
-
-async def put_cpu_group(request: web.Request) -> web.Response:
-    """Create or replace a pool's CPU compatibility group: a running VM moves live only
-    between servers of one group."""
-    group = _path_name(request)
-    try:
-        spec = CpuGroupSpec.model_validate(await json_body(request), strict=True)
-    except ValidationError as e:
-        raise invalid("CPU compatibility group", e) from None
-
-    def change(p: ServerPool) -> ServerPool:
-        problems: list[tuple[list[str | int], str]] = []
-        for i, s in enumerate(spec.servers):
-            if s not in p.servers:
-                problems.append((["body", "servers", i], f"{s} is not a server of pool {p.name}"))
-            elif other := next(
-                (g.name for g in p.cpu_groups if g.name != group and s in g.servers), None
-            ):
-                problems.append((["body", "servers", i], f"{s} is in CPU group {other} already"))
-        if problems:
-            raise ValidationFailed("the group does not fit the pool", details=problems)
-        others = [g for g in p.cpu_groups if g.name != group]
-        new = CpuGroup(name=group, servers=sorted(set(spec.servers)))
-        return p.model_copy(update={"cpu_groups": [*others, new]})
-
-    return await _pool_groups(request, change)
-
-
-async def delete_cpu_group(request: web.Request) -> web.Response:
-    group = _path_name(request)
-
-    def change(p: ServerPool) -> ServerPool:
-        if not any(g.name == group for g in p.cpu_groups):
-            raise NotFound(f"pool {p.name} has no CPU group {group!r}")
-        return p.model_copy(update={"cpu_groups": [g for g in p.cpu_groups if g.name != group]})
-
-    return await _pool_groups(request, change)
-
-
-async def _repository_views(request: web.Request, only: str | None = None) -> list[RepositoryView]:
-    svc = services(request)
-    pools = await svc.inventory.pools()
-    templates = await svc.inventory.templates()
-    names = sorted({r.name for p in pools for r in p.presented()})
-    if only is not None:
-        if only not in names:
-            raise NotFound(f"repository {only!r} not found")
-        names = [only]
-    views = []
-    for name in names:
-        content = await svc.content.list(name)
-        views.append(
-            RepositoryView(
-                name=name,
-                path=next((r.path for p in pools for r in p.presented() if r.name == name), ""),
-                pools=[p.name for p in pools if p.presents(name)],
-                templates=[
-                    TemplateView(
-                        **t.model_dump(), size_bytes=sum(d.capacity_bytes for d in t.disks)
-                    )
-                    for t in templates
-                    if t.repository == name
-                ],
-                isos=[c for c in content if c.kind == "iso"],
-                virtual_disks=[c for c in content if c.kind == "virtual_disk"],
-                assemblies=[c for c in content if c.kind == "assembly"],
-            )
-        )
-    return views
-
-
-async def list_repositories(request: web.Request) -> web.Response:
-    return respond_list(await _repository_views(request))
-
-
-async def get_repository(request: web.Request) -> web.Response:
-    [view] = await _repository_views(request, request.match_info["repository"])
-    return respond(view)
-
-
-UPLOAD_CHUNK = 1024 * 1024
-
-
-async def upload_content(request: web.Request) -> web.Response:
-    """A file into a repository, uploaded as the request's body: streamed to the upload
-    directory the api shares with the workers (never held in memory, at most
-    `import_max_bytes`, its Content-Length required and held to), its SHA-256 checked when
-    the query gives one, then imported by a `repository.import` job (202: the job), which
-    checks its format like any import and deletes the staged file when it ends."""
-    svc = services(request)
-    q = params(request)
-    repository = request.match_info["repository"]
-    name = _path_name(request, "name", "file name")
-    if not any(p.presents(repository) for p in await svc.inventory.pools()):
-        raise NotFound(f"repository {repository!r} not found")
-    if q["content"] == "assembly" and not name.lower().endswith(".ova"):
-        msg = "an assembly is uploaded as an .ova file"
-        raise ValidationFailed(msg, details=[(["path", "name"], msg)])
-    if request.content_type != "application/octet-stream":
-        raise UnsupportedMediaType(
-            "an upload is sent as application/octet-stream",
-            details=[(["header", "Content-Type"], "application/octet-stream")],
-        )
-    length, limit = request.content_length, svc.settings.import_max_bytes
-    if length is None:
-        raise LengthRequired(
-            "an upload needs a Content-Length", details=[(["header", "Content-Length"], "required")]
-        )
-    if length > limit:
-        raise PayloadTooLarge(
-            f"{length} bytes is over the import limit of {limit}",
-            details=[(["body"], f"at most {limit} bytes")],
-        )
-    if await svc.content.get(repository, name) is not None:
-        raise Conflict(
-            f"repository {repository} already holds {name!r}",
-            details=[(["path", "name"], "a file of this name exists in the repository")],
-        )
-    upload_id = str(uuid.uuid4())
-    folder = svc.settings.upload_dir
-    await asyncio.to_thread(folder.mkdir, 0o700, True, True)
-    part, done = folder / f"{upload_id}.part", folder / upload_id
-    sha = hashlib.sha256()
-    size = 0
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
-                size += len(chunk)
-                if size > length:
-                    raise BadRequest("the body is longer than its Content-Length")
-                sha.update(chunk)
-                await asyncio.to_thread(f.write, chunk)
-        if size != length:
-            raise BadRequest(f"the body ended after {size} of {length} bytes")
-        digest = sha.hexdigest()
-        if q["sha256"] and q["sha256"].lower() != digest:
-            msg = f"the file's SHA-256 is {digest}"
-            raise ValidationFailed("SHA-256 mismatch", details=[(["query", "sha256"], msg)])
-        part.rename(done)
-        req: RepositoryImport | AssemblyImport = (
-            AssemblyImport(
-                kind="assembly.import", repository=repository, upload=upload_id,
-                name=name.rsplit(".", 1)[0][:40], sha256=digest,
-            )
-            if q["content"] == "assembly"
-            else RepositoryImport(
-                kind="repository.import", repository=repository, content=q["content"],
-                upload=upload_id, name=name, sha256=digest,
-            )
-        )  # fmt: skip
-        job, _ = await svc.submitter.submit(req, submitted_by=caller(request).name)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        done.unlink(missing_ok=True)
-        raise
-    return respond(job, 202, Location=f"/v1/jobs/{job.id}")
 
 
 async def list_templates(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.api import alerts, events, hooks, inventory, jobs, queue
+from orchestrator.api import alerts, events, hooks, inventory, jobs, pools, queue, repositories
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
 from schemas.api import (
@@ -135,9 +135,9 @@ def _pool_group_routes() -> list[Route]:
     out = []
     for path, what, spec, put, delete in (
         ("anti-affinity-groups", "anti-affinity group", AntiAffinitySpec,
-         inventory.put_anti_affinity_group, inventory.delete_anti_affinity_group),
+         pools.put_anti_affinity_group, pools.delete_anti_affinity_group),
         ("cpu-groups", "CPU compatibility group", CpuGroupSpec,
-         inventory.put_cpu_group, inventory.delete_cpu_group),
+         pools.put_cpu_group, pools.delete_cpu_group),
     ):  # fmt: skip
         url = f"/v1/pools/{{pool}}/{path}/{{group}}"
         group = (("group", _NAME_SCHEMA),)
@@ -150,9 +150,9 @@ def _pool_group_routes() -> list[Route]:
     url = "/v1/pools/{pool}/repositories/{repository}"
     repo = (("repository", _NAME_SCHEMA),)
     out += [
-        Route("PUT", url, inventory.present_repository, "Present a repository to a pool", ADMIN,
+        Route("PUT", url, pools.present_repository, "Present a repository to a pool", ADMIN,
               body=RepositorySpec, response=PoolGroups, path_schemas=repo),
-        Route("DELETE", url, inventory.withdraw_repository,
+        Route("DELETE", url, pools.withdraw_repository,
               "Stop presenting a repository to a pool (none of its VMs' disks there)", ADMIN,
               response=PoolGroups, path_schemas=repo),
     ]  # fmt: skip
@@ -252,7 +252,7 @@ def _inventory() -> list[Route]:
         Route(
             "GET",
             "/v1/repositories",
-            inventory.list_repositories,
+            repositories.list_repositories,
             "List repositories with their templates, ISOs and virtual disks",
             VIEWER,
             response=list[RepositoryView],
@@ -260,7 +260,7 @@ def _inventory() -> list[Route]:
         Route(
             "GET",
             "/v1/repositories/{repository}",
-            inventory.get_repository,
+            repositories.get_repository,
             "A repository: its templates, ISOs and virtual disks, with size and format",
             VIEWER,
             response=RepositoryView,
@@ -268,7 +268,7 @@ def _inventory() -> list[Route]:
         Route(
             "PUT",
             "/v1/repositories/{repository}/content/{name}",
-            inventory.upload_content,
+            repositories.upload_content,
             "Upload an ISO or a disk image into a repository (the body, streamed)",
             OPERATOR,
             raw_body="application/octet-stream",
