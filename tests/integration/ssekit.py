@@ -142,9 +142,12 @@ async def emit(
     return str(await r.xadd(keys.EVENTS, {"e": event.model_dump_json()}))
 
 
-async def emit_many(r: aredis.Redis, n: int, type_: str = "test.many", pad: int = 0) -> list[str]:
-    """Append n events in one pipelined round trip; their ids, in order."""
-    pipe = r.pipeline(transaction=False)
+async def emit_many(
+    r: aredis.Redis, n: int, type_: str = "test.many", pad: int = 0, *, atomic: bool = False
+) -> list[str]:
+    """Append n events in one pipelined round trip; their ids, in order. `atomic`: in one
+    MULTI, so that a blocked reader gets them all in one reply."""
+    pipe = r.pipeline(transaction=atomic)
     for i in range(n):
         data: dict[str, Any] = {"i": i, **({"pad": "x" * pad} if pad else {})}
         pipe.xadd(keys.EVENTS, {"e": make_event(type_, "t://a", None, data).model_dump_json()})
