@@ -1,5 +1,5 @@
-"""Placement: the one function that chooses a server for a VM (create, HA relocation; next
-migration and imports)."""
+"""Placement: the one function that chooses a server for a VM (create, clone, HA
+relocation), and the hold a migration takes on the target it chose (`hold`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def choose_server(
     )
     skipped = set(exclude)
     maintenance = ctx.run(ctx.runtime.servers.in_maintenance(servers))
-    partners = _partners(ctx, pool, place_vm) if place_vm else {}
+    partners = partners_of(ctx, pool, place_vm) if place_vm else {}
     fits: list[tuple[int, str, int, set[str]]] = []  # (free, server, base free, active)
     considered: dict[str, str] = {}
     for name in servers:
@@ -53,7 +53,7 @@ def choose_server(
             considered[name] = "in maintenance"
             continue
         if partners and (there := ctx.run(ctx.runtime.servers.vms_there(name, set(partners)))):
-            considered[name] = _clash(partners, there)
+            considered[name] = clash(partners, there)
             continue
         try:
             hv = ctx.hypervisor(name, probe_s=PROBE_S)
@@ -91,7 +91,7 @@ def choose_server(
         if placed:
             return {"server": name, "placement": considered}
         considered[name] = (
-            _clash(partners, {partner})
+            clash(partners, {partner})
             if partner
             else f"{base - held} MiB free once a concurrent placement took its share"
         )
@@ -101,7 +101,7 @@ def choose_server(
     raise NoCapacity(f"no server of pool {pool} has {need_mib} MiB free ({detail})")
 
 
-def _partners(ctx: StepContext, pool: str, vm_id: str) -> dict[str, str]:
+def partners_of(ctx: StepContext, pool: str, vm_id: str) -> dict[str, str]:
     """The VMs that `vm_id` must not share a server with (its pool's anti-affinity
     groups), id -> "group: name", those that exist (a member being created has its
     record reserved from its submission on, so a concurrent create counts too)."""
@@ -122,5 +122,27 @@ def _partners(ctx: StepContext, pool: str, vm_id: str) -> dict[str, str]:
     return out
 
 
-def _clash(partners: dict[str, str], there: set[str]) -> str:
+def hold(
+    ctx: StepContext, server: str, vm_id: str, need_mib: int, partners: dict[str, str]
+) -> str | None:
+    """Hold `need_mib` on `server` for `vm_id` (this job's placement), atomically with the
+    anti-affinity check against `partners`: None when held, else why not. Asks the server
+    for its memory now (a placement is judged against what its active domains leave)."""
+    try:
+        base, active = ctx.hypervisor(server, probe_s=PROBE_S).memory_use()
+    except HypervisorUnavailable as e:
+        return f"unreachable ({e.message[:120]})"
+    finally:
+        ctx.check()
+    placed, held, partner = ctx.run(
+        ctx.runtime.servers.place(server, vm_id, ctx.job.id, need_mib, base, active, set(partners))
+    )
+    if placed:
+        return None
+    if partner:
+        return clash(partners, {partner})
+    return f"{base - held} MiB free once placements not yet running are counted"
+
+
+def clash(partners: dict[str, str], there: set[str]) -> str:
     return "anti-affinity group " + ", ".join(sorted(partners[p] for p in there)) + " is there"

@@ -2,7 +2,8 @@
 
 1. `migration_plan`: the source (the server the VM is on), the mode (live when the VM runs,
    unless the request says otherwise) and the target: the one asked for, or the server
-   with most free memory that passes every pre-check (`judge`). Pure choice.
+   with most free memory that passes every pre-check (`judge`), held there like a
+   create's placement (memory and anti-affinity, atomically).
 2. `migration_slot`: a slot under the pool's and the source's migration limits; while none
    is free the job waits (no worker held) for a migration holding one to end, and says
    which.
@@ -32,6 +33,7 @@ from schemas.jobs import JobState
 from schemas.requests import MigrateVm
 from tasks.step import Outputs, Step, StepContext, Wait
 from tasks.steps.migration import Deadlines, free_slot, judge, mapped
+from tasks.steps.placement import hold, partners_of
 from tasks.steps.vm import START, domain_spec_of, observe, stop_step, vm_of
 from tasks.workflows.vm_move_pool import MOVE_TO_POOL
 from workers.hypervisor.adapter import Hypervisor
@@ -80,7 +82,21 @@ def _plan(ctx: StepContext) -> Outputs:
     if not fit:
         detail = "; ".join(f"{k}: {v}" for k, v in placement.items()) or "no other server"
         raise MigrationRefused(f"no server can take vm {vm.name} ({detail})")
-    best = max(fit, key=lambda v: v.free_mib)  # the most free memory (live)
+    # the most free memory first (live); the target is held like a create's placement
+    # (memory, anti-affinity) in one atomic step, so two concurrent migrations, or a
+    # migration and a create, never put two members of a group on one server
+    need = vm.memory_mib if live or req.shutdown else 0
+    partners = partners_of(ctx, into.name, vm.id)
+    best = None
+    for v in sorted(fit, key=lambda v: -v.free_mib):
+        why = hold(ctx, v.server, vm.id, need, partners)
+        if why is None:
+            best = v
+            break
+        placement[v.server] = why
+    if best is None:
+        detail = "; ".join(f"{k}: {v}" for k, v in placement.items())
+        raise MigrationRefused(f"no server can take vm {vm.name} ({detail})")
     return {
         "source": vm.server,
         "source_pool": pool.name,
@@ -254,7 +270,14 @@ def _report(ctx: StepContext, stats: dict[str, Any]) -> None:
     ctx.report(processed / total if total else 0.0, detail)
 
 
-PLAN = Step("migration_plan", _plan, None, "check the servers, choose the target")
+def _unhold(ctx: StepContext) -> None:
+    """Undo of the plan: the target's placement goes (the VM runs where its record says)."""
+    target = ctx.outputs.get("target")
+    if target:
+        ctx.run(ctx.runtime.servers.unplace(str(target), vm_of(ctx).id))
+
+
+PLAN = Step("migration_plan", _plan, _unhold, "check the servers, choose and hold the target")
 SLOT = Step(
     "migration_slot",
     _slot,

@@ -93,3 +93,35 @@ def test_pool_groups_are_checked_and_report_what_already_breaks_them(
     # a viewer may not change them
     viewer = Api(api.url, make_token(redis_url, Role.VIEWER))
     assert viewer.request("DELETE", "/v1/pools/pool-a/cpu-groups/c1")[0] == 403
+
+
+def test_migrations_of_two_members_at_once_never_land_together(
+    api: Api, worker: Proc, fleet: Inventory
+) -> None:
+    # given: two members of a group on one server (put there before the group was made)
+    for name in ("p1", "p2"):
+        assert api.run(
+            {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+             "name": name, "start": False, "server": "srv-a1"}
+        )["state"] == "succeeded"  # fmt: skip
+    status, body = api.request(
+        "PUT", "/v1/pools/pool-a/anti-affinity-groups/pg", {"vms": ["p1", "p2"]}
+    )
+    assert status == 200 and body["conflicts"] == ["anti-affinity group pg: p1, p2 on srv-a1"]
+    # when: both are moved (cold) to the other server at once
+    with ThreadPoolExecutor(2) as ex:
+        jobs = list(
+            ex.map(
+                lambda n: api.submit({"kind": "vm.migrate", "vm": n, "target_server": "srv-a2"}),
+                ["p1", "p2"],
+            )
+        )
+    ended = [api.wait(j["id"], timeout_s=60) for j in jobs]
+    # then: one moves, the other is refused naming the member that is (or holds) there
+    assert sorted(j["state"] for j in ended) == ["failed", "succeeded"], ended
+    [ok] = [j for j in ended if j["state"] == "succeeded"]
+    [no] = [j for j in ended if j["state"] == "failed"]
+    assert no["error"]["code"] == "migration_refused", no["error"]
+    assert f"anti-affinity group pg: {ok['links']['vm_name']}" in no["error"]["message"]
+    servers = {api.call("GET", f"/v1/vms/{n}")["server"] for n in ("p1", "p2")}
+    assert servers == {"srv-a1", "srv-a2"}

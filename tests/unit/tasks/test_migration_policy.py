@@ -205,3 +205,23 @@ def test_placement_skips_a_server_whose_cpus_cannot_hold_the_pinning(fleet: Engi
     assert choose_server(ctx, "pool-u", 64, pinning={"0": [7]})["server"] == "srv-u"
     with pytest.raises(NoCapacity, match="physical CPU 8 does not exist there"):
         choose_server(ctx, "pool-u", 64, pinning={"0": [8]})
+
+
+def test_a_held_target_refuses_a_member_of_the_same_group(fleet: Engine) -> None:
+    """A migration's hold on its target (`hold`) is a placement: a second member of an
+    anti-affinity group cannot take the same server while the first holds it, before
+    either has moved (two plans at once), and memory held counts against the next."""
+    from tasks.step import StepContext
+    from tasks.steps.placement import hold
+
+    jobs = [fleet.submit({"kind": "noop", "steps": 1}) for _ in range(3)]
+    ctxs = [StepContext(job=j, runtime=fleet.rt, attempt=1) for j in jobs]
+    partners_of_a, partners_of_b = {"vm-b": "g: b"}, {"vm-a": "g: a"}
+    assert hold(ctxs[0], "srv-u", "vm-a", 64, partners_of_a) is None
+    assert hold(ctxs[0], "srv-u", "vm-a", 64, partners_of_a) is None  # a re-run holds again
+    assert hold(ctxs[1], "srv-u", "vm-b", 64, partners_of_b) == "anti-affinity group g: a is there"
+    # memory: what is held is not free for the next placement
+    free, _ = fleet.rt.hypervisors.get("test:///default").memory_use()
+    why = hold(ctxs[2], "srv-u", "vm-c", free, {})
+    assert why is not None and why.endswith("MiB free once placements not yet running are counted")
+    assert hold(ctxs[2], "srv-u", "vm-c", free - 64, {}) is None
