@@ -100,6 +100,9 @@ class JobLinks(Frozen):
 
     vm_id: str | None = None
     vm_name: str | None = None
+    # a second VM the job holds, in whose operation queue it also waits its turn: a
+    # clone's source (no other job of the source runs while it is copied)
+    source_vm_id: str | None = None
     pool: str | None = None
     parent_job: str | None = None
     hook_id: str | None = None

@@ -18,13 +18,8 @@ async def _with_position(jobs: JobStore, job: Job) -> Job:
     """Fill in where a queued job stands in its VM's queue, and which job is ahead."""
     if job.state != JobState.QUEUED or not job.links.vm_id:
         return job
-    queue = await jobs.vm_queue(job.links.vm_id)
-    if job.id not in queue:
-        return job
-    pos = queue.index(job.id)
-    return job.model_copy(
-        update={"vm_queue_position": pos, "waiting_for_job": queue[pos - 1] if pos else None}
-    )
+    pos, ahead = await jobs.ahead_of(job)
+    return job.model_copy(update={"vm_queue_position": pos, "waiting_for_job": ahead})
 
 
 async def submit_job(request: web.Request) -> web.Response:

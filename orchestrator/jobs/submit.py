@@ -421,6 +421,8 @@ class Submitter:
                 created_by_job=job_id,
             )
             link_update = {"vm_id": reserve.id, "vm_name": req.name, "pool": pool}
+            if isinstance(req, CloneVm):  # in the source's queue too: its jobs wait
+                link_update["source_vm_id"] = src.id
             queue = keys.pool_queue(pool)
         elif isinstance(req, TemplateFromVm | CloneTemplate | ImportTemplate):
             pool, source_vm = await self._check_template(req)
@@ -504,10 +506,10 @@ class Submitter:
 
     async def abort(self, job_id: str, reason: str = "") -> Job:
         """Queued: dropped at once. Running or waiting: stops at the next safe point, undoes."""
-        job, head = await self.jobs.update(
+        job, heads = await self.jobs.update(
             job_id, lambda j: abort_requested(j, reason), source=SOURCE_API
         )
-        if head:
+        for head in heads:
             nxt = await self.jobs.get(head)
             await self.dispatcher.dispatch(head, nxt.queue)
         if job.state == JobState.ABORTING:

@@ -49,10 +49,8 @@ class Timers:
             if job.state.terminal:
                 await self.jobs.clear_due(job_id)
                 continue
-            if job.state == JobState.QUEUED and job.links.vm_id:
-                queue = await self.jobs.vm_queue(job.links.vm_id)
-                if queue and queue[0] != job_id:
-                    continue  # parked behind another job on its VM
+            if job.state == JobState.QUEUED and (await self.jobs.ahead_of(job))[1]:
+                continue  # parked behind another job on its VM (or a clone's source)
             if await self._probably_in_line(job):
                 continue
             log.info("job=%s redispatch state=%s queue=%s", job_id, job.state.value, job.queue)

@@ -142,7 +142,7 @@ class JobStore:
     ) -> CreateResult:
         """Store a new queued job, append it to its VM's queue, reserve a new VM's name, and
         push `message` on the job's Celery queue if the job may start at once (all atomic)."""
-        vm_id = job.links.vm_id
+        vm_id, also = job.links.vm_id, job.links.source_vm_id
         created = _created_us(job)
         event = job_event(job, None, "vmorch://api")
         res = await self._create(
@@ -161,6 +161,7 @@ class JobStore:
                 keys.vm_name(reserve_vm.name) if reserve_vm else lua.NONE_KEY,
                 keys.VMS,
                 job.queue,
+                keys.vm_queue(also) if also else lua.NONE_KEY,
             ],
             args=[
                 job.id,
@@ -221,18 +222,18 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
-    ) -> tuple[str, str]:
+    ) -> tuple[str, list[str]]:
         """Write `after` if the record is still at `before.version` (and the lease matches).
 
-        Returns (status, new VM-queue head). The head is set when a terminal job hands its VM
-        to the next job; the caller dispatches it.
+        Returns (status, new VM-queue heads): set when a terminal job hands its VM (or its
+        two: a clone's source too) to the next job; the caller dispatches them.
         """
         old = before.job
         if old.state != after.state and after.state not in TRANSITIONS[old.state]:
             raise Conflict(f"job {old.id}: {old.state} -> {after.state} is not allowed")
         vm_id = after.links.vm_id
         emit = old.state != after.state or step is not None
-        status, head = await self._commit(
+        status, heads = await self._commit(
             keys=[
                 keys.job(old.id),
                 keys.lease(old.id),
@@ -243,6 +244,7 @@ class JobStore:
                 keys.vm_queue(vm_id) if vm_id else lua.NONE_KEY,
                 keys.JOBS_DUE,
                 keys.JOBS_ENDED,
+                keys.vm_queue(also) if (also := after.links.source_vm_id) else lua.NONE_KEY,
             ],
             args=[
                 before.version,
@@ -259,7 +261,7 @@ class JobStore:
                 *_child_ended(old, after, source),
             ],
         )
-        return status, head
+        return status, list(heads)
 
     async def update(
         self,
@@ -270,16 +272,16 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
-    ) -> tuple[Job, str]:
+    ) -> tuple[Job, list[str]]:
         """Read, apply `mutate`, compare-and-set; repeat on a concurrent write.
 
         `mutate` returns the new job, or None to write nothing. Raises LeaseLost if the
         fencing token no longer matches.
         """
-        v, head = await self.update_v(
+        v, heads = await self.update_v(
             job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms
         )
-        return v.job, head
+        return v.job, heads
 
     async def update_v(
         self,
@@ -291,7 +293,7 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
-    ) -> tuple[Versioned, str]:
+    ) -> tuple[Versioned, list[str]]:
         """`update`, starting from `current` (saves a read when the caller holds the last
         version it wrote); returns the version written, to pass to the next call."""
         before = current
@@ -302,13 +304,13 @@ class JobStore:
                     raise NotFound(f"job {job_id} not found")
             after = mutate(before.job)
             if after is None:
-                return before, ""
+                return before, []
             after = after.model_copy(update={"updated_at": utcnow()})
-            status, head = await self.commit(
+            status, heads = await self.commit(
                 before, after, fence=fence, source=source, step=step, due_ms=due_ms
             )
             if status == "ok":
-                return Versioned(after, str(int(before.version) + 1)), head
+                return Versioned(after, str(int(before.version) + 1)), heads
             if status == "fenced":
                 raise LeaseLost(f"job {job_id}: lease lost, not recording")
             if status == "missing":
@@ -317,6 +319,19 @@ class JobStore:
 
     async def vm_queue(self, vm_id: str) -> list[str]:
         return list(await self.redis.lrange(keys.vm_queue(vm_id), 0, -1))
+
+    async def ahead_of(self, job: Job) -> tuple[int, str | None]:
+        """Where a queued job stands in its VM queues: (its place in the queue where it is
+        furthest back, the job just ahead of it there); (0, None) when it is first in each
+        (a clone's source is its second queue)."""
+        pos, ahead = 0, None
+        for vm_id in (job.links.vm_id, job.links.source_vm_id):
+            if not vm_id:
+                continue
+            queue = await self.vm_queue(vm_id)
+            if job.id in queue and (i := queue.index(job.id)) > pos:
+                pos, ahead = i, queue[i - 1]
+        return pos, ahead
 
     async def claim_due(self, limit: int = 100) -> list[str]:
         """Jobs whose dispatch timer has passed; their timers move forward by redispatch_after."""

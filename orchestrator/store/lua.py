@@ -9,11 +9,14 @@ from __future__ import annotations
 
 NONE_KEY = "vmorch:none"  # stands in for a key a call does not use
 
-CREATE_JOB = """
+CREATE_JOB = (
+    """
 -- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
+--       vmq2 (the queue of a second VM the job holds: a clone's source; else NONE_KEY)
 -- Stream entries carry the envelope (e) and, to be filtered without decoding, type and subject
 -- ARGV: id doc created_us idem_value idem_ttl has_vm event due_ms vm_doc vm_name vm_id
---       message (the Celery message, pushed when the job may start at once)
+--       message (the Celery message, pushed when the job may start at once: first in
+--       each of its VM queues)
 if ARGV[4] ~= '' then
   local cur = redis.call('GET', KEYS[2])
   if cur then
@@ -42,6 +45,11 @@ if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
   pos = redis.call('RPUSH', KEYS[7], ARGV[1]) - 1
 end
+if KEYS[15] ~= '"""
+    + NONE_KEY
+    + """' then
+  pos = math.max(pos, redis.call('RPUSH', KEYS[15], ARGV[1]) - 1)
+end
 if pos == 0 then
   redis.call('ZADD', KEYS[10], ARGV[8], ARGV[1])
   if ARGV[12] ~= '' then redis.call('LPUSH', KEYS[14], ARGV[12]) end
@@ -49,10 +57,11 @@ end
 redis.call('XADD', KEYS[9], '*', 'e', ARGV[7], 't', 'job.queued', 's', ARGV[1])
 return {'created', ARGV[1], pos}
 """
+)
 
 COMMIT_JOB = (
     """
--- KEYS: job lease events state_old state_new queued vmq due ended
+-- KEYS: job lease events state_old state_new queued vmq due ended vmq2
 -- ARGV: version fence doc state event id created_us terminal due now_ms event_type
 --       child_event parent_id (a child job's end, an event about its parent job)
 local h = redis.call('HMGET', KEYS[1], 'version', 'state')
@@ -71,19 +80,24 @@ end
 if ARGV[12] ~= '' then
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[12], 't', 'job.child_ended', 's', ARGV[13])
 end
-local head = ''
+local heads = {}
 if ARGV[8] == '1' then
   redis.call('ZREM', KEYS[8], ARGV[6])
   redis.call('ZADD', KEYS[9], ARGV[10], ARGV[6])
-  if KEYS[7] ~= '"""
+  for _, q in ipairs({KEYS[7], KEYS[10]}) do
+    if q ~= '"""
     + NONE_KEY
     + """' then
-    -- hand the VM to the next job only if this job held it (was the head)
-    local was_head = redis.call('LINDEX', KEYS[7], 0) == ARGV[6]
-    redis.call('LREM', KEYS[7], 0, ARGV[6])
-    if was_head then
-      head = redis.call('LINDEX', KEYS[7], 0) or ''
-      if head ~= '' then redis.call('ZADD', KEYS[8], ARGV[10], head) end
+      -- hand the VM to the next job only if this job held it (was the head)
+      local was_head = redis.call('LINDEX', q, 0) == ARGV[6]
+      redis.call('LREM', q, 0, ARGV[6])
+      if was_head then
+        local head = redis.call('LINDEX', q, 0)
+        if head then
+          redis.call('ZADD', KEYS[8], ARGV[10], head)
+          table.insert(heads, head)
+        end
+      end
     end
   end
 elseif ARGV[9] == '-' then
@@ -91,7 +105,7 @@ elseif ARGV[9] == '-' then
 elseif ARGV[9] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[9], ARGV[6])
 end
-return {'ok', head}
+return {'ok', heads}
 """
 )
 

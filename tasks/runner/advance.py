@@ -74,13 +74,12 @@ class Runner:
         due_ms: int | Literal["-"] | None = None,
     ) -> Job:
         """Commit `mutate` with the fencing token (LeaseLost when the lease is gone)."""
-        self.cur, head = self.rt.loop.run(
+        self.cur, heads = self.rt.loop.run(
             self.rt.jobs.update_v(
                 self.job_id, mutate, current=self.cur, fence=self.token, step=step, due_ms=due_ms
             )
         )
-        if head:
-            self.to_dispatch.append(head)  # the next job on this VM
+        self.to_dispatch.extend(heads)  # the next job on this VM (and a clone's source)
         return self.cur.job
 
     def ctx(
@@ -182,12 +181,10 @@ class Runner:
         return self._run_step(job, steps, idx)
 
     def _start(self, job: Job, steps: list[Step]) -> Job:
-        if job.links.vm_id:
-            queue = self.rt.loop.run(self.rt.jobs.vm_queue(job.links.vm_id))
-            if queue and queue[0] != job.id:
-                # Not this job's turn on the VM: the job ahead dispatches it when it ends
-                # (and the router's timer checks again, should that message be lost).
-                return job
+        if job.links.vm_id and self.rt.loop.run(self.rt.jobs.ahead_of(job))[1]:
+            # Not this job's turn on its VM (or a clone's source): the job ahead dispatches
+            # it when it ends (and the router's timer checks again, should that be lost).
+            return job
         records = [StepRecord(name=s.name, description=s.description) for s in steps]
         first = self._then_running(0, steps)
 

@@ -3,9 +3,11 @@
 The clone's record was reserved at submission (new name, UUID and MACs; the source's
 shape unless overridden; its vNICs on the source's networks or as `network_map` says).
 Its disks are copies of the source's in the pool's repository; it keeps the source's
-CD-ROM drive and boot order. The source is never changed: it must be stopped when the
-copy starts and still be stopped when it ends (a VM started meanwhile could have written
-to a disk half copied), or the clone is undone.
+CD-ROM drive and boot order. The source is never changed. The job holds the source's
+operation queue as well as the clone's (`JobLinks.source_vm_id`): a job of the source
+submitted before it runs first, one submitted after it waits for the copy to end. And
+libvirt must say the source is stopped when the copy starts and still when it ends (a VM
+started outside vmorch could have written to a disk half copied), or the clone is undone.
 """
 
 from __future__ import annotations

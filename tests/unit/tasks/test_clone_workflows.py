@@ -212,3 +212,28 @@ def test_a_failure_at_the_last_step_leaves_nothing_behind(
         assert len(e.run(e.redis.hgetall("vmorch:macs"))) == 1  # base-vm's
     finally:
         e.close()
+
+
+def test_a_job_on_the_source_waits_for_its_clone_to_end(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    """A clone holds its source's operation queue as well as its own VM's: a start of the
+    source submitted meanwhile waits its turn (it does not start a disk being copied), and
+    the clone, submitted behind a job of the source, waits for that job."""
+    assert create(fleet, "src3", start=False).state == JobState.SUCCEEDED
+    stop = fleet.submit({"kind": "vm.stop", "vm": "src3"})  # ahead of the clone
+    clone = fleet.submit({"kind": "vm.clone", "vm": "src3", "name": "copy3"})
+    start = fleet.submit({"kind": "vm.start", "vm": "src3"})
+    src_id = fleet.run(fleet.inventory.vm("src3")).id
+    assert fleet.run(fleet.jobs.vm_queue(src_id)) == [stop.id, clone.id, start.id]
+    assert fleet.run(fleet.jobs.ahead_of(fleet.get(clone.id))) == (1, stop.id)
+    assert fleet.run(fleet.jobs.ahead_of(fleet.get(start.id))) == (2, clone.id)
+    fleet.drain()
+    ended = [fleet.get(j.id) for j in (stop, clone, start)]
+    assert [j.state for j in ended] == [JobState.SUCCEEDED] * 3, [j.error for j in ended]
+    # each started once the one ahead of it had ended: the copy ran on a stopped source
+    assert ended[0].ended_at <= ended[1].started_at  # type: ignore[operator]
+    assert ended[1].ended_at <= ended[2].started_at  # type: ignore[operator]
+    assert ended[1].links.source_vm_id == src_id
+    assert conn.lookupByName("src3").isActive() and not conn.lookupByName("copy3").isActive()
+    assert fleet.run(fleet.jobs.vm_queue(src_id)) == []
