@@ -15,12 +15,14 @@ from redis.asyncio import Redis
 
 from orchestrator.jobs.dispatch import Dispatcher, TaskMessages, producer_app
 from orchestrator.jobs.submit import Submitter
+from orchestrator.secrets import Sealer
 from orchestrator.settings import Settings
 from orchestrator.store.alerts import AlertStore
 from orchestrator.store.content import ContentStore
 from orchestrator.store.events import EventLog
 from orchestrator.store.expectations import Expectations
 from orchestrator.store.fleet import FleetStore
+from orchestrator.store.guest import GuestStore
 from orchestrator.store.ha import HaStore
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.inventory import InventoryStore
@@ -48,6 +50,12 @@ def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> Red
     )
 
 
+def sealer_of(settings: Settings) -> Sealer | None:
+    """The sealer of secret values for guests, when a key is set."""
+    key = settings.guest_secret_key
+    return Sealer(key.get_secret_value()) if key is not None else None
+
+
 @dataclass(frozen=True)
 class Services:
     """Every store of one process, on one Redis client, configured from one Settings."""
@@ -69,6 +77,7 @@ class Services:
     servers: ServerStates
     macs: MacStore
     content: ContentStore
+    guests: GuestStore
     dispatcher: Dispatcher
     submitter: Submitter
 
@@ -104,6 +113,7 @@ class Services:
             servers=ServerStates(redis),
             macs=macs,
             content=content,
+            guests=GuestStore(redis, settings.job_retention_s),
             dispatcher=dispatcher,
             submitter=Submitter(
                 jobs,
@@ -112,5 +122,6 @@ class Services:
                 macs,
                 content,
                 ImportAllowList(settings.import_allowed_hosts, settings.import_allowed_paths),
+                sealer_of(settings),
             ),
         )

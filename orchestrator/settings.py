@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     # ...and record what their server has (CPUs, memory free, networks, storage pools) when
     # they connect and this often: the API's server views and migration targets read it.
     agent_facts_interval_s: float = Field(default=10.0, gt=0)
+    # Guest channels (everything a guest sends is untrusted): the longest line taken, the
+    # lines per second each guest may send (a bucket of guest_burst), and the most keys a
+    # message job sends to one VM.
+    guest_line_max: int = Field(default=65536, ge=1024)
+    guest_rate_per_s: float = Field(default=50.0, gt=0)
+    guest_burst: int = Field(default=200, ge=1)
+    # The key that seals secret values for guests (api) and opens them (agents): a Fernet
+    # key (`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()
+    # .decode())'`); `vmorch up` makes one. Without it, secret values are refused.
+    guest_secret_key: SecretStr | None = None
 
     # Fault injection for chaos drills and tests (off by default): sleep before every step,
     # and fail for good the steps named "<job kind>:<step name>".

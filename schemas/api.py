@@ -12,6 +12,7 @@ from schemas.base import Frozen, Name
 from schemas.events import Event
 from schemas.hooks import Hook
 from schemas.inventory import RepositoryContent, Server, ServerFacts, ServerPool, Template, Vm
+from schemas.requests import GuestKeyValue, VmSelector
 
 T = TypeVar("T")
 
@@ -224,3 +225,17 @@ class EventPage(Frozen):
         default=None,
         description="set when entries after the requested `after` were trimmed (lost)",
     )
+
+
+class MessagesRequest(Frozen):
+    """`POST /v1/vms/{vm}/messages`: key/values for one VM's guest (a `vm.message` job)."""
+
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
+
+
+class MessagesToMany(VmSelector):
+    """`POST /v1/messages`: the same key/values to the guests of many VMs (one job)."""
+
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0

@@ -55,6 +55,20 @@ SERVER_ACTIVATED = "server.activated"  # out of maintenance
 # a server that came back had a copy of a VM placed elsewhere meanwhile: it was removed
 VM_STALE_COPY_REMOVED = "vm.stale_copy_removed"
 
+
+# --- guests, from the agents' guest channels (source guest://<vm id>) -----------------------
+def source_guest(vm_id: str) -> str:
+    return f"guest://{vm_id}"
+
+
+GUEST_READY = "guest.ready"  # the guest program said it is ready (subject: the VM's uuid)
+GUEST_MESSAGE = "guest.message"  # the guest reported key/values (subject: the VM's uuid)
+GUEST_EVENT = "guest.event."  # + the name the guest gave (subject: the VM's uuid)
+GUEST_DISCONNECTED = "guest.disconnected"  # its channel closed (subject: the VM's uuid)
+# the answer to a message a job sent (subject: that job's id, so the job's wait matches)
+GUEST_ACKNOWLEDGED = "guest.message.acknowledged"
+GUEST_FAILED = "guest.message.failed"
+
 # --- alerts (subject: what the alert is about) ----------------------------------------------
 VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent
 SERVER_UNFENCED = "server.unfenced"  # HA waits: no proof that a down server's guests are off

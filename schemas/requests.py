@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    TypeAdapter,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
+from schemas.guest import REDACTED, SEALED_PREFIX, VALUE_MAX, GuestKey
 
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
@@ -508,6 +516,64 @@ class HaRestart(VmOperation):
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
+class GuestKeyValue(Frozen):
+    """One key/value for a guest: its guest program stores it and runs its handler.
+    `secret`: the value is sealed before it is stored, never logged, in an event or a job
+    record, shown redacted, and unsealed only by the agent that writes it to the guest."""
+
+    key: GuestKey
+    # a secret's value is stored sealed (longer than what a client may send: `_plain`)
+    value: Annotated[str, Field(max_length=2 * VALUE_MAX + 512)]
+    secret: bool = False
+
+    @field_validator("value")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if len(v) > VALUE_MAX and not v.startswith(SEALED_PREFIX):
+            raise ValueError(f"at most {VALUE_MAX} characters")
+        return v
+
+    @field_serializer("value")
+    def _redacted(self, v: str, info: SerializationInfo) -> str:
+        """A secret's value is shown redacted everywhere, but in the job's own record
+        (serialized with context {"sealed": True}), which holds it sealed."""
+        if self.secret and not (info.context or {}).get("sealed"):
+            return REDACTED
+        return v
+
+
+class VmSelector(Frozen):
+    """Which VMs: by name or id, and/or every VM with these labels, and/or of this pool
+    (all given must hold)."""
+
+    vms: Annotated[list[VmRef], Field(min_length=1, max_length=1000)] | None = None
+    labels: (
+        Annotated[
+            dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=200)]],
+            Field(min_length=1, max_length=16),
+        ]
+        | None
+    ) = None
+    pool: Name | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> VmSelector:
+        if self.vms is None and self.labels is None and self.pool is None:
+            raise ValueError("name the VMs: vms, labels or pool")
+        return self
+
+
+class SendMessages(VmSelector):
+    """Key/value messages to the guests of one or many VMs (`vms`, `labels`, `pool`): one
+    job, with a status per VM and per message. A guest not connected gets its messages
+    when it reports ready, within `timeout_s`; a VM whose guest has not answered them all
+    by then fails alone. In order within the request; each applied once by the guest."""
+
+    kind: Literal["vm.message"]
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
+
+
 class Noop(Frozen):
     """A workflow of no-op steps, for drills and benchmarks of the engine itself (admins
     only; bounded; run on a queue of its own, `vmorch worker --noop also|only`)."""
@@ -558,6 +624,7 @@ _ClientKinds = (
     | MoveVm
     | AddVnic
     | RemoveVnic
+    | SendMessages
     | ServerMaintenance
     | ServerActivate
     | DiscoverServer

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.api import alerts, events, hooks, inventory, jobs, pools, queue, repositories
+from orchestrator.api import (
+    alerts,
+    events,
+    guests,
+    hooks,
+    inventory,
+    jobs,
+    pools,
+    queue,
+    repositories,
+)
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
 from schemas.api import (
@@ -16,6 +26,8 @@ from schemas.api import (
     FenceAck,
     FenceRecord,
     HookCreated,
+    MessagesRequest,
+    MessagesToMany,
     MigrationTargets,
     Page,
     PoolGroups,
@@ -29,6 +41,7 @@ from schemas.api import (
     VmView,
 )
 from schemas.base import NAME_MAX, NAME_PATTERN
+from schemas.guest import GuestState
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
 from schemas.inventory import Server, ServerPool, Template, Vm
 from schemas.jobs import Job, JobState
@@ -45,6 +58,12 @@ def _limit(hi: int, default: int) -> Query:
 def _text(max_length: int = 200) -> dict[str, Any]:
     return {"type": "string", "maxLength": max_length}
 
+
+_IDEMPOTENCY_KEY = Query(
+    "Idempotency-Key",
+    "same key and body return the same job (1-200 printable ASCII characters)",
+    {"type": "string", "pattern": "^[ -~]{1,200}$"},
+)
 
 _EVENT_FILTERS = (
     Query("type", "event type, an fnmatch glob (vm.lifecycle.*)"),
@@ -69,13 +88,7 @@ def _jobs() -> list[Route]:
             body=ClientJobRequest,
             response=Job,
             status=202,
-            headers=(
-                Query(
-                    "Idempotency-Key",
-                    "same key and body return the same job (1-200 printable ASCII characters)",
-                    {"type": "string", "pattern": "^[ -~]{1,200}$"},
-                ),
-            ),
+            headers=(_IDEMPOTENCY_KEY,),
         ),
         Route(
             "GET",
@@ -180,6 +193,36 @@ def _inventory() -> list[Route]:
             "A VM (by id or name) and its operation queue",
             VIEWER,
             response=VmView,
+        ),
+        Route(
+            "POST",
+            "/v1/vms/{vm}/messages",
+            guests.send_to_vm,
+            "Send key/values to the VM's guest (a vm.message job)",
+            OPERATOR,
+            body=MessagesRequest,
+            response=Job,
+            status=202,
+            headers=(_IDEMPOTENCY_KEY,),
+        ),
+        Route(
+            "POST",
+            "/v1/messages",
+            guests.send_to_many,
+            "Send key/values to the guests of the VMs a selector names (one vm.message job)",
+            OPERATOR,
+            body=MessagesToMany,
+            response=Job,
+            status=202,
+            headers=(_IDEMPOTENCY_KEY,),
+        ),
+        Route(
+            "GET",
+            "/v1/vms/{vm}/guest",
+            guests.get_guest,
+            "The VM's guest program as its server's agent last saw it",
+            VIEWER,
+            response=GuestState,
         ),
         Route(
             "GET",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
 from orchestrator.jobs.transitions import abort_requested
+from orchestrator.secrets import Sealer, is_sealed
 from orchestrator.store import keys
 from orchestrator.store.content import ContentStore
 from orchestrator.store.inventory import InventoryStore
@@ -42,6 +43,7 @@ from schemas.requests import (
     PinVcpus,
     RemoveVnic,
     RepositoryImport,
+    SendMessages,
     ServerActivate,
     ServerMaintenance,
     TemplateFromVm,
@@ -70,7 +72,9 @@ class Submitter:
         macs: MacStore,
         content: ContentStore,
         import_allow: ImportAllowList,
+        sealer: Sealer | None = None,
     ):
+        self.sealer = sealer
         self.jobs = jobs
         self.inventory = inventory
         self.dispatcher = dispatcher
@@ -320,7 +324,10 @@ class Submitter:
                 f"{req.kind} jobs are submitted by the HA hook only",
                 details=[(["body", "kind"], "an internal job kind")],
             )
-        sha = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
+        fingerprint = req.model_dump_json()
+        if isinstance(req, SendMessages):
+            req, fingerprint = self._sealed(req)
+        sha = hashlib.sha256(fingerprint.encode()).hexdigest()
         # keys are per caller: another token's key neither replays nor reveals its job
         scoped = f"{idem_scope}:{idem_key}" if idem_key else None
         job_id = str(uuid.uuid4())
@@ -391,6 +398,54 @@ class Submitter:
             )
         return job, False
 
+    def _sealed(self, req: SendMessages) -> tuple[SendMessages, str]:
+        """The request with each secret value sealed (nothing stores it plain), and its
+        fingerprint for idempotency (a keyed digest in place of each secret)."""
+        problems: list[tuple[list[str | int], str]] = []
+        sealed, digested = [], []
+        for i, m in enumerate(req.messages):
+            if not m.secret:
+                sealed.append(m)
+                digested.append(m)
+                continue
+            if self.sealer is None:
+                problems.append(
+                    (["body", "messages", i, "secret"],
+                     "this vmorch has no VMORCH_GUEST_SECRET_KEY: it cannot send secret values")
+                )  # fmt: skip
+                continue
+            if is_sealed(m.value):
+                problems.append(
+                    (["body", "messages", i, "value"], "send the value itself: vmorch seals it")
+                )
+                continue
+            sealed.append(m.model_copy(update={"value": self.sealer.seal(m.value)}))
+            digested.append(m.model_copy(update={"value": self.sealer.digest(m.value)}))
+        if problems:
+            raise ValidationFailed("secret values cannot be taken", details=problems)
+        fingerprint = req.model_copy(update={"messages": digested})
+        return (
+            req.model_copy(update={"messages": sealed}),
+            fingerprint.model_dump_json(context={"sealed": True}),
+        )
+
+    async def _check_messages(self, req: SendMessages) -> list[Vm]:
+        """The VMs a message job goes to: at least one, every VM named existing."""
+        vms, missing = await self.inventory.select_vms(req.vms, req.labels, req.pool)
+        if missing:
+            assert req.vms is not None
+            raise ValidationFailed(
+                "the request names VMs that do not exist",
+                details=[(["body", "vms", req.vms.index(r)], f"no VM {r!r}") for r in missing],
+            )
+        if not vms:
+            raise ValidationFailed(
+                "no VM matches the selector",
+                details=[(["body", f], "no VM matches") for f in ("labels", "pool")
+                         if getattr(req, f) is not None],
+            )  # fmt: skip
+        return vms
+
     async def _place(self, req: JobRequest, job_id: str) -> tuple[str, dict[str, str], Vm | None]:
         """The job's queue and links from the inventory, and the VM a create reserves."""
         reserve: Vm | None = None
@@ -449,6 +504,12 @@ class Submitter:
                 raise NotFound(e.message, details=[(["body", "server"], e.message)]) from e
             link_update = {"pool": server.pool}
             queue = keys.pool_queue(server.pool)
+        elif isinstance(req, SendMessages):
+            # on no VM's operation queue: a message waits for its guest, and a start of
+            # that VM must not wait behind it
+            vms = await self._check_messages(req)
+            if len(vms) == 1:
+                link_update = {"vm_name": vms[0].name, "pool": vms[0].pool}
         elif isinstance(req, Noop):
             queue = keys.NOOP_QUEUE
         return queue, link_update, reserve

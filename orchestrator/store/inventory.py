@@ -249,6 +249,23 @@ class InventoryStore:
         page, more = ids[:limit], len(ids) > limit
         return await self._many(page), (page[-1] if more else None)
 
+    async def select_vms(
+        self, refs: list[str] | None, labels: dict[str, str] | None, pool: str | None
+    ) -> tuple[list[Vm], list[str]]:
+        """The VMs that match all of: named (by id or name) in `refs`, carrying `labels`,
+        in `pool`; and the refs that name no VM."""
+        if refs is not None:
+            found = [(r, await self.find_vm(r)) for r in refs]
+            missing = [r for r, v in found if v is None]
+            vms = list({v.id: v for _, v in found if v is not None}.values())
+        else:
+            missing, vms = [], await self._many(list(await self.redis.zrange(keys.VMS, 0, -1)))
+        if labels:
+            vms = [v for v in vms if all(v.labels.get(k) == val for k, val in labels.items())]
+        if pool is not None:
+            vms = [v for v in vms if v.pool == pool]
+        return vms, missing
+
     async def vms_on(self, server: str) -> list[Vm]:
         """Every VM placed on `server` (however many: HA covers all of them)."""
         ids = sorted(await self.redis.smembers(keys.vms_on(server)))
@@ -298,7 +315,8 @@ class InventoryStore:
         )
 
     async def delete_vm(self, vm_id: str, *, fence: Fence | None = None) -> None:
-        """Forget the VM: its record, name, indexes and states, and release its MACs."""
+        """Forget the VM: its record, name, indexes, states and guest channel's records,
+        and release its MACs."""
         doc = await self.redis.get(keys.vm(vm_id))
         vm = Vm.model_validate_json(doc) if doc is not None else None
 
@@ -309,6 +327,7 @@ class InventoryStore:
                     pipe.srem(keys.vms_on(vm.server), vm_id)
                 MacStore.queue_release(pipe, vm_id, [n.mac for n in vm.nics])  # its MACs
             pipe.delete(keys.vm(vm_id), keys.vm_state(vm_id), keys.vm_desired(vm_id))
+            pipe.delete(keys.guest(vm_id), keys.guest_keys(vm_id), keys.guest_outbox(vm_id))
             pipe.zrem(keys.VMS, vm_id)
 
         await transaction(self.redis, fence, write)

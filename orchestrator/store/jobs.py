@@ -357,7 +357,9 @@ class JobStore:
         rest = job.model_dump_json(exclude_defaults=True, exclude={"request", "wait"})
         wait = "" if job.wait is None else f',"wait":{job.wait.model_dump_json()}'
         # `rest` is an object with `id` at least: splice the two fields in after its brace
-        return jobdoc.encode_json(f'{{"request":{job.request.model_dump_json()}{wait},{rest[1:]}')
+        # the request as stored: a secret value sealed, not redacted (context "sealed")
+        request = job.request.model_dump_json(context={"sealed": True})
+        return jobdoc.encode_json(f'{{"request":{request}{wait},{rest[1:]}')
 
     @staticmethod
     def valid_cursor(cursor: str) -> bool:

@@ -79,6 +79,17 @@ Agents
                                  deleted when it answers again
 - agent:{server}:last     hash   domain uuid -> state last published (owner: that server's
                                  agent; an entry per domain on the server, removed when it goes)
+Guest messages (owner: the message jobs write, the agent of the VM's server delivers)
+- guest:{vm_id}           hash   the guest program as the agent saw it last: connected, server,
+                                 version, boot_id, ready_at, last_seen, dropped:{reason}
+                                 counters (deleted with the VM)
+- guest:{vm_id}:keys      hash   key -> the last value the guest reported (bounded; with the VM)
+- guest:{vm_id}:outbox    list   message ids to deliver, in order; an id leaves when answered
+                                 or failed (with the VM)
+- gmsg:{id}               hash   one message to a guest (MessageRecord fields); TTL
+                                 guest_message_ttl_s from its creation
+- guest:doorbell          stream "vm" -> a VM whose outbox has new messages; every agent
+                                 reads it (no group), MAXLEN ~ 10000
 Workers
 - workers                 zset   worker name -> last heartbeat ms; a name per worker start, the
                                  router removes those not seen for worker_forget_after_s
@@ -275,6 +286,24 @@ def vm_desired(vm_id: str) -> str:
 def agent_last(server_name: str) -> str:
     return f"{PREFIX}agent:{server_name}:last"
 
+
+def guest(vm_id: str) -> str:
+    return f"{PREFIX}guest:{vm_id}"
+
+
+def guest_keys(vm_id: str) -> str:
+    return f"{PREFIX}guest:{vm_id}:keys"
+
+
+def guest_outbox(vm_id: str) -> str:
+    return f"{PREFIX}guest:{vm_id}:outbox"
+
+
+def guest_message(msg_id: str) -> str:
+    return f"{PREFIX}gmsg:{msg_id}"
+
+
+GUEST_DOORBELL = f"{PREFIX}guest:doorbell"
 
 WORKERS = f"{PREFIX}workers"
 

@@ -8,11 +8,12 @@ escalates.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from orchestrator.clock import due_in_ms
-from orchestrator.errors import LeaseLost, Permanent
+from orchestrator.errors import LeaseLost, Permanent, VmorchError
 from orchestrator.jobs import transitions as tr
 from schemas.base import utcnow
 from schemas.jobs import Job, WaitInfo
@@ -20,6 +21,8 @@ from tasks.step import Outputs, Step, Wait
 
 if TYPE_CHECKING:
     from tasks.runner.advance import Runner
+
+log = logging.getLogger("vmorch.runner")
 
 
 def recheck_ms(runner: Runner, info: WaitInfo) -> int:
@@ -119,10 +122,9 @@ def _next_round(
     """A step that waits in rounds: its `resume` decides, each time the job comes back,
     whether it is done or waits again (a new registration, scanned back from its `since`)."""
     step, rec = steps[idx], job.steps[idx]
-    if info is not None and info.matched is None and utcnow() >= info.deadline:
-        end(runner, job, info)
-        runner.fail_step(steps, idx, Permanent(f"no {info.types} event before the deadline"))
-        return False
+    # at the round's deadline `resume` has a last look (it may end the step, as a message
+    # job does with the answers it has); only if it would wait again does the step fail
+    late = info is not None and info.matched is None and utcnow() >= info.deadline
     ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs})
     assert step.resume is not None
     try:
@@ -134,6 +136,8 @@ def _next_round(
             runner.rt.loop.run(runner.rt.jobs.set_due(job.id, recheck_ms(runner, info)))
         return False
     except Exception as e:
+        if not isinstance(e, VmorchError):  # a bug: its traceback goes to the worker log
+            log.exception("job=%s step=%s crashed resuming", job.id, step.name)
         if info is not None:
             end(runner, job, info)
         runner.fail_step(steps, idx, e)
@@ -142,6 +146,10 @@ def _next_round(
         if info is not None:
             end(runner, job, info)
         return runner.complete(steps, idx, out)
+    if late and info is not None:
+        end(runner, job, info)
+        runner.fail_step(steps, idx, Permanent(f"no {info.types} event before the deadline"))
+        return False
     woken = info is not None and info.matched is not None
     if (
         info is not None

@@ -26,6 +26,7 @@ from orchestrator.lab.lab import Lab
 from orchestrator.lab.process import free_port, signal_group, spawn, stop_groups
 from orchestrator.lab.redis_server import RedisServer
 from orchestrator.router.consumer import EventConsumer
+from orchestrator.secrets import Sealer
 from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
@@ -45,6 +46,8 @@ ENGINE_ENV = {
     "VMORCH_IMPORT_ALLOWED_HOSTS": '["127.0.0.1"]',
     "VMORCH_HA_RELOCATE_AFTER_S": "2",
     "VMORCH_AGENT_FACTS_INTERVAL_S": "0.5",
+    # shared by the api (seals secret values for guests) and the agents (open them)
+    "VMORCH_GUEST_SECRET_KEY": Sealer.new_key(),
 }
 
 

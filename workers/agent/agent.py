@@ -14,6 +14,9 @@ drops it emits `server.down`, reconnects with backoff, compares states the same 
 carries the domain's state reason as its detail (`shutdown`: the guest stopped itself;
 `destroyed`, `crashed`, ...), or `observed` when libvirt gives none. The last published
 states are kept in Redis, so a restarted agent also catches up.
+
+It also serves the guest message channel of every domain running on the server
+(`channels.py`), following the states it publishes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from orchestrator.store.events import make_event
 from schemas import event_types as et
 from schemas.events import Event
 from schemas.inventory import Server, VmState
+from workers.agent.channels import GuestChannels
 from workers.agent.coalesce import CoalescingRedis
 from workers.hypervisor.adapter import silence_libvirt_errors
 from workers.hypervisor.events import DomainEvent, EventConnection, Keepalive
@@ -100,6 +104,7 @@ class ServerWatch:
         self.closed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self.last_key = keys.agent_last(server.name)
+        self.channels = GuestChannels(services, server, lambda: self.conn)
 
     # --- from libvirt's event thread -----------------------------------------------------
     def _on_event(self, ev: DomainEvent) -> None:
@@ -183,6 +188,8 @@ class ServerWatch:
         final = {ev.uuid: ev.state for ev in evs if ev.state is not None}
         if not final:
             return
+        for uuid, st in final.items():
+            self.channels.track(uuid, st == VmState.RUNNING)
         pipe = self.redis.pipeline(transaction=False)
         gone = [u for u, st in final.items() if st == VmState.DELETED]
         kept = {u: st.value for u, st in final.items() if st != VmState.DELETED}
@@ -223,6 +230,7 @@ class ServerWatch:
         timeout_s = self.settings.libvirt_call_timeout_s
         now = await asyncio.wait_for(asyncio.to_thread(conn.domain_states), timeout_s)
         at = datetime.now(UTC)
+        self.channels.sync({u for u, st in now.items() if st.state == VmState.RUNNING})
         last = {k: VmState(v) for k, v in (await self.redis.hgetall(self.last_key)).items()}
         changes = []
         for uuid in sorted(set(now) | set(last)):
@@ -397,6 +405,7 @@ class ServerWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         drain = asyncio.create_task(self._drain())
+        doorbell = asyncio.create_task(self.channels.doorbell(stop))
         backoff_s, was_up, down_sent = 0.2, False, False
         try:
             while not stop.is_set():
@@ -427,8 +436,12 @@ class ServerWatch:
                         self.conn = None
                         await self._close(conn)
         finally:
+            doorbell.cancel()
+            await self.channels.close()
             await self.queue.put(_Stop())
             await drain
+            with contextlib.suppress(asyncio.CancelledError):
+                await doorbell
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

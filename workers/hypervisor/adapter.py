@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
+import tempfile
 import threading
 import time
 import uuid as uuid_mod
@@ -20,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 from tenacity import (
@@ -55,6 +56,7 @@ from workers.hypervisor.xml import (
     DomainSpec,
     cdrom_device_xml,
     cdrom_source,
+    channel_path,
     dir_pool_xml,
     domain_xml,
     interface_xml,
@@ -74,6 +76,16 @@ __all__ = ["CallLimits", "Hypervisor", "Hypervisors", "KeptOpen", "silence_libvi
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Check = Callable[[], None]
+
+
+def test_channel_dir(uri: str) -> str:
+    """Where a test-driver server's guest channels are (no QEMU makes them: a test harness
+    stands in at the socket): beside the daemon's socket for the lab's daemons, else in a
+    directory of the temporary directory (the in-process driver of unit tests)."""
+    sock = parse_qs(urlsplit(uri).query).get("socket", [""])[0]
+    if sock:
+        return posixpath.join(posixpath.dirname(sock), "channels")
+    return posixpath.join(tempfile.gettempdir(), "vmorch-test-channels")
 
 
 def _retried(e: BaseException) -> bool:
@@ -228,8 +240,15 @@ class Hypervisor:
         if dtype == "qemu" and nics:
             active = set(self._call("listNetworks", lambda c: c.listNetworks()))
             nics = [replace(n, user_mode=n.network not in active) for n in nics]
-        xml = domain_xml(replace(spec, domain_type=dtype, nics=nics))
+        channels = spec.channel_dir or (test_channel_dir(self.uri) if dtype == "test" else None)
+        xml = domain_xml(replace(spec, domain_type=dtype, nics=nics, channel_dir=channels))
         self._call("defineXML", lambda c: c.defineXML(xml))
+
+    def channel_path(self, uuid: str) -> str | None:
+        """The unix socket of the running domain's guest message channel (QEMU picks it
+        at each start unless the definition names it), or None."""
+        xml = self._call("XMLDesc", lambda c: self._lookup(c, uuid).XMLDesc(0))
+        return channel_path(xml)
 
     def undefine(self, uuid: str) -> None:
         """Ensure the domain is gone (destroyed first if it runs)."""

@@ -24,6 +24,7 @@ from schemas.inventory import ServerFacts, VmState
 from workers.hypervisor.errors import classify, is_unsupported
 from workers.hypervisor.facts import read_facts
 from workers.hypervisor.states import lifecycle, observed_state
+from workers.hypervisor.xml import channel_path
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,23 @@ class EventConnection:
         try:
             return read_facts(conn)
         except libvirt.libvirtError as e:
+            raise _unavailable(e) from e
+
+    def channel_path(self, uuid: str) -> str | None:
+        """The unix socket of the running domain's guest message channel; None when the
+        domain is gone or not running, or has no channel."""
+        conn = self._conn
+        if conn is None:
+            raise HypervisorUnavailable(f"{self.uri}: not connected")
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            if not dom.isActive():
+                return None
+            return channel_path(dom.XMLDesc(0))
+        except libvirt.libvirtError as e:
+            err = classify(e)
+            if isinstance(err, NotFound):
+                return None
             raise _unavailable(e) from e
 
     def remove_domain(self, uuid: str) -> bool:

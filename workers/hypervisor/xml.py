@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 VMORCH_NS = "https://vmorch.dev/xmlns/vm/1"
+GUEST_PORT = "org.vmorch.agent.0"  # schemas.guest.PORT_NAME (this module imports nothing)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class DomainSpec:
     boot: list[str] = field(default_factory=lambda: ["hd"])  # boot order: cdrom, hd, network
     # (kernel, initrd, cmdline) booted directly (an installer); a reboot then ends it
     direct_boot: tuple[str, str, str] | None = None
+    # the guest channel's socket directory; None: libvirt chooses the path (QEMU does,
+    # per start, under its channel target directory; the agent reads it from the XML)
+    channel_dir: str | None = None
 
 
 def cpuset(cpus: list[int]) -> str:
@@ -157,10 +161,28 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(nic, "source", network=n.network)
         _sub(nic, "mac", address=n.mac)
         _sub(nic, "model", type="virtio")
+    # the guest message channel (a virtio-serial port; the host side a unix socket that
+    # QEMU listens on and the server's agent connects to)
+    channel = _sub(devices, "channel", type="unix")
+    source = {"mode": "bind"}
+    if spec.channel_dir:
+        source["path"] = f"{spec.channel_dir}/{spec.uuid}.agent.sock"
+    _sub(channel, "source", **source)
+    _sub(channel, "target", type="virtio", name=GUEST_PORT)
     if spec.domain_type != "test":
         _sub(devices, "memballoon", model="none")
     ET.register_namespace("vmorch", VMORCH_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def channel_path(xml: str) -> str | None:
+    """The host side of a domain's guest message channel (its unix socket), if any."""
+    for ch in ET.fromstring(xml).findall("devices/channel"):
+        target = ch.find("target")
+        source = ch.find("source")
+        if target is not None and target.get("name") == GUEST_PORT and source is not None:
+            return source.get("path")
+    return None
 
 
 def cdrom_xml(path: str | None) -> ET.Element:
