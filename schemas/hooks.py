@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, HttpUrl, field_validator
 
 from schemas.base import Frozen, Name
+from schemas.guest import GuestKey
 
 
 class HookMatch(Frozen):
@@ -59,11 +60,13 @@ class WebhookAction(Frozen):
 
 
 class GuestMessageAction(Frozen):
-    """Send a key/value message to the VM's guest (comes with guest messaging; refused now)."""
+    """Send a key/value message to the guest of the event's VM (a `vm.message` job). The
+    value may hold the same placeholders as a `submit_job` request."""
 
     kind: Literal["guest_message"]
-    key: Annotated[str, Field(max_length=200)]
+    key: GuestKey
     value: Annotated[str, Field(max_length=4096)]
+    timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
 
 
 HookAction = Annotated[

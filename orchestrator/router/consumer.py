@@ -216,8 +216,13 @@ class EventConsumer:
         """Act on one event. True when the entry may be acknowledged now."""
         svc = self.services
         vm = None
-        if event.subject and event.type.startswith("vm."):
-            vm = await svc.inventory.find_vm(event.subject)
+        # about a VM: its lifecycle (subject: the VM) and its guest (data: vm_id; the answer
+        # to a job's message has the job as its subject)
+        ref = event.subject if event.type.startswith("vm.") else None
+        if event.type.startswith("guest."):
+            ref = str(event.data.get("vm_id") or "") or None
+        if ref:
+            vm = await svc.inventory.find_vm(ref)
             reporter = event.data.get("server")
             if vm is not None and vm.server and reporter and reporter != vm.server:
                 # from a server the VM has left (its old server, back after a relocation):

@@ -4,6 +4,7 @@ The qemu tier runs the same program in a real guest kernel (test_qemu_guest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,160 @@ def _in_redis(url: str, needle: str) -> list[str]:
             found.append(key)
     r.close()
     return found
+
+
+def _step_vms(job: dict[str, Any]) -> dict[str, Any]:
+    step = next(s for s in job["steps"] if s["name"] == "await_answers")
+    return dict(step["outputs"].get("vms") or {})
+
+
+def test_the_outbox_waits_for_a_guest_and_a_deadline_fails_only_the_silent_vm(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    fleet: Inventory,
+    guests: list[HarnessGuest],
+    tmp_path: Path,
+) -> None:
+    late = create(api, "gm2", labels={"app": "late"})
+    create(api, "gm3", server="srv-a2", labels={"app": "late"})
+    status, job = api.request(
+        "POST",
+        "/v1/messages",
+        {"labels": {"app": "late"}, "messages": [{"key": "motd", "value": "hi"},
+                                                 {"key": "ntp", "value": "pool.ntp.org"}],
+         "timeout_s": 8},
+    )  # fmt: skip
+    assert status == 202, job
+    # no guest program runs yet: the messages wait in the outboxes, the job without a worker
+    waiting = api.wait(job["id"], {"waiting"}, timeout_s=30)
+    assert {v["state"] for v in _step_vms(waiting).values()} == {"queued"}
+    # when gm2's guest comes up, it gets its messages in order
+    g = harness(fleet, guests, late, tmp_path).start()
+    wait_until(lambda: g.applied == ["motd=hi", "ntp=pool.ntp.org"], 30, "gm2's messages")
+    # then: at the deadline gm3 fails alone, saying its guest never answered
+    done = api.wait(job["id"], timeout_s=30)
+    assert done["state"] == "failed", done
+    assert done["error"]["code"] == "guest_messages_failed"
+    assert "1 of 2 VM(s) not configured: gm3: the guest never answered" in done["error"]["message"]
+    vms = _step_vms(done)
+    assert vms["gm2"]["state"] == "acknowledged" and vms["gm3"]["state"] == "failed"
+    assert all(m["status"] == "failed" for m in vms["gm3"]["messages"])
+    # a message queued for gm3 is not delivered later: it left the outbox
+    assert guest_view(api, "gm3")["connected"] is False
+
+
+class HostileGuest:
+    """A 'guest' at a channel socket that sends what a hostile or broken guest would."""
+
+    def __init__(self, path: Path):
+        import socket as s
+        import threading
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.srv = s.socket(s.AF_UNIX, s.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(1)
+        self.path = path
+        self.got: list[bytes] = []
+        self.conn: s.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.srv.accept()
+        self.conn = conn
+        conn.recv(4096)  # the host's hello
+        conn.sendall(b"x" * (200 * 1024) + b"\n")  # far past the line limit
+        conn.sendall(b"not json at all\n")
+        conn.sendall(bytes(range(256)) * 4 + b"\n")  # binary garbage
+        conn.sendall(b'{"v": 1, "type": "ack", "id": "someone-elses-message"}\n')
+        ready = {"v": 1, "type": "ready", "version": "evil"}
+        conn.sendall((json.dumps(ready) + "\n").encode())
+        report = json.dumps({"v": 1, "type": "report", "keys": {"k": "v"}}).encode() + b"\n"
+        conn.sendall(report * 2000)  # a flood, far past the rate
+        conn.settimeout(None)
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):  # it never answers a message
+                self.got.append(chunk)
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.srv.close()
+        self.thread.join(5)
+        self.path.unlink(missing_ok=True)
+
+
+def test_a_hostile_guest_is_contained_and_counted(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    fleet: Inventory,
+    guests: list[HarnessGuest],
+    tmp_path: Path,
+) -> None:
+    bad_id = create(api, "gm4")
+    good_id = create(api, "gm5")
+    bad = HostileGuest(HarnessGuest(hv(fleet, "srv-a1"), bad_id, Path("/tmp")).path)
+    try:
+        good = harness(fleet, guests, good_id, tmp_path).start()
+
+        def counted() -> dict[str, int] | None:
+            d = guest_view(api, "gm4")["dropped"]
+            return d if d.get("rate", 0) > 0 and d.get("invalid", 0) >= 3 else None
+
+        dropped = wait_until(counted, 30, "the hostile guest's lines to be counted")
+        assert dropped["too_long"] == 1, dropped
+        # the agent is up and the other guest's channel works meanwhile
+        assert agents["srv-a1"].p.poll() is None
+        job = api.run(
+            {"kind": "vm.message", "vms": ["gm5"], "messages": [{"key": "a", "value": "1"}]}
+        )
+        assert job["state"] == "succeeded", job
+        assert good.applied == ["a=1"]
+        # a guest that never answers: the message was delivered, the job fails saying so
+        job = api.run(
+            {"kind": "vm.message", "vms": ["gm4"], "messages": [{"key": "b", "value": "2"}],
+             "timeout_s": 3}
+        )  # fmt: skip
+        assert job["state"] == "failed"
+        assert "had the message and did not answer within 3 s" in job["error"]["message"]
+        assert any(b'"key":"b"' in c for c in bad.got)
+        # reports it sent within its rate were taken (bounded)
+        assert guest_view(api, "gm4")["keys"] == {"k": "v"}
+    finally:
+        bad.stop()
+
+
+def test_a_guest_event_fires_a_hook_that_sends_a_message_back(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    router: Proc,
+    fleet: Inventory,
+    guests: list[HarnessGuest],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    vm_id = create(api, "gm6")
+    g = harness(fleet, guests, vm_id, tmp_path).start()
+    wait_until(lambda: guest_view(api, "gm6")["connected"], 30, "the guest to connect")
+    status, hook = api.request(
+        "POST",
+        "/v1/hooks",
+        {"name": "backup-seen", "match": {"types": ["guest.event.backup-done"], "vm_name": "gm6"},
+         "action": {"kind": "guest_message", "key": "backup_ack", "value": "{event_type}"}},
+    )  # fmt: skip
+    assert status == 201, hook
+    g.send_event("backup-done", "size=10G")
+    [ev] = wait_until(lambda: events(redis_url, "guest.event.backup-done", vm_id), 30, "event")
+    assert ev["data"]["data"] == {"size": "10G"} and ev["source"] == f"guest://{vm_id}"
+    runs_url = f"/v1/hooks/{hook['hook']['id']}/runs"
+    wait_until(lambda: g.applied == ["backup_ack=guest.event.backup-done"], 30, "the answer")
+    status, runs = api.request("GET", runs_url)
+    assert status == 200 and [r["outcome"] for r in runs] == ["submitted"], runs
+    job = api.wait(runs[0]["job_id"])
+    assert job["kind"] == "vm.message" and job["state"] == "succeeded", job
+    assert job["links"]["hook_id"] == hook["hook"]["id"] and job["links"]["event_id"] == ev["id"]

@@ -188,8 +188,9 @@ class ServerWatch:
         final = {ev.uuid: ev.state for ev in evs if ev.state is not None}
         if not final:
             return
+        names = {ev.uuid: ev.name for ev in evs}
         for uuid, st in final.items():
-            self.channels.track(uuid, st == VmState.RUNNING)
+            self.channels.track(uuid, st == VmState.RUNNING, names.get(uuid, ""))
         pipe = self.redis.pipeline(transaction=False)
         gone = [u for u, st in final.items() if st == VmState.DELETED]
         kept = {u: st.value for u, st in final.items() if st != VmState.DELETED}
@@ -230,7 +231,7 @@ class ServerWatch:
         timeout_s = self.settings.libvirt_call_timeout_s
         now = await asyncio.wait_for(asyncio.to_thread(conn.domain_states), timeout_s)
         at = datetime.now(UTC)
-        self.channels.sync({u for u, st in now.items() if st.state == VmState.RUNNING})
+        self.channels.sync({u: st.name for u, st in now.items() if st.state == VmState.RUNNING})
         last = {k: VmState(v) for k, v in (await self.redis.hgetall(self.last_key)).items()}
         changes = []
         for uuid in sorted(set(now) | set(last)):

@@ -124,7 +124,10 @@ class Channel:
         skipping = False  # inside an over-long line: drop up to its end
         while True:
             try:
-                line = await reader.readuntil(b"\n")
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), FLUSH_S)
+            except TimeoutError:  # a quiet channel: what was counted goes out now
+                await self._flush(force=bool(self.drops))
+                continue
             except asyncio.LimitOverrunError as e:
                 await reader.readexactly(e.consumed)  # drop what was read of it
                 if not skipping:
@@ -140,13 +143,13 @@ class Channel:
                 continue
             if not self.bucket.take():
                 self._drop("rate")
-                continue
-            try:
-                msg = from_guest.validate_json(line)
-            except ValidationError:
-                self._drop("invalid")
-                continue
-            await self._handle(msg)
+            else:
+                try:
+                    msg = from_guest.validate_json(line)
+                except ValidationError:
+                    self._drop("invalid")
+                else:
+                    await self._handle(msg)
             await self._flush()
 
     def _drop(self, reason: str) -> None:
@@ -248,9 +251,15 @@ class GuestChannels:
         self._conn = conn
         self.sealer = sealer_of(services.settings)
         self.channels: dict[str, Channel] = {}
+        self.names: dict[str, str] = {}  # domain names, as libvirt reported them
 
     def about(self, uuid: str) -> dict[str, Any]:
-        return {"vm_id": uuid, "server": self.server.name, "pool": self.server.pool}
+        return {
+            "vm_id": uuid,
+            "vm_name": self.names.get(uuid, ""),
+            "server": self.server.name,
+            "pool": self.server.pool,
+        }
 
     async def publish(self, type_: str, subject: str, data: dict[str, Any]) -> None:
         vm_id = str(data.get("vm_id", subject))
@@ -286,8 +295,10 @@ class GuestChannels:
             log.info("vm=%s guest channel path not read: %s", uuid, e)
             return None
 
-    def track(self, uuid: str, running: bool) -> None:
+    def track(self, uuid: str, running: bool, name: str = "") -> None:
         """A domain runs (serve its channel) or does not (stop serving it)."""
+        if name:
+            self.names[uuid] = name
         ch = self.channels.get(uuid)
         if running:
             if ch is None or ch.task is None or ch.task.done():
@@ -295,15 +306,16 @@ class GuestChannels:
                 ch.task = asyncio.create_task(ch.run(), name=f"guest-{uuid}")
         elif ch is not None:
             del self.channels[uuid]
+            self.names.pop(uuid, None)
             if ch.task is not None:
                 ch.task.cancel()
 
-    def sync(self, running: set[str]) -> None:
-        """Serve exactly the channels of `running` (after a comparison of states)."""
-        for uuid in set(self.channels) - running:
+    def sync(self, running: dict[str, str]) -> None:
+        """Serve exactly the channels of `running` (uuid -> name; after a comparison)."""
+        for uuid in set(self.channels) - set(running):
             self.track(uuid, False)
-        for uuid in running:
-            self.track(uuid, True)
+        for uuid, name in running.items():
+            self.track(uuid, True, name)
 
     def kick_all(self) -> None:
         for ch in self.channels.values():

@@ -10,7 +10,7 @@ from orchestrator.errors import VmorchError
 from orchestrator.router.hooks import fill
 from schemas.hooks import HookRun, SubmitJobAction
 from schemas.jobs import JobLinks
-from schemas.requests import job_request_adapter
+from schemas.requests import JobRequest, job_request_adapter
 
 if TYPE_CHECKING:
     from orchestrator.router.actions import ActionContext, Firing
@@ -22,10 +22,19 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
     action = firing.hook.action
     if not isinstance(action, SubmitJobAction):
         raise TypeError(f"not a submit_job action: {action.kind}")
+    try:
+        req = job_request_adapter.validate_python(fill(action.request, values_of(firing)))
+    except ValidationError as e:
+        return firing.run("failed", str(e)[:500])
+    return await submit(ctx, firing, req)
+
+
+def values_of(firing: Firing) -> dict[str, str]:
+    """What a hook's placeholders are filled with. VM names and ids come from vmorch's
+    inventory, never from the event (a domain vmorch does not manage may be named like
+    one it does)."""
     vm, event = firing.vm, firing.event
-    # VM names and ids come from vmorch's inventory, never from the event (a domain vmorch
-    # does not manage may be named like one it does)
-    values = {
+    return {
         "vm_id": vm.id if vm else "",
         "vm_name": vm.name if vm else "",
         "server": str(event.data.get("server", "")),
@@ -34,8 +43,12 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
         "event_type": event.type,
         "subject": firing.subject,
     }
+
+
+async def submit(ctx: ActionContext, firing: Firing, req: JobRequest) -> HookRun:
+    """Submit a hook's job, idempotently per (event, subject) and hook, linked to both."""
+    event = firing.event
     try:
-        req = job_request_adapter.validate_python(fill(action.request, values))
         job, _ = await ctx.services.submitter.submit(
             req,
             submitted_by=f"hook:{firing.hook.name}",
@@ -44,6 +57,6 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
             links=JobLinks(hook_id=firing.hook.id, event_id=event.id),
             internal=True,
         )
-    except (VmorchError, ValidationError) as e:
+    except VmorchError as e:
         return firing.run("failed", str(e)[:500])
     return firing.run("submitted", job.kind, job.id)
