@@ -41,6 +41,52 @@ class VnicRequest(Frozen):
     mac: MacAddress | None = None
 
 
+class GuestKeyValue(Frozen):
+    """One key/value for a guest: its guest program stores it and runs its handler.
+    `secret`: the value is sealed before it is stored, never logged, in an event or a job
+    record, shown redacted, and unsealed only by the agent that writes it to the guest."""
+
+    key: GuestKey
+    # a secret's value is stored sealed (longer than what a client may send: `_plain`)
+    value: Annotated[str, Field(max_length=2 * VALUE_MAX + 512)]
+    secret: bool = False
+
+    @field_validator("value")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if len(v) > VALUE_MAX and not v.startswith(SEALED_PREFIX):
+            raise ValueError(f"at most {VALUE_MAX} characters")
+        return v
+
+    @field_serializer("value")
+    def _redacted(self, v: str, info: SerializationInfo) -> str:
+        """A secret's value is shown redacted everywhere, but in the job's own record
+        (serialized with context {"sealed": True}), which holds it sealed."""
+        if self.secret and not (info.context or {}).get("sealed"):
+            return REDACTED
+        return v
+
+
+class FirstBoot(Frozen):
+    """First-boot configuration: key/values the new VM's guest program gets once it
+    reports ready (or cloud-init reads); the job succeeds only when each is acknowledged."""
+
+    config: Annotated[list[GuestKeyValue], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="key/values for the guest (hostname, network, users, ...), in order; "
+        "`secret` ones sealed; needs start: true",
+    )
+    config_timeout_s: Annotated[float, Field(ge=1, le=86400)] = Field(
+        default=300.0, description="how long the guest has to acknowledge them all"
+    )
+
+    @model_validator(mode="after")
+    def _config_needs_a_start(self) -> FirstBoot:
+        if self.config and not getattr(self, "start", True):
+            raise ValueError("config is applied by the running guest: it needs start: true")
+        return self
+
+
 class NewVm(Frozen):
     """What every create shares: where the VM goes, its name, vNICs and labels."""
 
@@ -88,7 +134,7 @@ DiskClones = Annotated[
 ]
 
 
-class CreateFromTemplate(NewVm):
+class CreateFromTemplate(NewVm, FirstBoot):
     """Clone a template's disks in the pool's repository, define the VM where there is room,
     start it."""
 
@@ -110,7 +156,7 @@ class NewDisk(Frozen):
     size_mib: Annotated[int, Field(ge=1, le=DISK_MAX_MIB)]
 
 
-class CreateFromIso(NewVm):
+class CreateFromIso(NewVm, FirstBoot):
     """A hardware-virtualized VM that boots an installer ISO of the pool's repository from
     its CD-ROM drive (boot order: cdrom, then disk), with empty disks made in the
     repository."""
@@ -144,7 +190,7 @@ DiskCopies = Annotated[
 ]
 
 
-class CloneVm(Frozen):
+class CloneVm(FirstBoot):
     """Clone a stopped VM in its pool: a new VM with a new name, UUID and MACs, its disks
     copies of the source's (sparse or full), its vNICs on the same networks or as
     `network_map` says. The source is never changed (it must stay stopped meanwhile)."""
@@ -514,32 +560,6 @@ class HaRestart(VmOperation):
 
     kind: Literal["vm.ha_restart"]
     reason: Annotated[str, Field(max_length=200)] = ""
-
-
-class GuestKeyValue(Frozen):
-    """One key/value for a guest: its guest program stores it and runs its handler.
-    `secret`: the value is sealed before it is stored, never logged, in an event or a job
-    record, shown redacted, and unsealed only by the agent that writes it to the guest."""
-
-    key: GuestKey
-    # a secret's value is stored sealed (longer than what a client may send: `_plain`)
-    value: Annotated[str, Field(max_length=2 * VALUE_MAX + 512)]
-    secret: bool = False
-
-    @field_validator("value")
-    @classmethod
-    def _plain(cls, v: str) -> str:
-        if len(v) > VALUE_MAX and not v.startswith(SEALED_PREFIX):
-            raise ValueError(f"at most {VALUE_MAX} characters")
-        return v
-
-    @field_serializer("value")
-    def _redacted(self, v: str, info: SerializationInfo) -> str:
-        """A secret's value is shown redacted everywhere, but in the job's own record
-        (serialized with context {"sealed": True}), which holds it sealed."""
-        if self.secret and not (info.context or {}).get("sealed"):
-            return REDACTED
-        return v
 
 
 class VmSelector(Frozen):

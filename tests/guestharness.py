@@ -14,6 +14,7 @@ from pathlib import Path
 
 import libvirt
 
+from workers.hypervisor.adapter import test_channel_dir
 from workers.hypervisor.xml import channel_path
 
 PROGRAM = Path(__file__).resolve().parents[1] / "workers" / "guest" / "vmorch_guest.py"
@@ -26,8 +27,12 @@ class HarnessGuest:
     """The guest program of one test-driver domain, listening at its channel socket."""
 
     def __init__(self, conn: libvirt.virConnect, vm_id: str, workdir: Path):
-        xml = conn.lookupByUUIDString(vm_id).XMLDesc(0)
-        path = channel_path(xml)
+        """At the channel of the domain `vm_id` (its XML names it), or, when it is not
+        defined yet (a create in progress), where the adapter will put it."""
+        try:
+            path = channel_path(conn.lookupByUUIDString(vm_id).XMLDesc(0))
+        except libvirt.libvirtError:
+            path = f"{test_channel_dir(conn.getURI())}/{vm_id}.agent.sock"
         assert path, f"domain {vm_id} has no vmorch channel with a path"
         self.path = Path(path)
         # short: a unix socket's path has at most 107 bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
@@ -34,6 +35,8 @@ from schemas.requests import (
     DiskClone,
     DiskCopy,
     EjectIso,
+    FirstBoot,
+    GuestKeyValue,
     ImportTemplate,
     InsertIso,
     JobRequest,
@@ -325,7 +328,7 @@ class Submitter:
                 details=[(["body", "kind"], "an internal job kind")],
             )
         fingerprint = req.model_dump_json()
-        if isinstance(req, SendMessages):
+        if isinstance(req, SendMessages | FirstBoot):
             req, fingerprint = self._sealed(req)
         sha = hashlib.sha256(fingerprint.encode()).hexdigest()
         # keys are per caller: another token's key neither replays nor reveals its job
@@ -398,34 +401,38 @@ class Submitter:
             )
         return job, False
 
-    def _sealed(self, req: SendMessages) -> tuple[SendMessages, str]:
+    def _sealed(self, req: SendMessages | FirstBoot) -> tuple[JobRequest, str]:
         """The request with each secret value sealed (nothing stores it plain), and its
         fingerprint for idempotency (a keyed digest in place of each secret)."""
+        field = "messages" if isinstance(req, SendMessages) else "config"
+        items: list[GuestKeyValue] = getattr(req, field)
         problems: list[tuple[list[str | int], str]] = []
         sealed, digested = [], []
-        for i, m in enumerate(req.messages):
+        for i, m in enumerate(items):
             if not m.secret:
                 sealed.append(m)
                 digested.append(m)
                 continue
             if self.sealer is None:
                 problems.append(
-                    (["body", "messages", i, "secret"],
+                    (["body", field, i, "secret"],
                      "this vmorch has no VMORCH_GUEST_SECRET_KEY: it cannot send secret values")
                 )  # fmt: skip
                 continue
             if is_sealed(m.value):
                 problems.append(
-                    (["body", "messages", i, "value"], "send the value itself: vmorch seals it")
+                    (["body", field, i, "value"], "send the value itself: vmorch seals it")
                 )
                 continue
             sealed.append(m.model_copy(update={"value": self.sealer.seal(m.value)}))
             digested.append(m.model_copy(update={"value": self.sealer.digest(m.value)}))
         if problems:
             raise ValidationFailed("secret values cannot be taken", details=problems)
-        fingerprint = req.model_copy(update={"messages": digested})
+        if not any(m.secret for m in items):
+            return cast(JobRequest, req), req.model_dump_json()
+        fingerprint = req.model_copy(update={field: digested})
         return (
-            req.model_copy(update={"messages": sealed}),
+            cast(JobRequest, req.model_copy(update={field: sealed})),
             fingerprint.model_dump_json(context={"sealed": True}),
         )
 

@@ -21,6 +21,7 @@ from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import clone_disks, delete_disks, repository_of
 from tasks.steps.vm import START
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, vm_disks, volume_name
+from tasks.workflows.vm_message import first_boot_steps
 
 
 def _req(ctx: StepContext) -> CloneVm:
@@ -82,4 +83,4 @@ def steps(req: CloneVm) -> list[Step]:
     ]
     if req.start:
         out.append(START)
-    return out
+    return out + first_boot_steps(req)

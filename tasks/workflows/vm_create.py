@@ -22,6 +22,7 @@ from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import clone_disks, delete_disks
 from tasks.steps.placement import choose_server
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
+from tasks.workflows.vm_message import first_boot_steps
 from workers.hypervisor.xml import disk_target
 
 
@@ -196,4 +197,4 @@ def steps(req: CreateFromTemplate) -> list[Step]:
     ]
     if req.start:
         out.append(START)
-    return out
+    return out + first_boot_steps(req)

@@ -14,6 +14,7 @@ from schemas.requests import CreateFromInstallTree, CreateFromIso
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.vm import START
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
+from tasks.workflows.vm_message import first_boot_steps
 from workers.hypervisor.xml import disk_target
 
 MIB = 1024 * 1024
@@ -76,4 +77,4 @@ def steps(req: CreateFromIso) -> list[Step]:
     ]
     if req.start:
         out.append(START)
-    return out
+    return out + first_boot_steps(req)

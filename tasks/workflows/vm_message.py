@@ -1,5 +1,6 @@
 """`vm.message`: key/value messages to the guests of one or many VMs, with a status per VM
-and per message.
+and per message; and the same steps as a create's first-boot configuration
+(`first_boot_steps`: the request's `config`, to the job's own VM, after its start).
 
 1. `select_vms`: the VMs the selector names, now (names, labels, pool).
 2. `queue_messages`: each VM's messages into its outbox, in the request's order, with a
@@ -22,8 +23,9 @@ from typing import Any, cast
 from orchestrator.errors import Permanent
 from orchestrator.store.guest import TERMINAL, MessageRecord
 from schemas import event_types as et
-from schemas.requests import SendMessages
+from schemas.requests import FirstBoot, GuestKeyValue, SendMessages
 from tasks.step import Outputs, Step, StepContext, Wait
+from tasks.steps.vm import vm_of
 
 
 class NotConfigured(Permanent):
@@ -40,18 +42,30 @@ def _select(ctx: StepContext) -> Outputs:
     return {"targets": {v.id: v.name for v in sorted(vms, key=lambda v: v.name)}}
 
 
+def _own_vm(ctx: StepContext) -> Outputs:
+    vm = vm_of(ctx)
+    return {"targets": {vm.id: vm.name}}
+
+
+def _messages(ctx: StepContext) -> tuple[list[GuestKeyValue], float]:
+    """The key/values and the time the guests have: a message job's, or a create's
+    first-boot configuration."""
+    req = ctx.request
+    if isinstance(req, SendMessages):
+        return list(req.messages), req.timeout_s
+    boot = cast(FirstBoot, req)
+    return list(boot.config), boot.config_timeout_s
+
+
 def _ids(ctx: StepContext) -> dict[str, list[str]]:
-    req = cast(SendMessages, ctx.request)
+    n_msgs = len(_messages(ctx)[0])
     vms = cast(dict[str, str], ctx.outputs["targets"])
-    return {
-        vm_id: [f"{ctx.job.id}.{n}.{i}" for i in range(len(req.messages))]
-        for n, vm_id in enumerate(vms)
-    }
+    return {vm_id: [f"{ctx.job.id}.{n}.{i}" for i in range(n_msgs)] for n, vm_id in enumerate(vms)}
 
 
 def _queue(ctx: StepContext) -> Outputs:
-    req = cast(SendMessages, ctx.request)
-    deadline_ms = int(ctx.outputs.get("deadline_ms") or (time.time() + req.timeout_s) * 1000)
+    messages, timeout_s = _messages(ctx)
+    deadline_ms = int(ctx.outputs.get("deadline_ms") or (time.time() + timeout_s) * 1000)
     records = [
         MessageRecord(
             id=mid,
@@ -63,7 +77,7 @@ def _queue(ctx: StepContext) -> Outputs:
             deadline_ms=deadline_ms,
         )
         for vm_id, mids in _ids(ctx).items()
-        for mid, m in zip(mids, req.messages, strict=True)
+        for mid, m in zip(mids, messages, strict=True)
     ]
     ctx.check()
     ctx.run(ctx.runtime.services.guests.enqueue(records))
@@ -81,7 +95,7 @@ def _status(ctx: StepContext, late: bool) -> tuple[dict[str, Any], int]:
     the deadline passed, so those fail now, saying what the guest did."""
     guests = ctx.runtime.services.guests
     vms = cast(dict[str, str], ctx.outputs["targets"])
-    timeout_s = cast(SendMessages, ctx.request).timeout_s
+    timeout_s = _messages(ctx)[1]
     out: dict[str, Any] = {}
     pending = 0
     for vm_id, mids in _ids(ctx).items():
@@ -159,16 +173,26 @@ def _verdict(ctx: StepContext) -> Outputs:
     return {"acknowledged": len(vms)}
 
 
+QUEUE = Step("queue_messages", _queue, _unqueue, "queue the messages in each VM's outbox")
+AWAIT = Step(
+    "await_answers",
+    _answers,
+    None,
+    "wait for each guest to acknowledge its messages",
+    resume=_answers,
+)
+VERDICT = Step("verdict", _verdict, None, "check that every guest acknowledged")
+
+
 def steps(_req: SendMessages) -> list[Step]:
-    return [
-        Step("select_vms", _select, None, "find the VMs the messages go to"),
-        Step("queue_messages", _queue, _unqueue, "queue the messages in each VM's outbox"),
-        Step(
-            "await_answers",
-            _answers,
-            None,
-            "wait for each guest to acknowledge its messages",
-            resume=_answers,
-        ),
-        Step("verdict", _verdict, None, "check that every guest acknowledged"),
-    ]
+    return [Step("select_vms", _select, None, "find the VMs the messages go to"), QUEUE, AWAIT,
+            VERDICT]  # fmt: skip
+
+
+def first_boot_steps(req: FirstBoot) -> list[Step]:
+    """After a create's start: its `config` to the new VM's guest, acknowledged (none
+    when the request has no config)."""
+    if not req.config:
+        return []
+    return [Step("config_target", _own_vm, None, "the new VM's guest gets the config"),
+            QUEUE, AWAIT, VERDICT]  # fmt: skip

@@ -286,3 +286,100 @@ def test_a_guest_event_fires_a_hook_that_sends_a_message_back(
     job = api.wait(runs[0]["job_id"])
     assert job["kind"] == "vm.message" and job["state"] == "succeeded", job
     assert job["links"]["hook_id"] == hook["hook"]["id"] and job["links"]["event_id"] == ev["id"]
+
+
+def test_one_job_to_fifty_guests_reports_each(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    fleet: Inventory,
+    guests: list[HarnessGuest],
+    tmp_path: Path,
+) -> None:
+    servers = ["srv-a1", "srv-a2"]
+    jobs = [
+        api.submit(
+            {
+                "kind": "vm.create_from_template",
+                "pool": "pool-a",
+                "template": "tmpl-a",
+                "name": f"fan{i:02d}",
+                "server": servers[i % 2],
+                "labels": {"tier": "fan"},
+                "memory_mib": 32,
+            }
+        )
+        for i in range(50)
+    ]
+    made = [api.wait(j["id"], timeout_s=120) for j in jobs]
+    assert all(j["state"] == "succeeded" for j in made), [
+        (j["state"], j["error"]) for j in made if j["state"] != "succeeded"
+    ]
+    silent = made[49]["links"]["vm_id"]  # one VM has no guest program
+    for i, j in enumerate(made[:49]):
+        harness(fleet, guests, j["links"]["vm_id"], tmp_path, servers[i % 2]).start()
+    status, job = api.request(
+        "POST",
+        "/v1/messages",
+        {"labels": {"tier": "fan"}, "pool": "pool-a", "timeout_s": 20,
+         "messages": [{"key": "role", "value": "web"}, {"key": "dc", "value": "east"}]},
+    )  # fmt: skip
+    assert status == 202, job
+    done = api.wait(job["id"], timeout_s=90)
+    vms = _step_vms(done)
+    assert len(vms) == 50
+    assert {n for n, v in vms.items() if v["state"] == "acknowledged"} == {
+        f"fan{i:02d}" for i in range(49)
+    }
+    assert vms["fan49"]["state"] == "failed" and vms["fan49"]["vm_id"] == silent
+    assert (
+        done["state"] == "failed"
+        and "1 of 50 VM(s) not configured: fan49" in (done["error"]["message"])
+    )
+    assert all(g.applied == ["role=web", "dc=east"] for g in guests)
+
+
+def test_first_boot_configuration_ends_the_create_only_when_acknowledged(
+    api: Api,
+    worker: Proc,
+    agents: dict[str, Proc],
+    fleet: Inventory,
+    guests: list[HarnessGuest],
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    config = [{"key": "hostname", "value": "db1"},
+              {"key": "root_password", "value": SECRET, "secret": True}]  # fmt: skip
+    job = api.submit(
+        {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+         "name": "fb1", "server": "srv-a2", "config": config, "config_timeout_s": 30}
+    )  # fmt: skip
+    assert job["request"]["config"][1]["value"] == "********"
+    # the guest program comes up with the VM (the harness in QEMU's place)
+    g = harness(fleet, guests, job["links"]["vm_id"], tmp_path, "srv-a2").start()
+    done = api.wait(job["id"], timeout_s=60)
+    assert done["state"] == "succeeded", done
+    assert [s["name"] for s in done["steps"]][-4:] == [
+        "config_target", "queue_messages", "await_answers", "verdict"
+    ]  # fmt: skip
+    assert g.applied == ["hostname=db1", f"root_password={SECRET}"]
+    assert not _in_redis(redis_url, SECRET)
+    # a handler's error fails the create, with the guest's words, and undoes it
+    job = api.submit(
+        {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+         "name": "fb2", "server": "srv-a2", "config": [{"key": "net", "value": "bad"}]}
+    )  # fmt: skip
+    g2 = harness(fleet, guests, job["links"]["vm_id"], tmp_path, "srv-a2")
+    g2.handler("net", '#!/bin/sh\necho "no interface eth9" >&2\nexit 2\n')
+    g2.start()
+    failed = api.wait(job["id"], timeout_s=60)
+    assert failed["state"] == "failed", failed
+    assert "fb2: handler of net exited 2: no interface eth9" in failed["error"]["message"]
+    assert api.request("GET", "/v1/vms/fb2")[0] == 404  # undone
+    # without start there is nobody to configure: refused up front
+    status, body = api.request(
+        "POST", "/v1/jobs",
+        {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",
+         "name": "fb3", "start": False, "config": [{"key": "a", "value": "b"}]},
+    )  # fmt: skip
+    assert status == 422 and "needs start: true" in json.dumps(body)
