@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from schemas.base import Frozen, Name
 from schemas.events import Event
+from schemas.guest import MESSAGES_MAX
 from schemas.hooks import Hook
 from schemas.inventory import RepositoryContent, Server, ServerFacts, ServerPool, Template, Vm
 from schemas.requests import GuestKeyValue, VmSelector
@@ -230,12 +231,12 @@ class EventPage(Frozen):
 class MessagesRequest(Frozen):
     """`POST /v1/vms/{vm}/messages`: key/values for one VM's guest (a `vm.message` job)."""
 
-    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=MESSAGES_MAX)]
     timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
 
 
 class MessagesToMany(VmSelector):
     """`POST /v1/messages`: the same key/values to the guests of many VMs (one job)."""
 
-    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=MESSAGES_MAX)]
     timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0

@@ -20,8 +20,12 @@ KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 GuestKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 MessageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Short = Annotated[str, Field(max_length=4096)]
-VALUE_MAX = 32768  # characters of a value sent to a guest
-SEALED_PREFIX = "sealed:"  # a secret value as stored (orchestrator/secrets.py)
+# characters of a value sent to a guest; a request holds at most MESSAGES_MAX of them, so
+# that the largest request the document allows fits the api's body limit (1 MiB) even
+# with every character written as a JSON escape pair (12 bytes)
+VALUE_MAX = 2048
+MESSAGES_MAX = 32
+SEALED_MAX = 16384  # a sealed secret value (Fernet token of VALUE_MAX characters)
 REDACTED = "********"  # a secret value as shown
 
 
@@ -73,7 +77,7 @@ class ToGuest(Frozen):
     id: MessageId
     op: Literal["hello", "set", "get", "ping", "action"]
     key: GuestKey | None = None
-    value: Annotated[str, Field(max_length=VALUE_MAX)] | None = None
+    value: Annotated[str, Field(max_length=SEALED_MAX)] | None = None
     secret: bool = False
     keys: Annotated[list[GuestKey], Field(max_length=256)] | None = None
     name: GuestKey | None = None

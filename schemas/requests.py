@@ -6,19 +6,20 @@ document and validation pick it up from `JobRequest`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
-    field_serializer,
-    field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.base import Frozen, MemoryMiB, Name, Pinning, VcpuCount
-from schemas.guest import REDACTED, SEALED_PREFIX, VALUE_MAX, GuestKey
+from schemas.guest import MESSAGES_MAX, REDACTED, SEALED_MAX, VALUE_MAX, GuestKey
 
 VmRef = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 """A VM by id (UUID) or by name."""
@@ -43,35 +44,32 @@ class VnicRequest(Frozen):
 
 class GuestKeyValue(Frozen):
     """One key/value for a guest: its guest program stores it and runs its handler.
-    `secret`: the value is sealed before it is stored, never logged, in an event or a job
-    record, shown redacted, and unsealed only by the agent that writes it to the guest."""
+    `secret`: the value is sealed at submission and kept only sealed (`sealed`, set by
+    vmorch, never shown); it is never logged, in an event or a job record, is shown
+    redacted, and is opened only by the agent that writes it to the guest."""
 
     key: GuestKey
-    # a secret's value is stored sealed (longer than what a client may send: `_plain`)
-    value: Annotated[str, Field(max_length=2 * VALUE_MAX + 512)]
+    value: Annotated[str, Field(max_length=VALUE_MAX)]
     secret: bool = False
+    sealed: SkipJsonSchema[Annotated[str, Field(max_length=SEALED_MAX)] | None] = None
 
-    @field_validator("value")
-    @classmethod
-    def _plain(cls, v: str) -> str:
-        if len(v) > VALUE_MAX and not v.startswith(SEALED_PREFIX):
-            raise ValueError(f"at most {VALUE_MAX} characters")
-        return v
-
-    @field_serializer("value")
-    def _redacted(self, v: str, info: SerializationInfo) -> str:
-        """A secret's value is shown redacted everywhere, but in the job's own record
-        (serialized with context {"sealed": True}), which holds it sealed."""
-        if self.secret and not (info.context or {}).get("sealed"):
-            return REDACTED
-        return v
+    @model_serializer(mode="wrap")
+    def _redacted(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """Everywhere but in the job's own record (context {"sealed": True}): a secret's
+        value redacted, and no `sealed`."""
+        out = handler(self)
+        if not (info.context or {}).get("sealed"):
+            out.pop("sealed", None)
+            if self.secret:
+                out["value"] = REDACTED
+        return out
 
 
 class FirstBoot(Frozen):
     """First-boot configuration: key/values the new VM's guest program gets once it
     reports ready (or cloud-init reads); the job succeeds only when each is acknowledged."""
 
-    config: Annotated[list[GuestKeyValue], Field(max_length=64)] = Field(
+    config: Annotated[list[GuestKeyValue], Field(max_length=MESSAGES_MAX)] = Field(
         default_factory=list,
         description="key/values for the guest (hostname, network, users, ...), in order; "
         "`secret` ones sealed; needs start: true",
@@ -590,7 +588,7 @@ class SendMessages(VmSelector):
     by then fails alone. In order within the request; each applied once by the guest."""
 
     kind: Literal["vm.message"]
-    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=64)]
+    messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=MESSAGES_MAX)]
     timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
 
 

@@ -30,7 +30,7 @@ async def _submit(request: web.Request, req: SendMessages) -> web.Response:
 async def send_to_vm(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
-        spec = MessagesRequest.model_validate(body)
+        spec = MessagesRequest.model_validate(body, strict=True)
     except ValidationError as e:
         raise invalid("messages", e) from None
     vm = await services(request).inventory.vm(request.match_info["vm"])
@@ -43,7 +43,7 @@ async def send_to_vm(request: web.Request) -> web.Response:
 async def send_to_many(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
-        spec = MessagesToMany.model_validate(body)
+        spec = MessagesToMany.model_validate(body, strict=True)
     except ValidationError as e:
         raise invalid("messages", e) from None
     req = SendMessages(kind="vm.message", **spec.model_dump(context={"sealed": True}))

@@ -10,7 +10,7 @@ from typing import cast
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
 from orchestrator.jobs.dispatch import Dispatcher
 from orchestrator.jobs.transitions import abort_requested
-from orchestrator.secrets import Sealer, is_sealed
+from orchestrator.secrets import Sealer
 from orchestrator.store import keys
 from orchestrator.store.content import ContentStore
 from orchestrator.store.inventory import InventoryStore
@@ -409,6 +409,9 @@ class Submitter:
         problems: list[tuple[list[str | int], str]] = []
         sealed, digested = [], []
         for i, m in enumerate(items):
+            if m.sealed is not None:
+                problems.append((["body", field, i, "sealed"], "set by vmorch, not by a client"))
+                continue
             if not m.secret:
                 sealed.append(m)
                 digested.append(m)
@@ -419,15 +422,10 @@ class Submitter:
                      "this vmorch has no VMORCH_GUEST_SECRET_KEY: it cannot send secret values")
                 )  # fmt: skip
                 continue
-            if is_sealed(m.value):
-                problems.append(
-                    (["body", field, i, "value"], "send the value itself: vmorch seals it")
-                )
-                continue
-            sealed.append(m.model_copy(update={"value": self.sealer.seal(m.value)}))
+            sealed.append(m.model_copy(update={"value": "", "sealed": self.sealer.seal(m.value)}))
             digested.append(m.model_copy(update={"value": self.sealer.digest(m.value)}))
         if problems:
-            raise ValidationFailed("secret values cannot be taken", details=problems)
+            raise ValidationFailed("the key/values cannot be taken", details=problems)
         if not any(m.secret for m in items):
             return cast(JobRequest, req), req.model_dump_json()
         fingerprint = req.model_copy(update={field: digested})

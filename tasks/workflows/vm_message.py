@@ -72,7 +72,7 @@ def _queue(ctx: StepContext) -> Outputs:
             vm_id=vm_id,
             job_id=ctx.job.id,
             key=m.key,
-            value=m.value,  # a secret's is sealed (submission)
+            value=m.sealed if m.secret else m.value,  # a secret only sealed
             secret=m.secret,
             deadline_ms=deadline_ms,
         )
