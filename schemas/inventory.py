@@ -121,6 +121,17 @@ class TemplateDisk(Frozen):
     format: DiskFormat = "raw"
 
 
+class DirectBoot(Frozen):
+    """A kernel and initrd that the VM boots directly, with its kernel arguments: while an
+    installer runs (fetched from an install tree into the repository; a reboot ends it),
+    or always, for a VM made from a template that boots so (`installer: false`)."""
+
+    kernel: str
+    initrd: str
+    cmdline: str = ""
+    installer: bool = True
+
+
 class Template(Frozen):
     """A VM image and its default shape, stored in a pool's repository. A template made by
     a job (from a VM, a clone, an import) is `creating` until its disks are complete."""
@@ -135,6 +146,11 @@ class Template(Frozen):
     assembly: Name | None = Field(default=None, description="the assembly it was imported from")
     networks: list[str] = Field(
         default_factory=list, description="an assembly's template: the network of each NIC"
+    )
+    boot: DirectBoot | None = Field(
+        default=None,
+        description="its VMs boot this kernel and initrd directly (files every server of "
+        "the pool reads at the same path), e.g. the lab's guest image",
     )
 
 
@@ -221,15 +237,6 @@ class VmCdrom(Frozen):
 
 
 BootDevice = Literal["cdrom", "hd", "network"]
-
-
-class DirectBoot(Frozen):
-    """A kernel and initrd (fetched from an install tree into the repository) that the VM
-    boots directly, with its kernel arguments: while an installer runs."""
-
-    kernel: str
-    initrd: str
-    cmdline: str = ""
 
 
 class VmNic(Frozen):

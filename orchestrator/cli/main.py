@@ -71,7 +71,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.lab.lab import LabSpec
     from orchestrator.lab.stack import up
 
-    spec = LabSpec(pools=args.pools, servers_per_pool=args.servers_per_pool, kind=args.kind)
+    spec = LabSpec(
+        pools=args.pools,
+        servers_per_pool=args.servers_per_pool,
+        kind=args.kind,
+        guest_image=args.kind == "qemu" and not args.no_guest_image,
+    )
     return up(settings, spec, args.port, keep_state=args.keep_state)
 
 
@@ -206,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="test: libvirt's test driver (fast, no guests run); qemu: real QEMU guests "
         "(TCG), installed by `scripts/install --qemu`",
+    )
+    up.add_argument(
+        "--no-guest-image",
+        action="store_true",
+        help="qemu: do not build the guest image (Debian's kernel and vmorch's guest "
+        "program, from Debian packages, cached in /var/cache/vmorch) behind tmpl-guest",
     )
     up.add_argument("--port", type=int, default=None, help="API port (default 8080, or a free one)")
     up.add_argument(

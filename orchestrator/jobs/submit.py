@@ -120,7 +120,8 @@ class Submitter:
                     (["body", "disks"], f"template {tmpl.name} has {len(tmpl.disks)} disk(s)")
                 )
             problems += _disk_repository_problems(pool, req.disks)
-            if tmpl.repository != pool.repository.name:
+            # (a template without disks, which boots a kernel directly, suits every pool)
+            if tmpl.disks and tmpl.repository != pool.repository.name:
                 problems.append(
                     (
                         ["body", "template"],

@@ -8,17 +8,21 @@ would look) holding the pool's templates. The fast kind serves libvirt's test dr
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import string
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from orchestrator.lab.guestimage import guest_image
 from orchestrator.lab.libvirtd import NOBODY_ID, LibvirtDaemon
 from schemas.inventory import (
+    DirectBoot,
     Inventory,
     Network,
     Repository,
@@ -33,9 +37,11 @@ GIB = 1024**3
 MIB = 1024**2
 
 
+log = logging.getLogger("vmorch.lab")
 LabKind = Literal["test", "qemu"]
 LOOPBACK = "127.0.0.1"
-TINY_MIB = 96  # a QEMU lab VM: enough for SeaBIOS (and the guest kernel of the messaging issue)
+TINY_MIB = 96  # a QEMU lab VM: enough for SeaBIOS
+GUEST_MIB = 192  # tmpl-guest: the kernel, a 10 MB initramfs and Python
 
 
 class LabSpec(BaseModel):
@@ -44,6 +50,9 @@ class LabSpec(BaseModel):
     # test: libvirt's test driver in each daemon (fast, no guests run); qemu: the same
     # daemons' QEMU session driver, real guests under TCG
     kind: LabKind = "test"
+    # qemu: offer `tmpl-guest` in every pool, a real guest kernel running vmorch's guest
+    # program (built from Debian packages, cached: orchestrator/lab/guestimage.py)
+    guest_image: bool = False
 
 
 def _layout(spec: LabSpec) -> tuple[list[ServerPool], list[Template]]:
@@ -147,6 +156,8 @@ class Lab:
         # libvirt prints every error to stderr; seeding expects "not found" while it checks
         silence_libvirt_errors()
         pools, templates = _layout(self.spec)
+        if self.spec.kind == "qemu" and self.spec.guest_image:
+            templates += self._guest_templates(pools)
         self._layout = {p.name: p for p in pools}, templates
         servers: list[Server] = []
         try:
@@ -160,6 +171,34 @@ class Lab:
             self.stop()
             raise
         return Inventory(pools=pools, servers=servers, templates=templates)
+
+    def _guest_templates(self, pools: list[ServerPool]) -> list[Template]:
+        """`tmpl-guest`, for every pool: Debian's kernel booting vmorch's guest program, its
+        files in the lab's directory (readable by the daemons' user, at the same path for
+        every server, as shared storage would be)."""
+        try:
+            image = guest_image()
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+            detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
+            log.warning("no tmpl-guest: the guest image cannot be built here (%s)", detail)
+            return []
+        here = self.base_dir / "guest"
+        here.mkdir(exist_ok=True)
+        here.chmod(0o755)
+        files = []
+        for src in (image.kernel, image.initrd):
+            dst = here / src.name
+            if not dst.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+                dst.chmod(0o644)
+            files.append(str(dst))
+        boot = DirectBoot(kernel=files[0], initrd=files[1], cmdline=image.cmdline, installer=False)
+        # no disks: one template serves every pool
+        return [Template(name="tmpl-guest", repository=pools[0].repository.name, vcpus=1,
+                         memory_mib=GUEST_MIB, boot=boot)]  # fmt: skip
 
     def _start_server(self, pool: ServerPool, name: str) -> Server:
         """Start one server's daemon and seed it as a member of `pool`."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.lab.files import FILE_MODE, private_dir, write_private
+from orchestrator.secrets import Sealer
 
 STATE_FILE = "vmorch.json"
 LOCK_FILE = "up.lock"
@@ -75,6 +76,14 @@ class LabDir:
             return False
         shutil.rmtree(self.redis)
         return True
+
+    def guest_secret_key(self) -> str:
+        """The key that seals secret values for guests in this stack (made once, kept
+        private beside the state: sealed values in a kept Redis stay readable)."""
+        path = self.path / "guest-secret.key"
+        if not path.exists():
+            write_private(path, Sealer.new_key())
+        return path.read_text().strip()
 
     def read_state(self) -> dict[str, Any] | None:
         try:

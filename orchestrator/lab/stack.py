@@ -119,6 +119,8 @@ class Stack:
             ),
             # imports from files served on this machine (the lab's sources are local)
             "VMORCH_IMPORT_ALLOWED_HOSTS": json.dumps(["127.0.0.0/8", "::1"]),
+            # the api seals secret values for guests with it, the agents open them
+            "VMORCH_GUEST_SECRET_KEY": self.lab_dir.guest_secret_key(),
             **os.environ,
             "VMORCH_REDIS_URL": redis_url,
             "VMORCH_API_HOST": host,

@@ -65,6 +65,7 @@ def domain_spec_of(vm: Vm, metadata: dict[str, str]) -> DomainSpec:
             if vm.direct_boot
             else None
         ),
+        installer=vm.direct_boot.installer if vm.direct_boot else True,
     )
 
 

@@ -106,7 +106,10 @@ def clone_run(ctx: StepContext) -> Outputs:
     copies = [(d.volume, volume_name(ctx, i)) for i, d in enumerate(tmpl.disks)]
     formats = [d.format for d in tmpl.disks]
     copied = clone_disks(ctx, hv, tmpl.repository, copies, _req(ctx).disks, formats=formats)
-    return {"disks": vm_disks(copied)}
+    out: Outputs = {"disks": vm_disks(copied)}
+    if tmpl.boot is not None:  # a template that boots a kernel directly (no installer)
+        out["direct_boot"] = tmpl.boot.model_dump()
+    return out
     # (the template is in the pool's repository: a disk goes there unless the request
     # names another repository of the pool for it)
 

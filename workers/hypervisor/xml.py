@@ -49,8 +49,10 @@ class DomainSpec:
     pinning: dict[int, list[int]] = field(default_factory=dict)  # vCPU -> physical CPUs
     cdrom: CdromSpec | None = None
     boot: list[str] = field(default_factory=lambda: ["hd"])  # boot order: cdrom, hd, network
-    # (kernel, initrd, cmdline) booted directly (an installer); a reboot then ends it
+    # (kernel, initrd, cmdline) booted directly: an installer (a reboot then ends it), or
+    # a VM that always boots so (`installer` False)
     direct_boot: tuple[str, str, str] | None = None
+    installer: bool = True
     # the guest channel's socket directory; None: libvirt chooses the path (QEMU does,
     # per start, under its channel target directory; the agent reads it from the XML)
     channel_dir: str | None = None
@@ -144,7 +146,7 @@ def domain_xml(spec: DomainSpec) -> str:
         feats = _sub(dom, "features")
         _sub(feats, "acpi")
         _sub(feats, "apic")
-    if spec.direct_boot is not None:
+    if spec.direct_boot is not None and spec.installer:
         _sub(dom, "on_reboot", "destroy")  # an installer that reboots has ended too
     devices = _sub(dom, "devices")
     for d in spec.disks:
