@@ -74,7 +74,7 @@ def test_a_hung_server_fails_calls_at_their_deadline_and_an_abort_interrupts_the
         assert worker.p.poll() is None
     # then, once srv-a2 answers again, so do the calls to it
     again = api.run({"kind": "vm.start", "vm": "hung1"}, timeout_s=40)
-    assert again["state"] == "succeeded", again
+    assert again["state"] == "succeeded", (again["error"], again["steps"])
 
 
 def _step(api: Api, job_id: str) -> dict[str, Any]:

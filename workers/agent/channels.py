@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aredis
@@ -41,6 +43,7 @@ log = logging.getLogger("vmorch.agent.guest")
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 5.0
 FLUSH_S = 1.0  # drop counters and last-seen go to Redis at most this often per VM
 DOORBELL_BLOCK_MS = 1000
+XML_THREADS = 2  # reads of channel paths from libvirt at once
 
 
 class Bucket:
@@ -68,6 +71,7 @@ class Channel:
         self.uuid = uuid
         self.kick = asyncio.Event()  # the outbox may have something to send
         self.ready = False
+        self.sent: set[str] = set()  # sent on this connection since the guest's last ready
         self.bucket = Bucket(owner.settings.guest_rate_per_s, owner.settings.guest_burst)
         self.drops: Counter[str] = Counter()
         self.dropped_total: Counter[str] = Counter()
@@ -79,7 +83,9 @@ class Channel:
         delay = RETRY_MIN_S
         path: str | None = None
         while True:
-            if path is None or delay >= RETRY_MAX_S:
+            if path is None or (delay >= RETRY_MAX_S and os.path.exists(path)):
+                # the path from the live XML: again only when a socket there refuses for
+                # long (a socket that is not there yet costs no call to libvirt)
                 path = await self.owner.channel_path(self.uuid)
                 if path is None:
                     return  # not running (any more), or no channel: nothing to serve
@@ -171,6 +177,7 @@ class Channel:
         o = self.owner
         if isinstance(msg, Ready):
             self.ready = True
+            self.sent.clear()  # a guest that restarted may have lost what it was sent
             await o.guests.connected(self.uuid, o.server.name, msg)
             await o.publish(
                 et.GUEST_READY,
@@ -217,7 +224,7 @@ class Channel:
 
     # --- host -> guest -----------------------------------------------------------------------
     async def _send_outbox(self, writer: asyncio.StreamWriter) -> None:
-        sent: set[str] = set()  # on this connection since the guest's last ready
+        self.sent = set()
         while True:
             await self.kick.wait()
             self.kick.clear()
@@ -225,7 +232,7 @@ class Channel:
                 continue
             now_ms = int(time.time() * 1000)
             for rec in await self.owner.guests.outbox(self.uuid):
-                if rec.id in sent or (rec.deadline_ms and rec.deadline_ms < now_ms):
+                if rec.id in self.sent or (rec.deadline_ms and rec.deadline_ms < now_ms):
                     continue
                 try:
                     line = self.owner.line(rec)
@@ -234,7 +241,7 @@ class Channel:
                     continue
                 writer.write(line)
                 await writer.drain()
-                sent.add(rec.id)
+                self.sent.add(rec.id)
                 await self.owner.guests.answer(rec.id, "delivered", {})
 
 
@@ -252,6 +259,7 @@ class GuestChannels:
         self.sealer = sealer_of(services.settings)
         self.channels: dict[str, Channel] = {}
         self.names: dict[str, str] = {}  # domain names, as libvirt reported them
+        self._xml = ThreadPoolExecutor(XML_THREADS, thread_name_prefix="guest-xml")
 
     def about(self, uuid: str) -> dict[str, Any]:
         return {
@@ -288,9 +296,11 @@ class GuestChannels:
         if conn is None:
             return None
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(conn.channel_path, uuid), self.settings.libvirt_call_timeout_s
-            )
+            # on threads of their own: calls to a server that hangs stay stuck until it
+            # answers, and must not take the threads the agent's own calls (states, facts)
+            # run on
+            call = asyncio.get_running_loop().run_in_executor(self._xml, conn.channel_path, uuid)
+            return await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
         except (HypervisorUnavailable, TimeoutError) as e:
             log.info("vm=%s guest channel path not read: %s", uuid, e)
             return None
@@ -346,3 +356,4 @@ class GuestChannels:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._xml.shutdown(wait=False, cancel_futures=True)
