@@ -85,6 +85,30 @@ class FirstBoot(Frozen):
         return self
 
 
+class CloudInit(Frozen):
+    """A cloud-init NoCloud seed for guests that use cloud-init: an ISO 9660 image labelled
+    `cidata` with `user-data`, `meta-data` (and `network-config`), made by the job and
+    attached to the new VM as its last disk (deleted with it)."""
+
+    user_data: Annotated[str, Field(max_length=32768)] = Field(
+        description="`#cloud-config` YAML (or a script), as cloud-init reads it"
+    )
+    meta_data: Annotated[
+        dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")],
+             Annotated[str, Field(max_length=1024)]],
+        Field(max_length=16),
+    ] = Field(
+        default_factory=dict,
+        description="more meta-data; instance-id (the VM's id) and local-hostname (its "
+        "name) are set unless given",
+    )  # fmt: skip
+    network_config: Annotated[str, Field(max_length=8192)] | None = None
+
+
+class Seeded(Frozen):
+    cloud_init: CloudInit | None = None
+
+
 class NewVm(Frozen):
     """What every create shares: where the VM goes, its name, vNICs and labels."""
 
@@ -132,7 +156,7 @@ DiskClones = Annotated[
 ]
 
 
-class CreateFromTemplate(NewVm, FirstBoot):
+class CreateFromTemplate(NewVm, FirstBoot, Seeded):
     """Clone a template's disks in the pool's repository, define the VM where there is room,
     start it."""
 
@@ -154,7 +178,7 @@ class NewDisk(Frozen):
     size_mib: Annotated[int, Field(ge=1, le=DISK_MAX_MIB)]
 
 
-class CreateFromIso(NewVm, FirstBoot):
+class CreateFromIso(NewVm, FirstBoot, Seeded):
     """A hardware-virtualized VM that boots an installer ISO of the pool's repository from
     its CD-ROM drive (boot order: cdrom, then disk), with empty disks made in the
     repository."""

@@ -21,6 +21,7 @@ from schemas.requests import (
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.disks import clone_disks, delete_disks
 from tasks.steps.placement import choose_server
+from tasks.steps.seed import SEED
 from tasks.steps.vm import START, domain_spec_of, observe, vm_of
 from tasks.workflows.vm_message import first_boot_steps
 from workers.hypervisor.xml import disk_target
@@ -196,8 +197,10 @@ def steps(req: CreateFromTemplate) -> list[Step]:
         RESERVE,
         PLACE,
         Step("clone_disks", clone_run, clone_undo, "clone the template's disks in the repository"),
-        DEFINE,
     ]
+    if req.cloud_init is not None:
+        out.append(SEED)
+    out.append(DEFINE)
     if req.start:
         out.append(START)
     return out + first_boot_steps(req)

@@ -12,6 +12,7 @@ from typing import cast
 
 from schemas.requests import CreateFromInstallTree, CreateFromIso
 from tasks.step import Outputs, Step, StepContext
+from tasks.steps.seed import SEED
 from tasks.steps.vm import START
 from tasks.workflows.vm_create import DEFINE, PLACE, RESERVE, volume_name
 from tasks.workflows.vm_message import first_boot_steps
@@ -73,8 +74,10 @@ def steps(req: CreateFromIso) -> list[Step]:
         RESERVE,
         PLACE,
         Step("create_disks", disks_run, empty_disks_undo, "make the empty disks, find the ISO"),
-        DEFINE,
     ]
+    if req.cloud_init is not None:
+        out.append(SEED)
+    out.append(DEFINE)
     if req.start:
         out.append(START)
     return out + first_boot_steps(req)

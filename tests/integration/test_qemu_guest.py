@@ -140,3 +140,39 @@ def _delivered(job: dict[str, Any]) -> bool:
     step = next((s for s in job["steps"] if s["name"] == "await_answers"), None)
     vms = (step or {}).get("outputs", {}).get("vms", {})
     return bool(vms) and vms["g1"]["state"] == "delivered"
+
+
+def test_a_cloud_init_seed_is_a_cidata_iso_on_the_server(start_up: Any) -> None:
+    import io
+
+    import pycdlib
+
+    up: Up = start_up("--servers-per-pool", "1", "--kind", "qemu", "--no-guest-image")
+    user_data = "#cloud-config\nhostname: ci1\nusers:\n  - name: ops\n"
+    job = up.api.run(
+        {"kind": "vm.create_from_template", "name": "ci1", "pool": "pool-a",
+         "template": "tmpl-a", "start": False,
+         "cloud_init": {"user_data": user_data, "network_config": "version: 2\n"}},
+        timeout_s=120,
+    )  # fmt: skip
+    assert job["state"] == "succeeded", job["error"]
+    vm = up.api.call("GET", "/v1/vms/ci1")
+    seed = vm["disks"][-1]
+    assert seed["volume"].endswith("-seed") and seed["target"] == "vdb"
+    iso = pycdlib.PyCdlib()
+    iso.open(seed["path"])
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == "cidata"
+
+        def read(name: str) -> str:
+            out = io.BytesIO()
+            iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
+            return out.getvalue().decode()
+
+        assert read("user-data") == user_data
+        assert json.loads(read("meta-data")) == {"instance-id": vm["id"], "local-hostname": "ci1"}
+        assert read("network-config") == "version: 2\n"
+    finally:
+        iso.close()
+    assert up.api.run({"kind": "vm.delete", "vm": "ci1"}, timeout_s=60)["state"] == "succeeded"
+    assert not Path(seed["path"]).exists()

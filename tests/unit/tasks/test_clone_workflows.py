@@ -4,6 +4,7 @@ files hold is checked with qemu-img on the qemu lab (integration)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -237,3 +238,31 @@ def test_a_job_on_the_source_waits_for_its_clone_to_end(
     assert ended[1].links.source_vm_id == src_id
     assert conn.lookupByName("src3").isActive() and not conn.lookupByName("copy3").isActive()
     assert fleet.run(fleet.jobs.vm_queue(src_id)) == []
+
+
+def test_a_cloud_init_seed_is_made_attached_and_deleted_with_the_vm(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    from schemas.requests import CloudInit
+    from tasks.steps.seed import nocloud_iso, seed_files
+
+    job = create(
+        fleet, "ci1", start=False,
+        cloud_init={"user_data": "#cloud-config\nhostname: ci1\n", "meta_data": {"zone": "a"}},
+    )  # fmt: skip
+    assert job.state == JobState.SUCCEEDED, job.error
+    vm = fleet.run(fleet.inventory.vm("ci1"))
+    seed = vm.disks[-1]
+    assert seed.volume == f"ci1-{vm.id[:8]}-seed" and seed.target == "vdb"
+    assert seed.volume in volumes(conn)
+    dom = ET.fromstring(conn.lookupByName("ci1").XMLDesc(0))
+    assert [t.get("dev") for t in dom.findall("devices/disk/target")] == ["vda", "vdb"]
+    # what goes on it (the test driver keeps no data: the qemu tier reads the file back)
+    files = seed_files(CloudInit(user_data="x", meta_data={"zone": "a"}), vm.id, "ci1")
+    assert json.loads(files["meta-data"]) == {
+        "instance-id": vm.id, "local-hostname": "ci1", "zone": "a"
+    }  # fmt: skip
+    assert nocloud_iso(files)[0x8000 + 40 : 0x8000 + 46] == b"cidata"  # the volume label
+    # deleted with the VM
+    assert run(fleet, {"kind": "vm.delete", "vm": "ci1"}).state == JobState.SUCCEEDED
+    assert seed.volume not in volumes(conn)

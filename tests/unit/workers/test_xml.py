@@ -77,6 +77,13 @@ def test_every_domain_shape_is_valid_for_libvirts_schema(tmp_path: object) -> No
             direct_boot=("/r/v1-kernel", "/r/v1-initrd", "inst.repo=http://h/os/ quiet"),
         ),
         "installing-test": DomainSpec(**base, direct_boot=("/r/k", "/r/i", "")),
+        "test-channel": DomainSpec(**base, channel_dir="/run/lab/srv-a1/channels"),
+        "guest-kernel": DomainSpec(
+            **base,
+            domain_type="qemu",
+            direct_boot=("/l/vmlinux", "/l/guest.img", "quiet"),
+            installer=False,
+        ),
         "thin-disk": DomainSpec(
             **{**base, "disks": [DiskSpec("/r/v1-disk0", "vda", "qcow2")]}, domain_type="qemu"
         ),
