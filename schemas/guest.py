@@ -88,6 +88,21 @@ class ToGuest(Frozen):
 
 
 # --- what the API shows ---------------------------------------------------------------------
+class GuestInterface(Frozen):
+    name: str
+    mac: str | None = None
+    addresses: list[str] = Field(default_factory=list, description="address/prefix")
+
+
+class QemuAgent(Frozen):
+    """The VM's QEMU guest agent (qemu-ga), as its server's agent last read it through
+    libvirt."""
+
+    version: str
+    interfaces: list[GuestInterface] = Field(default_factory=list)
+    seen_at: datetime | None = None
+
+
 class GuestState(Frozen):
     """A VM's guest program as its server's agent last saw it."""
 
@@ -104,4 +119,7 @@ class GuestState(Frozen):
     dropped: dict[str, int] = Field(
         default_factory=dict,
         description="lines from the guest dropped, by reason: too_long, invalid, rate",
+    )
+    qemu_agent: QemuAgent | None = Field(
+        default=None, description="its QEMU guest agent, when it has one that answers"
     )

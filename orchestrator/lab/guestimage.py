@@ -39,6 +39,16 @@ PY_PACKAGES = [f"python{PYTHON}-minimal", f"libpython{PYTHON}-minimal", f"libpyt
 LIB_PACKAGES = ["libc6", "zlib1g", "libexpat1"]
 # what the guest's Python links (ldd of python3.11) and nothing more of libc6
 LIBS = ["libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2", "libz.so.1", "libexpat.so.1"]
+# the QEMU guest agent (qemu-ga) and what it links
+QGA_PACKAGES = ["qemu-guest-agent", "libglib2.0-0", "libpcre2-8-0", "libudev1", "libnuma1",
+                "liburing2"]  # fmt: skip
+QGA_LIBS = ["libglib-2.0.so.0", "libgmodule-2.0.so.0", "libpcre2-8.so.0", "libudev.so.1",
+            "libnuma.so.1", "liburing.so.2"]  # fmt: skip
+# qemu-ga in the guest runs the read-only commands and shutdown; nothing that reads or
+# writes files, runs programs or changes users
+QGA_ALLOWED = ["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info",
+               "guest-network-get-interfaces", "guest-get-osinfo", "guest-get-host-name",
+               "guest-shutdown"]  # fmt: skip
 # insmod order (the kernel has no modules.dep before depmod): each after what it needs
 MODULES = [
     "drivers/virtio/virtio_ring.ko",
@@ -68,6 +78,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 mkdir -p /var/lib/vmorch-guest
+ifconfig lo 127.0.0.1 up
 for m in %(modules)s; do insmod /lib/modules/$m.ko; done
 port=""
 i=0
@@ -79,6 +90,11 @@ while [ -z "$port" ] && [ $i -lt 200 ]; do
   i=$((i+1))
 done
 mkdir -p /dev/virtio-ports && ln -sf "$port" /dev/virtio-ports/%(port)s
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat $p/name 2>/dev/null)" = "org.qemu.guest_agent.0" ] && \
+    /usr/sbin/qemu-ga -m virtio-serial -p /dev/$(basename $p) -t /run -f /run/qemu-ga.pid \
+      -b %(qga_blocked)s -d
+done
 export PYTHONHOME=/usr PYTHONDONTWRITEBYTECODE=1 PATH=/bin:/usr/bin
 exec /usr/bin/python%(py)s -S /usr/lib/vmorch-guest/vmorch_guest.py run --port "$port" \
   --handlers /etc/vmorch-guest/handlers.d --actions /etc/vmorch-guest/actions.d
@@ -99,6 +115,12 @@ echo "applied $1"
 SLOW_HANDLER = """#!/bin/sh
 sleep 3
 exec /etc/vmorch-guest/handlers.d/default "$@"
+"""
+# qemu-ga's guest-shutdown runs /sbin/shutdown (this init handles no ACPI button: the
+# agent is how this guest shuts down gracefully)
+SHUTDOWN = """#!/bin/sh
+sync
+exec poweroff -f
 """
 CLI = """#!/bin/sh
 export PYTHONHOME=/usr PYTHONDONTWRITEBYTECODE=1
@@ -165,7 +187,16 @@ def _vmlinux(bzimage: Path, out: Path) -> None:
 
 def _digest() -> str:
     h = hashlib.sha256()
-    for part in (INIT, HANDLER, SLOW_HANDLER, CLI, CMDLINE, " ".join(MODULES + STDLIB_DROP)):
+    for part in (
+        INIT,
+        HANDLER,
+        SLOW_HANDLER,
+        SHUTDOWN,
+        CLI,
+        CMDLINE,
+        *QGA_ALLOWED,
+        " ".join(MODULES + STDLIB_DROP),
+    ):
         h.update(part.encode())
     h.update(Path(vmorch_guest.__file__).read_bytes())
     return h.hexdigest()[:12]
@@ -186,6 +217,9 @@ def guest_image(cache: Path = CACHE) -> GuestImage:
         _vmlinux(kroot / "boot" / f"vmlinuz-{version}", kernel)
     if not initrd.exists():
         _build_initrd(kroot / "lib" / "modules" / version / "kernel", initrd, cache)
+        for old in cache.glob(f"guest-{version}-*.img"):  # earlier builds (a lab that
+            if old != initrd:  # uses one has its own link to it)
+                old.unlink(missing_ok=True)
     for p in (kernel, initrd):
         p.chmod(0o644)  # the lab's daemons run QEMU as nobody
     return GuestImage(kernel, initrd)
@@ -195,8 +229,8 @@ def _build_initrd(modules: Path, out: Path, cache: Path) -> None:
     busybox = unpacked("busybox-static", cache) / "bin" / "busybox"
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         root = Path(tmp) / "root"
-        for d in ("bin", "dev", "proc", "sys", "tmp", "run", "etc", "lib/modules",
-                  "lib/x86_64-linux-gnu", "lib64", "usr/bin", "usr/lib/vmorch-guest",
+        for d in ("bin", "sbin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc",
+                  "lib/modules", "lib/x86_64-linux-gnu", "lib64", "usr/bin", "usr/lib/vmorch-guest",
                   "etc/vmorch-guest/handlers.d", "etc/vmorch-guest/actions.d"):  # fmt: skip
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(busybox, root / "bin" / "busybox")
@@ -205,9 +239,20 @@ def _build_initrd(modules: Path, out: Path, cache: Path) -> None:
             shutil.copyfile(modules / m, root / "lib" / "modules" / Path(m).name)
             names.append(Path(m).stem)
         _add_python(root, cache)
+        blocked = _add_qemu_ga(root, cache)
         shutil.copyfile(vmorch_guest.__file__, root / "usr/lib/vmorch-guest/vmorch_guest.py")
         for path, text in (
-            (root / "init", INIT % {"modules": " ".join(names), "port": PORT, "py": PYTHON}),
+            (
+                root / "init",
+                INIT
+                % {
+                    "modules": " ".join(names),
+                    "port": PORT,
+                    "py": PYTHON,
+                    "qga_blocked": ",".join(blocked),
+                },
+            ),
+            (root / "sbin/shutdown", SHUTDOWN),
             (root / "usr/bin/vmorch-guest", CLI % {"py": PYTHON}),
             (root / "etc/vmorch-guest/handlers.d/default", HANDLER),
             (root / "etc/vmorch-guest/handlers.d/slow", SLOW_HANDLER),
@@ -225,21 +270,36 @@ def _build_initrd(modules: Path, out: Path, cache: Path) -> None:
         part.replace(out)
 
 
+def _copy_libs(root: Path, packages: list[Path], names: list[str]) -> None:
+    for name in names:
+        src = next(
+            (p for pkg in packages for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+             if (p := pkg / d / name).exists()),
+            None,
+        )  # fmt: skip
+        if src is None:
+            raise RuntimeError(f"{name} is in none of the packages unpacked")
+        shutil.copy2(src.resolve(), root / "lib/x86_64-linux-gnu" / name)
+
+
+def _add_qemu_ga(root: Path, cache: Path) -> list[str]:
+    """qemu-ga and its libraries; returns the commands to block (all but QGA_ALLOWED, as
+    this qemu-ga lists them: version 7.2 has no allow-list option)."""
+    pkgs = [unpacked(p, cache) for p in QGA_PACKAGES]
+    binary = pkgs[0] / "usr/sbin/qemu-ga"
+    shutil.copy2(binary, root / "usr/sbin/qemu-ga")
+    _copy_libs(root, pkgs[1:], QGA_LIBS)
+    every = _run(str(binary), "-b", "help").split()
+    return sorted(set(every) - set(QGA_ALLOWED))
+
+
 def _add_python(root: Path, cache: Path) -> None:
     """Debian's Python (binary, the libraries it links, its standard library compiled to
     sourceless .pyc by that same Python, without the parts the program never uses)."""
     py = [unpacked(p, cache) for p in PY_PACKAGES]
     libs = [unpacked(p, cache) for p in LIB_PACKAGES]
     shutil.copy2(py[0] / "usr/bin" / f"python{PYTHON}", root / "usr/bin" / f"python{PYTHON}")
-    for name in LIBS:
-        src = next(
-            (p for lib in libs for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
-             if (p := lib / d / name).exists()),
-            None,
-        )  # fmt: skip
-        if src is None:
-            raise RuntimeError(f"{name} is in none of {LIB_PACKAGES}")
-        shutil.copy2(src.resolve(), root / "lib/x86_64-linux-gnu" / name)
+    _copy_libs(root, libs, LIBS)
     os.symlink("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", root / "lib64/ld-linux-x86-64.so.2")
     stdlib = root / "usr/lib" / f"python{PYTHON}"
     for pkg in py[1:]:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from orchestrator.store import keys
 from schemas.base import Frozen
-from schemas.guest import GuestState, Ready
+from schemas.guest import GuestState, QemuAgent, Ready
 
 TERMINAL = ("acknowledged", "failed")
 DOORBELL_MAXLEN = 10_000
@@ -172,6 +172,14 @@ class GuestStore:
         if await self.redis.hget(keys.guest(vm_id), "server") == server:
             await self.redis.hset(keys.guest(vm_id), "connected", "0")
 
+    async def qemu_agent(self, vm_id: str, info: dict[str, Any] | None) -> None:
+        """Record what the VM's QEMU guest agent said (None: it has none that answers)."""
+        if info is None:
+            await self.redis.hdel(keys.guest(vm_id), "qemu_agent")
+        else:
+            doc = QemuAgent.model_validate({**info, "seen_at": _now()})
+            await self.redis.hset(keys.guest(vm_id), "qemu_agent", doc.model_dump_json())
+
     async def report(self, vm_id: str, values: dict[str, str]) -> None:
         k = keys.guest_keys(vm_id)
         have = await self.redis.hlen(k)
@@ -197,6 +205,9 @@ class GuestStore:
             last_seen=h.get("last_seen"),
             keys=dict(reported),
             dropped={r: int(h[f"dropped:{r}"]) for r in DROP_REASONS if f"dropped:{r}" in h},
+            qemu_agent=(
+                QemuAgent.model_validate_json(h["qemu_agent"]) if h.get("qemu_agent") else None
+            ),
         )
 
 

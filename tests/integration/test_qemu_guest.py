@@ -104,6 +104,14 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
     for log in Path(up.state()["lab_dir"]).glob("logs/*.log"):
         assert SECRET not in log.read_text(errors="replace"), log.name
 
+    # and its QEMU guest agent (qemu-ga in the image) answers through libvirt
+    agent = wait_until(
+        lambda: up.api.call("GET", f"/v1/vms/{vm_id}/guest")["qemu_agent"], 30, "qemu-ga"
+    )
+    assert agent["version"].startswith("7.")
+    lo = next(i for i in agent["interfaces"] if i["name"] == "lo")
+    assert "127.0.0.1/8" in lo["addresses"]
+
     # when: a message whose handler takes 3 s is sent, and the VM migrates live meanwhile
     msg = up.api.submit(
         {"kind": "vm.message", "vms": ["g1"], "timeout_s": 120,
@@ -130,6 +138,11 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
         e for e in events_of(up, "guest.message", vm_id) if "applied.slow" in e["data"]["keys"]
     ]
     assert len(reports) == 1, reports  # the handler ran once
+    # a graceful stop: this guest's init handles no ACPI button; libvirt asks its agent
+    stopped = up.api.run({"kind": "vm.stop", "vm": "g1", "timeout_s": 60}, timeout_s=120)
+    assert stopped["state"] == "succeeded", stopped["error"]
+    stop = next(s for s in stopped["steps"] if s["name"] == "stop")
+    assert not stop["outputs"].get("escalated"), stop  # not forced off
     print(
         f"first boot on QEMU: submit to configured {configured_s:.2f} s; "
         f"guest ready at {ready['time']}"

@@ -407,6 +407,7 @@ class ServerWatch:
     async def run(self, stop: asyncio.Event) -> None:
         drain = asyncio.create_task(self._drain())
         doorbell = asyncio.create_task(self.channels.doorbell(stop))
+        qemu_agents = asyncio.create_task(self.channels.qemu_agents(stop))
         backoff_s, was_up, down_sent = 0.2, False, False
         try:
             while not stop.is_set():
@@ -438,11 +439,13 @@ class ServerWatch:
                         await self._close(conn)
         finally:
             doorbell.cancel()
+            qemu_agents.cancel()
             await self.channels.close()
             await self.queue.put(_Stop())
             await drain
-            with contextlib.suppress(asyncio.CancelledError):
-                await doorbell
+            for t in (doorbell, qemu_agents):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

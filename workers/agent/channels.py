@@ -350,6 +350,28 @@ class GuestChannels:
                 if (ch := self.channels.get(vm)) is not None:
                     ch.kick.set()
 
+    async def qemu_agents(self, stop: asyncio.Event) -> None:
+        """Every `agent_facts_interval_s`: what each running domain's QEMU guest agent
+        says, recorded for `GET /v1/vms/{vm}/guest` (the test driver has no agents)."""
+        if self.server.uri.startswith("test"):
+            return
+        every_s = self.settings.agent_facts_interval_s
+        while not stop.is_set():
+            for uuid in list(self.channels):
+                conn = self._conn()
+                if conn is None:
+                    break
+                try:
+                    call = asyncio.get_running_loop().run_in_executor(
+                        self._xml, conn.guest_agent, uuid
+                    )
+                    info = await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
+                    await self.guests.qemu_agent(uuid, info)
+                except (HypervisorUnavailable, TimeoutError, aredis.RedisError) as e:
+                    log.info("vm=%s QEMU guest agent not read: %s", uuid, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+
     async def close(self) -> None:
         tasks = [ch.task for ch in self.channels.values() if ch.task is not None]
         self.channels.clear()

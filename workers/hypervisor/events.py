@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import libvirt
+import libvirt_qemu
 
 from orchestrator.errors import HypervisorUnavailable, NotFound
 from schemas.inventory import ServerFacts, VmState
 from workers.hypervisor.errors import classify, is_unsupported
 from workers.hypervisor.facts import read_facts
+from workers.hypervisor.qga import Qga, QgaError
 from workers.hypervisor.states import lifecycle, observed_state
 from workers.hypervisor.xml import channel_path
 
@@ -240,6 +242,41 @@ class EventConnection:
             if isinstance(err, NotFound):
                 return None
             raise _unavailable(e) from e
+
+    def guest_agent(self, uuid: str, timeout_s: int = 2) -> dict[str, Any] | None:
+        """What the domain's QEMU guest agent says (version, the commands it runs, its
+        network interfaces and addresses), through libvirt; None when the domain has no
+        agent that answers (not running, none installed, the test driver)."""
+        conn = self._conn
+        if conn is None:
+            raise HypervisorUnavailable(f"{self.uri}: not connected")
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            if not dom.isActive():
+                return None
+        except libvirt.libvirtError as e:
+            if isinstance(classify(e), NotFound):
+                return None
+            raise _unavailable(e) from e
+
+        def send(command: str) -> str:
+            try:
+                return str(libvirt_qemu.qemuAgentCommand(dom, command, timeout_s, 0))
+            except libvirt.libvirtError as e:
+                raise QgaError(str(e.get_error_message())[:200]) from e
+
+        try:
+            qga = Qga(send)
+            info = qga.info()
+            ifaces = qga.interfaces() if "guest-network-get-interfaces" in info.enabled else []
+        except QgaError:
+            return None
+        return {
+            "version": info.version,
+            "interfaces": [
+                {"name": i.name, "mac": i.mac, "addresses": i.addresses} for i in ifaces
+            ],
+        }
 
     def remove_domain(self, uuid: str) -> bool:
         """Destroy (if it runs) and undefine the domain; False when it was already gone."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 VMORCH_NS = "https://vmorch.dev/xmlns/vm/1"
 GUEST_PORT = "org.vmorch.agent.0"  # schemas.guest.PORT_NAME (this module imports nothing)
+QGA_PORT = "org.qemu.guest_agent.0"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,10 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(channel, "source", **source)
     _sub(channel, "target", type="virtio", name=GUEST_PORT)
     if spec.domain_type != "test":
+        # the QEMU guest agent's channel (libvirt connects to it itself)
+        qga = _sub(devices, "channel", type="unix")
+        _sub(qga, "source", mode="bind")
+        _sub(qga, "target", type="virtio", name=QGA_PORT)
         _sub(devices, "memballoon", model="none")
     ET.register_namespace("vmorch", VMORCH_NS)
     return ET.tostring(dom, encoding="unicode")
