@@ -99,6 +99,7 @@ class QemuAgent(Frozen):
     libvirt."""
 
     version: str
+    ping_ms: float | None = Field(default=None, description="its guest-ping's round trip")
     interfaces: list[GuestInterface] = Field(default_factory=list)
     seen_at: datetime | None = None
 

@@ -80,7 +80,11 @@ class FirstBoot(Frozen):
 
     @model_validator(mode="after")
     def _config_needs_a_start(self) -> FirstBoot:
-        if self.config and not getattr(self, "start", True):
+        if (
+            self.config
+            and getattr(self, "config_via", "guest") == "guest"
+            and not getattr(self, "start", True)
+        ):
             raise ValueError("config is applied by the running guest: it needs start: true")
         return self
 
@@ -107,6 +111,27 @@ class CloudInit(Frozen):
 
 class Seeded(Frozen):
     cloud_init: CloudInit | None = None
+    config_via: Literal["guest", "cloud-init"] = Field(
+        default="guest",
+        description="how `config` reaches the guest: vmorch's guest program, acknowledged "
+        "(guest), or a cloud-init seed rendered from it (cloud-init: written as "
+        "/etc/vmorch/config/<key> files, `hostname` as the hostname; no acknowledgement, no "
+        "secret values)",
+    )
+
+    @model_validator(mode="after")
+    def _config_via(self) -> Seeded:
+        if self.config_via == "cloud-init":
+            config = getattr(self, "config", [])
+            if not config:
+                raise ValueError("config_via cloud-init renders `config`: give some")
+            if self.cloud_init is not None:
+                raise ValueError("give cloud_init or config_via cloud-init, not both")
+            if any(m.secret for m in config):
+                raise ValueError(
+                    "a cloud-init seed is a plain file: send secret values with config_via guest"
+                )
+        return self
 
 
 class NewVm(Frozen):

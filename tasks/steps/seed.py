@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pycdlib
 
-from schemas.requests import CloudInit, Seeded
+from schemas.requests import CloudInit, FirstBoot, GuestKeyValue, Seeded
 from tasks.step import Outputs, Step, StepContext
 from tasks.steps.vm import vm_of
 from workers.hypervisor.xml import disk_target
@@ -51,9 +51,29 @@ def _repository(ctx: StepContext) -> str:
     return ctx.run(ctx.runtime.inventory.pool(vm_of(ctx).pool)).repository.name
 
 
+def config_user_data(config: list[GuestKeyValue]) -> str:
+    """A create's `config` as cloud-config: each key a root-only file
+    /etc/vmorch/config/<key>, and `hostname` the guest's hostname (JSON is YAML)."""
+    doc: dict[str, Any] = {
+        "write_files": [
+            {"path": f"/etc/vmorch/config/{m.key}", "content": m.value, "permissions": "0600"}
+            for m in config
+        ]
+    }
+    host = next((m.value for m in config if m.key == "hostname"), None)
+    if host:
+        doc["hostname"] = host
+    return "#cloud-config\n" + json.dumps(doc, indent=1) + "\n"
+
+
 def seed_run(ctx: StepContext) -> Outputs:
-    spec = cast(Seeded, ctx.request).cloud_init
-    assert spec is not None
+    req = ctx.request
+    spec = cast(Seeded, req).cloud_init
+    if spec is None:  # config_via cloud-init
+        # (built, not validated: the rendering of a valid config may pass user_data's
+        # limit for what a client writes)
+        user_data = config_user_data(list(cast(FirstBoot, req).config))
+        spec = CloudInit.model_construct(user_data=user_data, meta_data={}, network_config=None)
     vm = vm_of(ctx)
     data = nocloud_iso(seed_files(spec, vm.id, vm.name))
     hv = ctx.hypervisor(ctx.outputs["server"])

@@ -198,7 +198,7 @@ def steps(req: CreateFromTemplate) -> list[Step]:
         PLACE,
         Step("clone_disks", clone_run, clone_undo, "clone the template's disks in the repository"),
     ]
-    if req.cloud_init is not None:
+    if req.cloud_init is not None or req.config_via == "cloud-init":
         out.append(SEED)
     out.append(DEFINE)
     if req.start:

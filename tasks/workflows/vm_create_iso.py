@@ -75,7 +75,7 @@ def steps(req: CreateFromIso) -> list[Step]:
         PLACE,
         Step("create_disks", disks_run, empty_disks_undo, "make the empty disks, find the ISO"),
     ]
-    if req.cloud_init is not None:
+    if req.cloud_init is not None or req.config_via == "cloud-init":
         out.append(SEED)
     out.append(DEFINE)
     if req.start:

@@ -192,7 +192,7 @@ def steps(_req: SendMessages) -> list[Step]:
 def first_boot_steps(req: FirstBoot) -> list[Step]:
     """After a create's start: its `config` to the new VM's guest, acknowledged (none
     when the request has no config)."""
-    if not req.config:
-        return []
+    if not req.config or getattr(req, "config_via", "guest") != "guest":
+        return []  # (config_via cloud-init: the seed carries it; cloud-init answers nothing)
     return [Step("config_target", _own_vm, None, "the new VM's guest gets the config"),
             QUEUE, AWAIT, VERDICT]  # fmt: skip

@@ -108,7 +108,7 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
     agent = wait_until(
         lambda: up.api.call("GET", f"/v1/vms/{vm_id}/guest")["qemu_agent"], 30, "qemu-ga"
     )
-    assert agent["version"].startswith("7.")
+    assert agent["version"].startswith("7.") and agent["ping_ms"] > 0
     lo = next(i for i in agent["interfaces"] if i["name"] == "lo")
     assert "127.0.0.1/8" in lo["addresses"]
 

@@ -267,12 +267,14 @@ class EventConnection:
 
         try:
             qga = Qga(send)
+            ping_ms = qga.ping()
             info = qga.info()
             ifaces = qga.interfaces() if "guest-network-get-interfaces" in info.enabled else []
         except QgaError:
             return None
         return {
             "version": info.version,
+            "ping_ms": round(ping_ms, 1),
             "interfaces": [
                 {"name": i.name, "mac": i.mac, "addresses": i.addresses} for i in ifaces
             ],

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ class Interface:
 class AgentInfo:
     version: str
     enabled: list[str]  # the commands it runs (the others are disabled or unknown)
+    ping_ms: float = 0.0  # how long its guest-ping took to answer
 
 
 def _result(reply: str) -> Any:
@@ -72,8 +74,11 @@ class Qga:
     def call(self, name: str, **args: Any) -> Any:
         return _result(self._send(_command(name, **args)))
 
-    def ping(self) -> None:
+    def ping(self) -> float:
+        """guest-ping; the milliseconds it took."""
+        t0 = time.monotonic()
         self.call("guest-ping")
+        return (time.monotonic() - t0) * 1000
 
     def info(self) -> AgentInfo:
         doc = self.call("guest-info")

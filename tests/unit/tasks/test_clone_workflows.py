@@ -266,3 +266,36 @@ def test_a_cloud_init_seed_is_made_attached_and_deleted_with_the_vm(
     # deleted with the VM
     assert run(fleet, {"kind": "vm.delete", "vm": "ci1"}).state == JobState.SUCCEEDED
     assert seed.volume not in volumes(conn)
+
+
+def test_config_can_go_as_a_cloud_init_seed_instead(
+    fleet: Engine, conn: libvirt.virConnect
+) -> None:
+    from pydantic import ValidationError
+
+    from schemas.requests import GuestKeyValue, job_request_adapter
+    from tasks.steps.seed import config_user_data
+
+    config = [{"key": "hostname", "value": "ci2"}, {"key": "ntp", "value": "pool.ntp.org"}]
+    job = create(fleet, "ci2", config=config, config_via="cloud-init")
+    assert job.state == JobState.SUCCEEDED, job.error
+    # no wait for a guest program's answers (cloud-init gives none); the seed is made
+    assert "await_answers" not in [s.name for s in job.steps]
+    assert "cloud_init_seed" in [s.name for s in job.steps]
+    text = config_user_data([GuestKeyValue(**c) for c in config])
+    assert text.startswith("#cloud-config\n")
+    doc = json.loads(text.split("\n", 1)[1])
+    assert doc["hostname"] == "ci2"
+    assert doc["write_files"][1] == {
+        "path": "/etc/vmorch/config/ntp", "content": "pool.ntp.org", "permissions": "0600"
+    }  # fmt: skip
+    base = {"kind": "vm.create_from_template", "pool": "pool-u", "template": "t1", "name": "x"}
+    for bad, why in (
+        ({"config_via": "cloud-init"}, "renders `config`"),
+        ({"config_via": "cloud-init", "config": [{"key": "pw", "value": "s", "secret": True}]},
+         "a plain file"),
+        ({"config_via": "cloud-init", "config": config, "cloud_init": {"user_data": "x"}},
+         "not both"),
+    ):  # fmt: skip
+        with pytest.raises(ValidationError, match=why):
+            job_request_adapter.validate_python({**base, **bad})
