@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     guest_line_max: int = Field(default=65536, ge=1024)
     guest_rate_per_s: float = Field(default=50.0, gt=0)
     guest_burst: int = Field(default=200, ge=1)
+    guest_bytes_per_s: int = Field(default=131072, ge=1024)  # read from one guest at most
     # The key that seals secret values for guests (api) and opens them (agents): a Fernet
     # key (`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()
     # .decode())'`); `vmorch up` makes one. Without it, secret values are refused.

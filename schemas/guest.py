@@ -19,7 +19,7 @@ PORT_NAME = "org.vmorch.agent.0"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 GuestKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 MessageId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-Short = Annotated[str, Field(max_length=4096)]
+Short = Annotated[str, Field(max_length=1024)]
 # characters of a value sent to a guest; a request holds at most MESSAGES_MAX of them, so
 # that the largest request the document allows fits the api's body limit (1 MiB) even
 # with every character written as a JSON escape pair (12 bytes)
@@ -56,13 +56,13 @@ class GuestError(_FromGuest):
 
 class Report(_FromGuest):
     type: Literal["report"]
-    keys: Annotated[dict[GuestKey, Short], Field(max_length=64)]
+    keys: Annotated[dict[GuestKey, Short], Field(max_length=32)]
 
 
 class GuestEvent(_FromGuest):
     type: Literal["event"]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-    data: Annotated[dict[GuestKey, Short], Field(max_length=32)] = Field(default_factory=dict)
+    data: Annotated[dict[GuestKey, Short], Field(max_length=16)] = Field(default_factory=dict)
 
 
 FromGuest = Annotated[Ready | Ack | GuestError | Report | GuestEvent, Field(discriminator="type")]

@@ -38,6 +38,19 @@ class SubmitJobAction(Frozen):
     kind: Literal["submit_job"]
     request: dict[str, Any]
 
+    @field_validator("request")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # a hook is stored and shown as written: a value marked secret would not stay one
+        def has_secret(x: Any) -> bool:
+            if isinstance(x, dict):
+                return x.get("secret") is True or any(has_secret(y) for y in x.values())
+            return isinstance(x, list) and any(has_secret(y) for y in x)
+
+        if has_secret(v):
+            raise ValueError("a hook's request cannot carry secret values (it is stored as is)")
+        return v
+
 
 _URL_MAX = 2083  # HttpUrl's own limit, which it applies to the text it is given
 

@@ -55,6 +55,10 @@ class Step:
     # worker is held between rounds) and returns the step's outputs, or the next Wait.
     # The Wait's deadline is that round's.
     resume: Callable[[StepContext], Outputs | Wait] | None = None
+    # ...and at its round's deadline, one last `resume` before the step fails (for a
+    # resume without side effects that ends the step itself at the deadline: a message
+    # job failing what was not answered)
+    last_look: bool = False
     # Undo a step that failed, too: right when a failure can leave part of its effect behind
     # (a clone of disk 0 of 2); wrong when the target state may have held before the step
     # (undoing a failed "ensure running" would power off a VM this job never started).

@@ -100,14 +100,28 @@ exec /usr/bin/python%(py)s -S /usr/lib/vmorch-guest/vmorch_guest.py run --port "
   --handlers /etc/vmorch-guest/handlers.d --actions /etc/vmorch-guest/actions.d
 """
 
-# Every key: recorded in the guest, and a digest of its value reported back (in the
-# background: the program runs handlers one at a time and reads the report after this
-# one ends). The output is the answer's result (kept for keys that are not secret).
+# Every key: recorded in the guest, and reported back (in the background: the program
+# runs handlers one at a time and reads the report after this one ends), so that a test
+# sees what the guest got: a SHA-256 of a plain value; for a secret (VMORCH_SECRET), only
+# whether it matches the digest given before as the key `expect.<key>`, so that nothing
+# derived from it leaves the guest. The output is the answer's result (kept for keys that
+# are not secret).
 HANDLER = r"""#!/bin/sh
 read -r v
-echo "$1=$v" >> /var/lib/vmorch-guest/applied.log
+state=/var/lib/vmorch-guest
+case "$1" in
+  expect.*) printf %s "$v" > "$state/$1"; echo "expecting"; exit 0 ;;
+esac
 d=$(printf %s "$v" | sha256sum | cut -d' ' -f1)
-(vmorch-guest report "applied.$1=$d" >/dev/null 2>&1 &)
+if [ -n "$VMORCH_SECRET" ]; then
+  r=mismatch
+  [ "$(cat "$state/expect.$1" 2>/dev/null)" = "$d" ] && r=match
+  echo "$1 (secret)" >> "$state/applied.log"
+else
+  r=$d
+  echo "$1=$v" >> "$state/applied.log"
+fi
+(vmorch-guest report "applied.$1=$r" >/dev/null 2>&1 &)
 echo "applied $1"
 """
 # `slow`: the same, three seconds later (a message still being handled while the VM
@@ -161,7 +175,7 @@ def unpacked(package: str, cache: Path = CACHE) -> Path:
         return root
     dl = cache / "dl"
     dl.mkdir(parents=True, exist_ok=True)
-    dl.chmod(0o777)  # apt's _apt user writes there
+    dl.chmod(0o700)  # private: what is unpacked from here runs on this host
     _run("apt-get", "download", "-q", package, cwd=dl)
     [deb] = sorted(dl.glob(f"{package}_*.deb"))
     shutil.rmtree(root, ignore_errors=True)

@@ -130,6 +130,7 @@ class JobStore:
         self._create = redis.register_script(lua.CREATE_JOB)
         self._commit = redis.register_script(lua.COMMIT_JOB)
         self._claim_due = redis.register_script(lua.CLAIM_DUE)
+        self._leave = redis.register_script(lua.LEAVE_QUEUE)
 
     async def create(
         self,
@@ -316,6 +317,14 @@ class JobStore:
             if status == "missing":
                 raise NotFound(f"job {job_id} not found")
             before = None  # a concurrent write: read again
+
+    async def leave_vm_queue(self, job_id: str, vm_id: str) -> str | None:
+        """Take the job out of the VM's queue before it ends; the job that goes on there
+        (now its head), which the caller dispatches, if any."""
+        head = await self._leave(
+            keys=[keys.vm_queue(vm_id), keys.JOBS_DUE], args=[job_id, now_ms()]
+        )
+        return str(head) or None
 
     async def vm_queue(self, vm_id: str) -> list[str]:
         return list(await self.redis.lrange(keys.vm_queue(vm_id), 0, -1))

@@ -251,3 +251,16 @@ for i = 2, #KEYS do
 end
 return #KEYS - 1
 """
+
+LEAVE_QUEUE = """
+-- KEYS: vmq due   ARGV: job now_ms
+-- A job leaves a VM queue before it ends (a clone, its source's once the copy is done);
+-- when it was the head, the next job there is due now. Returns that job, or ''.
+local was_head = redis.call('LINDEX', KEYS[1], 0) == ARGV[1]
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+if not was_head then return '' end
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head then return '' end
+redis.call('ZADD', KEYS[2], ARGV[2], head)
+return head
+"""

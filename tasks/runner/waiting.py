@@ -122,9 +122,14 @@ def _next_round(
     """A step that waits in rounds: its `resume` decides, each time the job comes back,
     whether it is done or waits again (a new registration, scanned back from its `since`)."""
     step, rec = steps[idx], job.steps[idx]
-    # at the round's deadline `resume` has a last look (it may end the step, as a message
-    # job does with the answers it has); only if it would wait again does the step fail
+    # at the round's deadline a step that asks for it (`last_look`) has one more `resume`
+    # (it may end the step, as a message job does with the answers it has); only if it
+    # would wait again does the step fail
     late = info is not None and info.matched is None and utcnow() >= info.deadline
+    if late and info is not None and not step.last_look:
+        end(runner, job, info)
+        runner.fail_step(steps, idx, Permanent(f"no {info.types} event before the deadline"))
+        return False
     ctx = runner.ctx(job, rec.attempts, {**tr.outputs_of(job), **rec.outputs})
     assert step.resume is not None
     try:

@@ -4,8 +4,9 @@ The clone's record was reserved at submission (new name, UUID and MACs; the sour
 shape unless overridden; its vNICs on the source's networks or as `network_map` says).
 Its disks are copies of the source's in the pool's repository; it keeps the source's
 CD-ROM drive and boot order. The source is never changed. The job holds the source's
-operation queue as well as the clone's (`JobLinks.source_vm_id`): a job of the source
-submitted before it runs first, one submitted after it waits for the copy to end. And
+operation queue as well as the clone's (`JobLinks.source_vm_id`) until its copy is done
+(`release_source`): a job of the source submitted before it runs first, one submitted
+after it waits for the copy (not for the clone's start or first boot). And
 libvirt must say the source is stopped when the copy starts and still when it ends (a VM
 started outside vmorch could have written to a disk half copied), or the clone is undone.
 """
@@ -74,11 +75,25 @@ def clone_undo(ctx: StepContext) -> None:
     delete_disks(ctx.hypervisor(server), _repository(ctx, src), names, _req(ctx).disks)
 
 
+def release_source(ctx: StepContext) -> Outputs:
+    """The copy is done (and the source was stopped throughout): the source's next job
+    may run, while this one goes on with the clone (define, start, first boot)."""
+    src_id = ctx.job.links.source_vm_id
+    if not src_id:
+        return {}
+    head = ctx.run(ctx.runtime.jobs.leave_vm_queue(ctx.job.id, src_id))
+    if head:
+        nxt = ctx.run(ctx.runtime.jobs.get(head))
+        ctx.run(ctx.runtime.services.dispatcher.dispatch(head, nxt.queue))
+    return {"source_released": True}
+
+
 def steps(req: CloneVm) -> list[Step]:
     out = [
         RESERVE,
         PLACE,
         Step("clone_disks", clone_run, clone_undo, "copy the stopped source's disks"),
+        Step("release_source", release_source, None, "let the source's next job run"),
         DEFINE,
     ]
     if req.start:

@@ -65,7 +65,12 @@ def _ids(ctx: StepContext) -> dict[str, list[str]]:
 
 def _queue(ctx: StepContext) -> Outputs:
     messages, timeout_s = _messages(ctx)
-    deadline_ms = int(ctx.outputs.get("deadline_ms") or (time.time() + timeout_s) * 1000)
+    deadline_ms = int((time.time() + timeout_s) * 1000)
+    first = next((mids[0] for mids in _ids(ctx).values() if mids), None)
+    if first is not None:  # a step run again: the deadline the records were written with
+        [written] = ctx.run(ctx.runtime.services.guests.messages([first]))
+        if written is not None:
+            deadline_ms = written.deadline_ms
     records = [
         MessageRecord(
             id=mid,
@@ -180,6 +185,7 @@ AWAIT = Step(
     None,
     "wait for each guest to acknowledge its messages",
     resume=_answers,
+    last_look=True,
 )
 VERDICT = Step("verdict", _verdict, None, "check that every guest acknowledged")
 

@@ -361,7 +361,7 @@ def test_a_move_to_another_pool_that_fails_leaves_the_vm_running_where_it_was(
     assert failed["state"] == "failed" and "injected" in failed["error"]["message"], failed
     states = {s["name"]: s["state"] for s in failed["steps"]}
     assert states == {
-        "migration_plan": "done", "migration_slot": "undone", "stop": "undone",
+        "migration_plan": "undone", "migration_slot": "undone", "stop": "undone",
         "copy_disks": "undone", "define_target": "undone", "switch": "failed",
         "delete_source_disks": "skipped", "start": "skipped",
     }, states  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -44,6 +45,9 @@ RETRY_MIN_S, RETRY_MAX_S = 0.05, 5.0
 FLUSH_S = 1.0  # drop counters and last-seen go to Redis at most this often per VM
 DOORBELL_BLOCK_MS = 1000
 XML_THREADS = 2  # reads of channel paths from libvirt at once
+PATH_RECHECK_S = 30.0  # a socket path not there is read again from libvirt this often
+RESULT_MAX = 4096  # characters of a guest's answer kept (JSON)
+SWEEP_S = 10.0  # every channel looks at its outbox this often (a doorbell may be trimmed)
 
 
 class Bucket:
@@ -63,6 +67,22 @@ class Bucket:
         return False
 
 
+class ByteBudget:
+    """A token bucket of bytes that says how long to wait instead of refusing."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens, self.at = float(burst), clock()
+
+    def spend(self, n: int) -> float:
+        """Take `n` bytes; the seconds to wait before reading more (0: none)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 class Channel:
     """One running VM's channel: connect, serve, reconnect, until the VM stops."""
 
@@ -73,6 +93,8 @@ class Channel:
         self.ready = False
         self.sent: set[str] = set()  # sent on this connection since the guest's last ready
         self.bucket = Bucket(owner.settings.guest_rate_per_s, owner.settings.guest_burst)
+        bps = owner.settings.guest_bytes_per_s
+        self.bytes = ByteBudget(bps, 4 * bps)
         self.drops: Counter[str] = Counter()
         self.dropped_total: Counter[str] = Counter()
         self.last_flush = 0.0
@@ -80,22 +102,30 @@ class Channel:
 
     # --- connecting --------------------------------------------------------------------------
     async def run(self) -> None:
+        """Serve the channel until the domain is definitely not running (or has none);
+        every other trouble (the socket, libvirt, Redis, a bug) is retried."""
         delay = RETRY_MIN_S
         path: str | None = None
+        looked = 0.0  # when the path was last read from libvirt
         while True:
-            if path is None or (delay >= RETRY_MAX_S and os.path.exists(path)):
-                # the path from the live XML: again only when a socket there refuses for
-                # long (a socket that is not there yet costs no call to libvirt)
-                path = await self.owner.channel_path(self.uuid)
-                if path is None:
-                    return  # not running (any more), or no channel: nothing to serve
             try:
+                stale = time.monotonic() - looked > PATH_RECHECK_S
+                if path is None or (delay >= RETRY_MAX_S and (os.path.exists(path) or stale)):
+                    # the path from the live XML: again when a socket there refuses for
+                    # long, or is not there for longer (QEMU picks a new one each start)
+                    path, looked = await self.owner.channel_path(self.uuid), time.monotonic()
+                    if path is None:
+                        return  # not running (any more), or no channel: nothing to serve
                 reader, writer = await asyncio.open_unix_connection(
                     path, limit=self.owner.settings.guest_line_max + 1
                 )
             except OSError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except (HypervisorUnavailable, TimeoutError) as e:  # libvirt: ask again later
+                log.info("vm=%s guest channel path not read: %s", self.uuid, e)
+                await asyncio.sleep(RETRY_MAX_S)
                 continue
             delay = RETRY_MIN_S
             try:
@@ -104,13 +134,15 @@ class Channel:
                 log.info("vm=%s guest channel closed: %s", self.uuid, e)
             except aredis.RedisError as e:
                 log.warning("vm=%s guest channel: Redis failed (%s); reconnecting", self.uuid, e)
+            except Exception:
+                log.exception("vm=%s guest channel failed; reconnecting", self.uuid)
             finally:
                 self.ready = False
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-                await self._flush(force=True)
                 with contextlib.suppress(aredis.RedisError):
+                    await self._flush(force=True)
                     await self.owner.guests.disconnected(self.uuid, self.owner.server.name)
             await asyncio.sleep(RETRY_MIN_S)
 
@@ -119,16 +151,18 @@ class Channel:
         await writer.drain()
         sender = asyncio.create_task(self._send_outbox(writer))
         try:
-            await self._read(reader)
+            await self._read(reader, sender)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
 
     # --- guest -> host -----------------------------------------------------------------------
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, sender: asyncio.Task[None]) -> None:
         skipping = False  # inside an over-long line: drop up to its end
         while True:
+            if sender.done():  # the writer side ended: start over (reconnect)
+                raise OSError(f"the sender stopped: {sender.exception()!r}")
             try:
                 line = await asyncio.wait_for(reader.readuntil(b"\n"), FLUSH_S)
             except TimeoutError:  # a quiet channel: what was counted goes out now
@@ -139,17 +173,17 @@ class Channel:
                 if not skipping:
                     self._drop("too_long")
                 skipping = True
+                await self._pace(e.consumed)
                 continue
             except asyncio.IncompleteReadError:
                 return  # the guest side closed (QEMU went)
+            await self._pace(len(line))
             if skipping:
                 skipping = False
                 continue
-            if not line.strip():
-                continue
-            if not self.bucket.take():
+            if not self.bucket.take():  # blank lines count too: every line costs work
                 self._drop("rate")
-            else:
+            elif line.strip():
                 try:
                     msg = from_guest.validate_json(line)
                 except ValidationError:
@@ -157,6 +191,13 @@ class Channel:
                 else:
                     await self._handle(msg)
             await self._flush()
+
+    async def _pace(self, n: int) -> None:
+        """At most guest_bytes_per_s from one guest: past its budget the channel is not
+        read for a while (backpressure: the guest's writes wait in QEMU, not here)."""
+        wait_s = self.bytes.spend(n)
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -207,7 +248,10 @@ class Channel:
         ok = isinstance(msg, Ack)
         answer: dict[str, Any] = {}
         if isinstance(msg, Ack) and not rec.secret and msg.result is not None:
-            answer["result"] = msg.result
+            if len(json.dumps(msg.result)) <= RESULT_MAX:
+                answer["result"] = msg.result
+            else:  # kept in the record, the event and the job: bounded
+                answer["result_dropped"] = f"over {RESULT_MAX} characters"
         if isinstance(msg, GuestError):
             answer["error"] = msg.error
         status = "acknowledged" if ok else "failed"
@@ -230,19 +274,28 @@ class Channel:
             self.kick.clear()
             if not self.ready:
                 continue
-            now_ms = int(time.time() * 1000)
-            for rec in await self.owner.guests.outbox(self.uuid):
-                if rec.id in self.sent or (rec.deadline_ms and rec.deadline_ms < now_ms):
-                    continue
-                try:
-                    line = self.owner.line(rec)
-                except Unsealable as e:
-                    await self._failed_here(rec, f"not sent: {e}")
-                    continue
-                writer.write(line)
-                await writer.drain()
-                self.sent.add(rec.id)
-                await self.owner.guests.answer(rec.id, "delivered", {})
+            try:
+                await self._send_pending(writer)
+            except aredis.RedisError as e:  # the outbox stays: look again soon
+                log.warning("vm=%s outbox not read (%s); again in 1 s", self.uuid, e)
+                await asyncio.sleep(1.0)
+                self.kick.set()
+
+    async def _send_pending(self, writer: asyncio.StreamWriter) -> None:
+        """The outbox in order, but what this connection sent since the guest's ready."""
+        now_ms = int(time.time() * 1000)
+        for rec in await self.owner.guests.outbox(self.uuid):
+            if rec.id in self.sent or (rec.deadline_ms and rec.deadline_ms < now_ms):
+                continue
+            try:
+                line = self.owner.line(rec)
+            except Unsealable as e:
+                await self._failed_here(rec, f"not sent: {e}")
+                continue
+            writer.write(line)
+            await writer.drain()
+            self.sent.add(rec.id)
+            await self.owner.guests.answer(rec.id, "delivered", {})
 
 
 class GuestChannels:
@@ -260,6 +313,7 @@ class GuestChannels:
         self.channels: dict[str, Channel] = {}
         self.names: dict[str, str] = {}  # domain names, as libvirt reported them
         self._xml = ThreadPoolExecutor(XML_THREADS, thread_name_prefix="guest-xml")
+        self._qga = ThreadPoolExecutor(1, thread_name_prefix="guest-qga")
 
     def about(self, uuid: str) -> dict[str, Any]:
         return {
@@ -292,18 +346,15 @@ class GuestChannels:
         ).line()
 
     async def channel_path(self, uuid: str) -> str | None:
+        """The channel's socket; None when the domain is definitely not running or has no
+        channel; HypervisorUnavailable or TimeoutError when libvirt cannot say now."""
         conn = self._conn()
         if conn is None:
-            return None
-        try:
-            # on threads of their own: calls to a server that hangs stay stuck until it
-            # answers, and must not take the threads the agent's own calls (states, facts)
-            # run on
-            call = asyncio.get_running_loop().run_in_executor(self._xml, conn.channel_path, uuid)
-            return await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
-        except (HypervisorUnavailable, TimeoutError) as e:
-            log.info("vm=%s guest channel path not read: %s", uuid, e)
-            return None
+            raise HypervisorUnavailable("the agent is not connected to its server")
+        # on threads of their own: calls to a server that hangs stay stuck until it
+        # answers, and must not take the threads the agent's own calls (states, facts) use
+        call = asyncio.get_running_loop().run_in_executor(self._xml, conn.channel_path, uuid)
+        return await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
 
     def track(self, uuid: str, running: bool, name: str = "") -> None:
         """A domain runs (serve its channel) or does not (stop serving it)."""
@@ -335,6 +386,7 @@ class GuestChannels:
         """Wake the channel of each VM whose outbox grew (every agent reads the doorbell;
         the one serving the VM sends). After a Redis failure every channel looks again."""
         pos: str | None = None
+        next_sweep = time.monotonic() + SWEEP_S
         while not stop.is_set():
             try:
                 if pos is None:
@@ -349,6 +401,15 @@ class GuestChannels:
             for vm in vms:
                 if (ch := self.channels.get(vm)) is not None:
                     ch.kick.set()
+            if time.monotonic() >= next_sweep:
+                # every channel looks at its outbox (a doorbell entry may have been trimmed
+                # before this agent read it), and a channel that ended while its domain
+                # runs (libvirt could not say, a bug) starts again
+                next_sweep = time.monotonic() + SWEEP_S
+                self.kick_all()
+                for uuid, ch in list(self.channels.items()):
+                    if ch.task is not None and ch.task.done():
+                        self.track(uuid, True)
 
     async def qemu_agents(self, stop: asyncio.Event) -> None:
         """Every `agent_facts_interval_s`: what each running domain's QEMU guest agent
@@ -363,12 +424,14 @@ class GuestChannels:
                     break
                 try:
                     call = asyncio.get_running_loop().run_in_executor(
-                        self._xml, conn.guest_agent, uuid
+                        self._qga, conn.guest_agent, uuid
                     )
                     info = await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
                     await self.guests.qemu_agent(uuid, info)
                 except (HypervisorUnavailable, TimeoutError, aredis.RedisError) as e:
                     log.info("vm=%s QEMU guest agent not read: %s", uuid, e)
+                except Exception:  # what a guest says must not end this loop
+                    log.exception("vm=%s QEMU guest agent's answer not taken", uuid)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
 
@@ -379,3 +442,4 @@ class GuestChannels:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._xml.shutdown(wait=False, cancel_futures=True)
+        self._qga.shutdown(wait=False, cancel_futures=True)

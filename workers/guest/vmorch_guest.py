@@ -34,13 +34,16 @@ Standard library only; Python 3.8 or newer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -115,6 +118,7 @@ class Transport:
         self.fd = -1
         self.server: socket.socket | None = None
         self.conn: socket.socket | None = None
+        self.host = False  # a host has sent something since the port last read EOF
         if listen:
             if os.path.exists(listen):
                 os.unlink(listen)
@@ -149,6 +153,7 @@ class Transport:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
             return b""
+        self.host = bool(data)
         return data or None
 
     def send(self, obj: dict[str, Any]) -> bool:
@@ -159,7 +164,9 @@ class Transport:
                     return False
                 self.conn.sendall(data)
                 return True
-            deadline = time.monotonic() + 5.0  # no host reading: give up, it says hello
+            if not self.host:
+                return False  # no host: kept until one says hello
+            deadline = time.monotonic() + 2.0  # a host that does not read: give up
             while data:
                 try:
                     n = os.write(self.fd, data)
@@ -208,6 +215,12 @@ def _uptime() -> float:
         return 0.0
 
 
+def _kill_session(p: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    with contextlib.suppress(OSError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
 def _tail(data: bytes) -> str:
     return data.decode("utf-8", "replace")[-MAX_OUTPUT:].strip()
 
@@ -243,8 +256,10 @@ class Guest:
             }
         )
         pending, self.pending = self.pending, []
-        for msg in pending:
-            self.send(msg)
+        for i, msg in enumerate(pending):
+            if not self.send(msg):  # the host went again: kept for its next hello
+                self.pending = pending[i:]
+                break
 
     def send(self, obj: dict[str, Any]) -> bool:
         return self.transport.send(dict({"v": PROTOCOL}, **obj))
@@ -315,19 +330,34 @@ class Guest:
         return None
 
     def _run(self, argv: list[str], stdin: bytes, what: str, secret: bool) -> dict[str, Any]:
+        """Run a handler in a session of its own, its output in files (a background child
+        that keeps a pipe open cannot hold this program up), the whole session killed
+        past the timeout."""
         env = dict(os.environ, VMORCH_GUEST_VERSION=VERSION)
-        try:
-            p = subprocess.run(
-                argv, input=stdin, capture_output=True, timeout=self.timeout_s, env=env
-            )
-        except subprocess.TimeoutExpired:
-            return {"type": "error", "error": f"{what} ran over {self.timeout_s}s"}
-        except OSError as e:
-            return {"type": "error", "error": f"{what} could not run: {e.strerror}"}
-        if p.returncode != 0:
-            err = "" if secret else _tail(p.stderr)
-            return {"type": "error", "error": f"{what} exited {p.returncode}: {err}"}
-        return {"type": "ack", "result": {"output": "" if secret else _tail(p.stdout)}}
+        if secret:
+            env["VMORCH_SECRET"] = "1"
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                tempfile.TemporaryFile() as inp:  # fmt: skip
+            inp.write(stdin)
+            inp.seek(0)
+            try:
+                p = subprocess.Popen(
+                    argv, stdin=inp, stdout=out, stderr=err, env=env, start_new_session=True
+                )
+            except OSError as e:
+                return {"type": "error", "error": f"{what} could not run: {e.strerror}"}
+            try:
+                code = p.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_session(p)
+                return {"type": "error", "error": f"{what} ran over {self.timeout_s}s"}
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(65536), err.read(65536)
+        if code != 0:
+            tail = "" if secret else _tail(stderr)
+            return {"type": "error", "error": f"{what} exited {code}: {tail}"}
+        return {"type": "ack", "result": {"output": "" if secret else _tail(stdout)}}
 
     def on_bytes(self, data: bytes) -> None:
         self.buf += data

@@ -24,8 +24,9 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
         return firing.run("refused", "the event is about no VM vmorch manages")
     try:
         msg = GuestKeyValue(key=action.key, value=fill(action.value, values_of(firing)))
-    except ValidationError as e:
-        return firing.run("failed", str(e)[:500])
+    except ValidationError as e:  # what failed and why, never the values (no input)
+        why = "; ".join(err["msg"] for err in e.errors(include_input=False, include_url=False))
+        return firing.run("failed", why[:500])
     req = SendMessages(
         kind="vm.message", vms=[firing.vm.id], messages=[msg], timeout_s=action.timeout_s
     )

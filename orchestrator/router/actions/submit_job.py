@@ -24,8 +24,12 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
         raise TypeError(f"not a submit_job action: {action.kind}")
     try:
         req = job_request_adapter.validate_python(fill(action.request, values_of(firing)))
-    except ValidationError as e:
-        return firing.run("failed", str(e)[:500])
+    except ValidationError as e:  # what failed and why, never the values (no input)
+        why = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+            for err in e.errors(include_input=False, include_url=False)
+        )
+        return firing.run("failed", why[:500])
     return await submit(ctx, firing, req)
 
 

@@ -102,3 +102,17 @@ def test_the_rate_bucket_takes_a_burst_then_the_rate() -> None:
     assert [b.take() for _ in range(3)] == [True, True, False]
     now[0] += 100  # never more than the burst
     assert sum(b.take() for _ in range(10)) == 5
+
+
+def test_a_hook_cannot_carry_a_secret() -> None:
+    from pydantic import ValidationError
+
+    from schemas.hooks import HookSpec
+
+    with pytest.raises(ValidationError, match="cannot carry secret values"):
+        HookSpec.model_validate(
+            {"name": "h", "match": {"types": ["guest.event.*"]},
+             "action": {"kind": "submit_job", "request": {
+                 "kind": "vm.message", "vms": ["{vm_id}"],
+                 "messages": [{"key": "pw", "value": "x", "secret": True}]}}}
+        )  # fmt: skip

@@ -232,10 +232,12 @@ def test_a_job_on_the_source_waits_for_its_clone_to_end(
     fleet.drain()
     ended = [fleet.get(j.id) for j in (stop, clone, start)]
     assert [j.state for j in ended] == [JobState.SUCCEEDED] * 3, [j.error for j in ended]
-    # each started once the one ahead of it had ended: the copy ran on a stopped source
+    # each started once the one ahead of it was done with the source: the copy ran on a
+    # stopped source, and the start waited for the copy only (not the clone's own start)
     assert ended[0].ended_at <= ended[1].started_at  # type: ignore[operator]
-    assert ended[1].ended_at <= ended[2].started_at  # type: ignore[operator]
     assert ended[1].links.source_vm_id == src_id
+    release = next(s for s in ended[1].steps if s.name == "release_source")
+    assert release.ended_at <= ended[2].started_at  # type: ignore[operator]
     assert conn.lookupByName("src3").isActive() and not conn.lookupByName("copy3").isActive()
     assert fleet.run(fleet.jobs.vm_queue(src_id)) == []
 

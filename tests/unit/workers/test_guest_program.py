@@ -172,3 +172,22 @@ def test_actions_and_command_line_events_and_reports(guest: tuple[Path, Path, Pa
     )
     assert bad.returncode != 0 and b"not an event name" in bad.stderr
     host.close()
+
+
+def test_a_handler_that_leaves_a_child_behind_or_hangs_does_not_hold_the_guest(
+    guest: tuple[Path, Path, Path],
+) -> None:
+    tmp, chan, _ = guest
+    handler(tmp / "handlers", "bg", "sleep 30 &\necho started\n")  # keeps stdout open
+    handler(tmp / "handlers", "hang", "exec sleep 30\n")
+    host = Host(chan)
+    t0 = time.monotonic()
+    host.send(id="b1", op="set", key="bg", value="x")
+    assert host.next().result == {"output": "started"}
+    assert time.monotonic() - t0 < 3
+    host.send(id="h1", op="set", key="hang", value="x")  # past --handler-timeout 5
+    err = host.next()
+    assert isinstance(err, GuestError) and err.error == "handler of hang ran over 5.0s"
+    host.send(id="p1", op="ping")
+    assert host.next().id == "p1"
+    host.close()
