@@ -40,14 +40,21 @@ def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> Red
     """A Redis client with timeouts, TCP keepalive and health checks: a stalled Redis makes
     calls fail with a RedisError within the timeout, never hang (no connection is opened
     until the first command)."""
-    return aredis.Redis.from_url(
+    timeout_s = socket_timeout_s or settings.redis_socket_timeout_s
+    # a pool that makes a caller wait (up to the socket timeout) for a free connection past
+    # redis_max_connections, rather than failing at once (redis-py's default: 100, then
+    # "Too many connections"; an agent serving many guest channels reached it)
+    pool = aredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=timeout_s,
         decode_responses=True,
-        socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
+        socket_timeout=timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_keepalive=True,
         health_check_interval=int(settings.redis_health_check_s),
     )
+    return aredis.Redis.from_pool(pool)  # (closing the client closes its pool)
 
 
 def sealer_of(settings: Settings) -> Sealer | None:

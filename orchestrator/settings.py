@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     # Every Redis client fails fast instead of hanging on a stalled server or a half-open
     # connection: a reply must come within socket_timeout_s (blocking reads ask for less).
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    redis_max_connections: int = Field(default=256, ge=8)  # per process (a pool)
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
     redis_health_check_s: float = Field(default=10.0, ge=0)
     api_host: str = "127.0.0.1"

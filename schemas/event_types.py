@@ -68,6 +68,7 @@ GUEST_DISCONNECTED = "guest.disconnected"  # its channel closed (subject: the VM
 # the answer to a message a job sent (subject: that job's id, so the job's wait matches)
 GUEST_ACKNOWLEDGED = "guest.message.acknowledged"
 GUEST_FAILED = "guest.message.failed"
+GUEST_ANSWERED = "guest.messages.answered"  # every message of the job (subject) answered
 
 # --- alerts (subject: what the alert is about) ----------------------------------------------
 VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent

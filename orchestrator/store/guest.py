@@ -17,7 +17,9 @@ from pydantic import Field
 from redis.asyncio import Redis
 
 from orchestrator.store import keys
+from orchestrator.store.events import make_event
 from schemas.base import Frozen
+from schemas.event_types import GUEST_ANSWERED, SOURCE_ENGINE
 from schemas.guest import GuestState, QemuAgent, Ready
 
 TERMINAL = ("acknowledged", "failed")
@@ -25,8 +27,11 @@ DOORBELL_MAXLEN = 10_000
 KEYS_MAX = 256  # keys reported per guest, kept
 DROP_REASONS = ("too_long", "invalid", "rate")
 
-# KEYS: message record, outbox   ARGV: status, answer fields (JSON object), now iso
-# A terminal status leaves the outbox; a status never goes back.
+# KEYS: message record, outbox, its job's count, events
+# ARGV: status, answer fields (JSON object), now iso, the "all answered" event (envelope)
+# A terminal status leaves the outbox and counts down the job's messages not yet answered;
+# the last one appends `guest.messages.answered` (subject: the job), the one event the job
+# waits for (not one per message). A status never goes back.
 _ANSWER = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 'missing' end
@@ -35,6 +40,11 @@ if ARGV[1] == 'delivered' and cur == 'delivered' then return cur end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'answer', ARGV[2], ARGV[1] .. '_at', ARGV[3])
 if ARGV[1] == 'acknowledged' or ARGV[1] == 'failed' then
   redis.call('LREM', KEYS[2], 0, redis.call('HGET', KEYS[1], 'id'))
+  local left = redis.call('HINCRBY', KEYS[3], 'pending', -1)
+  if left == 0 then
+    local job = redis.call('HGET', KEYS[1], 'job_id')
+    redis.call('XADD', KEYS[4], '*', 'e', ARGV[4], 't', 'guest.messages.answered', 's', job)
+  end
 end
 return 'ok'
 """
@@ -78,6 +88,10 @@ class GuestStore:
             pipe.exists(keys.guest_message(r.id))
         there = await pipe.execute()
         pipe = self.redis.pipeline(transaction=True)
+        for job_id in dict.fromkeys(r.job_id for r in records):  # once: a re-run adds none
+            n = sum(1 for r in records if r.job_id == job_id)
+            pipe.hsetnx(keys.guest_job(job_id), "pending", n)
+            pipe.expire(keys.guest_job(job_id), self.ttl_s)
         for r, exists in zip(records, there, strict=True):
             if exists:
                 continue
@@ -123,15 +137,17 @@ class GuestStore:
     async def answer(self, msg_id: str, status: str, answer: dict[str, Any]) -> str:
         """Record `status` (delivered, acknowledged, failed) and the answer; returns "ok",
         "missing", or the status that was already final."""
-        vm_id = await self.redis.hget(keys.guest_message(msg_id), "vm_id")
-        if vm_id is None:
+        vm_id, job_id = await self.redis.hmget(keys.guest_message(msg_id), ["vm_id", "job_id"])
+        if vm_id is None or job_id is None:
             return "missing"
+        done = make_event(GUEST_ANSWERED, SOURCE_ENGINE, job_id, {"job_id": job_id})
         return str(
             await self._answer(
-                keys=[keys.guest_message(msg_id), keys.guest_outbox(vm_id)],
-                args=[status, json.dumps(answer), _now()],
+                keys=[keys.guest_message(msg_id), keys.guest_outbox(vm_id),
+                      keys.guest_job(job_id), keys.EVENTS],
+                args=[status, json.dumps(answer), _now(), done.model_dump_json()],
             )
-        )
+        )  # fmt: skip
 
     async def doorbell_position(self) -> str:
         """The doorbell's newest entry (read on from there)."""

@@ -88,6 +88,9 @@ Guest messages (owner: the message jobs write, the agent of the VM's server deli
                                  or failed (with the VM)
 - gmsg:{id}               hash   one message to a guest (MessageRecord fields); TTL
                                  guest_message_ttl_s from its creation
+- gjob:{job_id}           hash   pending: the job's messages not yet answered (counted down
+                                 by each answer; the last appends guest.messages.answered);
+                                 TTL guest_message_ttl_s
 - guest:doorbell          stream "vm" -> a VM whose outbox has new messages; every agent
                                  reads it (no group), MAXLEN ~ 10000
 Workers
@@ -301,6 +304,10 @@ def guest_outbox(vm_id: str) -> str:
 
 def guest_message(msg_id: str) -> str:
     return f"{PREFIX}gmsg:{msg_id}"
+
+
+def guest_job(job_id: str) -> str:
+    return f"{PREFIX}gjob:{job_id}"
 
 
 GUEST_DOORBELL = f"{PREFIX}guest:doorbell"

@@ -7,10 +7,10 @@ and per message; and the same steps as a create's first-boot configuration
    deadline; ids come from the job, so a step run again writes nothing twice. The agent of
    each VM's server sends them when the guest is ready (at once, or when it comes up).
    Undone (an abort, a failure): messages not yet answered fail and leave the outboxes.
-3. `await_answers`: waits in rounds (no worker held) for the guests' answers, events whose
-   subject is this job; ends when every message is answered, or at the deadline, when the
-   rest fail saying why: the guest never reported ready, or it had the message and did
-   not answer.
+3. `await_answers`: waits (no worker held) until every message is answered (the last
+   answer appends `guest.messages.answered`, subject this job; a recheck every
+   `wait_recheck_s` shows progress), or the deadline, when the rest fail saying why: the
+   guest never reported ready, or it had the message and did not answer.
 4. `verdict`: the job fails when any VM was not configured, naming them; the outputs of
    step 3 hold each VM's and each message's status either way.
 """
@@ -154,7 +154,7 @@ def _answers(ctx: StepContext) -> Outputs | Wait:
         return {"vms": vms}
     ctx.report(1 - pending / max(1, int(ctx.outputs["queued"])), {})
     return Wait(
-        types=[et.GUEST_ACKNOWLEDGED, et.GUEST_FAILED],
+        types=[et.GUEST_ANSWERED],  # one event for all (a fan-out's job wakes once)
         subject=ctx.job.id,
         since=since,
         timeout_s=max(0.1, deadline_ms / 1000 - time.time()),
