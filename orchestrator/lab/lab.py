@@ -246,5 +246,8 @@ class Lab:
         self.daemons.clear()
 
     def remove(self) -> None:
+        daemons = list(self.daemons.values())
         self.stop()
+        for d in daemons:
+            d.remove_links()
         shutil.rmtree(self.base_dir, ignore_errors=True)

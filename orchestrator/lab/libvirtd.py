@@ -11,6 +11,7 @@ a Ctrl-C on the parent's terminal does not reach it directly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,16 @@ class LibvirtDaemon:
         self._info: DaemonInfo | None = None
 
     @property
+    def config_link(self) -> Path:
+        """A short path to the daemon's config directory (the same for its restarts)."""
+        digest = hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"vc{digest}"
+
+    def remove_links(self) -> None:
+        if self.config_link.is_symlink():
+            self.config_link.unlink()
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -119,11 +131,18 @@ class LibvirtDaemon:
         (d / "config/libvirt/qemu.conf").write_text('stdio_handler = "file"\n')
         self._remove_stale_sockets()
         self.log_path.touch()
+        # QEMU's channel sockets go under the config directory (libvirt's qemu/lib/channel/
+        # target/domain-<id>-<name>/<channel>): through a short link to it, their paths
+        # stay within a unix socket path's 107 bytes
+        link = self.config_link
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(d / "config")
         return {
             "PATH": _CLEAN_PATH,
             "HOME": str(d / "home"),
             "XDG_RUNTIME_DIR": str(d / "run"),
-            "XDG_CONFIG_HOME": str(d / "config"),
+            "XDG_CONFIG_HOME": str(link),
             "XDG_CACHE_HOME": str(d / "cache"),
         }
 

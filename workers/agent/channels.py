@@ -127,6 +127,10 @@ class Channel:
                 log.info("vm=%s guest channel path not read: %s", self.uuid, e)
                 await asyncio.sleep(RETRY_MAX_S)
                 continue
+            except Exception:
+                log.exception("vm=%s guest channel path not read", self.uuid)
+                await asyncio.sleep(RETRY_MAX_S)
+                continue
             delay = RETRY_MIN_S
             try:
                 await self._serve(reader, writer)
