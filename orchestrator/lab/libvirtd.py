@@ -205,6 +205,7 @@ class LibvirtDaemon:
             terminate(p, timeout_s)
         terminate(proc, timeout_s)
         self._remove_stale_sockets()
+        self.remove_links()  # (a start makes it again)
 
     def daemon_pid(self) -> int:
         """The PID of libvirtd itself (under a reaper, the reaper's child)."""
