@@ -273,15 +273,21 @@ def _build_initrd(modules: Path, out: Path, cache: Path) -> None:
         ):
             path.write_text(text)
             path.chmod(0o755)
-        subprocess.run(["mknod", "-m", "600", str(root / "dev/console"), "c", "5", "1"], check=True)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        archive = subprocess.run(
-            [str(busybox), "cpio", "-o", "-H", "newc"],
-            input=("\n".join(files) + "\n").encode(), cwd=root, check=True, capture_output=True,
-        )  # fmt: skip
-        part = out.with_suffix(".part")
-        part.write_bytes(gzip.compress(archive.stdout, 6))
-        part.replace(out)
+        write_initrd(root, busybox, out)
+
+
+def write_initrd(root: Path, busybox: Path, out: Path) -> None:
+    """`root` as a gzipped newc cpio archive (busybox's cpio: no host cpio needed), with a
+    /dev/console, written to `out` whole or not at all."""
+    subprocess.run(["mknod", "-m", "600", str(root / "dev/console"), "c", "5", "1"], check=True)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    archive = subprocess.run(
+        [str(busybox), "cpio", "-o", "-H", "newc"],
+        input=("\n".join(files) + "\n").encode(), cwd=root, check=True, capture_output=True,
+    )  # fmt: skip
+    part = out.with_suffix(".part")
+    part.write_bytes(gzip.compress(archive.stdout, 6))
+    part.replace(out)
 
 
 def _copy_libs(root: Path, packages: list[Path], names: list[str]) -> None:

@@ -29,7 +29,7 @@ from orchestrator.router.consumer import EventConsumer
 from orchestrator.secrets import Sealer
 from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
-from orchestrator.store import keys
+from orchestrator.store import jobdoc, keys
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.tokens import TokenStore
 from schemas.api import Role
@@ -385,3 +385,29 @@ def start_up(tmp_path: Path) -> Iterator[Any]:
     yield start
     for up in started:
         up.close()
+
+
+def redis_holding(url: str, needle: str) -> list[str]:
+    """Keys of our private Redis whose value holds `needle` (job documents inflated)."""
+    r = redis.Redis.from_url(url, decode_responses=True)
+    found = []
+    for key in r.scan_iter(count=1000):
+        t = r.type(key)
+        vals: list[str] = []
+        if t == "string":
+            vals = [r.get(key) or ""]
+        elif t == "hash":
+            vals = [f"{k}={v}" for k, v in r.hgetall(key).items()]
+            vals += [jobdoc.decode_json(v) for v in r.hvals(key) if v.startswith(jobdoc.PREFIX)]
+        elif t == "list":
+            vals = r.lrange(key, 0, -1)
+        elif t == "set":
+            vals = list(r.smembers(key))
+        elif t == "zset":
+            vals = list(r.zrange(key, 0, -1))
+        elif t == "stream":
+            vals = [json.dumps(f) for _, f in r.xrange(key)]
+        if any(needle in v for v in vals):
+            found.append(key)
+    r.close()
+    return found

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from orchestrator.store import jobdoc
 from schemas.inventory import Inventory
 from tests.guestharness import HarnessGuest
-from tests.integration.conftest import Api, Proc, events, hv, wait_until
+from tests.integration.conftest import Api, Proc, events, hv, redis_holding, wait_until
 
 pytestmark = pytest.mark.integration
 SECRET = "pw-Zq8vT3-never-stored"
@@ -94,8 +92,8 @@ def test_a_message_is_acknowledged_after_the_handler_ran_and_a_secret_is_kept_ou
     # the secret is nowhere but in the guest: not in Redis (job records inflated), events,
     # API answers or the logs of the api, worker and agents
     assert SECRET not in json.dumps(api.job(job["id"]))
-    assert not _in_redis(redis_url, SECRET)
-    assert f"vmorch:job:{job['id']}" in _in_redis(redis_url, "web1")  # (the look sees in)
+    assert not redis_holding(redis_url, SECRET)
+    assert f"vmorch:job:{job['id']}" in redis_holding(redis_url, "web1")  # (the look sees in)
     for log in workdir.glob("*.log"):
         assert SECRET not in log.read_text(errors="replace"), log.name
     # the same to a VM without the secret key on its side is refused up front: 422
@@ -103,32 +101,6 @@ def test_a_message_is_acknowledged_after_the_handler_ran_and_a_secret_is_kept_ou
         "POST", "/v1/vms/gm1/messages", {"messages": [{"key": "bad key", "value": "x"}]}
     )
     assert status == 422 and body["error"]["details"][0]["loc"][:3] == ["body", "messages", 0]
-
-
-def _in_redis(url: str, needle: str) -> list[str]:
-    """Keys of our private Redis whose value holds `needle` (job documents inflated)."""
-    r = redis.Redis.from_url(url, decode_responses=True)
-    found = []
-    for key in r.scan_iter(count=1000):
-        t = r.type(key)
-        vals: list[str] = []
-        if t == "string":
-            vals = [r.get(key) or ""]
-        elif t == "hash":
-            vals = [f"{k}={v}" for k, v in r.hgetall(key).items()]
-            vals += [jobdoc.decode_json(v) for v in r.hvals(key) if v.startswith(jobdoc.PREFIX)]
-        elif t == "list":
-            vals = r.lrange(key, 0, -1)
-        elif t == "set":
-            vals = list(r.smembers(key))
-        elif t == "zset":
-            vals = list(r.zrange(key, 0, -1))
-        elif t == "stream":
-            vals = [json.dumps(f) for _, f in r.xrange(key)]
-        if any(needle in v for v in vals):
-            found.append(key)
-    r.close()
-    return found
 
 
 def _step_vms(job: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +335,7 @@ def test_first_boot_configuration_ends_the_create_only_when_acknowledged(
         "config_target", "queue_messages", "await_answers", "verdict"
     ]  # fmt: skip
     assert g.applied == ["hostname=db1", f"root_password={SECRET}"]
-    assert not _in_redis(redis_url, SECRET)
+    assert not redis_holding(redis_url, SECRET)
     # a handler's error fails the create, with the guest's words, and undoes it
     job = api.submit(
         {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a",

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.store import jobdoc
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import events, redis_holding, wait_until
 from tests.integration.upkit import Up
 
 pytestmark = pytest.mark.integration
@@ -24,44 +23,6 @@ SECRET = "root-Pw-7Hq2-only-in-the-guest"
 
 def sha(v: str) -> str:
     return hashlib.sha256(v.encode()).hexdigest()
-
-
-def events_of(up: Up, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(up.state()["redis_url"], decode_responses=True)
-    try:
-        out = []
-        for _, f in r.xrange("vmorch:events"):
-            e = json.loads(f["e"])
-            if e["type"] == type_ and (subject is None or e["subject"] == subject):
-                out.append(e)
-        return out
-    finally:
-        r.close()
-
-
-def redis_holds(up: Up, needle: str) -> list[str]:
-    r = redis.Redis.from_url(up.state()["redis_url"], decode_responses=True)
-    found = []
-    try:
-        for key in r.scan_iter(count=1000):
-            t = r.type(key)
-            vals: list[str] = []
-            if t == "string":
-                vals = [r.get(key) or ""]
-            elif t == "hash":
-                vals = [f"{k}={v}" for k, v in r.hgetall(key).items()]
-                vals += [jobdoc.decode_json(v) for v in r.hvals(key) if v.startswith(jobdoc.PREFIX)]
-            elif t == "list":
-                vals = r.lrange(key, 0, -1)
-            elif t == "stream":
-                vals = [json.dumps(f) for _, f in r.xrange(key)]
-            elif t in ("set", "zset"):
-                vals = list(r.smembers(key)) if t == "set" else list(r.zrange(key, 0, -1))
-            if any(needle in v for v in vals):
-                found.append(key)
-    finally:
-        r.close()
-    return found
 
 
 def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
@@ -100,10 +61,10 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
     assert keys["applied.root_password"] == "match"
     guest = up.api.call("GET", f"/v1/vms/{vm_id}/guest")
     assert guest["connected"] and guest["version"] == "1.0.0" and guest["server"] == "srv-a1"
-    [ready] = events_of(up, "guest.ready", vm_id)[:1]
+    [ready] = events(up.state()["redis_url"], "guest.ready", vm_id)[:1]
     # the secret is nowhere but in the guest
     assert SECRET not in json.dumps(up.api.call("GET", f"/v1/jobs/{job['id']}"))
-    assert not redis_holds(up, SECRET)
+    assert not redis_holding(up.state()["redis_url"], SECRET)
     for log in Path(up.state()["lab_dir"]).glob("logs/*.log"):
         assert SECRET not in log.read_text(errors="replace"), log.name
 
@@ -134,7 +95,7 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
     done = up.api.wait(msg["id"], timeout_s=120)
     # then: acknowledged, on the target, and handled once
     assert done["state"] == "succeeded", (done["error"], done["steps"])
-    [ack] = events_of(up, "guest.message.acknowledged", msg["id"])
+    [ack] = events(up.state()["redis_url"], "guest.message.acknowledged", msg["id"])
     assert ack["data"]["server"] == "srv-a2" and ack["data"]["key"] == "slow"
     wait_until(
         lambda: up.api.call("GET", f"/v1/vms/{vm_id}/guest")["keys"].get("applied.slow"),
@@ -142,7 +103,9 @@ def test_first_boot_on_a_real_guest_and_a_message_across_a_live_migration(
         "the slow handler's report",
     )
     reports = [
-        e for e in events_of(up, "guest.message", vm_id) if "applied.slow" in e["data"]["keys"]
+        e
+        for e in events(up.state()["redis_url"], "guest.message", vm_id)
+        if "applied.slow" in e["data"]["keys"]
     ]
     assert len(reports) == 1, reports  # the handler ran once
     # a graceful stop: this guest's init handles no ACPI button; libvirt asks its agent

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from pydantic import ValidationError
@@ -41,6 +41,7 @@ from schemas.inventory import Server
 from workers.hypervisor.events import EventConnection
 
 log = logging.getLogger("vmorch.agent.guest")
+T = TypeVar("T")
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 5.0
 FLUSH_S = 1.0  # drop counters and last-seen go to Redis at most this often per VM
 DOORBELL_BLOCK_MS = 1000
@@ -355,9 +356,13 @@ class GuestChannels:
         conn = self._conn()
         if conn is None:
             raise HypervisorUnavailable("the agent is not connected to its server")
-        # on threads of their own: calls to a server that hangs stay stuck until it
-        # answers, and must not take the threads the agent's own calls (states, facts) use
-        call = asyncio.get_running_loop().run_in_executor(self._xml, conn.channel_path, uuid)
+        return await self._call(self._xml, conn.channel_path, uuid)
+
+    async def _call(self, pool: ThreadPoolExecutor, fn: Callable[[str], T], uuid: str) -> T:
+        """`fn(uuid)` (a libvirt call) on `pool`, within the call timeout: threads of their
+        own, as a call to a server that hangs stays stuck until it answers and must not
+        take the threads the agent's own calls (states, facts) use."""
+        call = asyncio.get_running_loop().run_in_executor(pool, fn, uuid)
         return await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
 
     def track(self, uuid: str, running: bool, name: str = "") -> None:
@@ -427,10 +432,7 @@ class GuestChannels:
                 if conn is None:
                     break
                 try:
-                    call = asyncio.get_running_loop().run_in_executor(
-                        self._qga, conn.guest_agent, uuid
-                    )
-                    info = await asyncio.wait_for(call, self.settings.libvirt_call_timeout_s)
+                    info = await self._call(self._qga, conn.guest_agent, uuid)
                     await self.guests.qemu_agent(uuid, info)
                 except (HypervisorUnavailable, TimeoutError, aredis.RedisError) as e:
                     log.info("vm=%s QEMU guest agent not read: %s", uuid, e)

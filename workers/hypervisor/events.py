@@ -226,20 +226,29 @@ class EventConnection:
         except libvirt.libvirtError as e:
             raise _unavailable(e) from e
 
-    def channel_path(self, uuid: str) -> str | None:
-        """The unix socket of the running domain's guest message channel; None when the
-        domain is gone or not running, or has no channel."""
+    def _running(self, uuid: str) -> libvirt.virDomain | None:
+        """The domain if it runs; None when it is gone or stopped."""
         conn = self._conn
         if conn is None:
             raise HypervisorUnavailable(f"{self.uri}: not connected")
         try:
             dom = conn.lookupByUUIDString(uuid)
-            if not dom.isActive():
+            return dom if dom.isActive() else None
+        except libvirt.libvirtError as e:
+            if isinstance(classify(e), NotFound):
                 return None
+            raise _unavailable(e) from e
+
+    def channel_path(self, uuid: str) -> str | None:
+        """The unix socket of the running domain's guest message channel; None when the
+        domain is gone or not running, or has no channel."""
+        dom = self._running(uuid)
+        if dom is None:
+            return None
+        try:
             return channel_path(dom.XMLDesc(0))
         except libvirt.libvirtError as e:
-            err = classify(e)
-            if isinstance(err, NotFound):
+            if isinstance(classify(e), NotFound):
                 return None
             raise _unavailable(e) from e
 
@@ -247,17 +256,9 @@ class EventConnection:
         """What the domain's QEMU guest agent says (version, the commands it runs, its
         network interfaces and addresses), through libvirt; None when the domain has no
         agent that answers (not running, none installed, the test driver)."""
-        conn = self._conn
-        if conn is None:
-            raise HypervisorUnavailable(f"{self.uri}: not connected")
-        try:
-            dom = conn.lookupByUUIDString(uuid)
-            if not dom.isActive():
-                return None
-        except libvirt.libvirtError as e:
-            if isinstance(classify(e), NotFound):
-                return None
-            raise _unavailable(e) from e
+        dom = self._running(uuid)
+        if dom is None:
+            return None
 
         def send(command: str) -> str:
             try:
