@@ -45,6 +45,13 @@ class RedisUnavailable(Retryable):
     retry_after_s = 2.0
 
 
+class QueueDraining(Retryable):
+    """The job's queue is draining: new jobs are refused until an admin accepts again."""
+
+    code = "queue_draining"
+    retry_after_s = 60.0
+
+
 class RetryLater(Retryable):
     """A step asks to be run again after `delay_s` (deliberate control flow, not a failure)."""
 

@@ -14,10 +14,12 @@ import redis.asyncio as aredis
 from redis.asyncio import Redis
 
 from orchestrator.jobs.dispatch import Dispatcher, TaskMessages, producer_app
+from orchestrator.jobs.recovery import JobRecovery
 from orchestrator.jobs.submit import Submitter
 from orchestrator.secrets import Sealer
 from orchestrator.settings import Settings
 from orchestrator.store.alerts import AlertStore
+from orchestrator.store.audit import AuditStore
 from orchestrator.store.content import ContentStore
 from orchestrator.store.events import EventLog
 from orchestrator.store.expectations import Expectations
@@ -29,6 +31,7 @@ from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.leases import Leases
 from orchestrator.store.macs import MacRange, MacStore
+from orchestrator.store.queues import QueueControls
 from orchestrator.store.retention import JobRetention, RetentionPolicy
 from orchestrator.store.servers import ServerStates
 from orchestrator.store.tokens import TokenStore
@@ -78,6 +81,7 @@ class Services:
     expectations: Expectations
     hooks: HookStore
     alerts: AlertStore
+    audit: AuditStore
     tokens: TokenStore
     fleet: FleetStore
     ha: HaStore
@@ -85,8 +89,10 @@ class Services:
     macs: MacStore
     content: ContentStore
     guests: GuestStore
+    queues: QueueControls
     dispatcher: Dispatcher
     submitter: Submitter
+    recovery: JobRecovery
 
     @classmethod
     def build(cls, settings: Settings, redis: Redis) -> Services:
@@ -100,6 +106,19 @@ class Services:
         dispatcher = Dispatcher(redis, TaskMessages(producer_app()))
         events = EventLog(redis)
         content = ContentStore(redis)
+        queues = QueueControls(redis)
+        submitter = Submitter(
+            jobs,
+            inventory,
+            dispatcher,
+            macs,
+            content,
+            ImportAllowList(settings.import_allowed_hosts, settings.import_allowed_paths),
+            sealer_of(settings),
+            queues,
+        )
+        leases = Leases(redis, settings.lease_ms)
+        waits = Waits(redis)
         return cls(
             settings=settings,
             redis=redis,
@@ -107,13 +126,18 @@ class Services:
             retention=JobRetention(
                 redis, RetentionPolicy(settings.job_retention_s, settings.job_retention_max)
             ),
-            leases=Leases(redis, settings.lease_ms),
+            leases=leases,
             inventory=inventory,
             events=events,
-            waits=Waits(redis),
+            waits=waits,
             expectations=Expectations(redis),
             hooks=HookStore(redis, firing_ttl_s=settings.hook_firing_ttl_s),
             alerts=AlertStore(redis, events),
+            audit=AuditStore(
+                redis,
+                retention_s=settings.job_retention_s,
+                max_kept=settings.job_retention_max,
+            ),
             tokens=TokenStore(redis),
             fleet=FleetStore(redis),
             ha=HaStore(redis, max_restarts=settings.ha_max_restarts, window_s=settings.ha_window_s),
@@ -121,14 +145,8 @@ class Services:
             macs=macs,
             content=content,
             guests=GuestStore(redis, settings.job_retention_s),
+            queues=queues,
             dispatcher=dispatcher,
-            submitter=Submitter(
-                jobs,
-                inventory,
-                dispatcher,
-                macs,
-                content,
-                ImportAllowList(settings.import_allowed_hosts, settings.import_allowed_paths),
-                sealer_of(settings),
-            ),
+            submitter=submitter,
+            recovery=JobRecovery(submitter, leases, waits),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -56,6 +56,12 @@ class TokenInfo(Frozen):
     name: Name
     role: Role
     created_at: datetime
+    expires_at: datetime | None = Field(
+        default=None, description="when the token stops working (null: it does not expire)"
+    )
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 class QueueDepth(Frozen):
@@ -79,6 +85,17 @@ class QueueStatus(Frozen):
 
 class AbortRequest(Frozen):
     reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class RetryRequest(Frozen):
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class RecoverRequest(Frozen):
+    """Mark a stuck or failed job as ended, by hand: nothing is undone or run."""
+
+    state: Literal["succeeded", "failed"]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class FenceAck(Frozen):
@@ -240,3 +257,69 @@ class MessagesToMany(VmSelector):
 
     messages: Annotated[list[GuestKeyValue], Field(min_length=1, max_length=MESSAGES_MAX)]
     timeout_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
+
+
+class TokenRequest(Frozen):
+    """A new API token: its name, role and, optionally, how long it works."""
+
+    name: Name
+    role: Literal["viewer", "operator", "admin"]  # (a request is validated strictly)
+    expires_in_s: Annotated[int, Field(ge=1, le=10 * 366 * 86400)] | None = Field(
+        default=None, description="seconds until it stops working (null: never)"
+    )
+
+
+class TokenCreated(TokenInfo):
+    """A created token: the secret itself is shown this once."""
+
+    token: str
+
+
+class QueueMode(StrEnum):
+    """accept: as usual. pause: jobs are taken, queued ones wait (running ones go on).
+    drain: new jobs are refused (503), queued and running ones finish."""
+
+    ACCEPT = "accept"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class QueueControlSpec(Frozen):
+    """What an admin sets on one queue, and why (recorded with who and when)."""
+
+    mode: Literal["accept", "pause", "drain"] = "accept"  # QueueMode's values
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        default=None,
+        description="at most this many of the queue's jobs start per rolling minute; the "
+        "others stay queued until the window lets them (null: no limit)",
+    )
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class QueueControl(QueueControlSpec):
+    changed_by: str
+    changed_at: datetime
+
+
+class QueueView(Frozen):
+    """A queue's control and load: `pending` counts its queued, running and waiting jobs
+    (what still runs when it drains); `held` the queued jobs a pause keeps from starting."""
+
+    queue: str
+    mode: QueueMode = QueueMode.ACCEPT
+    rate_limit_per_minute: int | None = None
+    reason: str = ""
+    changed_by: str | None = None
+    changed_at: datetime | None = None
+    depth: int = 0
+    oldest_job_age_s: float | None = None
+    pending: int = 0
+    held: int = 0
+
+
+class HookRetryAccepted(Frozen):
+    """A hook run's retry, handed to the routers: the new run records `retry_of`."""
+
+    hook_id: str
+    run_id: str
+    request_event_id: str = Field(description="the hook.retry_requested event's id")

@@ -74,6 +74,12 @@ GUEST_ANSWERED = "guest.messages.answered"  # every message of the job (subject)
 VM_HA_EXHAUSTED = "vm.ha.exhausted"  # an HA VM's restart budget is spent
 SERVER_UNFENCED = "server.unfenced"  # HA waits: no proof that a down server's guests are off
 
+# --- operators (source vmorch://api) ----------------------------------------------------------
+QUEUE_CONTROL_CHANGED = "queue.control_changed"  # accept, pause, drain, rate limit (subject: queue)
+# an operator asked for a hook run again with its original event (subject: the hook id);
+# the router acts on it as on a firing and records the new run
+HOOK_RETRY_REQUESTED = "hook.retry_requested"
+
 # --- the event path itself ------------------------------------------------------------------
 EVENTS_GAP = "events.gap"  # SSE: entries after the client's position were trimmed
 EVENTS_DEAD_LETTER = "events.dead_letter"  # an unreadable stream entry was set aside

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, HttpUrl, field_validator
 
 from schemas.base import Frozen, Name
+from schemas.events import Event
 from schemas.guest import GuestKey
 
 
@@ -154,6 +155,7 @@ class Hook(HookSpec):
 class HookRun(Frozen):
     """One firing of a hook, with the event that caused it and what came of it."""
 
+    id: str = Field(default="", description="the run's id (runs of older versions have none)")
     hook_id: str
     event_id: str
     event_type: str
@@ -163,3 +165,8 @@ class HookRun(Frozen):
     outcome: Literal["submitted", "delivered", "failed", "refused", "suppressed", "skipped"]
     detail: str = ""
     job_id: str | None = None
+    retry_of: str | None = Field(default=None, description="the run this one retried")
+    retried_by: str | None = Field(default=None, description="who asked for the retry")
+    event: Event | None = Field(
+        default=None, description="the event itself, kept so the run can be retried with it"
+    )

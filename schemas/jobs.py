@@ -107,6 +107,19 @@ class JobLinks(Frozen):
     parent_job: str | None = None
     hook_id: str | None = None
     event_id: str | None = None
+    # the failed or aborted job this one retries (it stays as the record of that attempt)
+    retry_of: str | None = None
+
+
+class Recovery(Frozen):
+    """An operator ended the job by hand (OpenNebula's `recover`): nothing was undone or
+    run; the operator says the job's effect is in place (succeeded) or not (failed)."""
+
+    state: JobState
+    from_state: JobState
+    by: str
+    reason: str
+    at: datetime
 
 
 class Job(Frozen):
@@ -133,3 +146,7 @@ class Job(Frozen):
     vm_queue_position: int | None = None
     wait: WaitInfo | None = Field(default=None, description="what a waiting job waits for")
     idempotency_key: str | None = None
+    retried_as: str | None = Field(default=None, description="the job that retries this one")
+    recovery: Recovery | None = Field(
+        default=None, description="set when an operator marked the job succeeded or failed"
+    )

@@ -8,6 +8,7 @@ from importlib.metadata import version
 from aiohttp import web
 from redis.asyncio import Redis
 
+from orchestrator.api.audit import audit_middleware
 from orchestrator.api.events import setup_streams
 from orchestrator.api.http import SERVICES
 from orchestrator.api.middleware import (
@@ -28,7 +29,7 @@ def make_app(settings: Settings, *, redis: Redis | None = None) -> web.Applicati
     """Build the API. Connections open on startup and close on cleanup, not at import."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[errors_middleware, auth_middleware, params_middleware],
+        middlewares=[audit_middleware, errors_middleware, auth_middleware, params_middleware],
     )
     table = routes()
     spec = build_openapi(table, version("vmorch"))

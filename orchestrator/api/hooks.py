@@ -9,8 +9,10 @@ from pydantic import BaseModel, HttpUrl, ValidationError
 
 from orchestrator.api.http import invalid, json_body, params, respond, respond_list, services
 from orchestrator.api.middleware import caller
-from orchestrator.errors import ValidationFailed
-from schemas.api import HookCreated, Role
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.store.events import make_event
+from schemas import event_types as et
+from schemas.api import HookCreated, HookRetryAccepted, Role
 from schemas.hooks import Hook, HookPatch, HookSpec, WebhookAction
 
 M = TypeVar("M", bound=BaseModel)
@@ -65,3 +67,25 @@ async def hook_runs(request: web.Request) -> web.Response:
         request.match_info["hook_id"], params(request)["limit"]
     )
     return respond_list(runs)
+
+
+async def retry_run(request: web.Request) -> web.Response:
+    """Ask the routers for the run again, on its own event; the new run (retry_of this
+    one) appears in the hook's runs once a router has acted."""
+    svc = services(request)
+    hook_id, run_id = request.match_info["hook_id"], request.match_info["run_id"]
+    await svc.hooks.get(hook_id)  # 404 for an unknown hook
+    run = await svc.hooks.run(hook_id, run_id)
+    if run is None:
+        raise NotFound(f"hook {hook_id} has no run {run_id!r} (kept: the newest 1000)")
+    if run.event is None:
+        raise Conflict(f"run {run_id} was recorded without its event: it cannot be retried")
+    event = make_event(
+        et.HOOK_RETRY_REQUESTED,
+        et.SOURCE_API,
+        hook_id,
+        {"hook_id": hook_id, "run_id": run_id, "by": caller(request).name},
+    )
+    await svc.events.publish(event)
+    accepted = HookRetryAccepted(hook_id=hook_id, run_id=run_id, request_event_id=event.id)
+    return respond(accepted, 202)

@@ -1,17 +1,21 @@
-"""Jobs over HTTP: submit, list, show, abort."""
+"""Jobs over HTTP: submit, list, show, abort, retry, recover."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.api.http import invalid, json_body, params, respond, services
 from orchestrator.api.middleware import caller
 from orchestrator.errors import Forbidden
 from orchestrator.store.jobs import JobStore
-from schemas.api import AbortRequest, Page, Role
+from schemas.api import AbortRequest, Page, RecoverRequest, RetryRequest, Role
 from schemas.jobs import Job, JobState
 from schemas.requests import Noop, job_request_adapter
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def _with_position(jobs: JobStore, job: Job) -> Job:
@@ -66,12 +70,43 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def abort_job(request: web.Request) -> web.Response:
-    reason = ""
-    if await request.read():
-        body = await json_body(request)
-        try:
-            reason = AbortRequest.model_validate(body, strict=True).reason
-        except ValidationError as e:
-            raise invalid("abort request", e) from None
+    reason = (await _optional_body(request, AbortRequest, "abort request")).reason
     job = await services(request).submitter.abort(request.match_info["job_id"], reason)
     return respond(job, 202)
+
+
+async def _optional_body(request: web.Request, model: type[M], what: str) -> M:
+    """A body that may be left out (then the model's defaults)."""
+    if not await request.read():
+        return model()
+    try:
+        return model.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid(what, e) from None
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    await _optional_body(request, RetryRequest, "retry request")  # the reason: for the audit
+    svc, who = services(request), caller(request)
+    old = await svc.jobs.get(request.match_info["job_id"])
+    if isinstance(old.request, Noop) and not who.role.allows(Role.ADMIN):
+        raise Forbidden("noop jobs (engine drills) are for admins only")
+    job, replayed = await svc.recovery.retry(old.id, by=who.name)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return respond(job, 202, **headers)
+
+
+async def recover_job(request: web.Request) -> web.Response:
+    try:
+        req = RecoverRequest.model_validate(await json_body(request), strict=True)
+    except ValidationError as e:
+        raise invalid("recover request", e) from None
+    job = await services(request).recovery.recover(
+        request.match_info["job_id"],
+        JobState(req.state),
+        by=caller(request).name,
+        reason=req.reason,
+    )
+    return respond(job)

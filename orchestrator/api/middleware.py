@@ -117,14 +117,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     info: TokenInfo | None = await services(request).tokens.lookup(token.strip())
     if info is None:
-        raise Unauthorized("invalid or revoked token")
+        raise Unauthorized("invalid, expired or revoked token")
+    request[TOKEN_INFO] = info  # before the role check: the audit records refusals too
     if not info.role.allows(needed):
         raise Forbidden(f"role {info.role.value} may not do this (needs {needed.value})")
-    request[TOKEN_INFO] = info
     return await handler(request)
 
 
-def _route(request: web.Request) -> Route | None:
+def route_of(request: web.Request) -> Route | None:
     resource = request.match_info.route.resource
     if resource is None:
         return None
@@ -137,7 +137,7 @@ def _route(request: web.Request) -> Route | None:
 async def params_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the route's declared query parameters (422) and headers (400) against the same
     schemas the OpenAPI document shows, before the handler sees any of them."""
-    route = _route(request)
+    route = route_of(request)
     if route is None:
         return await handler(request)
     checked: dict[str, Any] = {}

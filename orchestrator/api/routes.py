@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator.api import (
     alerts,
+    audit,
     events,
     guests,
     hooks,
@@ -15,6 +16,7 @@ from orchestrator.api import (
     pools,
     queue,
     repositories,
+    tokens,
 )
 from orchestrator.api.routing import Query, Route
 from schemas.alerts import Alert
@@ -26,20 +28,29 @@ from schemas.api import (
     FenceAck,
     FenceRecord,
     HookCreated,
+    HookRetryAccepted,
     MessagesRequest,
     MessagesToMany,
     MigrationTargets,
     Page,
     PoolGroups,
+    QueueControlSpec,
     QueueStatus,
+    QueueView,
+    RecoverRequest,
     RepositorySpec,
     RepositoryView,
+    RetryRequest,
     Role,
     ServerRegistered,
     ServerRegistration,
     ServerView,
+    TokenCreated,
+    TokenInfo,
+    TokenRequest,
     VmView,
 )
+from schemas.audit import AuditRecord
 from schemas.base import NAME_MAX, NAME_PATTERN
 from schemas.guest import GuestState
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec
@@ -132,6 +143,28 @@ def _jobs() -> list[Route]:
             status=202,
         ),
         Route(
+            "POST",
+            "/v1/jobs/{job_id}/retry",
+            jobs.retry_job,
+            "Retry a failed or aborted job from its failed step, as a new job linked to it "
+            "(retry_of / retried_as); asked again, the same new job",
+            OPERATOR,
+            body=RetryRequest,
+            body_required=False,
+            response=Job,
+            status=202,
+        ),
+        Route(
+            "POST",
+            "/v1/jobs/{job_id}/recover",
+            jobs.recover_job,
+            "Mark a stuck or failed job succeeded or failed by hand, with a reason (nothing is "
+            "undone or run; a worker still on it is stopped)",
+            ADMIN,
+            body=RecoverRequest,
+            response=Job,
+        ),
+        Route(
             "GET",
             "/v1/jobs/{job_id}/stream",
             events.stream_job,
@@ -141,6 +174,7 @@ def _jobs() -> list[Route]:
     ]
 
 
+_QUEUE_SCHEMA = {"type": "string", "pattern": r"^vmorch\.[A-Za-z0-9._-]{1,80}$"}
 _NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
 
 
@@ -415,6 +449,16 @@ def _hooks() -> list[Route]:
             query=(_limit(1000, 100),),
         ),
         Route(
+            "POST",
+            "/v1/hooks/{hook_id}/runs/{run_id}/retry",
+            hooks.retry_run,
+            "Run a hook's action again on a run's original event (flood control aside); "
+            "the new run records retry_of",
+            ADMIN,
+            response=HookRetryAccepted,
+            status=202,
+        ),
+        Route(
             "GET",
             "/v1/alerts",
             alerts.list_alerts,
@@ -440,6 +484,49 @@ def _hooks() -> list[Route]:
     ]
 
 
+def _operations() -> list[Route]:
+    """Who the caller is, tokens and the audit trail."""
+    token_id = (("token_id", {"type": "string", "pattern": "^[0-9a-f]{12}$"}),)
+    return [
+        Route("GET", "/v1/whoami", tokens.whoami, "The caller's token: name, role, expiry",
+              VIEWER, response=TokenInfo),
+        Route("POST", "/v1/tokens", tokens.create_token,
+              "Create a token (shown once in the answer); expires_in_s makes it expire",
+              ADMIN, body=TokenRequest, response=TokenCreated, status=201),
+        Route("GET", "/v1/tokens", tokens.list_tokens, "List tokens (never the secrets)",
+              ADMIN, response=list[TokenInfo]),
+        Route("DELETE", "/v1/tokens/{token_id}", tokens.revoke_token, "Revoke a token",
+              ADMIN, status=204, path_schemas=token_id),
+        Route("GET", "/v1/queues", queue.list_queues,
+              "Each queue's control (accept, pause, drain, rate limit: who, when, why) and load",
+              VIEWER, response=list[QueueView]),
+        Route("PUT", "/v1/queues/{queue}", queue.put_queue,
+              "Accept, pause or drain a queue, or limit its starts per minute, with a reason",
+              ADMIN, body=QueueControlSpec, response=QueueView,
+              path_schemas=(("queue", _QUEUE_SCHEMA),)),
+        Route(
+            "GET",
+            "/v1/audit",
+            audit.list_audit,
+            "The audit trail, newest first: every write with its caller, request id and outcome",
+            ADMIN,
+            response=Page[AuditRecord],
+            query=(
+                Query("token_name", "only this token name's writes", _text(100)),
+                Query("token_id", "only this token's writes", _text(64)),
+                Query("action", "action, an fnmatch glob (jobs.*)", _text(100)),
+                Query("target", "the object acted on (a job id, hook id, queue)", _text(300)),
+                _limit(500, 50),
+                Query(
+                    "cursor",
+                    "next_cursor of the previous page",
+                    {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                ),
+            ),
+        ),
+    ]  # fmt: skip
+
+
 def routes() -> list[Route]:
     """Every endpoint of the API, one list."""
-    return [*_jobs(), *_inventory(), *_events(), *_hooks()]
+    return [*_jobs(), *_inventory(), *_events(), *_hooks(), *_operations()]

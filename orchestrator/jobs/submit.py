@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from itertools import takewhile
 from typing import cast
 
-from orchestrator.errors import Conflict, NotFound, ValidationFailed, VmorchError
+from orchestrator.errors import (
+    Conflict,
+    NotFound,
+    QueueDraining,
+    ValidationFailed,
+    VmorchError,
+)
 from orchestrator.jobs.dispatch import Dispatcher
 from orchestrator.jobs.transitions import abort_requested
 from orchestrator.secrets import Sealer
@@ -16,11 +23,13 @@ from orchestrator.store.content import ContentStore
 from orchestrator.store.inventory import InventoryStore
 from orchestrator.store.jobs import JobStore
 from orchestrator.store.macs import MacStore
+from orchestrator.store.queues import QueueControls
 from orchestrator.targets import ImportAllowList, TargetRefused, file_name
+from schemas.api import QueueDepth
 from schemas.base import is_name, utcnow
 from schemas.event_types import SOURCE_API
 from schemas.inventory import ContentKind, ServerPool, Vm, VmNic, VmState
-from schemas.jobs import Job, JobLinks, JobState
+from schemas.jobs import Job, JobLinks, JobState, StepRecord, StepState
 from schemas.requests import (
     CREATE_KINDS,
     INTERNAL_KINDS,
@@ -76,8 +85,10 @@ class Submitter:
         content: ContentStore,
         import_allow: ImportAllowList,
         sealer: Sealer | None = None,
+        queues: QueueControls | None = None,
     ):
         self.sealer = sealer
+        self.queues = queues
         self.jobs = jobs
         self.inventory = inventory
         self.dispatcher = dispatcher
@@ -317,6 +328,7 @@ class Submitter:
         idem_scope: str = "",
         links: JobLinks | None = None,
         internal: bool = False,
+        retry_of: Job | None = None,
     ) -> tuple[Job, bool]:
         """Store and dispatch a job. Returns (job, replayed); replayed: a known Idempotency-Key.
 
@@ -329,8 +341,8 @@ class Submitter:
                 details=[(["body", "kind"], "an internal job kind")],
             )
         fingerprint = req.model_dump_json()
-        if isinstance(req, SendMessages | FirstBoot):
-            req, fingerprint = self._sealed(req)
+        if isinstance(req, SendMessages | FirstBoot) and retry_of is None:
+            req, fingerprint = self._sealed(req)  # (a retry's request is sealed already)
         sha = hashlib.sha256(fingerprint.encode()).hexdigest()
         # keys are per caller: another token's key neither replays nor reveals its job
         scoped = f"{idem_scope}:{idem_key}" if idem_key else None
@@ -341,14 +353,16 @@ class Submitter:
             # a replay answers with the original job before anything else is checked: the
             # VM it worked on may be gone by now (a replayed vm.delete), or its name taken
             # by the VM it made. (Otherwise the create script finds the key itself.)
-            if scoped:
-                known = await self.jobs.idempotent_job(scoped)
-                if known is not None:
-                    if known[1] != sha:
-                        raise Conflict(
-                            f"Idempotency-Key was used for job {known[0]} with another body"
-                        ) from None
-                    return await self._replayed(known[0]), True
+            if scoped and (replay := await self._replay(scoped, sha)) is not None:
+                return replay, True
+            raise
+        try:
+            await self._check_accepting(queue)
+        except VmorchError:
+            if reserve is not None:
+                await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
+            if scoped and (replay := await self._replay(scoped, sha)) is not None:
+                return replay, True
             raise
         claimed: list[str] = []  # an added vNIC's MAC, claimed for its VM
         if isinstance(req, AddVnic):
@@ -371,6 +385,7 @@ class Submitter:
             created_at=now,
             updated_at=now,
             links=(links or JobLinks()).model_copy(update=link_update),
+            steps=_carried(retry_of, link_update.get("vm_id")),
             idempotency_key=idem_key,
         )
         try:
@@ -401,6 +416,31 @@ class Submitter:
                 details=[(["body", "name"], "name is taken")],
             )
         return job, False
+
+    async def _replay(self, scoped: str, sha: str) -> Job | None:
+        """The job an Idempotency-Key already made, if any (Conflict: another body)."""
+        known = await self.jobs.idempotent_job(scoped)
+        if known is None:
+            return None
+        if known[1] != sha:
+            raise Conflict(f"Idempotency-Key was used for job {known[0]} with another body")
+        return await self._replayed(known[0])
+
+    async def _check_accepting(self, queue: str) -> None:
+        """503 when the queue drains: it names the queue, why, and what still runs there."""
+        ctl = None if self.queues is None else await self.queues.get(queue)
+        if ctl is None or ctl.mode != "drain":
+            return
+        assert self.queues is not None
+        [view] = await self.queues.views([QueueDepth(queue=queue, depth=await self._depth(queue))])
+        msg = (
+            f"queue {queue} is draining ({ctl.reason}; by {ctl.changed_by}): new jobs are "
+            f"refused; {view.pending} job(s) still pending there will finish"
+        )
+        raise QueueDraining(msg, details=[(["queue", queue], f"draining; {view.pending} pending")])
+
+    async def _depth(self, queue: str) -> int:
+        return int(await self.jobs.redis.zcard(keys.jobs_queued(queue)))
 
     def _sealed(self, req: SendMessages | FirstBoot) -> tuple[JobRequest, str]:
         """The request with each secret value sealed (nothing stores it plain), and its
@@ -592,3 +632,13 @@ class Submitter:
         ):  # it never ran: the MAC claimed for it goes back
             await self.macs.release(job.links.vm_id, [job.request.mac])
         return job
+
+
+def _carried(retry_of: Job | None, vm_id: str | None) -> list[StepRecord]:
+    """The records a retry starts with: the leading steps its failed attempt left done
+    (kept by compensation: no undo, or before a point of no return), when it works on the
+    same VM (a create makes a new one: its attempt's steps are no use to it). The runner
+    plans the rest afresh (`transitions.plan_records`)."""
+    if retry_of is None or retry_of.links.vm_id != vm_id:
+        return []
+    return list(takewhile(lambda s: s.state == StepState.DONE, retry_of.steps))

@@ -45,6 +45,18 @@ def outputs_of(job: Job) -> Outputs:
     return merged
 
 
+def plan_records(job: Job, plan: list[tuple[str, str]]) -> list[StepRecord]:
+    """The step journal a job starts with: one pending record per (name, description) of
+    its plan, but for a retried job the leading steps its failed attempt left done (its
+    records were carried over): it goes on from the first step whose effect is gone."""
+    records = [StepRecord(name=n, description=d) for n, d in plan]
+    for i, old in enumerate(job.steps[: len(records)]):
+        if old.name != records[i].name or old.state != StepState.DONE:
+            break
+        records[i] = old
+    return records
+
+
 def started(job: Job, records: list[StepRecord]) -> Job | None:
     """queued -> running with its step journal; None when another worker started it."""
     if job.state != JobState.QUEUED:

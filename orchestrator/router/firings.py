@@ -15,6 +15,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from orchestrator.errors import NotFound
 from orchestrator.globs import any_match
 from orchestrator.router.actions import ActionContext, ActionKind, Firing, registry
 from orchestrator.router.actions.webhook import WebhookSender
@@ -68,9 +69,7 @@ class Deliveries:
                 await asyncio.wait({action}, timeout=s.hook_lease_ms / 3000)
                 if action.done():
                     break
-                if not await hooks.renew_firing(
-                    firing.hook, firing.event, firing.subject, s.hook_lease_ms
-                ):
+                if not await hooks.renew_firing(firing.hook, firing.key, s.hook_lease_ms):
                     log.warning("hook=%s firing lease lost; stopping its delivery", firing.hook.id)
                     action.cancel()
                     return False
@@ -78,12 +77,12 @@ class Deliveries:
                 run = action.result()
             except TimeoutError:
                 run = firing.run("failed", f"delivery cut off after {s.webhook_delivery_max_s:g} s")
-            await hooks.settle(run, firing.hook, firing.event, firing.subject)
+            await hooks.settle(run, firing.hook, firing.key)
             return True
         except Exception:
             log.exception("hook=%s action failed; the firing is given back", firing.hook.id)
             with contextlib.suppress(Exception):
-                await hooks.release_firing(firing.hook, firing.event, firing.subject)
+                await hooks.release_firing(firing.hook, firing.key)
             return False
         finally:
             if not action.done():
@@ -125,6 +124,8 @@ class HookEngine:
         return self._cache
 
     async def handle(self, event: Event, vm: Vm | None, hooks: list[Hook]) -> Handled:
+        if event.type == et.HOOK_RETRY_REQUESTED:
+            return await self._retry(event)
         if event.type.startswith(et.JOB_PREFIX) and event.data.get("hook_id"):
             return Handled(True)  # a job a hook started fires no hooks: no loop on itself
         hooks = [h for h in hooks if h.enabled and any_match(event.type, h.match.types)]
@@ -142,6 +143,28 @@ class HookEngine:
                     complete &= outcome
         return Handled(complete, tuple(pending))
 
+    async def _retry(self, request: Event) -> Handled:
+        """An operator's retry of a hook run (`POST /v1/hooks/{id}/runs/{run}/retry`): the
+        hook's action again, on the run's own event and subject, recorded as a new run."""
+        svc = self.services
+        hook_id, run_id = str(request.data.get("hook_id")), str(request.data.get("run_id"))
+        try:
+            hook = await svc.hooks.get(hook_id)
+        except NotFound:
+            return Handled(True)  # deleted since it was asked
+        run = await svc.hooks.run(hook_id, run_id)
+        if run is None or run.event is None:
+            log.warning("hook=%s run=%s: not kept, cannot be retried", hook_id, run_id)
+            return Handled(True)
+        subject = run.subject or run.event.type
+        vm = await svc.inventory.find_vm(subject) if run.event.type.startswith("vm.") else None
+        by = str(request.data.get("by", ""))
+        firing = Firing(hook, run.event, subject, vm, retry=(run, by, request.id))
+        outcome = await self._fire(firing, None)
+        if isinstance(outcome, asyncio.Task):
+            return Handled(True, (outcome,))
+        return Handled(outcome)
+
     async def _targets(
         self, hook: Hook, event: Event, vm: Vm | None
     ) -> list[tuple[str, Vm | None]]:
@@ -154,22 +177,23 @@ class HookEngine:
     async def _fire(self, firing: Firing, caused_by: str | None) -> bool | asyncio.Task[bool]:
         """True: done (now or before); False: busy elsewhere; a task: acting in background."""
         hooks, s = self.services.hooks, self.services.settings
-        hook, event, subject = firing.hook, firing.event, firing.subject
-        claim = await hooks.claim_firing(hook, event, subject, s.hook_lease_ms)
+        hook = firing.hook
+        claim = await hooks.claim_firing(hook, firing.key, s.hook_lease_ms)
         if claim != "claimed":
             return claim == "done"
-        skipped = await self._skip(firing, caused_by)
+        # an operator's retry acts whatever flood control or the hook's filters would say
+        skipped = None if firing.retry else await self._skip(firing, caused_by)
         if skipped is not None:
-            await hooks.settle(skipped, hook, event, subject)
+            await hooks.settle(skipped, hook, firing.key)
             return True
         kind = self.actions[hook.action.kind]
         if kind.background:
             task = self.deliveries.start(firing, kind)
             if task is None:  # the pool is full: give the firing back, try again later
-                await hooks.release_firing(hook, event, subject)
+                await hooks.release_firing(hook, firing.key)
                 return False
             return task
-        await hooks.settle(await kind.act(self.ctx, firing), hook, event, subject)
+        await hooks.settle(await kind.act(self.ctx, firing), hook, firing.key)
         return True
 
     async def _skip(self, firing: Firing, caused_by: str | None) -> HookRun | None:

@@ -11,7 +11,6 @@ from redis.asyncio.client import Pipeline
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import keys, lua
 from schemas.base import utcnow
-from schemas.events import Event
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec, WebhookAction
 
 RUNS_KEPT = 1000  # firings kept per hook
@@ -125,32 +124,32 @@ class HookStore:
         value: str | None = await self.redis.get(keys.hook_secret(hook_id))
         return value
 
-    async def claim_firing(self, hook: Hook, event: Event, subject: str, lease_ms: int) -> str:
+    async def claim_firing(self, hook: Hook, firing: str, lease_ms: int) -> str:
         """Claim this (hook, event, subject) for `lease_ms`: "claimed" (act now), "done"
         (acted on already) or "busy" (another router is acting; if it died, the lease
         lapses and the firing is claimed again: at least once)."""
-        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        key = keys.hook_fired(hook.id, firing)
         if await self.redis.set(key, "busy", nx=True, px=lease_ms):
             return "claimed"
         return "done" if await self.redis.get(key) == "done" else "busy"
 
-    async def renew_firing(self, hook: Hook, event: Event, subject: str, lease_ms: int) -> bool:
+    async def renew_firing(self, hook: Hook, firing: str, lease_ms: int) -> bool:
         """Keep a firing this router is acting on; False when it is no longer ours."""
-        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        key = keys.hook_fired(hook.id, firing)
         return bool(await self._renew(keys=[key], args=[lease_ms]))
 
-    async def release_firing(self, hook: Hook, event: Event, subject: str) -> None:
+    async def release_firing(self, hook: Hook, firing: str) -> None:
         """Give a claimed firing back untouched (it will be claimed and acted on again)."""
-        key = keys.hook_fired(hook.id, f"{event.id}:{subject}")
+        key = keys.hook_fired(hook.id, firing)
         await self._release(keys=[key])
 
-    async def settle(self, run: HookRun, hook: Hook, event: Event, subject: str) -> None:
+    async def settle(self, run: HookRun, hook: Hook, firing: str) -> None:
         """Record what a firing did and mark it done, in one round trip: a firing is acted
         on once (another router finds it `done`), and its run is kept for `runs()`."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(keys.hook_runs(run.hook_id), run.model_dump_json())
         pipe.ltrim(keys.hook_runs(run.hook_id), 0, RUNS_KEPT - 1)
-        pipe.set(keys.hook_fired(hook.id, f"{event.id}:{subject}"), "done", ex=self.firing_ttl_s)
+        pipe.set(keys.hook_fired(hook.id, firing), "done", ex=self.firing_ttl_s)
         await pipe.execute()
 
     async def within_window(self, hook: Hook, subject: str, firing: str) -> bool:
@@ -164,6 +163,17 @@ class HookStore:
             return False
         await self.redis.incr(keys.hook_suppressed(hook.id))
         return True
+
+    async def run(self, hook_id: str, run_id: str) -> HookRun | None:
+        """One of the runs kept for the hook, by id."""
+        if not run_id:
+            return None
+        for doc in await self.redis.lrange(keys.hook_runs(hook_id), 0, -1):
+            if f'"id":"{run_id}"' in doc:  # cheap test before parsing
+                run = HookRun.model_validate_json(doc)
+                if run.id == run_id:
+                    return run
+        return None
 
     async def runs(self, hook_id: str, limit: int = 100) -> list[HookRun]:
         await self.get(hook_id)

@@ -55,6 +55,10 @@ def job_event(job: Job, old: JobState | None, source: str, step: str | None = No
         data["vm_id"] = job.links.vm_id
     if job.links.hook_id:
         data["hook_id"] = job.links.hook_id
+    if job.links.retry_of and job.state == JobState.QUEUED:
+        data["retry_of"] = job.links.retry_of
+    if job.recovery is not None and changed:
+        data["recovered_by"], data["reason"] = job.recovery.by, job.recovery.reason
     if step is not None:
         data["step"] = step
         record = next((s for s in job.steps if s.name == step), None)
@@ -223,14 +227,18 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
+        force: bool = False,
     ) -> tuple[str, list[str]]:
         """Write `after` if the record is still at `before.version` (and the lease matches).
+        `force`: an operator's recovery, which may end a job from any state.
 
         Returns (status, new VM-queue heads): set when a terminal job hands its VM (or its
         two: a clone's source too) to the next job; the caller dispatches them.
         """
         old = before.job
-        if old.state != after.state and after.state not in TRANSITIONS[old.state]:
+        if fence is not None and old.recovery is not None:
+            return "fenced", []  # an operator ended it by hand: no worker writes to it
+        if not force and old.state != after.state and after.state not in TRANSITIONS[old.state]:
             raise Conflict(f"job {old.id}: {old.state} -> {after.state} is not allowed")
         vm_id = after.links.vm_id
         emit = old.state != after.state or step is not None
@@ -273,6 +281,7 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
+        force: bool = False,
     ) -> tuple[Job, list[str]]:
         """Read, apply `mutate`, compare-and-set; repeat on a concurrent write.
 
@@ -280,7 +289,7 @@ class JobStore:
         fencing token no longer matches.
         """
         v, heads = await self.update_v(
-            job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms
+            job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms, force=force
         )
         return v.job, heads
 
@@ -294,6 +303,7 @@ class JobStore:
         source: str = "vmorch://engine",
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
+        force: bool = False,
     ) -> tuple[Versioned, list[str]]:
         """`update`, starting from `current` (saves a read when the caller holds the last
         version it wrote); returns the version written, to pass to the next call."""
@@ -308,7 +318,7 @@ class JobStore:
                 return before, []
             after = after.model_copy(update={"updated_at": utcnow()})
             status, heads = await self.commit(
-                before, after, fence=fence, source=source, step=step, due_ms=due_ms
+                before, after, fence=fence, source=source, step=step, due_ms=due_ms, force=force
             )
             if status == "ok":
                 return Versioned(after, str(int(before.version) + 1)), heads

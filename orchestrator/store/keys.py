@@ -238,6 +238,8 @@ def hook_flood(hook_id: str, subject: str) -> str:
     return f"{PREFIX}hookflood:{hook_id}:{subject}"
 
 
+# the audit trail: a stream of AuditRecord docs, trimmed to the job retention
+AUDIT = f"{PREFIX}audit"
 ALERTS = f"{PREFIX}alerts"
 ALERTS_RAISED = f"{PREFIX}alerts:raised"
 ALERTS_OPEN = f"{PREFIX}alerts:open"
@@ -327,3 +329,17 @@ NOOP_QUEUE = "vmorch.noop"
 
 def pool_queue(pool_name: str) -> str:
     return f"vmorch.pool.{pool_name}"
+
+
+# Queue controls: queue name -> QueueControl doc (no field: accept, no limit).
+QUEUE_CONTROLS = f"{PREFIX}queuectl"
+
+
+def queue_held(queue: str) -> str:
+    """Queued jobs a paused queue keeps from starting; dispatched again when it resumes."""
+    return f"{PREFIX}queueheld:{queue}"
+
+
+def queue_starts(queue: str) -> str:
+    """Jobs started in the last minute (score: ms), for the queue's rate limit."""
+    return f"{PREFIX}queuestarts:{queue}"

@@ -46,6 +46,11 @@ class Leases:
     async def release(self, job_id: str, token: int) -> None:
         await self._release(keys=[keys.lease(job_id)], args=[token])
 
+    async def revoke(self, job_id: str) -> None:
+        """Take the lease from whoever holds it: that worker's next fenced write is refused
+        (an operator ended the job by hand)."""
+        await self.redis.delete(keys.lease(job_id))
+
     async def held(self, job_id: str) -> bool:
         return bool(await self.redis.exists(keys.lease(job_id)))
 

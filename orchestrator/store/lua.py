@@ -264,3 +264,45 @@ if not head then return '' end
 redis.call('ZADD', KEYS[2], ARGV[2], head)
 return head
 """
+
+ADMIT_START = """
+-- KEYS: queuectl held starts due   ARGV: queue job_id now_ms
+-- Whether a queued job may start now under its queue's control: {'go'}; {'held'} (a
+-- paused queue: kept in `held` until it resumes, off the dispatch timer); {'later', ms}
+-- (the rate limit's window is full: the timer brings it back then). A start is counted
+-- under the job's id, so a job admitted twice (a message seen again) counts once.
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {'go'} end
+local ctl = cjson.decode(raw)
+if ctl['mode'] == 'pause' then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  return {'held'}
+end
+local limit = ctl['rate_limit_per_minute']
+if limit == nil or limit == cjson.null then return {'go'} end
+local now = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return {'go'} end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(limit) then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local at = tonumber(oldest[2]) + 60000
+  redis.call('ZADD', KEYS[4], at, ARGV[2])
+  return {'later', tostring(at)}
+end
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[3], 61000)
+return {'go'}
+"""
+
+SET_QUEUE_CONTROL = """
+-- KEYS: queuectl held events   ARGV: queue doc mode event
+-- Set a queue's control and publish its event; unless it pauses, hand back the jobs the
+-- pause held (the caller dispatches them), in the same step: none is held and forgotten.
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[4], 't', 'queue.control_changed', 's', ARGV[1])
+if ARGV[3] == 'pause' then return {} end
+local held = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+return held
+"""

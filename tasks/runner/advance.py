@@ -30,7 +30,7 @@ from orchestrator.store import jobdoc
 from orchestrator.store.fence import Fence
 from orchestrator.store.jobs import Versioned
 from schemas.base import utcnow
-from schemas.jobs import ErrorInfo, Job, JobState, StepRecord, StepState
+from schemas.jobs import ErrorInfo, Job, JobState, StepState
 from tasks.runner import compensation, waiting
 from tasks.runner.heartbeat import Heartbeat
 from tasks.runner.middleware import Middlewares, default_middlewares
@@ -185,8 +185,13 @@ class Runner:
             # Not this job's turn on its VM (or a clone's source): the job ahead dispatches
             # it when it ends (and the router's timer checks again, should that be lost).
             return job
-        records = [StepRecord(name=s.name, description=s.description) for s in steps]
-        first = self._then_running(0, steps)
+        admission = self.rt.loop.run(self.rt.services.queues.admit(job.queue, job.id))
+        if admission.verdict != "go":  # a paused queue, or its rate limit: it stays queued
+            self.transition(job, "-", "queued", "queued", f"{job.queue}: {admission.verdict}")
+            return job
+        records = tr.plan_records(job, [(s.name, s.description) for s in steps])
+        at = next((i for i, r in enumerate(records) if r.state != StepState.DONE), len(records))
+        first = self._then_running(at, steps)
 
         def start(j: Job) -> Job | None:
             started = tr.started(j, records)
@@ -194,7 +199,7 @@ class Runner:
 
         job = self.update(start, due_ms=due_in_ms(self.rt.settings.lease_ms))
         self.transition(job, "-", "queued", job.state.value)
-        self._note_started(job, steps, 0)
+        self._note_started(job, steps, at)
         return job
 
     def _note_started(self, job: Job, steps: list[Step], idx: int) -> None:

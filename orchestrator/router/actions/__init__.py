@@ -7,6 +7,7 @@ event path, so no receiver can hold up the events behind them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,9 +30,23 @@ class Firing:
     event: Event
     subject: str
     vm: Vm | None
+    # an operator's retry of a run: (the run, who asked, the request's event id), which
+    # keys the firing apart from the original one (that one is done)
+    retry: tuple[HookRun, str, str] | None = None
+
+    @property
+    def key(self) -> str:
+        """What claims and settles the firing: one (hook, event, subject), or one retry."""
+        if self.retry is not None:
+            return f"retry:{self.retry[2]}"
+        return f"{self.event.id}:{self.subject}"
 
     def run(self, outcome: Outcome, detail: str = "", job_id: str | None = None) -> HookRun:
         return HookRun(
+            id=uuid.uuid4().hex[:12],
+            retry_of=self.retry[0].id if self.retry else None,
+            retried_by=self.retry[1] if self.retry else None,
+            event=self.event,
             hook_id=self.hook.id,
             event_id=self.event.id,
             event_type=self.event.type,
