@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from orchestrator.api.audit import audit_middleware
+from orchestrator.api.dashboard import setup_dashboard
 from orchestrator.api.events import setup_streams
 from orchestrator.api.http import SERVICES
 from orchestrator.api.middleware import (
@@ -53,4 +54,5 @@ def make_app(settings: Settings, *, redis: Redis | None = None) -> web.Applicati
 
     app.cleanup_ctx.append(lifecycle)
     setup_streams(app)  # open SSE streams end at shutdown instead of holding it up
+    setup_dashboard(app)  # the web dashboard at / (static files, outside the route table)
     return app
