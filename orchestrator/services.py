@@ -9,13 +9,18 @@ length and idempotency TTL).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aredis
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.utils import str_if_bytes
 
 from orchestrator.jobs.dispatch import Dispatcher, TaskMessages, producer_app
 from orchestrator.jobs.recovery import JobRecovery
 from orchestrator.jobs.submit import Submitter
+from orchestrator.redisurl import SentinelUrl, sentinel_url
 from orchestrator.secrets import Sealer
 from orchestrator.settings import Settings
 from orchestrator.store.alerts import AlertStore
@@ -38,26 +43,112 @@ from orchestrator.store.tokens import TokenStore
 from orchestrator.store.waits import Waits
 from orchestrator.targets import ImportAllowList
 
+NO_REPLICAS = "NOREPLICAS"  # the error of a master short of the replicas it must write to
+
 
 def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> Redis:
     """A Redis client with timeouts, TCP keepalive and health checks: a stalled Redis makes
     calls fail with a RedisError within the timeout, never hang (no connection is opened
-    until the first command)."""
+    until the first command). A `redis+sentinel://` URL (`orchestrator.redisurl`) gives a
+    client of the master the Sentinels name, found again after a failover."""
     timeout_s = socket_timeout_s or settings.redis_socket_timeout_s
-    # a pool that makes a caller wait (up to the socket timeout) for a free connection past
-    # redis_max_connections, rather than failing at once (redis-py's default: 100, then
-    # "Too many connections"; an agent serving many guest channels reached it)
-    pool = aredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=timeout_s,
-        decode_responses=True,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_keepalive=True,
-        health_check_interval=int(settings.redis_health_check_s),
-    )
+    options: dict[str, Any] = {
+        # a pool that makes a caller wait (up to the socket timeout) for a free connection
+        # past redis_max_connections, rather than failing at once (redis-py's default: 100,
+        # then "Too many connections"; an agent serving many guest channels reached it)
+        "max_connections": settings.redis_max_connections,
+        "timeout": timeout_s,
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": int(settings.redis_health_check_s),
+    }
+    sentinels = sentinel_url(settings.redis_url)
+    if sentinels is None:
+        pool = aredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
+    else:
+        pool = BlockingSentinelPool.of(sentinels, **options)
     return aredis.Redis.from_pool(pool)  # (closing the client closes its pool)
+
+
+class MasterConnection(SentinelManagedConnection):  # type: ignore[misc]  # (Any to mypy)
+    """A connection to the master the Sentinels name, that never stays on a server which
+    is not, or may no longer be, the master.
+
+    - Connecting checks ROLE: while a switch is under way the Sentinels may still name the
+      old master, already a replica, where reads would go on working unnoticed.
+    - redis-py already drops a connection that meets READONLY (the master was demoted). A
+      master that has lost its replicas refuses writes with NOREPLICAS instead, once
+      `min-replicas-to-write` is set: that is what fences an old master during a failover
+      (the promoted replica leaves it at once, while Sentinel demotes it only about 10 s
+      later, and every write it took meanwhile would be lost). It is treated the same way.
+
+    Either way the connection is closed and the call fails with a ConnectionError, as on a
+    Redis that is down (the api answers 503; workers, routers and agents retry), and the
+    next connection asks the Sentinels again. (The api's event hub copies this connection
+    class for its own reader: the same holds there.)"""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        await super().connect_to(address)
+        await self.send_command("ROLE")
+        role = str_if_bytes((await self.read_response())[0])
+        if role != "master":
+            await self.disconnect()
+            raise redis_errors.ConnectionError(
+                f"{address[0]}:{address[1]} is a {role}, not the master (yet): a failover is "
+                "under way"
+            )
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except redis_errors.ResponseError as e:
+            if not str(e).startswith(NO_REPLICAS):
+                raise
+            await self.disconnect()
+            raise redis_errors.ConnectionError(
+                f"the master refuses writes ({e}); asking the Sentinels again"
+            ) from e
+
+
+class BlockingSentinelPool(
+    SentinelConnectionPool,  # type: ignore[misc]  # (Any to mypy)
+    aredis.BlockingConnectionPool,  # type: ignore[misc]
+):
+    """redis-py's pool of a Sentinel-named master, bounded as `connect`'s other pool is: a
+    caller waits for a free connection rather than failing past max_connections.
+
+    Each new connection asks the Sentinels for the master (`MasterConnection` says what it
+    leaves); when the master's address changes, idle connections are closed."""
+
+    @classmethod
+    def of(cls, url: SentinelUrl, **options: Any) -> BlockingSentinelPool:
+        """The pool of `url`'s master; the Sentinels are asked with the same timeouts and
+        keepalive, and no retries of their own (discovery moves on to the next one)."""
+        sentinel_options = {
+            k: v
+            for k, v in options.items()
+            if k in ("socket_timeout", "socket_connect_timeout", "socket_keepalive")
+        }
+        manager = Sentinel(
+            url.sentinels, sentinel_kwargs={**sentinel_options, **url.sentinel_auth()}
+        )
+        return cls(
+            url.service,
+            manager,
+            connection_class=MasterConnection,
+            db=url.db,
+            **url.master_auth(),
+            **options,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool and the Sentinel clients it asks (the client owns both)."""
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
 
 
 def sealer_of(settings: Settings) -> Sealer | None:
