@@ -161,6 +161,14 @@ class Settings(BaseSettings):
     token: str | None = None
     worker_concurrency: int = Field(default=2, ge=1)
     log_level: str = "INFO"
+    # text: one readable line per record; json: JSON lines (structlog), with the job, step,
+    # VM, server and request id of the record as fields wherever they are known
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus: routers, agents and workers serve /metrics on this port when it is set
+    # (one port per process; `vmorch up` gives each its own); the api serves /metrics on
+    # its own port always
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("mac_range")
     @classmethod

@@ -10,6 +10,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from orchestrator import metrics
 from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
@@ -64,6 +65,7 @@ def run_worker(
     pool_impl: str = "prefork",
     noop: str = "no",
 ) -> None:
+    shared = metrics.serve_multiprocess(settings.metrics_host, settings.metrics_port)
     app = make_celery(settings)
     register(app, settings)
     queues = queues_for(settings, pools, noop)
@@ -91,3 +93,4 @@ def run_worker(
         )
     finally:
         stop.set()
+        metrics.remove_multiprocess_dir(shared)

@@ -12,6 +12,7 @@ from orchestrator.api.audit import audit_middleware
 from orchestrator.api.dashboard import setup_dashboard
 from orchestrator.api.events import setup_streams
 from orchestrator.api.http import SERVICES
+from orchestrator.api.metrics import metrics
 from orchestrator.api.middleware import (
     MAX_BODY,
     ROUTE_ROLES,
@@ -44,6 +45,7 @@ def make_app(settings: Settings, *, redis: Redis | None = None) -> web.Applicati
     for r in table:
         app.router.add_route(r.method, r.path, r.handler)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)  # Prometheus: public, numbers only
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = redis or connect(settings)

@@ -16,6 +16,7 @@ import uuid
 
 from aiohttp import web
 
+from orchestrator import logs
 from orchestrator.api.http import params, respond, services
 from orchestrator.api.middleware import TOKEN_INFO, Handler, route_of
 from orchestrator.store.audit import AuditFilter
@@ -85,6 +86,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Outermost: it sees the answer the client gets, after errors became responses."""
     rid = _request_id(request)
     request[REQUEST_ID] = rid
+    logs.bind(request_id=rid)  # this request's task only
     response = await handler(request)
     response.headers[REQUEST_ID_HEADER] = rid
     route = route_of(request)

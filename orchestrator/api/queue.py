@@ -13,25 +13,25 @@ from schemas.api import QueueControl, QueueControlSpec
 from schemas.base import utcnow
 
 
-async def _queue_names(request: web.Request) -> list[str]:
+async def queue_names(request: web.Request) -> list[str]:
     pools = await services(request).inventory.pools()
     return [keys.DEFAULT_QUEUE, keys.NOOP_QUEUE] + [keys.pool_queue(p.name) for p in pools]
 
 
 async def queue_status(request: web.Request) -> web.Response:
-    return respond(await services(request).fleet.status(await _queue_names(request)))
+    return respond(await services(request).fleet.status(await queue_names(request)))
 
 
 async def list_queues(request: web.Request) -> web.Response:
     svc = services(request)
-    status = await svc.fleet.status(await _queue_names(request))
+    status = await svc.fleet.status(await queue_names(request))
     return respond_list(await svc.queues.views(status.queues))
 
 
 async def put_queue(request: web.Request) -> web.Response:
     svc = services(request)
     queue = request.match_info["queue"]
-    if queue not in await _queue_names(request):
+    if queue not in await queue_names(request):
         raise NotFound(
             f"no queue {queue!r} (vmorch.default, vmorch.noop, vmorch.pool.<pool>)",
             details=[(["path", "queue"], "not a queue of this vmorch")],

@@ -35,14 +35,17 @@ POLL_INTERVAL_S = 0.2
 CHILD_STOP_TIMEOUT_S = 15.0
 
 
-async def _prime(settings: Settings, inv: Inventory) -> str:
-    """Load the lab's inventory and make the admin token."""
+async def _prime(settings: Settings, inv: Inventory) -> dict[str, str]:
+    """Load the lab's inventory and make a token of each role (role -> token): the CLI
+    uses the least one a command needs."""
     r = connect(settings)
     try:
         svc = Services.build(settings, r)
         await svc.inventory.load(inv)
-        token, _ = await svc.tokens.create("admin", Role.ADMIN)
-        return token
+        tokens = {}
+        for role in (Role.VIEWER, Role.OPERATOR, Role.ADMIN):
+            tokens[role.value], _ = await svc.tokens.create(role.value, role)
+        return tokens
     finally:
         await r.aclose()
 
@@ -88,12 +91,18 @@ class Stack:
         self.lab: Lab | None = None
         self.children = Supervisor(time.monotonic, on_restart=self._write_state)
         self.state: dict[str, Any] = {}
+        self.metrics: dict[str, str] = {}  # process name -> its /metrics URL
 
     def _log_path(self, name: str) -> Path:
         return self.lab_dir.logs / f"{name}.log"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "orchestrator.cli", *args]
+        if name != "api":  # the api serves /metrics on its own port
+            host = self.settings.metrics_host
+            port = free_port(host)
+            env = {**env, "VMORCH_METRICS_PORT": str(port)}
+            self.metrics[name] = f"http://{host}:{port}/metrics"
         self.children.start(name, argv, env, self._log_path(name))
 
     def _write_state(self) -> None:
@@ -107,7 +116,7 @@ class Stack:
         redis_url = self.redis.start()
         self.lab = Lab(self.spec)
         inv = self.lab.start()
-        token = asyncio.run(_prime(self.settings.model_copy(update={"redis_url": redis_url}), inv))
+        tokens = asyncio.run(_prime(self.settings.model_copy(update={"redis_url": redis_url}), inv))
         host = self.settings.api_host
         port = self.port or self.settings.api_port
         if not port_is_free(host, port):
@@ -139,7 +148,8 @@ class Stack:
         wait_ready(api, "api", lambda: _http_ok(health), 30, self._log_path("api"))
         self.state = {
             "api_url": api_url,
-            "admin_token": token,
+            "admin_token": tokens[Role.ADMIN.value],
+            "tokens": tokens,
             "redis_url": redis_url,
             "lab_dir": str(self.lab_dir.path),
             "hypervisor_dir": str(self.lab.base_dir),
@@ -147,6 +157,7 @@ class Stack:
             "servers": [{"name": s.name, "pool": s.pool, "uri": s.uri} for s in inv.servers],
             "pools": [p.name for p in inv.pools],
             "templates": [t.name for t in inv.templates],
+            "metrics": {"api": f"{api_url}/metrics", **self.metrics},
         }
         self._write_state()
         return self.state
@@ -192,7 +203,15 @@ def _prepare_state(lab_dir: LabDir, keep_state: bool) -> None:
         print("vmorch: starting fresh")
 
 
-def up(settings: Settings, spec: LabSpec, port: int | None, keep_state: bool = False) -> int:
+def up(
+    settings: Settings,
+    spec: LabSpec,
+    port: int | None,
+    keep_state: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Start the stack and supervise it until stopped. `quiet`: the admin token is not
+    printed (terminal scrollback, CI logs); it is in the details file, as always."""
     lab_dir = LabDir(settings.lab_dir)
     signals = StopSignals()
     signals.install()
@@ -204,10 +223,11 @@ def up(settings: Settings, spec: LabSpec, port: int | None, keep_state: bool = F
         _prepare_state(lab_dir, keep_state)
         try:
             state = stack.start()
+            token = "(in the details file)" if quiet else state["admin_token"]
             print(
                 f"vmorch is up ({spec.kind} lab: {spec.pools} pools of "
                 f"{spec.servers_per_pool} servers)\n  api:         {state['api_url']}\n"
-                f"  admin token: {state['admin_token']}\n  details:     {lab_dir.state_path}\n"
+                f"  admin token: {token}\n  details:     {lab_dir.state_path}\n"
                 "Ctrl-C (or `vmorch down`) stops everything.",
                 flush=True,
             )

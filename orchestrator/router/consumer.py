@@ -24,7 +24,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from orchestrator import logs
 from orchestrator.globs import any_match
+from orchestrator.metrics import EVENTS, event_type_label
 from orchestrator.router.firings import HookEngine
 from orchestrator.router.policies import ha
 from orchestrator.services import Services
@@ -164,6 +166,8 @@ class EventConsumer:
         for sid, fields in entries:
             if not fields:
                 continue
+            if "t" in fields:
+                EVENTS.labels(event_type_label(fields["t"])).inc()
             if self._concerns_nobody(fields, hooks, waiting):
                 done.append(sid)  # most job.* echoes: no hook, no wait, nothing to decode
                 continue
@@ -173,12 +177,16 @@ class EventConsumer:
                 done.append(sid)  # acknowledged alone: it never blocks its batch
                 continue
             events.append((sid, event))
+            if "t" not in fields:  # written without the type field
+                EVENTS.labels(event_type_label(event.type)).inc()
             if "s" not in fields and event.subject:  # written without the subject field
                 waiting |= await self.services.waits.subjects_waited_on([event.subject])
         for sid, event in events:
             try:
-                if await self.handle(sid, event, hooks=hooks, check_waits=event.subject in waiting):
-                    done.append(sid)
+                with logs.bound(event_id=event.id, event_type=event.type):
+                    waited = event.subject in waiting
+                    if await self.handle(sid, event, hooks=hooks, check_waits=waited):
+                        done.append(sid)
             except Exception:
                 # this entry stays pending and is handled again; the rest of the batch goes on
                 log.exception("router: handling event %s (%s) failed", sid, event.type)

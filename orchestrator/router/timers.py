@@ -13,6 +13,7 @@ import logging
 
 from orchestrator.clock import due_in_ms
 from orchestrator.errors import NotFound
+from orchestrator.metrics import LEASE_EXPIRIES, REDISPATCHES
 from orchestrator.router.housekeeping import Housekeeping
 from orchestrator.services import Services
 from schemas.base import utcnow
@@ -54,6 +55,9 @@ class Timers:
             if await self._probably_in_line(job):
                 continue
             log.info("job=%s redispatch state=%s queue=%s", job_id, job.state.value, job.queue)
+            REDISPATCHES.labels(job.state.value).inc()
+            if any(s.state == StepState.RUNNING for s in job.steps):
+                LEASE_EXPIRIES.labels(job.queue).inc()  # a step running, and no lease
             await self.dispatcher.dispatch(job_id, job.queue)
             sent += 1
         return sent

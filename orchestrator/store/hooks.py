@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import Conflict, NotFound
+from orchestrator.metrics import HOOK_RUNS
 from orchestrator.store import keys, lua
 from schemas.base import utcnow
 from schemas.hooks import Hook, HookPatch, HookRun, HookSpec, WebhookAction
@@ -146,6 +147,7 @@ class HookStore:
     async def settle(self, run: HookRun, hook: Hook, firing: str) -> None:
         """Record what a firing did and mark it done, in one round trip: a firing is acted
         on once (another router finds it `done`), and its run is kept for `runs()`."""
+        HOOK_RUNS.labels(run.action, run.outcome).inc()
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(keys.hook_runs(run.hook_id), run.model_dump_json())
         pipe.ltrim(keys.hook_runs(run.hook_id), 0, RUNS_KEPT - 1)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from orchestrator.clock import now_ms
 from orchestrator.errors import Conflict, LeaseLost, NotFound, ValidationFailed
+from orchestrator.metrics import JOB_TRANSITIONS
 from orchestrator.store import jobdoc, keys, lua
 from orchestrator.store.events import make_event
 from schemas import event_types as et
@@ -184,6 +185,8 @@ class JobStore:
             ],
         )
         status, job_id, _position = res
+        if status == "created":
+            JOB_TRANSITIONS.labels(job.kind, JobState.QUEUED.value).inc()
         return CreateResult(status, job_id)
 
     async def idempotent_job(self, scoped_key: str) -> tuple[str, str] | None:
@@ -270,6 +273,8 @@ class JobStore:
                 *_child_ended(old, after, source),
             ],
         )
+        if status == "ok" and old.state != after.state:
+            JOB_TRANSITIONS.labels(after.kind, after.state.value).inc()
         return status, list(heads)
 
     async def update(

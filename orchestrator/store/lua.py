@@ -296,13 +296,15 @@ return {'go'}
 """
 
 SET_QUEUE_CONTROL = """
--- KEYS: queuectl held events   ARGV: queue doc mode event
+-- KEYS: queuectl held events due   ARGV: queue doc mode event now_ms
 -- Set a queue's control and publish its event; unless it pauses, hand back the jobs the
--- pause held (the caller dispatches them), in the same step: none is held and forgotten.
+-- pause held, in the same step: the caller dispatches them, and their dispatch timers are
+-- due now, so a router does should the caller die first. None is held and forgotten.
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[4], 't', 'queue.control_changed', 's', ARGV[1])
 if ARGV[3] == 'pause' then return {} end
 local held = redis.call('SMEMBERS', KEYS[2])
+for _, id in ipairs(held) do redis.call('ZADD', KEYS[4], ARGV[5], id) end
 redis.call('DEL', KEYS[2])
 return held
 """

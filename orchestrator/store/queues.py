@@ -57,8 +57,14 @@ class QueueControls:
             {"queue": queue, **control.model_dump(mode="json")},
         )
         held = await self._set(
-            keys=[keys.QUEUE_CONTROLS, keys.queue_held(queue), keys.EVENTS],
-            args=[queue, control.model_dump_json(), control.mode, event.model_dump_json()],
+            keys=[keys.QUEUE_CONTROLS, keys.queue_held(queue), keys.EVENTS, keys.JOBS_DUE],
+            args=[
+                queue,
+                control.model_dump_json(),
+                control.mode,
+                event.model_dump_json(),
+                now_ms(),
+            ],
         )
         return [str(j) for j in held]
 

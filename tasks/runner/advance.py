@@ -23,6 +23,7 @@ from typing import Any, Literal
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from orchestrator import logs
 from orchestrator.clock import due_in_ms
 from orchestrator.errors import AbortRequested, LeaseLost, NotFound, Retryable, VmorchError
 from orchestrator.jobs import transitions as tr
@@ -225,7 +226,15 @@ class Runner:
                 due_ms=due_in_ms(self.rt.settings.lease_ms),
             )
             self.transition(job, step.name, "pending", "running", f"attempt {attempt}")
-        ctx = self.ctx(job, attempt, tr.outputs_of(job))
+        outputs = tr.outputs_of(job)
+        with logs.bound(step=step.name, server=outputs.get("server")):
+            return self._attempt(job, steps, idx, attempt, outputs)
+
+    def _attempt(
+        self, job: Job, steps: list[Step], idx: int, attempt: int, outputs: Outputs
+    ) -> bool:
+        step = steps[idx]
+        ctx = self.ctx(job, attempt, outputs)
         ctx.reporter = self._reporter(idx, step.name)
         error: BaseException | None = None
         try:
@@ -295,6 +304,11 @@ class Runner:
 
 def advance(rt: Runtime, job_id: str) -> str:
     """Move `job_id` forward, if no other worker holds it. Returns what happened."""
+    with logs.bound(job_id=job_id):
+        return _advance(rt, job_id)
+
+
+def _advance(rt: Runtime, job_id: str) -> str:
     taken = rt.loop.run(rt.leases.acquire_and_read(job_id))
     if taken is None:
         return "busy"
@@ -307,6 +321,8 @@ def advance(rt: Runtime, job_id: str) -> str:
         with Heartbeat(rt, job_id, token) as hb:
             runner = Runner(rt, job_id, token, hb)
             runner.cur = Versioned(jobdoc.decode(doc), version)
+            links = runner.cur.job.links
+            logs.bind(kind=runner.cur.job.kind, vm_id=links.vm_id, vm=links.vm_name)
             runner.advance()
     except LeaseLost:
         log.warning("job=%s lease lost: stopped without recording", job_id)

@@ -9,9 +9,11 @@ raising is how a middleware makes the step fail (fault injection does that on pu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from orchestrator.errors import Permanent
+from orchestrator.metrics import STEP_DURATION
 from orchestrator.settings import Settings
 from schemas.jobs import Job
 from tasks.step import Step, StepContext
@@ -77,6 +79,25 @@ class TransitionLog(StepMiddleware):
         )
 
 
+class StepMetrics(StepMiddleware):
+    """Each attempt's duration in `vmorch_step_duration_seconds` (kind, step, outcome:
+    done, waiting, retry or failed)."""
+
+    def __init__(self) -> None:
+        self._started: dict[tuple[str, str], float] = {}
+
+    def before_step(self, ctx: StepContext, step: Step) -> None:
+        self._started[(ctx.job.id, step.name)] = time.monotonic()
+
+    def after_step(self, ctx: StepContext, step: Step, error: BaseException | None) -> None:
+        t0 = self._started.pop((ctx.job.id, step.name), None)
+        if t0 is None:  # an earlier middleware failed the attempt before this one ran
+            return
+        retryable = getattr(error, "retryable", False)
+        outcome = "done" if error is None else "retry" if retryable else "failed"
+        STEP_DURATION.labels(ctx.job.kind, step.name, outcome).observe(time.monotonic() - t0)
+
+
 class FaultInjection(StepMiddleware):
     """Chaos drills (off by default): a delay before every step, and a permanent failure of
     the steps named `<job kind>:<step name>` in VMORCH_CHAOS_FAIL_STEPS."""
@@ -94,4 +115,4 @@ class FaultInjection(StepMiddleware):
 
 
 def default_middlewares(settings: Settings) -> Middlewares:
-    return Middlewares([TransitionLog(), FaultInjection(settings)])
+    return Middlewares([TransitionLog(), StepMetrics(), FaultInjection(settings)])

@@ -34,7 +34,9 @@ from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aredis
 
+from orchestrator import logs, metrics
 from orchestrator.errors import HypervisorUnavailable
+from orchestrator.metrics import AGENT_RECONNECTS
 from orchestrator.services import Services, connect
 from orchestrator.settings import Settings
 from orchestrator.store import keys
@@ -417,6 +419,8 @@ class ServerWatch:
                     conn = await self._connect()
                     backoff_s = 0.2
                     await self._remove_stale_copies(conn)
+                    if was_up:
+                        AGENT_RECONNECTS.labels(self.server.name).inc()
                     await self._compared("reconnect" if was_up else "start")
                     await self._server_event("server.up")
                     was_up, down_sent = True, False
@@ -462,6 +466,8 @@ async def _first(*aws: Any) -> None:
 
 async def run_agent(settings: Settings, server: str, stop: asyncio.Event) -> None:
     silence_libvirt_errors()
+    logs.bind(server=server)  # on every line of this process
+    metrics.serve(settings.metrics_host, settings.metrics_port)
     r = connect(settings)
     services = Services.build(settings, r)
     try:

@@ -30,7 +30,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
+from orchestrator import logs
 from orchestrator.errors import HypervisorUnavailable
+from orchestrator.metrics import GUEST_CHANNEL_DROPS
 from orchestrator.secrets import Unsealable
 from orchestrator.services import Services, sealer_of
 from orchestrator.store.events import make_event
@@ -105,6 +107,7 @@ class Channel:
     async def run(self) -> None:
         """Serve the channel until the domain is definitely not running (or has none);
         every other trouble (the socket, libvirt, Redis, a bug) is retried."""
+        logs.bind(vm_id=self.uuid)  # this channel's task only
         delay = RETRY_MIN_S
         path: str | None = None
         looked = 0.0  # when the path was last read from libvirt
@@ -205,6 +208,7 @@ class Channel:
             await asyncio.sleep(wait_s)
 
     def _drop(self, reason: str) -> None:
+        GUEST_CHANNEL_DROPS.labels(reason).inc()
         self.drops[reason] += 1
         self.dropped_total[reason] += 1
 

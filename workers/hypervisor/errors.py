@@ -31,6 +31,20 @@ def silence_libvirt_errors() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+_CODE_NAMES = {
+    getattr(libvirt, n): n[len("VIR_ERR_") :].lower()
+    for n in dir(libvirt)
+    if n.startswith("VIR_ERR_")
+    and isinstance(getattr(libvirt, n), int)
+    and n not in ("VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR")  # levels, not codes
+}
+
+
+def error_code_name(code: int | None) -> str:
+    """libvirt's name for an error code, lower case (`no_domain`, `operation_timeout`)."""
+    return _CODE_NAMES.get(code, f"code_{code}") if code is not None else "unknown"
+
+
 def classify(err: libvirt.libvirtError) -> Exception:
     """Map a libvirt error to HypervisorUnavailable (retry), NotFound or HypervisorError."""
     code = err.get_error_code()

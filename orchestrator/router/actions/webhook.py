@@ -23,6 +23,7 @@ from tenacity import (
 )
 from yarl import URL
 
+from orchestrator.metrics import WEBHOOK_DELIVERIES
 from orchestrator.targets import CheckingResolver, WebhookAllowList, WebhookRefused
 from schemas.hooks import HookRun, WebhookAction
 
@@ -203,4 +204,5 @@ async def act(ctx: ActionContext, firing: Firing) -> HookRun:
         action.retries,
     )
     detail = f"{result.detail} (attempts {result.attempts}, status {result.status})"
+    WEBHOOK_DELIVERIES.labels(result.outcome).inc()
     return firing.run(result.outcome, detail)

@@ -19,15 +19,18 @@ from tasks.testing import Engine
 NOOP = keys.NOOP_QUEUE
 
 
-def _control(engine: Engine, mode: QueueMode, rate: int | None = None) -> list[str]:
-    ctl = QueueControl(
+def _ctl(mode: QueueMode, rate: int | None = None) -> QueueControl:
+    return QueueControl(
         mode=mode,
         rate_limit_per_minute=rate,
         reason="test",
         changed_by="tester",
         changed_at=datetime.now(UTC),
     )
-    released: list[str] = engine.run(engine.services.queues.set(NOOP, ctl))
+
+
+def _control(engine: Engine, mode: QueueMode, rate: int | None = None) -> list[str]:
+    released: list[str] = engine.run(engine.services.queues.set(NOOP, _ctl(mode, rate)))
     for job_id in released:
         engine.run(engine.dispatcher.dispatch(job_id, NOOP))
     return released
@@ -153,7 +156,9 @@ def test_a_paused_queue_holds_its_queued_jobs_until_it_accepts_again(engine: Eng
     assert engine.get(job.id).state == JobState.QUEUED
     assert engine.run(engine.redis.smembers(keys.queue_held(NOOP))) == {job.id}
     assert engine.run(engine.redis.zscore(keys.JOBS_DUE, job.id)) is None  # no churn
-    assert _control(engine, QueueMode.ACCEPT) == [job.id]
+    released = engine.run(engine.services.queues.set(NOOP, _ctl(QueueMode.ACCEPT)))
+    assert released == [job.id]  # the caller dispatches it; should it die first, the timer
+    assert engine.run(engine.redis.zscore(keys.JOBS_DUE, job.id)) is not None
     engine.drain(horizon_s=0)
     assert engine.get(job.id).state == JobState.SUCCEEDED
 
