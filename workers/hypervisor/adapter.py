@@ -39,11 +39,10 @@ from orchestrator.errors import (
     ImportFailed,
     NotFound,
 )
-from orchestrator.metrics import LIBVIRT_ERRORS
 from orchestrator.settings import Settings
 from schemas.inventory import Discovery, ServerFacts, VmState
 from workers.hypervisor.connection import POLL_S, CallLimits, Connection
-from workers.hypervisor.errors import classify, error_code_name, silence_libvirt_errors
+from workers.hypervisor.errors import classify, silence_libvirt_errors
 from workers.hypervisor.events import Keepalive, open_connection
 from workers.hypervisor.facts import (
     active_memory,
@@ -176,7 +175,6 @@ class Hypervisor:
             try:
                 return self._link.call(fn, timeout_s=limit_s, check=check)
             except libvirt.libvirtError as e:
-                LIBVIRT_ERRORS.labels(error_code_name(e.get_error_code())).inc()
                 raise classify(e) from e
             except HypervisorTimeout as e:
                 raise HypervisorTimeout(f"{what}: {e.message}") from e

@@ -25,8 +25,8 @@ from typing import Any, Generic, TypeVar
 
 import libvirt
 
-from orchestrator.errors import HypervisorTimeout, HypervisorUnavailable
-from workers.hypervisor.errors import classify
+from orchestrator.errors import HypervisorTimeout
+from workers.hypervisor.errors import is_transient
 from workers.hypervisor.events import Keepalive, open_connection
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Connection:
             call.result = fn(opened.conn)
         except libvirt.libvirtError as e:
             call.error = e
-            transient = isinstance(classify(e), HypervisorUnavailable)
+            transient = is_transient(e)  # (its caller classifies it: counted once)
         except BaseException as e:
             call.error = e
         finally:

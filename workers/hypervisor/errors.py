@@ -5,6 +5,7 @@ from __future__ import annotations
 import libvirt
 
 from orchestrator.errors import HypervisorError, HypervisorUnavailable, NotFound
+from orchestrator.metrics import LIBVIRT_ERRORS
 
 # Codes that mean "the call may work if repeated": the connection, the daemon or the guest
 # agent did not answer in time.
@@ -46,14 +47,27 @@ def error_code_name(code: int | None) -> str:
 
 
 def classify(err: libvirt.libvirtError) -> Exception:
-    """Map a libvirt error to HypervisorUnavailable (retry), NotFound or HypervisorError."""
+    """Map a libvirt error to HypervisorUnavailable (retry), NotFound or HypervisorError,
+    counted by its code (`vmorch_libvirt_errors_total`): every failed call a worker or an
+    agent acts on comes through here once."""
     code = err.get_error_code()
+    LIBVIRT_ERRORS.labels(error_code_name(code)).inc()
     msg = err.get_error_message() or str(err)
     if code in _TRANSIENT_CODES:
         return HypervisorUnavailable(msg)
     if code in _NOT_FOUND_CODES:
         return NotFound(msg)
     return HypervisorError(msg)
+
+
+def is_transient(err: libvirt.libvirtError) -> bool:
+    """The call may work if repeated (the connection, the daemon or the guest)."""
+    return err.get_error_code() in _TRANSIENT_CODES
+
+
+def is_not_found(err: libvirt.libvirtError) -> bool:
+    """The object is gone (not counted as an error: callers expect it)."""
+    return err.get_error_code() in _NOT_FOUND_CODES
 
 
 def is_unsupported(err: libvirt.libvirtError) -> bool:

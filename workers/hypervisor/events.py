@@ -22,7 +22,7 @@ import libvirt_qemu
 
 from orchestrator.errors import HypervisorUnavailable, NotFound
 from schemas.inventory import ServerFacts, VmState
-from workers.hypervisor.errors import classify, is_unsupported
+from workers.hypervisor.errors import classify, is_not_found, is_unsupported
 from workers.hypervisor.facts import read_facts
 from workers.hypervisor.qga import Qga, QgaError
 from workers.hypervisor.states import lifecycle, observed_state
@@ -209,7 +209,7 @@ class EventConnection:
             try:
                 raw_state, raw_reason = d.state()
             except libvirt.libvirtError as e:
-                if isinstance(classify(e), NotFound):
+                if is_not_found(e):
                     continue  # undefined since the listing: its event tells
                 raise _unavailable(e) from e
             state, reason = observed_state(raw_state, raw_reason)
@@ -235,7 +235,7 @@ class EventConnection:
             dom = conn.lookupByUUIDString(uuid)
             return dom if dom.isActive() else None
         except libvirt.libvirtError as e:
-            if isinstance(classify(e), NotFound):
+            if is_not_found(e):
                 return None
             raise _unavailable(e) from e
 
@@ -248,7 +248,7 @@ class EventConnection:
         try:
             return channel_path(dom.XMLDesc(0))
         except libvirt.libvirtError as e:
-            if isinstance(classify(e), NotFound):
+            if is_not_found(e):
                 return None
             raise _unavailable(e) from e
 

@@ -126,7 +126,7 @@ def test_the_adapter_retries_a_lost_connection_on_a_new_one(
     def lost(e: libvirt.libvirtError) -> Exception:
         return HypervisorUnavailable(str(e))
 
-    monkeypatch.setattr(connection_mod, "classify", lost)
+    monkeypatch.setattr(connection_mod, "is_transient", lambda e: True)
     monkeypatch.setattr(adapter, "classify", lost)
     hv = Hypervisor(URI, retry_s=5, connection=Connection(URI, CallLimits(timeout_s=5)))
     seen: list[libvirt.virConnect] = []
