@@ -101,7 +101,9 @@ def serve_multiprocess(host: str, port: int) -> str | None:
     shares, and serve their sum here. Returns the directory (removed by the caller)."""
     if not port:
         return None
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vmorch-prom-")
+    # a directory of its own, always: two workers of one host sharing one would count each
+    # other's values, and each removes its own when it ends
+    path = tempfile.mkdtemp(prefix="vmorch-prom-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()

@@ -17,7 +17,7 @@ async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
     names = await queue_names(request)
     status = await svc.fleet.status(names)
-    views = await svc.queues.views(status.queues)
+    views = await svc.queues.views(status.queues, pending=False)
     pipe = svc.redis.pipeline(transaction=False)
     for s in JobState:
         pipe.zcard(keys.jobs_state(s))

@@ -87,7 +87,8 @@ class Client:
     ) -> http.client.HTTPResponse:
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
         if token:
-            req.add_header("Authorization", f"Bearer {token}")
+            # never sent on to where a redirect points (another host would get the token)
+            req.add_unredirected_header("Authorization", f"Bearer {token}")
         req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
             req.add_header(k, v)

@@ -18,7 +18,16 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from orchestrator.cli.output import Column, clock, key_values, percent, span, state, table
+from orchestrator.cli.output import (
+    Column,
+    clock,
+    key_values,
+    percent,
+    safe,
+    span,
+    state,
+    table,
+)
 
 Doc = Mapping[str, Any]
 TERMINAL = frozenset({"succeeded", "failed", "aborted"})
@@ -45,7 +54,7 @@ class Related:
 def _error(err: Doc | None) -> Text:
     if not err:
         return Text("")
-    return Text(f"{err.get('code', '')}: {err.get('message', '')}", style="red")
+    return Text(safe(f"{err.get('code', '')}: {err.get('message', '')}"), style="red")
 
 
 def _recovery(rec: Doc | None) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class Output:
 
     def note(self, text: str) -> None:
         """A line for people: stdout, or stderr in --json mode (stdout is JSON only)."""
-        (self.err if self.json else self.console).print(text, markup=False)
+        (self.err if self.json else self.console).print(safe(text), markup=False)
 
     def result(self, doc: Any, render: Callable[[Any], RenderableType]) -> None:
         """A command's answer: `doc` as JSON, or `render(doc)` for people."""
@@ -91,10 +92,10 @@ class Output:
         if self.json:
             self.stderr.write(json.dumps(err.document(), default=str) + "\n")
             return
-        self.err.print(Text("vmorch: ", style="bold red") + Text(err.message))
+        self.err.print(Text("vmorch: ", style="bold red") + Text(safe(err.message)))
         for loc, msg in err.details:
-            where = ".".join(str(p) for p in loc)
-            self.err.print(Text(f"  {where}: " if where else "  ", style="bold") + Text(msg))
+            where = safe(".".join(str(p) for p in loc))
+            self.err.print(Text(f"  {where}: " if where else "  ", style="bold") + Text(safe(msg)))
         if err.request_id:
             self.err.print(Text(f"  (request id {err.request_id})", style="dim"))
 
@@ -110,18 +111,30 @@ class Column:
     no_wrap: bool = False
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """`text` without control characters: what guests, events, hooks and API errors say is
+    untrusted, and an ESC in it would drive the operator's terminal (clear it, retitle
+    it, forge a hyperlink)."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def cell(value: Any) -> RenderableType:
+    """A table cell as plain text: never read as rich markup (`[link=...]` in a guest's
+    event stays text), never with control characters."""
     if value is None:
         return ""
     if isinstance(value, Text):
-        return value
+        return value if not _CONTROL.search(value.plain) else Text(safe(value.plain), value.style)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
+        return Text(safe(", ".join(str(v) for v in value)))
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+        return Text(safe(", ".join(f"{k}={v}" for k, v in value.items())))
+    return Text(safe(str(value)))
 
 
 def table(

@@ -7,12 +7,14 @@ from its failed step, or mark a stuck or failed job succeeded or failed by hand.
   carried over (`submit._carried`). It goes through every check a new job does (the VM may
   be gone, a name taken, its queue draining). Asking twice gives the same new job.
 - **recover** ends the job as the operator says, with a reason: nothing is undone or run.
-  The lease is taken first, so a worker still running a step is refused its next write
-  and stops; a waiting job's wait is dropped; the VM goes to the next job in its queue.
+  A worker still running a step is refused its next write and its lease is taken, so it
+  stops; a waiting job's wait is dropped; the VM goes to the next job in its queue, after
+  a lease's time when a worker was on the job (it may still be inside a libvirt call).
 """
 
 from __future__ import annotations
 
+from orchestrator.clock import due_in_ms
 from orchestrator.errors import Conflict
 from orchestrator.jobs.submit import Submitter
 from orchestrator.store.leases import Leases
@@ -63,7 +65,6 @@ class JobRecovery:
     async def recover(self, job_id: str, state: JobState, *, by: str, reason: str) -> Job:
         if state not in RECOVERABLE_TO:
             raise Conflict(f"a job is marked succeeded or failed, not {state.value}")
-        await self.leases.revoke(job_id)
 
         def mark(j: Job) -> Job:
             if j.state == JobState.QUEUED:
@@ -89,10 +90,20 @@ class JobRecovery:
             )
 
         before = await self.jobs.get(job_id)
+        mark(before)  # refused (409) before anything changes
+        held_ms = await self.leases.remaining_ms(job_id)
+        # the end first: from now on no worker's write is taken (the commit refuses a fenced
+        # write to a recovered job); then the lease, so its heartbeat stops the worker
         job, heads = await self.jobs.update(job_id, mark, source=SOURCE_API, force=True)
+        await self.leases.revoke(job_id)
         if before.wait is not None:
             await self.waits.clear(job_id, before.wait.subject)
-        for head in heads:  # the VM's next job may go
+        for head in heads:
+            if held_ms > 0:
+                # a worker was inside a step: the VM's next job waits until that worker has
+                # surely seen its lease go (or its lease would have lapsed), not at once
+                await self.jobs.set_due(head, due_in_ms(self.leases.lease_ms))
+                continue
             nxt = await self.jobs.get(head)
             await self.submitter.dispatcher.dispatch(head, nxt.queue)
         return job

@@ -356,8 +356,14 @@ class Submitter:
             if scoped and (replay := await self._replay(scoped, sha)) is not None:
                 return replay, True
             raise
+        # the work of what runs already is not refused by a drain: a parent job's children
+        # (an evacuation's migrations) and HA's restarts
+        running_work = internal and (
+            (links is not None and links.parent_job is not None) or req.kind in INTERNAL_KINDS
+        )
         try:
-            await self._check_accepting(queue)
+            if not running_work:
+                await self._check_accepting(queue)
         except VmorchError:
             if reserve is not None:
                 await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
@@ -621,6 +627,8 @@ class Submitter:
             await self.dispatcher.dispatch(head, nxt.queue)
         if job.state == JobState.ABORTING:
             await self.dispatcher.dispatch(job.id, job.queue)
+        if job.state == JobState.ABORTED:  # a paused queue held it: no longer
+            await self.jobs.redis.srem(keys.queue_held(job.queue), job.id)
         if job.state == JobState.ABORTED and job.kind in CREATE_KINDS and job.links.vm_id:
             await self.inventory.delete_vm(job.links.vm_id)  # the reservation never ran
         if (

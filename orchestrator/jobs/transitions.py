@@ -8,6 +8,7 @@ transition the lifecycle does not allow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,15 +46,35 @@ def outputs_of(job: Job) -> Outputs:
     return merged
 
 
-def plan_records(job: Job, plan: list[tuple[str, str]]) -> list[StepRecord]:
-    """The step journal a job starts with: one pending record per (name, description) of
-    its plan, but for a retried job the leading steps its failed attempt left done (its
-    records were carried over): it goes on from the first step whose effect is gone."""
-    records = [StepRecord(name=n, description=d) for n, d in plan]
-    for i, old in enumerate(job.steps[: len(records)]):
-        if old.name != records[i].name or old.state != StepState.DONE:
+@dataclass(frozen=True)
+class Planned:
+    """A step of a job's plan as the journal needs it: `keeps` when compensation keeps its
+    effect (no undo), `no_return` when it and what came before it are never undone."""
+
+    name: str
+    description: str = ""
+    keeps: bool = False
+    no_return: bool = False
+
+
+def plan_records(job: Job, plan: list[Planned]) -> list[StepRecord]:
+    """The step journal a job starts with: one pending record per step of its plan; but a
+    retried job (its failed attempt's records carried over) keeps the leading steps that
+    attempt left done whose effect is surely still there: steps compensation keeps (no
+    undo) and those up to a done point of no return. A done step with an undo that was not
+    undone (the attempt was ended by hand, or an undo failed) runs again: what it held
+    (a migration slot, a placement) was the old job's."""
+    records = [StepRecord(name=p.name, description=p.description) for p in plan]
+    done = 0
+    for old, p in zip(job.steps, plan, strict=False):
+        if old.name != p.name or old.state != StepState.DONE:
             break
-        records[i] = old
+        done += 1
+    last_no_return = max((i for i in range(done) if plan[i].no_return), default=-1)
+    for i in range(done):
+        if i > last_no_return and not plan[i].keeps:
+            break
+        records[i] = job.steps[i]
     return records
 
 

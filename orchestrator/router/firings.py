@@ -157,7 +157,10 @@ class HookEngine:
             log.warning("hook=%s run=%s: not kept, cannot be retried", hook_id, run_id)
             return Handled(True)
         subject = run.subject or run.event.type
-        vm = await svc.inventory.find_vm(subject) if run.event.type.startswith("vm.") else None
+        # the VM the firing was about: its subject for a VM's event, and for HA's firings
+        # (a server.down fires for each VM of the server, by id)
+        about_vm = hook.id == ha.HA_HOOK_ID or run.event.type.startswith("vm.")
+        vm = await svc.inventory.find_vm(subject) if about_vm else None
         by = str(request.data.get("by", ""))
         firing = Firing(hook, run.event, subject, vm, retry=(run, by, request.id))
         outcome = await self._fire(firing, None)

@@ -84,13 +84,15 @@ class QueueControls:
             return Admission("later", int(reply[1]))
         return Admission("held" if verdict == "held" else "go")
 
-    async def views(self, depths: list[QueueDepth]) -> list[QueueView]:
-        """Each queue of `depths` with its control, pending and held counts."""
+    async def views(self, depths: list[QueueDepth], *, pending: bool = True) -> list[QueueView]:
+        """Each queue of `depths` with its control, pending and held counts. `pending`
+        False leaves the running and waiting jobs out of `pending` (counting them reads
+        their records: not for every Prometheus scrape)."""
         controls = await self.all()
         pipe = self.redis.pipeline(transaction=False)
         for d in depths:
             pipe.scard(keys.queue_held(d.queue))
-        for s in _ACTIVE:
+        for s in _ACTIVE if pending else ():
             pipe.zrevrange(keys.jobs_state(s), 0, ACTIVE_SCANNED_MAX - 1)
         replies = await pipe.execute()
         held, active_ids = replies[: len(depths)], replies[len(depths) :]

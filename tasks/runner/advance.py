@@ -190,7 +190,8 @@ class Runner:
         if admission.verdict != "go":  # a paused queue, or its rate limit: it stays queued
             self.transition(job, "-", "queued", "queued", f"{job.queue}: {admission.verdict}")
             return job
-        records = tr.plan_records(job, [(s.name, s.description) for s in steps])
+        plan = [tr.Planned(s.name, s.description, s.undo is None, s.no_return) for s in steps]
+        records = tr.plan_records(job, plan)
         at = next((i for i, r in enumerate(records) if r.state != StepState.DONE), len(records))
         first = self._then_running(at, steps)
 

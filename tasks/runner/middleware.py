@@ -81,7 +81,8 @@ class TransitionLog(StepMiddleware):
 
 class StepMetrics(StepMiddleware):
     """Each attempt's duration in `vmorch_step_duration_seconds` (kind, step, outcome:
-    done, waiting, retry or failed)."""
+    done (a step that begins to wait counts as done: its wait is the job's, not the
+    step's), retry or failed)."""
 
     def __init__(self) -> None:
         self._started: dict[tuple[str, str], float] = {}

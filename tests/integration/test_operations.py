@@ -184,4 +184,12 @@ def test_a_suppressed_hook_run_is_retried_with_its_original_event(
     assert retried["outcome"] == "submitted" and retried["event_id"] == suppressed["event_id"]
     assert retried["retried_by"] == "admin"
     assert api.wait(retried["job_id"])["state"] == "succeeded"
+    # a run that submitted a job, retried, submits another (not the first one again)
+    submitted = next(x for x in got if x["outcome"] == "submitted")
+    status, _ = api.request("POST", f"/v1/hooks/{hook_id}/runs/{submitted['id']}/retry")
+    assert status == 202
+    again = wait_until(
+        lambda: next((x for x in runs() if x.get("retry_of") == submitted["id"]), None), 10
+    )
+    assert again["outcome"] == "submitted" and again["job_id"] != submitted["job_id"]
     assert api.request("POST", f"/v1/hooks/{hook_id}/runs/nope/retry")[0] == 404

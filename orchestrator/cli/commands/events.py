@@ -13,7 +13,7 @@ from orchestrator.cli.commands import leaf
 from orchestrator.cli.context import Context, query
 from orchestrator.cli.durations import duration_arg
 from orchestrator.cli.exitcodes import ExitCode
-from orchestrator.cli.output import Column, clock, page, table
+from orchestrator.cli.output import Column, clock, page, safe, table
 from orchestrator.cli.sse import Follower
 
 TICK_S = 0.5
@@ -70,7 +70,7 @@ def follow(ctx: Context) -> int:
             if out.json:
                 out.json_line(doc)
             elif event.type == "events.gap":
-                out.err.print(Text(f"events were lost (trimmed): {_data(doc)}", style="yellow"))
+                out.err.print(Text(safe(f"events were lost: {_data(doc)}"), style="yellow"))
             else:
                 out.note(_line(doc))
     return ExitCode.OK

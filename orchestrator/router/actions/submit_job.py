@@ -50,13 +50,14 @@ def values_of(firing: Firing) -> dict[str, str]:
 
 
 async def submit(ctx: ActionContext, firing: Firing, req: JobRequest) -> HookRun:
-    """Submit a hook's job, idempotently per (event, subject) and hook, linked to both."""
+    """Submit a hook's job, idempotently per firing (event and subject, or an operator's
+    retry of one) and hook, linked to both."""
     event = firing.event
     try:
         job, _ = await ctx.services.submitter.submit(
             req,
             submitted_by=f"hook:{firing.hook.name}",
-            idem_key=f"{event.id}:{firing.subject}",
+            idem_key=firing.key,  # (event, subject); an operator's retry has its own
             idem_scope=f"hook:{firing.hook.id}",
             links=JobLinks(hook_id=firing.hook.id, event_id=event.id),
             internal=True,

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from orchestrator.errors import Conflict, LeaseLost, QueueDraining
-from orchestrator.jobs.transitions import plan_records
+from orchestrator.jobs.transitions import Planned, plan_records
 from orchestrator.store import keys
 from schemas.api import QueueControl, QueueMode
-from schemas.jobs import Job, JobState, StepRecord, StepState
+from schemas.jobs import Job, JobLinks, JobState, StepRecord, StepState
 from tasks.runner.advance import advance
 from tasks.testing import Engine
 
@@ -87,17 +87,22 @@ def _job(steps: list[StepRecord]) -> Job:
 
 
 def test_a_retry_goes_on_from_the_first_step_whose_effect_is_gone() -> None:
-    # the failed attempt left its first step done (no undo), the second undone
+    # the failed attempt left its first two steps done: the first keeps its effect (no
+    # undo), the second has an undo (it held something for the old job)
     carried = [
         StepRecord(name="a", state=StepState.DONE, attempts=1, outputs={"x": 1}),
         StepRecord(name="b", state=StepState.DONE, attempts=2),
     ]
-    plan = [("a", "A"), ("b", "B"), ("c", "C")]
+    plan = [Planned("a", "A", keeps=True), Planned("b", "B"), Planned("c", "C")]
     records = plan_records(_job(carried), plan)
-    assert [r.state for r in records] == ["done", "done", "pending"]
+    assert [r.state for r in records] == ["done", "pending", "pending"]
     assert records[0].outputs == {"x": 1} and records[2].name == "c"
+    # a done point of no return keeps itself and what came before it
+    plan[1] = Planned("b", "B", no_return=True)
+    assert [r.state for r in plan_records(_job(carried), plan)] == ["done", "done", "pending"]
     # a plan that changed since (another step first) keeps nothing
-    assert [r.state for r in plan_records(_job(carried), [("z", ""), *plan])] == ["pending"] * 4
+    changed = [Planned("z"), *plan]
+    assert [r.state for r in plan_records(_job(carried), changed)] == ["pending"] * 4
 
 
 # -- recover -----------------------------------------------------------------------------------
@@ -156,6 +161,10 @@ def test_a_paused_queue_holds_its_queued_jobs_until_it_accepts_again(engine: Eng
     assert engine.get(job.id).state == JobState.QUEUED
     assert engine.run(engine.redis.smembers(keys.queue_held(NOOP))) == {job.id}
     assert engine.run(engine.redis.zscore(keys.JOBS_DUE, job.id)) is None  # no churn
+    dropped = engine.submit({"kind": "noop", "steps": 1})
+    engine.drain(horizon_s=0)
+    engine.run(engine.submitter.abort(dropped.id))  # an aborted job is held no longer
+    assert engine.run(engine.redis.smembers(keys.queue_held(NOOP))) == {job.id}
     released = engine.run(engine.services.queues.set(NOOP, _ctl(QueueMode.ACCEPT)))
     assert released == [job.id]  # the caller dispatches it; should it die first, the timer
     assert engine.run(engine.redis.zscore(keys.JOBS_DUE, job.id)) is not None
@@ -170,8 +179,11 @@ def test_a_draining_queue_refuses_new_jobs_and_names_what_is_pending(engine: Eng
         engine.submit({"kind": "noop", "steps": 1})
     assert refused.value.http_status == 503
     assert NOOP in refused.value.message and "1 job(s) still pending" in refused.value.message
+    # the work of a running job (an evacuation's children) is not refused
+    child = engine.submit({"kind": "noop", "steps": 1}, links=JobLinks(parent_job=queued.id))
     engine.drain(horizon_s=0)  # what was queued before still runs
     assert engine.get(queued.id).state == JobState.SUCCEEDED
+    assert engine.get(child.id).state == JobState.SUCCEEDED
 
 
 def test_a_rate_limit_lets_n_jobs_start_per_minute_and_times_the_rest(engine: Engine) -> None:
