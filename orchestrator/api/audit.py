@@ -67,10 +67,13 @@ async def _reason(request: web.Request) -> str:
 
 
 def _target(request: web.Request, response: web.StreamResponse) -> str:
-    """What was acted on: the path's parameters, or the id of what a 2xx created."""
+    """What was acted on: the path's parameters, or the id of what a 2xx created (its
+    Location's last part, else the `id` of the answer)."""
     named = "/".join(request.match_info.values())
     if named or not isinstance(response, web.Response) or response.status >= 300:
         return named
+    if location := response.headers.get("Location"):
+        return location.rstrip("/").rsplit("/", 1)[-1]
     if response.content_type != "application/json" or not response.body:
         return ""
     try:

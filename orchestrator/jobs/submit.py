@@ -361,15 +361,6 @@ class Submitter:
         running_work = internal and (
             (links is not None and links.parent_job is not None) or req.kind in INTERNAL_KINDS
         )
-        try:
-            if not running_work:
-                await self._check_accepting(queue)
-        except VmorchError:
-            if reserve is not None:
-                await self.macs.release(reserve.id, [n.mac for n in reserve.nics])
-            if scoped and (replay := await self._replay(scoped, sha)) is not None:
-                return replay, True
-            raise
         claimed: list[str] = []  # an added vNIC's MAC, claimed for its VM
         if isinstance(req, AddVnic):
             vm_id = link_update["vm_id"]
@@ -401,6 +392,7 @@ class Submitter:
                 request_sha=sha,
                 reserve_vm=reserve,
                 message=self.dispatcher.message(job.id, job.queue),
+                refuse_if_draining=not running_work,
             )
         except BaseException:
             if reserve is not None:
@@ -414,6 +406,8 @@ class Submitter:
             await self.macs.release(link_update["vm_id"], claimed)
         if res.status == "exists":
             return await self._replayed(res.job_id), True
+        if res.status == "draining":
+            raise await self._draining(queue)
         if res.status == "mismatch":
             raise Conflict(f"Idempotency-Key was used for job {res.job_id} with another body")
         if res.status == "name_taken":
@@ -432,18 +426,17 @@ class Submitter:
             raise Conflict(f"Idempotency-Key was used for job {known[0]} with another body")
         return await self._replayed(known[0])
 
-    async def _check_accepting(self, queue: str) -> None:
-        """503 when the queue drains: it names the queue, why, and what still runs there."""
-        ctl = None if self.queues is None else await self.queues.get(queue)
-        if ctl is None or ctl.mode != "drain":
-            return
+    async def _draining(self, queue: str) -> QueueDraining:
+        """The 503 of a draining queue: it names the queue, why, and what still runs there."""
         assert self.queues is not None
+        ctl = await self.queues.get(queue)
         [view] = await self.queues.views([QueueDepth(queue=queue, depth=await self._depth(queue))])
+        why = f" ({ctl.reason}; by {ctl.changed_by})" if ctl is not None else ""
         msg = (
-            f"queue {queue} is draining ({ctl.reason}; by {ctl.changed_by}): new jobs are "
-            f"refused; {view.pending} job(s) still pending there will finish"
+            f"queue {queue} is draining{why}: new jobs are refused; {view.pending} job(s) "
+            "still pending there will finish"
         )
-        raise QueueDraining(msg, details=[(["queue", queue], f"draining; {view.pending} pending")])
+        return QueueDraining(msg, details=[(["queue", queue], f"draining; {view.pending} pending")])
 
     async def _depth(self, queue: str) -> int:
         return int(await self.jobs.redis.zcard(keys.jobs_queued(queue)))

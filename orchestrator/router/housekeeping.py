@@ -48,7 +48,8 @@ class Housekeeping:
     async def prune(self) -> None:
         """Free the placements and migration slots of ended jobs; delete alerts
         acknowledged longer ago than the job retention, workers not seen for
-        worker_forget_after_s, and consumers idle router_consumer_idle_s."""
+        worker_forget_after_s, and consumers idle router_consumer_idle_s; cap the audit
+        trail at the job cap."""
         s, svc = self.settings, self.services
         inv = svc.inventory
         await svc.servers.sweep(
@@ -59,6 +60,7 @@ class Housekeeping:
         consumers = await svc.events.forget_idle_consumers(
             s.router_group, int(s.router_consumer_idle_s * 1000)
         )
+        await svc.audit.cap()
         if alerts or workers or consumers:
             log.info(
                 "pruned %d acknowledged alert(s), %d stale worker(s), idle consumers: %s",

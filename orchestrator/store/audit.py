@@ -1,9 +1,10 @@
 """The audit trail on a Redis stream: appended by the api's audit middleware (and the CLI's
 token commands), read newest first by `GET /v1/audit`.
 
-Kept like jobs: each append trims what is older than the job retention, and the stream is
-capped at the job cap. Trimming is approximate (`~`, whole stream nodes), so a record may
-outlive the retention by a node's worth of records, never the other way round.
+Kept like jobs: each append trims what is older than the job retention, and the routers'
+housekeeping caps the stream at the job cap exactly (`cap`, every minute: not on the
+api's hot path). Trimming is approximate (`~`, whole stream nodes), so a record may outlive the
+retention by a node's worth of records, never the other way round.
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ class AuditStore:
     async def record(self, rec: AuditRecord) -> str:
         """Append `rec`; its stream id."""
         cutoff = max(0, now_ms() - self.retention_ms)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(
+        entry_id = await self.redis.xadd(
             keys.AUDIT,
             {"doc": rec.model_dump_json(exclude={"id"})},
             minid=str(cutoff),
             approximate=True,
         )
-        pipe.xtrim(keys.AUDIT, maxlen=self.max_kept, approximate=True)
-        entry_id, _ = await pipe.execute()
         return str(entry_id)
+
+    async def cap(self) -> int:
+        """Keep at most `max_kept` records (the oldest go); how many went."""
+        return int(await self.redis.xtrim(keys.AUDIT, maxlen=self.max_kept, approximate=False))
 
     async def page(
         self, flt: AuditFilter, *, limit: int = 50, cursor: str | None = None

@@ -28,7 +28,7 @@ from schemas.jobs import TRANSITIONS, Job, JobState, StepState
 MAX_SCAN = 2000  # job records one listing call reads at most
 # a listing cursor: created µs, then (optional, from this version on) the job id there
 CURSOR_RE = re.compile(r"(?P<score>[0-9]{1,20})(?:-(?P<job_id>[0-9a-f-]{36}))?", re.ASCII)
-CreateStatus = Literal["created", "exists", "mismatch", "name_taken"]
+CreateStatus = Literal["created", "exists", "mismatch", "name_taken", "draining"]
 Mutation = Callable[[Job], Job | None]
 Entries = list[tuple[str, int]]  # (job id, score) from an index
 
@@ -145,9 +145,11 @@ class JobStore:
         request_sha: str = "",
         reserve_vm: Vm | None = None,
         message: str = "",
+        refuse_if_draining: bool = True,
     ) -> CreateResult:
         """Store a new queued job, append it to its VM's queue, reserve a new VM's name, and
-        push `message` on the job's Celery queue if the job may start at once (all atomic)."""
+        push `message` on the job's Celery queue if the job may start at once (all atomic;
+        `draining`, nothing stored, when the job's queue drains and the job is not exempt)."""
         vm_id, also = job.links.vm_id, job.links.source_vm_id
         created = _created_us(job)
         event = job_event(job, None, "vmorch://api")
@@ -168,6 +170,7 @@ class JobStore:
                 keys.VMS,
                 job.queue,
                 keys.vm_queue(also) if also else lua.NONE_KEY,
+                keys.QUEUE_CONTROLS,
             ],
             args=[
                 job.id,
@@ -182,6 +185,7 @@ class JobStore:
                 reserve_vm.name if reserve_vm else "",
                 reserve_vm.id if reserve_vm else "",
                 message,
+                job.queue if refuse_if_draining else "",
             ],
         )
         status, job_id, _position = res

@@ -8,9 +8,21 @@ older one, so a worker that was merely slow cannot record over its successor.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from redis.asyncio import Redis
 
 from orchestrator.store import keys, lua
+
+
+class Taken(NamedTuple):
+    """What a worker's lease and read brought: the job's doc and version, the fencing token
+    and which queues are paused or rate-limited right now (read for a queued job only)."""
+
+    token: int
+    doc: str
+    version: str
+    controlled: frozenset[str]
 
 
 class Leases:
@@ -22,13 +34,18 @@ class Leases:
         self._acquire_read = redis.register_script(lua.ACQUIRE_AND_READ)
         self._release_push = redis.register_script(lua.RELEASE_AND_PUSH)
 
-    async def acquire_and_read(self, job_id: str) -> tuple[int, str, str] | None:
-        """(token, job doc, version), or None if another worker holds the job; for a job
-        that is gone, (0, "", ""), and no lease was taken."""
+    async def acquire_and_read(self, job_id: str) -> Taken | None:
+        """(token, job doc, version, queues under a pause or rate limit: for a queued job
+        only), or None if another worker holds the job; for a job that is gone,
+        (0, "", "", ()), and no lease was taken."""
         res = await self._acquire_read(
-            keys=[keys.lease(job_id), keys.fence(job_id), keys.job(job_id)], args=[self.lease_ms]
+            keys=[keys.lease(job_id), keys.fence(job_id), keys.job(job_id), keys.QUEUE_CONTROLS],
+            args=[self.lease_ms],
         )
-        return None if res is None else (int(res[0]), res[1], res[2])
+        if res is None:
+            return None
+        controlled = frozenset(str(q) for q in res[3]) if len(res) > 3 else frozenset()
+        return Taken(int(res[0]), res[1], res[2], controlled)
 
     async def release_and_push(
         self, job_id: str, token: int, messages: list[tuple[str, str]]

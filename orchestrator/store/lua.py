@@ -13,10 +13,11 @@ CREATE_JOB = (
     """
 -- KEYS: job idem all state_queued kind vmjobs vmq queued events due vm vmname vms broker_queue
 --       vmq2 (the queue of a second VM the job holds: a clone's source; else NONE_KEY)
+--       queuectl (queue controls: a draining queue refuses the job)
 -- Stream entries carry the envelope (e) and, to be filtered without decoding, type and subject
 -- ARGV: id doc created_us idem_value idem_ttl has_vm event due_ms vm_doc vm_name vm_id
 --       message (the Celery message, pushed when the job may start at once: first in
---       each of its VM queues)
+--       each of its VM queues) queue ('' when the job is exempt from a drain)
 if ARGV[4] ~= '' then
   local cur = redis.call('GET', KEYS[2])
   if cur then
@@ -26,6 +27,10 @@ if ARGV[4] ~= '' then
     if string.sub(cur, sp + 1) == mine then return {'exists', jid, -1} end
     return {'mismatch', jid, -1}
   end
+end
+if ARGV[13] ~= '' then
+  local ctl = redis.call('HGET', KEYS[16], ARGV[13])
+  if ctl and cjson.decode(ctl)['mode'] == 'drain' then return {'draining', '', -1} end
 end
 if ARGV[9] ~= '' then
   local taken = redis.call('GET', KEYS[12])
@@ -110,16 +115,29 @@ return {'ok', heads}
 )
 
 ACQUIRE_AND_READ = """
--- KEYS: lease fence job   ARGV: lease_ms
--- Take the lease and read the job in one round trip: {token, doc, version} or false.
+-- KEYS: lease fence job queuectl   ARGV: lease_ms
+-- Take the lease and read the job in one round trip: {token, doc, version, controlled} or
+-- false; `controlled`, for a queued job only: the queues paused or rate-limited now (the
+-- runner asks ADMIT_START only for a job of one of them: no round trip for the others).
 -- A job that is gone (deleted by retention; a stale message) gets {0, '', ''}, and no
 -- lease or fence key is made for it: nothing would ever delete them.
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '', ''} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
-local h = redis.call('HMGET', KEYS[3], 'doc', 'version')
-return {t, h[1] or '', h[2] or ''}
+local h = redis.call('HMGET', KEYS[3], 'doc', 'version', 'state')
+local controlled = {}
+if h[3] == 'queued' then
+  local all = redis.call('HGETALL', KEYS[4])
+  for i = 1, #all, 2 do
+    local ctl = cjson.decode(all[i + 1])
+    local limit = ctl['rate_limit_per_minute']
+    if ctl['mode'] == 'pause' or (limit ~= nil and limit ~= cjson.null) then
+      table.insert(controlled, all[i])
+    end
+  end
+end
+return {t, h[1] or '', h[2] or '', controlled}
 """
 
 PURGE_STRIDE = 10  # keys PURGE_JOBS takes per job

@@ -65,6 +65,9 @@ class Runner:
         self.cur: Versioned | None = None  # the last version read or written
         self.deadline = self.t0 + rt.settings.step_slice_ms / 1000  # of the steps run at once
         self.started: int | None = None  # a step this runner marked running with the last write
+        # queues paused or rate-limited when the lease was taken (read with it, for a
+        # queued job): only a job of one of them asks for admission before it starts
+        self.controlled: frozenset[str] = frozenset()
 
     # -- helpers the step modules share --------------------------------------------------
     def update(
@@ -186,10 +189,11 @@ class Runner:
             # Not this job's turn on its VM (or a clone's source): the job ahead dispatches
             # it when it ends (and the router's timer checks again, should that be lost).
             return job
-        admission = self.rt.loop.run(self.rt.services.queues.admit(job.queue, job.id))
-        if admission.verdict != "go":  # a paused queue, or its rate limit: it stays queued
-            self.transition(job, "-", "queued", "queued", f"{job.queue}: {admission.verdict}")
-            return job
+        if job.queue in self.controlled:  # paused or rate-limited when the lease was taken
+            admission = self.rt.loop.run(self.rt.services.queues.admit(job.queue, job.id))
+            if admission.verdict != "go":  # it stays queued: held, or timed for later
+                self.transition(job, "-", "queued", "queued", f"{job.queue}: {admission.verdict}")
+                return job
         plan = [tr.Planned(s.name, s.description, s.undo is None, s.no_return) for s in steps]
         records = tr.plan_records(job, plan)
         at = next((i for i, r in enumerate(records) if r.state != StepState.DONE), len(records))
@@ -313,7 +317,7 @@ def _advance(rt: Runtime, job_id: str) -> str:
     taken = rt.loop.run(rt.leases.acquire_and_read(job_id))
     if taken is None:
         return "busy"
-    token, doc, version = taken
+    token, doc, version, controlled = taken
     if not doc:
         rt.loop.run(rt.leases.release(job_id, token))
         return "missing"
@@ -321,6 +325,7 @@ def _advance(rt: Runtime, job_id: str) -> str:
     try:
         with Heartbeat(rt, job_id, token) as hb:
             runner = Runner(rt, job_id, token, hb)
+            runner.controlled = controlled
             runner.cur = Versioned(jobdoc.decode(doc), version)
             links = runner.cur.job.links
             logs.bind(kind=runner.cur.job.kind, vm_id=links.vm_id, vm=links.vm_name)

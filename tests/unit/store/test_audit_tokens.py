@@ -111,3 +111,17 @@ def test_every_write_route_has_a_readable_action() -> None:
     } <= names
     writes = [r for r in routes() if r.method != "GET"]
     assert len(names) == len(writes)  # no two write routes share an action
+
+
+def test_the_audit_trail_is_capped_at_the_job_cap(backend: MakeRedis) -> None:
+    async def main() -> None:
+        r = backend()
+        audit = AuditStore(r, retention_s=3600, max_kept=5)
+        for i in range(8):
+            await audit.record(_rec(i, "alice", "jobs.create"))
+        assert await audit.cap() == 3
+        page, _ = await audit.page(AuditFilter(), limit=10)
+        assert [p.request_id for p in page] == ["r7", "r6", "r5", "r4", "r3"]
+        await r.aclose()
+
+    run(main())
