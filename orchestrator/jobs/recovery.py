@@ -94,16 +94,16 @@ class JobRecovery:
         held_ms = await self.leases.remaining_ms(job_id)
         # the end first: from now on no worker's write is taken (the commit refuses a fenced
         # write to a recovered job); then the lease, so its heartbeat stops the worker
-        job, heads = await self.jobs.update(job_id, mark, source=SOURCE_API, force=True)
+        # a worker inside a step: the VM's next job waits until that worker has surely seen
+        # its lease go (or its lease would have lapsed), not at once (set in the commit)
+        later = due_in_ms(self.leases.lease_ms) if held_ms > 0 else None
+        job, heads = await self.jobs.update(
+            job_id, mark, source=SOURCE_API, force=True, heads_due_ms=later
+        )
         await self.leases.revoke(job_id)
         if before.wait is not None:
             await self.waits.clear(job_id, before.wait.subject)
-        for head in heads:
-            if held_ms > 0:
-                # a worker was inside a step: the VM's next job waits until that worker has
-                # surely seen its lease go (or its lease would have lapsed), not at once
-                await self.jobs.set_due(head, due_in_ms(self.leases.lease_ms))
-                continue
+        for head in heads if later is None else ():  # (else the router's timer, then)
             nxt = await self.jobs.get(head)
             await self.submitter.dispatcher.dispatch(head, nxt.queue)
         return job

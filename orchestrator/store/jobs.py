@@ -235,9 +235,11 @@ class JobStore:
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
         force: bool = False,
+        heads_due_ms: int | None = None,
     ) -> tuple[str, list[str]]:
         """Write `after` if the record is still at `before.version` (and the lease matches).
-        `force`: an operator's recovery, which may end a job from any state.
+        `force`: an operator's recovery, which may end a job from any state;
+        `heads_due_ms`: when the jobs a terminal job hands its VMs to are due (now if None).
 
         Returns (status, new VM-queue heads): set when a terminal job hands its VM (or its
         two: a clone's source too) to the next job; the caller dispatches them.
@@ -275,6 +277,7 @@ class JobStore:
                 now_ms(),
                 f"job.{after.state.value}" if old.state != after.state else "job.step",
                 *_child_ended(old, after, source),
+                "" if heads_due_ms is None else str(heads_due_ms),
             ],
         )
         if status == "ok" and old.state != after.state:
@@ -291,6 +294,7 @@ class JobStore:
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
         force: bool = False,
+        heads_due_ms: int | None = None,
     ) -> tuple[Job, list[str]]:
         """Read, apply `mutate`, compare-and-set; repeat on a concurrent write.
 
@@ -298,7 +302,14 @@ class JobStore:
         fencing token no longer matches.
         """
         v, heads = await self.update_v(
-            job_id, mutate, fence=fence, source=source, step=step, due_ms=due_ms, force=force
+            job_id,
+            mutate,
+            fence=fence,
+            source=source,
+            step=step,
+            due_ms=due_ms,
+            force=force,
+            heads_due_ms=heads_due_ms,
         )
         return v.job, heads
 
@@ -313,6 +324,7 @@ class JobStore:
         step: str | None = None,
         due_ms: int | Literal["-"] | None = None,
         force: bool = False,
+        heads_due_ms: int | None = None,
     ) -> tuple[Versioned, list[str]]:
         """`update`, starting from `current` (saves a read when the caller holds the last
         version it wrote); returns the version written, to pass to the next call."""
@@ -327,7 +339,14 @@ class JobStore:
                 return before, []
             after = after.model_copy(update={"updated_at": utcnow()})
             status, heads = await self.commit(
-                before, after, fence=fence, source=source, step=step, due_ms=due_ms, force=force
+                before,
+                after,
+                fence=fence,
+                source=source,
+                step=step,
+                due_ms=due_ms,
+                force=force,
+                heads_due_ms=heads_due_ms,
             )
             if status == "ok":
                 return Versioned(after, str(int(before.version) + 1)), heads

@@ -69,6 +69,7 @@ COMMIT_JOB = (
 -- KEYS: job lease events state_old state_new queued vmq due ended vmq2
 -- ARGV: version fence doc state event id created_us terminal due now_ms event_type
 --       child_event parent_id (a child job's end, an event about its parent job)
+--       heads_due_ms (when the VM's next job is due: '' for now)
 local h = redis.call('HMGET', KEYS[1], 'version', 'state')
 if not h[1] then return {'missing', ''} end
 if h[1] ~= ARGV[1] then return {'conflict', ''} end
@@ -99,7 +100,7 @@ if ARGV[8] == '1' then
       if was_head then
         local head = redis.call('LINDEX', q, 0)
         if head then
-          redis.call('ZADD', KEYS[8], ARGV[10], head)
+          redis.call('ZADD', KEYS[8], ARGV[14] ~= '' and ARGV[14] or ARGV[10], head)
           table.insert(heads, head)
         end
       end

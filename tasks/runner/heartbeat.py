@@ -8,6 +8,7 @@ Every Redis call has a timeout, so a hung Redis cannot keep it from noticing.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -24,7 +25,11 @@ class Heartbeat:
         self.lost = threading.Event()
         self.abort = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="vmorch-heartbeat")
+        # in the context of the job's runner: its lines name the job too
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._loop,), daemon=True, name="vmorch-heartbeat"
+        )
 
     def _beat(self, timeout_s: float) -> None:
         rt = self.rt

@@ -4,6 +4,7 @@ and queue controls (pause, drain, rate limit)."""
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -195,3 +196,35 @@ def test_a_rate_limit_lets_n_jobs_start_per_minute_and_times_the_rest(engine: En
     late = next(j for j in jobs if engine.get(j.id).state == JobState.QUEUED)
     due_ms = engine.run(engine.redis.zscore(keys.JOBS_DUE, late.id))
     assert 55_000 < due_ms - time.time() * 1000 <= 60_000
+
+
+def test_a_recovered_job_whose_worker_was_on_it_hands_its_vm_on_a_lease_later(
+    engine: Engine,
+) -> None:
+    # given two jobs queued on one VM, the first held by a (hung) worker
+    now = datetime.now(UTC)
+    made = []
+    for _ in range(2):
+        job = _job([StepRecord(name="noop-1")]).model_copy(
+            update={
+                "id": str(uuid.uuid4()),
+                "links": JobLinks(vm_id="vm-1"),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        assert engine.run(engine.jobs.create(job)).status == "created"
+        made.append(job)
+    first, second = made
+    engine.run(
+        engine.jobs.update(first.id, lambda j: j.model_copy(update={"state": JobState.RUNNING}))
+    )
+    assert engine.run(engine.rt.leases.acquire_and_read(first.id)) is not None
+    # when an admin marks it failed
+    t0 = time.time() * 1000
+    engine.run(engine.services.recovery.recover(first.id, JobState.FAILED, by="a", reason="hung"))
+    # then the next job of the VM is due a lease later, not at once
+    due = engine.run(engine.redis.zscore(keys.JOBS_DUE, second.id))
+    lease_ms = engine.rt.settings.lease_ms
+    assert t0 + lease_ms - 50 <= due <= time.time() * 1000 + lease_ms
+    assert engine.run(engine.jobs.vm_queue("vm-1")) == [second.id]
