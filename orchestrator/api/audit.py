@@ -17,7 +17,7 @@ import uuid
 from aiohttp import web
 
 from orchestrator import logs
-from orchestrator.api.http import params, respond, services
+from orchestrator.api.http import BODY, params, respond, services
 from orchestrator.api.middleware import TOKEN_INFO, Handler, route_of
 from orchestrator.store.audit import AuditFilter
 from schemas.api import Page
@@ -32,7 +32,6 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _VERBS = {"POST": "create", "PUT": "put", "PATCH": "update", "DELETE": "delete"}
 REASON_MAX = 500
-_BODY_PEEK_MAX = 64 * 1024  # a reason is looked for in JSON bodies up to this size
 
 
 def action_of(method: str, path: str) -> str:
@@ -52,16 +51,9 @@ def _request_id(request: web.Request) -> str:
     return given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
 
 
-async def _reason(request: web.Request) -> str:
-    """The `reason` of a JSON body, when the handler read one (aiohttp keeps what it read)."""
-    if request.content_type != "application/json" or not request.body_exists:
-        return ""
-    if (request.content_length or 0) > _BODY_PEEK_MAX:
-        return ""
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, RecursionError, web.HTTPException):  # the handler refused it
-        return ""
+def _reason(request: web.Request) -> str:
+    """The `reason` of the JSON body the handler read (`json_body` keeps it), if any."""
+    body = request.get(BODY)
     reason = body.get("reason") if isinstance(body, dict) else None
     return reason[:REASON_MAX] if isinstance(reason, str) else ""
 
@@ -108,7 +100,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
             path=request.path,
             status=response.status,
             target=_target(request, response),
-            reason=await _reason(request),
+            reason=_reason(request),
         )
         await services(request).audit.record(rec)
     except Exception:  # the write happened (or was refused); the client must hear of it

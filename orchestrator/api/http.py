@@ -19,6 +19,7 @@ from schemas.base import is_name
 
 SERVICES = web.AppKey("vmorch_services", Services)
 PARAMS = web.RequestKey("vmorch_params", dict)
+BODY = web.RequestKey("vmorch_body", object)  # the JSON body as read (the audit's reason)
 # No request needs more than a few levels; a deep one would take the parser, pydantic or a
 # later json.dumps into RecursionError (a 500), so it is refused before parsing.
 MAX_DEPTH = 32
@@ -119,11 +120,13 @@ async def json_body(request: web.Request) -> Any:
             details=[(["body"], f"at most {MAX_DEPTH} levels of arrays and objects")],
         )
     try:
-        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        body = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as e:
         raise BadJson(
             f"request body is not valid JSON: {e.msg}", details=[(["body"], str(e))]
         ) from None
+    request[BODY] = body
+    return body
 
 
 def params(request: web.Request) -> Mapping[str, Any]:

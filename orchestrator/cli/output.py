@@ -81,6 +81,13 @@ class Output:
         """A line for people: stdout, or stderr in --json mode (stdout is JSON only)."""
         (self.err if self.json else self.console).print(safe(text), markup=False)
 
+    def outcome(self, doc: Any, line: str) -> None:
+        """What a write did: `doc` as JSON, or one line for people."""
+        if self.json:
+            self.document(doc)
+        else:
+            self.note(line)
+
     def result(self, doc: Any, render: Callable[[Any], RenderableType]) -> None:
         """A command's answer: `doc` as JSON, or `render(doc)` for people."""
         if self.json:

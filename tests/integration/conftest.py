@@ -277,6 +277,19 @@ class Api(Client):
     def run(self, body: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
         return self.wait(self.submit(body)["id"], timeout_s=timeout_s)
 
+    def hook_runs(self, hook_id: str) -> list[dict[str, Any]]:
+        """A hook's runs, newest first."""
+        status, body = self.request("GET", f"/v1/hooks/{hook_id}/runs")
+        assert status == 200, body
+        return list(body)
+
+    def audit(self, **query: str) -> list[dict[str, Any]]:
+        """The audit trail's newest records (`GET /v1/audit` with these filters)."""
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        status, page = self.request("GET", f"/v1/audit?{q}")
+        assert status == 200, page
+        return list(page["items"])
+
 
 @pytest.fixture
 def api(api_url: str, redis_url: str, fleet: Inventory) -> Api:

@@ -83,13 +83,6 @@ def emit(redis_url: str, type_: str, subject: str) -> None:
         r.close()
 
 
-def _audit(api: Api, **query: str) -> list[dict[str, Any]]:
-    q = "&".join(f"{k}={v}" for k, v in query.items())
-    status, page = api.request("GET", f"/v1/audit?{q}")
-    assert status == 200, page
-    return list(page["items"])
-
-
 def test_submit_with_flags_waits_showing_progress_and_exits_0(
     vmorch: Run, api: Api, worker: Proc
 ) -> None:
@@ -360,19 +353,19 @@ def test_each_call_uses_the_least_token_its_route_needs(
     assert json.loads(submitted.stderr)["status"] == 404
     audit = vmorch("audit", env=two)
     assert audit.returncode == 5 and "needs admin" in audit.stderr
-    records = _audit(api, action="jobs.create")
+    records = api.audit(action="jobs.create")
     assert records[0]["token_name"] == "only-operator"
 
     # given: all three (the fixture's cli-viewer, cli-operator, cli-admin)
     done = vmorch("jobs", "submit", "noop", "--wait", "--json")  # noop: admins only
     assert done.returncode == 0, done.stderr
-    writes = _audit(api, action="jobs.create", target=json.loads(done.stdout)["id"])
+    writes = api.audit(action="jobs.create", target=json.loads(done.stdout)["id"])
     assert [(r["token_name"], r["status"]) for r in writes] == [("cli-admin", 202)]
-    first_try = _audit(api, action="jobs.create")[1]  # the route's role first: refused
+    first_try = api.audit(action="jobs.create")[1]  # the route's role first: refused
     assert (first_try["token_name"], first_try["status"]) == ("cli-operator", 403)
     paused = vmorch("queue", "pause", "vmorch.noop", "--reason", "cli test")
     assert paused.returncode == 0, paused.stderr
-    assert _audit(api, action="queues.put")[0]["token_name"] == "cli-admin"
+    assert api.audit(action="queues.put")[0]["token_name"] == "cli-admin"
     assert vmorch("queue", "accept", "vmorch.noop", "--reason", "done").returncode == 0
     whoami = json.loads(vmorch("whoami", "--all", "--json").stdout)
     assert [(w["known_as"], w["name"]) for w in whoami] == [
@@ -406,7 +399,7 @@ def test_tokens_with_an_expiry_on_redis_and_the_old_alias(
     assert vmorch("tokens", "revoke", doc["id"]).returncode == 0
     assert vmorch("whoami", env=only).returncode == 5
     assert vmorch("tokens", "revoke", doc["id"]).returncode == 5
-    audited = _audit(api, action="tokens.*")
+    audited = api.audit(action="tokens.*")
     assert [(r["action"], r["status"], r["token_id"]) for r in audited[:3]] == [
         ("tokens.delete", 404, "local"),
         ("tokens.delete", 204, "local"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import libvirt
 import pytest
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.integration
 CREATE = {"kind": "vm.create_from_template", "pool": "pool-a", "template": "tmpl-a"}
 
 
-def runs(api: Api, hook_id: str) -> list[dict[str, Any]]:
-    status, body = api.request("GET", f"/v1/hooks/{hook_id}/runs")
-    assert status == 200, body
-    return list(body)
-
-
 def test_a_vm_destroyed_outside_vmorch_is_restarted_by_ha(
     api: Api, worker: Proc, agents: dict[str, Proc], redis_url: str, fleet: Inventory
 ) -> None:
@@ -52,7 +45,7 @@ def test_a_vm_destroyed_outside_vmorch_is_restarted_by_ha(
     assert stopped[-1]["data"]["detail"] == "destroyed"
     assert "caused_by_job" not in stopped[-1]["data"]
     fired = wait_until(
-        lambda: [r for r in runs(api, "builtin-ha") if r["outcome"] == "submitted"],
+        lambda: [r for r in api.hook_runs("builtin-ha") if r["outcome"] == "submitted"],
         10,
         "the HA hook to fire",
     )
@@ -76,7 +69,7 @@ def test_a_restart_job_on_an_ha_vm_fires_no_ha(
     stopped = wait_until(lambda: events(redis_url, "vm.lifecycle.stopped", vm_id), 10)
     assert stopped[-1]["data"]["caused_by_job"] == restart["id"]
     skipped = wait_until(
-        lambda: [r for r in runs(api, "builtin-ha") if r["subject"] == vm_id],
+        lambda: [r for r in api.hook_runs("builtin-ha") if r["subject"] == vm_id],
         10,
         "the HA hook's record",
     )
@@ -100,7 +93,7 @@ def test_a_destroy_right_after_a_restart_job_is_restarted_by_ha(
     fired = wait_until(
         lambda: [
             r
-            for r in runs(api, "builtin-ha")
+            for r in api.hook_runs("builtin-ha")
             if r["subject"] == vm_id and r["outcome"] == "submitted"
         ],
         15,
@@ -123,7 +116,7 @@ def test_a_guest_shutdown_is_not_a_failure(
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     wait_until(lambda: r.xpending(keys.EVENTS, Settings().router_group)["pending"] == 0, 10)
     r.close()
-    ha_runs = runs(api, "builtin-ha")
+    ha_runs = api.hook_runs("builtin-ha")
     assert [x["outcome"] for x in ha_runs] == ["skipped"], (
         ha_runs,
         events(redis_url, subject=job["links"]["vm_id"]),
@@ -184,10 +177,10 @@ def test_a_webhook_is_signed_and_a_disallowed_target_refused(
     assert not verify(
         b"another secret", int(headers["X-Vmorch-Timestamp"]), body, headers["X-Vmorch-Signature"]
     )
-    delivered = wait_until(lambda: runs(api, created["hook"]["id"]), 10)
+    delivered = wait_until(lambda: api.hook_runs(created["hook"]["id"]), 10)
     assert delivered[0]["outcome"] == "delivered" and delivered[0]["event_id"] == event.id
     # and the disallowed target was refused, and recorded
-    refusal = wait_until(lambda: runs(api, refused["hook"]["id"]), 10)
+    refusal = wait_until(lambda: api.hook_runs(refused["hook"]["id"]), 10)
     assert refusal[0]["outcome"] == "refused"
 
 
@@ -212,7 +205,7 @@ def test_flood_control_counts_suppressed_firings(
     for _ in range(3):
         r.xadd(keys.EVENTS, {"e": make_event("test.flood", "t://", "s1", {}).model_dump_json()})
     r.close()
-    got = wait_until(lambda: len(runs(api, hook_id)) == 3 and runs(api, hook_id), 10)
+    got = wait_until(lambda: len(api.hook_runs(hook_id)) == 3 and api.hook_runs(hook_id), 10)
     assert sorted(x["outcome"] for x in got) == ["submitted", "suppressed", "suppressed"]
     assert api.request("GET", f"/v1/hooks/{hook_id}")[1]["suppressed"] == 2
     job_id = next(x["job_id"] for x in got if x["outcome"] == "submitted")
@@ -282,7 +275,7 @@ def test_ha_vms_of_a_server_that_went_down_are_relocated(
         lab[0].kill_server("srv-a1")
         # then the HA VM is defined and started on the pool's other server, the plain one not
         fired = wait_until(
-            lambda: [r for r in runs(api, "builtin-ha") if r["outcome"] == "submitted"],
+            lambda: [r for r in api.hook_runs("builtin-ha") if r["outcome"] == "submitted"],
             20,
             "HA on server.down",
         )

@@ -37,12 +37,6 @@ def signed_with(secret: str, delivery: tuple[dict[str, str], bytes]) -> bool:
     )
 
 
-def runs(api: Api, hook_id: str) -> list[dict[str, Any]]:
-    status, body = api.request("GET", f"/v1/hooks/{hook_id}/runs")
-    assert status == 200, body
-    return list(body)
-
-
 def test_a_rotated_secret_signs_the_next_delivery(
     api: Api, worker: Proc, router: Proc, receivers: Callable[[], WebhookReceiver]
 ) -> None:
@@ -67,7 +61,7 @@ def test_a_rotated_secret_signs_the_next_delivery(
     )
     assert signed_with(new, delivery)
     assert not signed_with(old, delivery)
-    delivered = wait_until(lambda: runs(api, hook_id), 10)
+    delivered = wait_until(lambda: api.hook_runs(hook_id), 10)
     assert delivered[0]["outcome"] == "delivered", delivered
 
 

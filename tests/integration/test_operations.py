@@ -17,13 +17,6 @@ def _as(api: Api, redis_url: str, role: Role, name: str) -> Api:
     return Api(api.url, make_token(redis_url, role, name))
 
 
-def _audit(api: Api, **query: str) -> list[dict[str, Any]]:
-    q = "&".join(f"{k}={v}" for k, v in query.items())
-    status, page = api.request("GET", f"/v1/audit?{q}")
-    assert status == 200, page
-    return list(page["items"])
-
-
 def test_every_write_is_audited_with_its_caller_request_id_and_reason(
     api: Api, redis_url: str, worker: Proc
 ) -> None:
@@ -39,7 +32,7 @@ def test_every_write_is_audited_with_its_caller_request_id_and_reason(
     assert status == 403
     # reads are not audited, and the audit is for admins only
     assert viewer.request("GET", "/v1/audit")[0] == 403
-    records = _audit(api)
+    records = api.audit()
     assert [r["action"] for r in records[:3]] == ["jobs.abort", "jobs.abort", "jobs.create"]
     refused, aborted = records[0], records[1]
     assert (refused["token_name"], refused["status"], refused["role"]) == ("victor", 403, "viewer")
@@ -52,7 +45,7 @@ def test_every_write_is_audited_with_its_caller_request_id_and_reason(
     assert submitted["target"] == job["id"] and submitted["status"] == 202
     assert all(r["method"] != "GET" for r in records)
     # filters and the response header
-    assert [r["token_name"] for r in _audit(api, token_name="carol")] == ["carol"]
+    assert [r["token_name"] for r in api.audit(token_name="carol")] == ["carol"]
     resp_status, _ = api.request("GET", "/v1/whoami")
     assert resp_status == 200
 
@@ -71,7 +64,7 @@ def test_a_token_made_over_the_api_expires(api: Api) -> None:
     assert status == 401 and "expired" in body["error"]["message"]
     listed = api.request("GET", "/v1/tokens")[1]
     assert "ci-run" not in [t["name"] for t in listed]
-    audited = _audit(api, action="tokens.*")
+    audited = api.audit(action="tokens.*")
     assert audited[0]["action"] == "tokens.create" and audited[0]["target"] == made["id"]
     status, bad = api.request("POST", "/v1/tokens", {"name": "x", "role": "root"})
     assert status == 422 and bad["error"]["details"][0]["loc"] == ["body", "role"]
@@ -113,7 +106,7 @@ def test_a_stuck_job_is_marked_by_an_admin_only_with_a_reason(
     assert status == 200 and ended["state"] == "succeeded"
     assert ended["recovery"]["reason"] == body["reason"] and ended["recovery"]["by"] == "admin"
     assert ended["recovery"]["from_state"] == "waiting"
-    assert _audit(api, action="jobs.recover")[0]["reason"] == body["reason"]
+    assert api.audit(action="jobs.recover")[0]["reason"] == body["reason"]
 
 
 def test_pause_holds_queued_jobs_and_drain_refuses_new_ones(api: Api, worker: Proc) -> None:
@@ -137,7 +130,7 @@ def test_pause_holds_queued_jobs_and_drain_refuses_new_ones(api: Api, worker: Pr
     )
     status, _ = api.request("PUT", url, {"mode": "accept", "reason": "done"})
     assert api.run({"kind": "noop", "steps": 1})["state"] == "succeeded"
-    changes = _audit(api, action="queues.put")
+    changes = api.audit(action="queues.put")
     assert [c["reason"] for c in changes] == ["done", "upgrade", "storage maintenance"]
     # bad input names the field; an unknown queue is a 404
     status, bad = api.request("PUT", url, {"mode": "stop", "reason": "x"})
@@ -172,7 +165,7 @@ def test_a_suppressed_hook_run_is_retried_with_its_original_event(
     r.close()
 
     def runs() -> list[dict[str, Any]]:
-        return list(api.request("GET", f"/v1/hooks/{hook_id}/runs")[1])
+        return api.hook_runs(hook_id)
 
     got = wait_until(lambda: len(runs()) == 2 and runs(), 10)
     suppressed = next(x for x in got if x["outcome"] == "suppressed")

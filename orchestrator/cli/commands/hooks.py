@@ -105,13 +105,11 @@ def cmd_hooks_runs(ctx: Context) -> int:
 def cmd_hooks_retry(ctx: Context) -> int:
     a = ctx.args
     doc = ctx.call("POST", f"/v1/hooks/{a.hook}/runs/{a.run}/retry")
-    if ctx.out.json:
-        ctx.out.document(doc)
-    else:
-        ctx.out.note(
-            f"run {a.run} of hook {a.hook} retried with its event; "
-            f"`vmorch hooks runs {a.hook}` shows the new run"
-        )
+    ctx.out.outcome(
+        doc,
+        f"run {a.run} of hook {a.hook} retried with its event; "
+        f"`vmorch hooks runs {a.hook}` shows the new run",
+    )
     return ExitCode.OK
 
 

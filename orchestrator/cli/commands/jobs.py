@@ -133,13 +133,11 @@ def cmd_submit(ctx: Context) -> int:
         return follow_job(
             ctx, job["id"], timeout=args.timeout, emit="final" if ctx.out.json else "view"
         )
-    if ctx.out.json:
-        ctx.out.document(job)
-    else:
-        ctx.out.note(
-            f"job {job['id']} submitted ({job['kind']}, {job['state']}); "
-            f"`vmorch jobs watch {job['id']}` follows it"
-        )
+    ctx.out.outcome(
+        job,
+        f"job {job['id']} submitted ({job['kind']}, {job['state']}); "
+        f"`vmorch jobs watch {job['id']}` follows it",
+    )
     return ExitCode.OK
 
 
@@ -236,10 +234,7 @@ def _then(ctx: Context, job: dict[str, Any], done: str) -> int:
         return follow_job(
             ctx, job["id"], timeout=ctx.args.timeout, emit="final" if ctx.out.json else "view"
         )
-    if ctx.out.json:
-        ctx.out.document(job)
-    else:
-        ctx.out.note(f"job {job['id']} {done} (now {job['state']})")
+    ctx.out.outcome(job, f"job {job['id']} {done} (now {job['state']})")
     return ExitCode.OK
 
 

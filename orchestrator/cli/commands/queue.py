@@ -54,11 +54,8 @@ def cmd_mode(ctx: Context) -> int:
     a = ctx.args
     body = {"mode": a.queue_cmd, "rate_limit_per_minute": a.rate_limit, "reason": a.reason}
     doc = ctx.call("PUT", f"/v1/queues/{a.queue}", body)
-    if ctx.out.json:
-        ctx.out.document(doc)
-    else:
-        limit = f", at most {a.rate_limit}/min" if a.rate_limit else ""
-        ctx.out.note(f"queue {a.queue}: {a.queue_cmd}{limit}")
+    limit = f", at most {a.rate_limit}/min" if a.rate_limit else ""
+    ctx.out.outcome(doc, f"queue {a.queue}: {a.queue_cmd}{limit}")
     return ExitCode.OK
 
 
